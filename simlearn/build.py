@@ -1,0 +1,107 @@
+"""Turning a composed config into objects: model, datamodule, callbacks, loggers, trainer."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import lightning.pytorch as pl
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from simlearn.data.in_memory import InMemoryImageDataModule
+from simlearn.errors import UserError
+from simlearn.models import EmbeddingModule, Encoder
+
+#: The parts of a run's config a checkpoint needs to rebuild its model and data.
+MODEL_KEYS = ("data", "backbone", "head", "loss", "optimizer", "scheduler", "evaluation", "seed")
+
+_INT = (int,)
+_NUMBER = (int, float)
+#: Type checks for scalars that libraries would otherwise reject deep inside, with an unreadable traceback.
+EXPECTED_TYPES: dict[str, tuple[type, ...]] = {
+    "seed": _INT,
+    "head.out_dim": _INT,
+    "head.hidden_dim": _INT,
+    "trainer.max_epochs": _INT,
+    "trainer.min_epochs": _INT,
+    "trainer.max_steps": _INT,
+    "trainer.check_val_every_n_epoch": _INT,
+    "trainer.log_every_n_steps": _INT,
+    "trainer.limit_train_batches": _NUMBER,
+    "trainer.gradient_clip_val": _NUMBER,
+    "data.batch_size": _INT,
+    "data.eval_batch_size": _INT,
+    "data.num_workers": _INT,
+    "data.m_per_class": _INT,
+    "data.max_train": _INT,
+    "data.max_val": _INT,
+    "data.max_test": _INT,
+    "data.val_fraction": _NUMBER,
+    "data.test_fraction": _NUMBER,
+    "data.image_size": _INT,
+    "data.channels": _INT,
+    "data.num_classes": _INT,
+    "optimizer.lr": _NUMBER,
+    "optimizer.weight_decay": _NUMBER,
+    "evaluation.chunk_size": _INT,
+}
+
+
+def check_config(cfg: DictConfig) -> None:
+    """Reject values of the wrong type before anything is built, naming the key and the expected type."""
+    for key, types in EXPECTED_TYPES.items():
+        value = OmegaConf.select(cfg, key, default=None)
+        if value is None or (isinstance(value, types) and not isinstance(value, bool)):
+            continue
+        kind = "an integer" if types == _INT else "a number"
+        raise UserError(f"{key} must be {kind}, got {value!r} ({type(value).__name__}); e.g. {key}=10.")
+    ks = OmegaConf.select(cfg, "evaluation.ks", default=None)
+    if ks is not None and (not OmegaConf.is_list(ks) or not ks or not all(isinstance(k, int) and k >= 1 for k in ks)):
+        raise UserError(
+            f"evaluation.ks must be a non-empty list of integers ≥ 1, got {ks}; e.g. evaluation.ks=[1,5,10]."
+        )
+
+
+def build_datamodule(data_cfg: DictConfig) -> InMemoryImageDataModule:
+    """Instantiate and set up the data now, so that data errors appear before any training starts."""
+    datamodule = instantiate(data_cfg)
+    datamodule.prepare_data()
+    datamodule.setup("fit")
+    return datamodule
+
+
+def build_model(cfg: DictConfig, datamodule: InMemoryImageDataModule) -> EmbeddingModule:
+    """Encoder (backbone + head), loss and optimiser from the config, checked against the data's label fields."""
+    backbone = instantiate(cfg.backbone)
+    head = instantiate(cfg.head, in_features=backbone.out_features)
+    model = EmbeddingModule(
+        encoder=Encoder(backbone, head),
+        loss=instantiate(cfg.loss),
+        optimizer=instantiate(cfg.optimizer),
+        scheduler=instantiate(cfg.scheduler) if cfg.get("scheduler") else None,
+        label_field=cfg.data.label_field,
+        ks=tuple(cfg.evaluation.ks),
+        chunk_size=cfg.evaluation.get("chunk_size"),
+        config={key: resolved(cfg, key) for key in MODEL_KEYS if key in cfg},
+    )
+    train = datamodule.datasets["train"]
+    model.loss.check_fields({name: train.labels(name) for name in train.fields})
+    return model
+
+
+def resolved(cfg: DictConfig, key: str) -> Any:
+    """One key of the config with its interpolations resolved against the whole config."""
+    node = cfg[key]
+    return OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else node
+
+
+def build_list(group: Mapping[str, Any] | None) -> list[Any]:
+    """Instantiate every entry of a dict-of-configs group (callbacks, logger)."""
+    if not group:
+        return []
+    return [instantiate(entry) for entry in group.values() if entry is not None and "_target_" in entry]
+
+
+def build_trainer(cfg: DictConfig, callbacks: list[Any], loggers: list[Any]) -> pl.Trainer:
+    return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)

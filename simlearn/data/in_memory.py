@@ -1,0 +1,270 @@
+"""Image datasets small enough to hold in memory as one tensor, with seeded per-class splits."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import lightning.pytorch as pl
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from simlearn.errors import UserError
+
+SPLITS = ("train", "val", "test")
+
+
+@dataclass
+class ImageTensors:
+    """A whole dataset as tensors: images (N, C, H, W) and one integer tensor per label field."""
+
+    images: torch.Tensor
+    fields: dict[str, torch.Tensor]
+    class_names: list[str]
+    #: Per-item "train"/"test" flag when the source has an official test split (MNIST); None → split it ourselves.
+    is_test: torch.Tensor | None = None
+
+
+def collate_batch(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The dataset already returns whole batches (``__getitems__``), so collation has nothing to do."""
+    return batch
+
+
+class TensorImageDataset(Dataset):
+    """Items of an in-memory image tensor as dicts ``{"image", "index", <label fields>}``.
+
+    Images stay in their stored dtype (uint8 for MNIST) and are scaled and normalised per batch, which is
+    cheaper than decoding or converting item by item.
+    """
+
+    def __init__(
+        self,
+        images: torch.Tensor,
+        fields: Mapping[str, torch.Tensor],
+        indices: torch.Tensor,
+        mean: Sequence[float],
+        std: Sequence[float],
+        scale: float,
+    ) -> None:
+        self.images = images
+        self.fields = dict(fields)
+        self.indices = indices
+        channels = images.shape[1]
+        self.mean = torch.tensor(mean, dtype=torch.float32).view(1, channels, 1, 1)
+        self.std = torch.tensor(std, dtype=torch.float32).view(1, channels, 1, 1)
+        self.scale = scale
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitems__(self, positions: Sequence[int]) -> dict[str, torch.Tensor]:
+        index = self.indices[torch.as_tensor(positions, dtype=torch.long)]
+        images = (self.images[index].float() / self.scale - self.mean) / self.std
+        return {"image": images, "index": index, **{k: v[index] for k, v in self.fields.items()}}
+
+    def __getitem__(self, position: int) -> dict[str, torch.Tensor]:
+        return {k: v[0] for k, v in self.__getitems__([position]).items()}
+
+    def labels(self, field: str) -> torch.Tensor:
+        return self.fields[field][self.indices]
+
+
+class InMemoryImageDataModule(pl.LightningDataModule):
+    """Base for datasets held as one tensor: seeded stratified splits, optional class selection and caps,
+    PML's ``MPerClassSampler`` for metric losses.
+
+    Subclasses implement :meth:`load` and set ``name``; everything else is shared.
+    """
+
+    name = "in_memory"
+
+    def __init__(
+        self,
+        label_field: str,
+        image_size: int,
+        channels: int,
+        num_classes: int,
+        batch_size: int = 128,
+        eval_batch_size: int = 1024,
+        val_fraction: float = 0.1,
+        test_fraction: float = 0.2,
+        classes: Sequence[str | int] | None = None,
+        max_train: int | None = None,
+        max_val: int | None = None,
+        max_test: int | None = None,
+        m_per_class: int | None = None,
+        num_workers: int = 0,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        for key, value in {"batch_size": batch_size, "eval_batch_size": eval_batch_size}.items():
+            if not isinstance(value, int) or value < 1:
+                raise UserError(f"data.{key} must be a positive integer, got {value!r}.")
+        for key, value in {"val_fraction": val_fraction, "test_fraction": test_fraction}.items():
+            if not 0.0 <= value < 1.0:
+                raise UserError(f"data.{key} must be in [0, 1), got {value!r}.")
+        if val_fraction + test_fraction >= 1.0:
+            raise UserError(
+                f"data.val_fraction + data.test_fraction must leave items to train on, got "
+                f"{val_fraction} + {test_fraction} >= 1."
+            )
+        self.label_field = label_field
+        self.image_size = image_size
+        self.channels = channels
+        self.num_classes = num_classes
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size
+        self.val_fraction = val_fraction
+        self.test_fraction = test_fraction
+        self.classes = None if classes is None else [str(c) for c in classes]
+        self.limits = {"train": max_train, "val": max_val, "test": max_test}
+        self.m_per_class = m_per_class
+        self.num_workers = num_workers
+        self.seed = seed
+        self.class_names: list[str] = []
+        self.datasets: dict[str, TensorImageDataset] = {}
+
+    # -- to implement --------------------------------------------------------------------------------------
+    def load(self) -> ImageTensors:
+        """Read the whole dataset into tensors."""
+        raise NotImplementedError
+
+    # -- shared --------------------------------------------------------------------------------------------
+    @property
+    def label_fields(self) -> list[str]:
+        """Names of the label fields every batch carries."""
+        return list(next(iter(self.datasets.values())).fields) if self.datasets else []
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.datasets:
+            return
+        data = self.load()
+        self._check_shape(data.images)
+        if self.label_field not in data.fields:
+            raise UserError(
+                f"data.label_field={self.label_field!r} is not a label field of data '{self.name}'; "
+                f"valid: {sorted(data.fields)}."
+            )
+        self.class_names = data.class_names
+        if len(self.class_names) != self.num_classes:
+            raise UserError(
+                f"data.num_classes={self.num_classes} but data '{self.name}' has {len(self.class_names)} classes "
+                f"in field {self.label_field!r}; set data.num_classes={len(self.class_names)}."
+            )
+        labels = data.fields[self.label_field]
+        keep = self._selected(labels)
+        splits = self._split(labels, keep, data.is_test)
+        for split, index in splits.items():
+            limit = self.limits[split]
+            if limit is not None:
+                index = index[torch.randperm(len(index), generator=self._generator(split))[:limit]].sort().values
+            splits[split] = index
+        self._check_classes(labels, splits)
+        scale = 255.0 if data.images.dtype == torch.uint8 else 1.0
+        train_images = data.images[splits["train"]].float() / scale
+        mean = train_images.mean(dim=(0, 2, 3)).tolist()
+        std = train_images.std(dim=(0, 2, 3)).clamp_min(1e-6).tolist()
+        self.datasets = {
+            split: TensorImageDataset(data.images, data.fields, index, mean, std, scale)
+            for split, index in splits.items()
+        }
+
+    def _check_shape(self, images: torch.Tensor) -> None:
+        channels, height, width = images.shape[1:]
+        if (channels, height, width) != (self.channels, self.image_size, self.image_size):
+            raise UserError(
+                f"data '{self.name}' holds {channels}×{height}×{width} images but the config says "
+                f"data.channels={self.channels}, data.image_size={self.image_size}; set them to "
+                f"data.channels={channels} data.image_size={height}."
+            )
+
+    def _selected(self, labels: torch.Tensor) -> torch.Tensor:
+        if self.classes is None:
+            return torch.ones_like(labels, dtype=torch.bool)
+        unknown = [c for c in self.classes if c not in self.class_names]
+        if unknown:
+            raise UserError(
+                f"data.classes names classes {unknown} that data '{self.name}' does not have; "
+                f"valid: {self.class_names}."
+            )
+        wanted = torch.tensor([self.class_names.index(c) for c in self.classes])
+        return torch.isin(labels, wanted)
+
+    def _generator(self, salt: str) -> torch.Generator:
+        return torch.Generator().manual_seed(self.seed * 1000 + SPLITS.index(salt))
+
+    def _split(self, labels: torch.Tensor, keep: torch.Tensor, is_test: torch.Tensor | None) -> dict[str, torch.Tensor]:
+        """Per class: a seeded permutation cut into test / val / train (test from the source when it has one)."""
+        rng = np.random.default_rng(self.seed)
+        parts: dict[str, list[np.ndarray]] = {split: [] for split in SPLITS}
+        for label in labels[keep].unique().tolist():
+            members = torch.nonzero(keep & (labels == label)).flatten().numpy()
+            if is_test is not None:
+                parts["test"].append(members[is_test[members].numpy()])
+                members = members[~is_test[members].numpy()]
+                n_test = 0
+                n_val = round(len(members) * self.val_fraction)
+            else:
+                n_test = round(len(members) * self.test_fraction)
+                n_val = round(len(members) * self.val_fraction)
+            members = rng.permutation(members)
+            parts["test"].append(members[:n_test])
+            parts["val"].append(members[n_test : n_test + n_val])
+            parts["train"].append(members[n_test + n_val :])
+        return {split: torch.from_numpy(np.sort(np.concatenate(chunks))).long() for split, chunks in parts.items()}
+
+    def _check_classes(self, labels: torch.Tensor, splits: dict[str, torch.Tensor]) -> None:
+        for split, index in splits.items():
+            present = labels[index].unique()
+            if split == "val" and len(index) == 0 and self.val_fraction == 0:
+                continue
+            if len(present) < 2:
+                names = [self.class_names[i] for i in present.tolist()]
+                raise UserError(
+                    f"the {split} split of data '{self.name}' has {len(index)} items in {len(present)} class(es) "
+                    f"{names}; similarity learning and retrieval need at least 2 classes. Select more classes "
+                    f"(data.classes) or raise data.max_{split}."
+                )
+
+    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        dataset = self.datasets[split]
+        kwargs = {
+            "num_workers": self.num_workers,
+            "collate_fn": collate_batch,
+            "persistent_workers": self.num_workers > 0,
+        }
+        if split == "train" and self.m_per_class:
+            return DataLoader(
+                dataset,
+                batch_size=self.batch_size,
+                sampler=self._m_per_class_sampler(dataset),
+                drop_last=True,
+                **kwargs,
+            )
+        batch_size = self.batch_size if split == "train" else self.eval_batch_size
+        return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, drop_last=False, **kwargs)
+
+    def _m_per_class_sampler(self, dataset: TensorImageDataset):
+        from pytorch_metric_learning.samplers import MPerClassSampler
+
+        labels = dataset.labels(self.label_field)
+        num_classes = len(labels.unique())
+        m = self.m_per_class
+        if self.batch_size % m or m * num_classes < self.batch_size:
+            raise UserError(
+                f"data.m_per_class={m} does not fit data.batch_size={self.batch_size} with {num_classes} classes: "
+                f"the batch size must be a multiple of m_per_class and at most m_per_class × classes "
+                f"({m * num_classes}). Example: data.m_per_class={max(1, self.batch_size // num_classes)} with "
+                f"data.batch_size={max(1, self.batch_size // num_classes) * num_classes}."
+            )
+        return MPerClassSampler(labels.numpy(), m=m, batch_size=self.batch_size, length_before_new_iter=len(labels))
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", shuffle=False)

@@ -1,0 +1,125 @@
+"""The LightningModule: trains an encoder with a (multi-task) loss and evaluates retrieval on val/test."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import lightning.pytorch as pl
+import numpy as np
+import torch
+from torch import Tensor
+
+from simlearn.evaluation import retrieval_metrics
+from simlearn.losses import MultiTaskLoss, Task
+from simlearn.models.encoder import Encoder
+
+
+@dataclass
+class EmbeddingSet:
+    """Embeddings of one split with every label field, in dataset order."""
+
+    embeddings: np.ndarray
+    fields: dict[str, np.ndarray]
+    index: np.ndarray
+
+
+class EmbeddingModule(pl.LightningModule):
+    """Encoder + loss. Validation and test collect embeddings and compute exact cosine retrieval metrics
+    (``{split}/recall@k``, ``precision@1``, ``r_precision``, ``map@r``) on ``label_field``, plus the accuracy
+    (classification) or mean absolute error (regression) of every task that can predict.
+    """
+
+    def __init__(
+        self,
+        encoder: Encoder,
+        loss: MultiTaskLoss | Task,
+        optimizer: Callable[[Iterable[Tensor]], torch.optim.Optimizer],
+        scheduler: Callable[[torch.optim.Optimizer], Any] | None = None,
+        label_field: str = "label",
+        ks: Sequence[int] = (1, 5, 10),
+        chunk_size: int | None = None,
+        config: Mapping[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.loss = MultiTaskLoss.wrap(loss)
+        self.optimizer_factory = optimizer
+        self.scheduler_factory = scheduler
+        self.label_field = label_field
+        self.ks = tuple(ks)
+        self.chunk_size = chunk_size
+        #: The resolved build config, stored in checkpoints so that ``simlearn-eval`` can rebuild the model.
+        self.config = dict(config or {})
+        self._outputs: dict[str, list[Tensor]] = defaultdict(list)
+        self.results: dict[str, EmbeddingSet] = {}
+
+    def forward(self, images: Tensor) -> Tensor:
+        return self.encoder(images)
+
+    def training_step(self, batch: Mapping[str, Tensor], batch_idx: int) -> Tensor:
+        losses = self.loss(self(batch["image"]), batch)
+        total = losses.pop("loss")
+        batch_size = len(batch["image"])
+        self.log("train/loss", total, prog_bar=True, batch_size=batch_size)
+        if len(losses) > 1:
+            self.log_dict({f"train/loss_{name}": value for name, value in losses.items()}, batch_size=batch_size)
+        return total
+
+    # -- evaluation ----------------------------------------------------------------------------------------
+    def _collect(self, batch: Mapping[str, Tensor]) -> None:
+        self._outputs["embeddings"].append(self(batch["image"]).detach())
+        for key, value in batch.items():
+            if key != "image":
+                self._outputs[key].append(value.detach())
+
+    def _evaluate(self, split: str) -> dict[str, float]:
+        outputs = {key: torch.cat(values) for key, values in self._outputs.items()}
+        self._outputs.clear()
+        embeddings = outputs.pop("embeddings")
+        index = outputs.pop("index")
+        metrics = retrieval_metrics(embeddings, outputs[self.label_field], ks=self.ks, chunk_size=self.chunk_size)
+        for name, task in self.loss.tasks.items():
+            predicted = task.predict(embeddings)
+            if predicted is None:
+                continue
+            target = outputs[task.field]
+            if predicted.is_floating_point():
+                metrics[f"mae_{name}"] = (predicted - target.float()).abs().mean().item()
+            else:
+                metrics[f"accuracy_{name}"] = (predicted == target).float().mean().item()
+        self.results[split] = EmbeddingSet(
+            embeddings=embeddings.float().cpu().numpy(),
+            fields={key: value.cpu().numpy() for key, value in outputs.items()},
+            index=index.cpu().numpy(),
+        )
+        for key, value in metrics.items():
+            self.log(f"{split}/{key}", float(value), prog_bar=key == "recall@1")
+        return metrics
+
+    def validation_step(self, batch: Mapping[str, Tensor], batch_idx: int) -> None:
+        self._collect(batch)
+
+    def on_validation_epoch_end(self) -> None:
+        self._evaluate("val")
+
+    def test_step(self, batch: Mapping[str, Tensor], batch_idx: int) -> None:
+        self._collect(batch)
+
+    def on_test_epoch_end(self) -> None:
+        self._evaluate("test")
+
+    # -- optimisation and checkpoints ----------------------------------------------------------------------
+    def configure_optimizers(self) -> Any:
+        optimizer = self.optimizer_factory(params=self.parameters())
+        if self.scheduler_factory is None:
+            return optimizer
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": self.scheduler_factory(optimizer=optimizer)},
+        }
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["simlearn_config"] = self.config

@@ -1,0 +1,83 @@
+"""Training: ``python train.py [overrides]`` (or ``simlearn-train``) composes configs/train.yaml and runs it."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import hydra
+import lightning.pytorch as pl
+from lightning.pytorch.callbacks import ModelCheckpoint
+from omegaconf import DictConfig, OmegaConf
+
+from simlearn.build import build_datamodule, build_list, build_model, build_trainer, check_config
+from simlearn.cli import exit_on_user_error, print_metrics
+from simlearn.config import config_dir
+from simlearn.errors import UserError
+from simlearn.evaluation.artifacts import write_evaluation
+from simlearn.loggers import finish_wandb
+
+log = logging.getLogger(__name__)
+
+
+def guard_checkpoints(output_dir: Path, ckpt_path: str | None) -> None:
+    """Refuse to train into a run dir that already holds checkpoints, unless resuming from one."""
+    existing = sorted(p.name for p in (output_dir / "checkpoints").glob("*.ckpt"))
+    if existing and not ckpt_path:
+        raise UserError(
+            f"the run dir {output_dir} already holds checkpoints {existing}; training again would overwrite "
+            f"them. Choose another hydra.run.dir, or resume with ckpt_path={output_dir / 'checkpoints' / 'last.ckpt'}."
+        )
+    if ckpt_path and not Path(ckpt_path).is_file():
+        raise UserError(f"ckpt_path={ckpt_path!r} is not a file; give the path of a .ckpt to resume from.")
+
+
+def train(cfg: DictConfig) -> dict[str, float]:
+    """Train, test the best checkpoint, write the run's files; return the flat metric dict (val/…, test/…)."""
+    check_config(cfg)
+    output_dir = Path(cfg.paths.output_dir)
+    guard_checkpoints(output_dir, cfg.get("ckpt_path"))
+    if cfg.get("seed") is not None:
+        pl.seed_everything(cfg.seed, workers=True)
+
+    datamodule = build_datamodule(cfg.data)
+    model = build_model(cfg, datamodule)
+    callbacks = build_list(cfg.get("callbacks"))
+    loggers = build_list(cfg.get("logger"))
+    trainer = build_trainer(cfg, callbacks, loggers)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    OmegaConf.save(cfg, output_dir / "config.yaml", resolve=True)
+    try:
+        trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+        metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
+        checkpoint = next((c for c in callbacks if isinstance(c, ModelCheckpoint) and c.monitor), None)
+        best_path = checkpoint.best_model_path if checkpoint is not None else ""
+        if checkpoint is not None and checkpoint.best_model_score is not None:
+            metrics["val/best_recall@1"] = float(checkpoint.best_model_score)
+        trainer.test(model, datamodule=datamodule, ckpt_path=best_path or None, verbose=False)
+    finally:
+        finish_wandb(loggers)
+    metrics.update({k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")})
+    metrics.setdefault("val/best_recall@1", metrics.get("val/recall@1", float("nan")))
+    result = model.results["test"]
+    write_evaluation(
+        output_dir, result.embeddings, result.fields, datamodule.label_field, datamodule.class_names, metrics
+    )
+    print_metrics(metrics, title=f"simlearn · {output_dir}")
+    if best_path:
+        log.info("best checkpoint: %s", best_path)
+    return metrics
+
+
+@hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="train")
+@exit_on_user_error
+def main(cfg: DictConfig) -> float | None:
+    metrics = train(cfg)
+    optimized = cfg.get("optimized_metric")
+    if optimized and optimized not in metrics:
+        raise UserError(f"optimized_metric={optimized!r} is not a metric of this run; valid: {sorted(metrics)}.")
+    return metrics[optimized] if optimized else None
+
+
+if __name__ == "__main__":
+    main()
