@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import lightning.pytorch as pl
+import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
@@ -104,4 +105,9 @@ def build_list(group: Mapping[str, Any] | None) -> list[Any]:
 
 
 def build_trainer(cfg: DictConfig, callbacks: list[Any], loggers: list[Any]) -> pl.Trainer:
+    if cfg.trainer.get("accelerator") in ("gpu", "cuda") and not torch.cuda.is_available():
+        raise UserError(
+            f"trainer.accelerator={cfg.trainer.accelerator} asks for a GPU, but PyTorch sees none "
+            f"(torch.cuda.is_available() is False). Use trainer=default (GPU when present, else CPU) or trainer=cpu."
+        )
     return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)

@@ -1,0 +1,23 @@
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+#: Real MNIST (raw IDX files) lives beside the checkout on the project's machines and in CI.
+MNIST_ROOT = Path(os.environ.get("SIMLEARN_TEST_MNIST_ROOT", REPO.parent / "shared" / "data"))
+
+
+@pytest.fixture(autouse=True)
+def _offline_wandb(tmp_path_factory, monkeypatch):
+    """wandb never reaches the network in tests and writes only into a temp dir."""
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path_factory.mktemp("wandb")))
+    monkeypatch.setenv("WANDB_SILENT", "true")
+
+
+@pytest.fixture
+def mnist_root() -> Path:
+    if not (MNIST_ROOT / "MNIST" / "raw" / "t10k-images-idx3-ubyte").exists():
+        pytest.skip(f"real MNIST not found at {MNIST_ROOT}/MNIST/raw (set SIMLEARN_TEST_MNIST_ROOT)")
+    return MNIST_ROOT

@@ -1,0 +1,58 @@
+"""Bad input from the command line: one clear message, a non-zero exit, no traceback, no checkpoint lost."""
+
+import pytest
+
+from .helpers import run_cli
+
+
+def assert_clean_failure(result, *fragments: str) -> None:
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr + result.stdout
+    for fragment in fragments:
+        assert fragment in result.stderr, f"{fragment!r} not in:\n{result.stderr}"
+
+
+def test_unknown_group_option(tmp_path):
+    result = run_cli("train.py", "loss=nonexistent", f"hydra.run.dir={tmp_path}")
+    assert_clean_failure(result, "loss/nonexistent", "contrastive", "multitask", "softmax", "triplet")
+
+
+@pytest.mark.parametrize(
+    "overrides,fragments",
+    [
+        (["trainer.max_epochs=abc"], ["trainer.max_epochs must be an integer", "'abc'"]),
+        (["head.out_dim=0"], ["head.out_dim must be an integer ≥ 1", "got 0"]),
+        (["data.classes=[3]"], ["1 class", "at least 2 classes", "data.classes"]),
+        (
+            ["data=mnist", "data.root=/nonexistent/simlearn-data", "data.download=false"],
+            ["train-images-idx3-ubyte", "t10k-labels-idx1-ubyte", "MNIST/raw", "data.root"],
+        ),
+        (["data.label_field=colour"], ["data.label_field='colour'", "digit", "parity"]),
+        (["data.m_per_class=3"], ["data.m_per_class=3", "multiple of m_per_class"]),
+    ],
+    ids=["wrong-type", "embedding-dim-0", "single-class", "missing-data-dir", "unknown-label-field", "bad-sampler"],
+)
+def test_user_mistakes_exit_with_one_message(tmp_path, overrides, fragments):
+    result = run_cli("train.py", *overrides, f"hydra.run.dir={tmp_path}", "logger=none")
+    assert_clean_failure(result, "error:", *fragments)
+    assert result.returncode == 2
+    assert not (tmp_path / "checkpoints").exists()
+
+
+def test_existing_checkpoints_are_not_overwritten(tmp_path):
+    checkpoints = tmp_path / "checkpoints"
+    checkpoints.mkdir(parents=True)
+    (checkpoints / "last.ckpt").write_bytes(b"precious")
+    result = run_cli("train.py", f"hydra.run.dir={tmp_path}", "logger=none", "trainer.max_epochs=1")
+    assert_clean_failure(result, "already holds checkpoints", "last.ckpt", "ckpt_path=")
+    assert (checkpoints / "last.ckpt").read_bytes() == b"precious"
+    assert sorted(p.name for p in checkpoints.iterdir()) == ["last.ckpt"]
+
+
+def test_eval_rejects_missing_and_foreign_checkpoints(tmp_path):
+    result = run_cli("-m", "simlearn.eval", f"ckpt_path={tmp_path}/missing.ckpt", f"hydra.run.dir={tmp_path}/a")
+    assert_clean_failure(result, "is not a file")
+    foreign = tmp_path / "foreign.ckpt"
+    foreign.write_bytes(b"not a checkpoint")
+    result = run_cli("-m", "simlearn.eval", f"ckpt_path={foreign}", f"hydra.run.dir={tmp_path}/b")
+    assert_clean_failure(result, "not a readable PyTorch checkpoint")
