@@ -15,7 +15,7 @@ from simlearn.errors import UserError
 from simlearn.models import EmbeddingModule, Encoder
 
 #: The parts of a run's config a checkpoint needs to rebuild its model and data.
-MODEL_KEYS = ("data", "backbone", "head", "loss", "optimizer", "scheduler", "evaluation", "seed")
+MODEL_KEYS = ("data", "backbone", "head", "loss", "optimizer", "scheduler", "evaluation", "reports", "seed")
 
 _INT = (int,)
 _NUMBER = (int, float)
@@ -81,9 +81,7 @@ def build_model(cfg: DictConfig, datamodule: InMemoryImageDataModule) -> Embeddi
         loss=instantiate(cfg.loss),
         optimizer=instantiate(cfg.optimizer),
         scheduler=instantiate(cfg.scheduler) if cfg.get("scheduler") else None,
-        label_field=cfg.data.label_field,
-        ks=tuple(cfg.evaluation.ks),
-        chunk_size=cfg.evaluation.get("chunk_size"),
+        evaluator=instantiate(cfg.evaluation),
         config={key: resolved(cfg, key) for key in MODEL_KEYS if key in cfg},
     )
     train = datamodule.datasets["train"]
@@ -111,3 +109,17 @@ def build_trainer(cfg: DictConfig, callbacks: list[Any], loggers: list[Any]) -> 
             f"(torch.cuda.is_available() is False). Use trainer=default (GPU when present, else CPU) or trainer=cpu."
         )
     return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+
+
+def run_reports(
+    cfg: DictConfig, trainer: pl.Trainer, model: EmbeddingModule, datamodule: Any, output_dir: Any
+) -> dict[str, float]:
+    """Run the configured ``reports`` (analyses after testing); return their metrics, prefixed ``test/``."""
+    metrics: dict[str, float] = {}
+    for name, report_cfg in (cfg.get("reports") or {}).items():
+        if report_cfg is None:
+            continue
+        report = instantiate(report_cfg)
+        values = report(trainer=trainer, model=model, datamodule=datamodule, output_dir=output_dir) or {}
+        metrics.update({f"test/{name}/{key}": float(value) for key, value in values.items()})
+    return metrics

@@ -11,7 +11,7 @@ import torch
 from lightning.pytorch.callbacks import RichProgressBar
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from simlearn.build import build_datamodule, build_model, build_trainer, check_config, resolved
+from simlearn.build import build_datamodule, build_model, build_trainer, check_config, resolved, run_reports
 from simlearn.cli import exit_on_user_error, print_metrics
 from simlearn.config import config_dir
 from simlearn.errors import UserError
@@ -44,6 +44,8 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
         for key in ("data", "evaluation", "trainer"):
             if cfg.get(key) is not None:
                 run_cfg[key] = resolved(cfg, key)
+        if cfg.get("data") is not None and cfg.get("evaluation") is None:
+            run_cfg.evaluation.label_field = run_cfg.data.label_field
     check_config(run_cfg)
     if cfg.get("seed") is not None:
         pl.seed_everything(cfg.seed, workers=True)
@@ -53,8 +55,9 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     trainer = build_trainer(run_cfg, callbacks=[RichProgressBar()], loggers=[])
     trainer.test(model, datamodule=datamodule, verbose=False)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")}
-    result = model.results["test"]
     output_dir = Path(cfg.paths.output_dir)
+    metrics.update(run_reports(run_cfg, trainer, model, datamodule, output_dir))
+    result = model.results["test"]
     write_evaluation(
         output_dir, result.embeddings, result.fields, datamodule.label_field, datamodule.class_names, metrics
     )

@@ -10,7 +10,7 @@ import lightning.pytorch as pl
 from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
-from simlearn.build import build_datamodule, build_list, build_model, build_trainer, check_config
+from simlearn.build import build_datamodule, build_list, build_model, build_trainer, check_config, run_reports
 from simlearn.cli import exit_on_user_error, print_metrics
 from simlearn.config import config_dir
 from simlearn.errors import UserError
@@ -53,12 +53,12 @@ def train(cfg: DictConfig) -> dict[str, float]:
         checkpoint = next((c for c in callbacks if isinstance(c, ModelCheckpoint) and c.monitor), None)
         best_path = checkpoint.best_model_path if checkpoint is not None else ""
         if checkpoint is not None and checkpoint.best_model_score is not None:
-            metrics["val/best_recall@1"] = float(checkpoint.best_model_score)
+            metrics[checkpoint.monitor.replace("/", "/best_", 1)] = float(checkpoint.best_model_score)
         trainer.test(model, datamodule=datamodule, ckpt_path=best_path or None, verbose=False)
+        metrics.update({k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")})
+        metrics.update(run_reports(cfg, trainer, model, datamodule, output_dir))
     finally:
         finish_wandb(loggers)
-    metrics.update({k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")})
-    metrics.setdefault("val/best_recall@1", metrics.get("val/recall@1", float("nan")))
     result = model.results["test"]
     write_evaluation(
         output_dir, result.embeddings, result.fields, datamodule.label_field, datamodule.class_names, metrics

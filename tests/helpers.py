@@ -8,11 +8,11 @@ import sys
 from pathlib import Path
 
 import lightning.pytorch as pl
-import torch
 
 from simlearn.build import build_datamodule, build_model
 from simlearn.config import compose_config
 from simlearn.evaluation import retrieval_metrics
+from simlearn.inference import embed
 from simlearn.train import train
 
 REPO = Path(__file__).resolve().parents[1]
@@ -31,11 +31,8 @@ def untrained_metrics(cfg) -> dict[str, float]:
     pl.seed_everything(cfg.seed, verbose=False)
     datamodule = build_datamodule(cfg.data)
     model = build_model(cfg, datamodule).eval()
-    test = datamodule.datasets["test"]
-    batch = test.__getitems__(list(range(len(test))))
-    with torch.no_grad():
-        embeddings = model(batch["image"])
-    return retrieval_metrics(embeddings, batch[cfg.data.label_field])
+    result = embed(model.encoder, datamodule.test_dataloader())
+    return retrieval_metrics(result.embeddings, result.fields[cfg.data.label_field])
 
 
 def run_cli(*args: str, cwd: Path = REPO, timeout: int = 180, env: dict | None = None) -> subprocess.CompletedProcess:

@@ -3,18 +3,26 @@
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import lightning.pytorch as pl
 import numpy as np
 import torch
 from torch import Tensor
 
-from simlearn.evaluation import retrieval_metrics
+from simlearn.evaluation.evaluators import RetrievalEvaluator
 from simlearn.losses import MultiTaskLoss, Task
 from simlearn.models.encoder import Encoder
+
+
+class Evaluator(Protocol):
+    """Metrics of one split: ``evaluator(embeddings, label_fields) -> {name: value}``."""
+
+    main_metric: str
+
+    def __call__(self, embeddings: Tensor, fields: Mapping[str, Tensor]) -> dict[str, float]: ...
 
 
 @dataclass
@@ -27,8 +35,8 @@ class EmbeddingSet:
 
 
 class EmbeddingModule(pl.LightningModule):
-    """Encoder + loss. Validation and test collect embeddings and compute exact cosine retrieval metrics
-    (``{split}/recall@k``, ``precision@1``, ``r_precision``, ``map@r``) on ``label_field``, plus the accuracy
+    """Encoder + loss. Validation and test collect the embeddings and label fields of the whole split, then log
+    ``{split}/<metric>`` for the evaluator's metrics (exact cosine retrieval by default) plus the accuracy
     (classification) or mean absolute error (regression) of every task that can predict.
     """
 
@@ -38,9 +46,7 @@ class EmbeddingModule(pl.LightningModule):
         loss: MultiTaskLoss | Task,
         optimizer: Callable[[Iterable[Tensor]], torch.optim.Optimizer],
         scheduler: Callable[[torch.optim.Optimizer], Any] | None = None,
-        label_field: str = "label",
-        ks: Sequence[int] = (1, 5, 10),
-        chunk_size: int | None = None,
+        evaluator: Evaluator | None = None,
         config: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
@@ -48,9 +54,7 @@ class EmbeddingModule(pl.LightningModule):
         self.loss = MultiTaskLoss.wrap(loss)
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
-        self.label_field = label_field
-        self.ks = tuple(ks)
-        self.chunk_size = chunk_size
+        self.evaluator = evaluator or RetrievalEvaluator(label_field="label")
         #: The resolved build config, stored in checkpoints so that ``simlearn-eval`` can rebuild the model.
         self.config = dict(config or {})
         self._outputs: dict[str, list[Tensor]] = defaultdict(list)
@@ -80,23 +84,27 @@ class EmbeddingModule(pl.LightningModule):
         self._outputs.clear()
         embeddings = outputs.pop("embeddings")
         index = outputs.pop("index")
-        metrics = retrieval_metrics(embeddings, outputs[self.label_field], ks=self.ks, chunk_size=self.chunk_size)
-        for name, task in self.loss.tasks.items():
-            predicted = task.predict(embeddings)
-            if predicted is None:
-                continue
-            target = outputs[task.field]
-            if predicted.is_floating_point():
-                metrics[f"mae_{name}"] = (predicted - target.float()).abs().mean().item()
-            else:
-                metrics[f"accuracy_{name}"] = (predicted == target).float().mean().item()
+        metrics = {**self.evaluator(embeddings, outputs), **self._task_metrics(embeddings, outputs)}
         self.results[split] = EmbeddingSet(
             embeddings=embeddings.float().cpu().numpy(),
             fields={key: value.cpu().numpy() for key, value in outputs.items()},
             index=index.cpu().numpy(),
         )
         for key, value in metrics.items():
-            self.log(f"{split}/{key}", float(value), prog_bar=key == "recall@1")
+            self.log(f"{split}/{key}", float(value), prog_bar=key == self.evaluator.main_metric)
+        return metrics
+
+    def _task_metrics(self, embeddings: Tensor, fields: Mapping[str, Tensor]) -> dict[str, float]:
+        metrics = {}
+        for name, task in self.loss.tasks.items():
+            predicted = task.predict(embeddings)
+            if predicted is None or task.field not in fields:
+                continue
+            target = fields[task.field]
+            if predicted.is_floating_point():
+                metrics[f"mae_{name}"] = (predicted - target.float()).abs().mean().item()
+            else:
+                metrics[f"accuracy_{name}"] = (predicted == target).float().mean().item()
         return metrics
 
     def validation_step(self, batch: Mapping[str, Tensor], batch_idx: int) -> None:

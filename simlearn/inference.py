@@ -1,0 +1,31 @@
+"""Embedding a dataset with a trained encoder, outside the training loop."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable, Mapping
+
+import torch
+from torch import Tensor, nn
+
+from simlearn.models.module import EmbeddingSet
+
+
+@torch.no_grad()
+def embed(
+    encoder: nn.Module, batches: Iterable[Mapping[str, Tensor]], device: torch.device | str | None = None
+) -> EmbeddingSet:
+    """Embeddings and label fields of every batch (``{"image", "index", <fields>}``), in order, in eval mode."""
+    device = torch.device(device) if device is not None else next(encoder.parameters()).device
+    was_training = encoder.training
+    encoder.eval()
+    parts: dict[str, list[Tensor]] = defaultdict(list)
+    for batch in batches:
+        parts["embeddings"].append(encoder(batch["image"].to(device)).float().cpu())
+        for key, value in batch.items():
+            if key != "image":
+                parts[key].append(value.cpu())
+    encoder.train(was_training)
+    arrays = {key: torch.cat(values).numpy() for key, values in parts.items()}
+    embeddings, index = arrays.pop("embeddings"), arrays.pop("index")
+    return EmbeddingSet(embeddings=embeddings, fields=arrays, index=index)
