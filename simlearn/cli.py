@@ -7,7 +7,9 @@ import sys
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
+from hydra.types import RunMode
 from rich.console import Console
 from rich.table import Table
 
@@ -22,8 +24,16 @@ def _user_error(error: BaseException) -> UserError | None:
     return None
 
 
+def in_multirun() -> bool:
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
 def exit_on_user_error(function: Callable[..., Any]) -> Callable[..., Any]:
-    """Print a user mistake as one message on stderr and exit with status 2 instead of a traceback."""
+    """Print a user mistake as one message on stderr and exit with status 2 instead of a traceback.
+
+    In a multirun the job raises instead, so that Hydra records it as failed and the other jobs (and their files)
+    carry on; the sweep reports the failure at its end.
+    """
 
     @functools.wraps(function)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -33,6 +43,8 @@ def exit_on_user_error(function: Callable[..., Any]) -> Callable[..., Any]:
             user_error = _user_error(error)
             message = str(user_error) if user_error else f"could not build an object from the config:\n{error}"
             Console(stderr=True).print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+            if in_multirun():
+                raise
             sys.exit(2)
 
     return wrapper

@@ -40,12 +40,17 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     checkpoint = load_checkpoint(cfg.ckpt_path)
     run_cfg = OmegaConf.create(checkpoint["simlearn_config"])
     with open_dict(run_cfg):
-        # the command line's data/evaluation replace the checkpoint's; values resolved in the eval config
-        for key in ("data", "evaluation", "trainer"):
+        # data=NAME replaces the checkpoint's data config, +data.KEY=VALUE edits it; evaluation/trainer replace
+        data = cfg.get("data")
+        if data and "_target_" in data:
+            run_cfg.data = resolved(cfg, "data")
+            if cfg.get("evaluation") is None:
+                run_cfg.evaluation.label_field = run_cfg.data.label_field
+        elif data:
+            run_cfg.data = OmegaConf.merge(run_cfg.data, resolved(cfg, "data"))
+        for key in ("evaluation", "trainer"):
             if cfg.get(key) is not None:
                 run_cfg[key] = resolved(cfg, key)
-        if cfg.get("data") is not None and cfg.get("evaluation") is None:
-            run_cfg.evaluation.label_field = run_cfg.data.label_field
     check_config(run_cfg)
     if cfg.get("seed") is not None:
         pl.seed_everything(cfg.seed, workers=True)
@@ -54,7 +59,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     model.load_state_dict(checkpoint["state_dict"])
     trainer = build_trainer(run_cfg, callbacks=[RichProgressBar()], loggers=[])
     trainer.test(model, datamodule=datamodule, verbose=False)
-    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")}
+    metrics = {f"test/{k}": float(v) for k, v in model.metrics["test"].items()}
     output_dir = Path(cfg.paths.output_dir)
     metrics.update(run_reports(run_cfg, trainer, model, datamodule, output_dir))
     result = model.results["test"]

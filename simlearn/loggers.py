@@ -23,8 +23,23 @@ def wandb_has_credentials() -> bool:
         return False
 
 
-def wandb_logger(offline: bool = False, save_dir: str = ".", **kwargs) -> WandbLogger:
-    """Lightning's ``WandbLogger``, switched to offline mode when no credentials exist so it never prompts."""
+def sweep_group() -> str | None:
+    """In a Hydra multirun: ``<job name>-<sweep dir name>``, shared by every job of the sweep."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
+        return None
+    hydra_cfg = HydraConfig.get()
+    return f"{hydra_cfg.job.name}-{os.path.basename(os.path.normpath(hydra_cfg.sweep.dir))}"
+
+
+def wandb_logger(offline: bool = False, save_dir: str = ".", group: str | None = None, **kwargs) -> WandbLogger:
+    """Lightning's ``WandbLogger``, switched to offline mode when no credentials exist so it never prompts.
+
+    Jobs of one Hydra sweep share a wandb group (the sweep's name) unless ``group`` is given.
+    """
+    group = group or sweep_group()
     explicit_mode = os.environ.get("WANDB_MODE") in ("offline", "disabled", "dryrun")
     if not offline and not explicit_mode and not wandb_has_credentials():
         offline = True
@@ -35,7 +50,7 @@ def wandb_logger(offline: bool = False, save_dir: str = ".", **kwargs) -> WandbL
             save_dir,
         )
     os.makedirs(save_dir, exist_ok=True)
-    return WandbLogger(offline=offline, save_dir=save_dir, **kwargs)
+    return WandbLogger(offline=offline, save_dir=save_dir, group=group, **kwargs)
 
 
 def finish_wandb(loggers: list) -> None:

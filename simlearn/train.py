@@ -20,23 +20,34 @@ from simlearn.loggers import finish_wandb
 log = logging.getLogger(__name__)
 
 
-def guard_checkpoints(output_dir: Path, ckpt_path: str | None) -> None:
-    """Refuse to train into a run dir that already holds checkpoints, unless resuming from one."""
-    existing = sorted(p.name for p in (output_dir / "checkpoints").glob("*.ckpt"))
+def resolve_resume(output_dir: Path, ckpt_path: str | None) -> str | None:
+    """The checkpoint to resume from, refusing to train over existing checkpoints otherwise.
+
+    ``ckpt_path=last`` resumes from this run dir's ``checkpoints/last.ckpt`` when there is one and starts fresh when
+    there is none, which is what a requeued or restarted job wants.
+    """
+    checkpoints = output_dir / "checkpoints"
+    if ckpt_path == "last":
+        last = checkpoints / "last.ckpt"
+        if last.is_file():
+            return str(last)
+        ckpt_path = None
+    existing = sorted(p.name for p in checkpoints.glob("*.ckpt"))
     if existing and not ckpt_path:
         raise UserError(
             f"the run dir {output_dir} already holds checkpoints {existing}; training again would overwrite "
-            f"them. Choose another hydra.run.dir, or resume with ckpt_path={output_dir / 'checkpoints' / 'last.ckpt'}."
+            f"them. Choose another hydra.run.dir, or resume with ckpt_path=last (or a path to a .ckpt)."
         )
     if ckpt_path and not Path(ckpt_path).is_file():
-        raise UserError(f"ckpt_path={ckpt_path!r} is not a file; give the path of a .ckpt to resume from.")
+        raise UserError(f"ckpt_path={ckpt_path!r} is not a file; give the path of a .ckpt to resume from, or 'last'.")
+    return ckpt_path
 
 
 def train(cfg: DictConfig) -> dict[str, float]:
     """Train, test the best checkpoint, write the run's files; return the flat metric dict (val/…, test/…)."""
     check_config(cfg)
     output_dir = Path(cfg.paths.output_dir)
-    guard_checkpoints(output_dir, cfg.get("ckpt_path"))
+    ckpt_path = resolve_resume(output_dir, cfg.get("ckpt_path"))
     if cfg.get("seed") is not None:
         pl.seed_everything(cfg.seed, workers=True)
 
@@ -48,14 +59,14 @@ def train(cfg: DictConfig) -> dict[str, float]:
     output_dir.mkdir(parents=True, exist_ok=True)
     OmegaConf.save(cfg, output_dir / "config.yaml", resolve=True)
     try:
-        trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
-        metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
+        trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
+        metrics = {f"val/{k}": float(v) for k, v in model.metrics.get("val", {}).items()}
         checkpoint = next((c for c in callbacks if isinstance(c, ModelCheckpoint) and c.monitor), None)
         best_path = checkpoint.best_model_path if checkpoint is not None else ""
         if checkpoint is not None and checkpoint.best_model_score is not None:
             metrics[checkpoint.monitor.replace("/", "/best_", 1)] = float(checkpoint.best_model_score)
         trainer.test(model, datamodule=datamodule, ckpt_path=best_path or None, verbose=False)
-        metrics.update({k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")})
+        metrics.update({f"test/{k}": float(v) for k, v in model.metrics["test"].items()})
         metrics.update(run_reports(cfg, trainer, model, datamodule, output_dir))
     finally:
         finish_wandb(loggers)

@@ -54,7 +54,7 @@ def test_every_group_option_composes_and_builds(tmp_path: Path, group: str, opti
 
 def test_eval_config_composes_with_and_without_data(tmp_path):
     cfg = compose_config(["ckpt_path=x.ckpt"], config_name="eval", output_dir=tmp_path)
-    assert cfg.get("data") is None
+    assert not cfg.get("data")
     cfg = compose_config(["ckpt_path=x.ckpt", "data=mnist"], config_name="eval", output_dir=tmp_path)
     assert cfg.data.image_size == 28
 

@@ -58,7 +58,9 @@ class EmbeddingModule(pl.LightningModule):
         #: The resolved build config, stored in checkpoints so that ``simlearn-eval`` can rebuild the model.
         self.config = dict(config or {})
         self._outputs: dict[str, list[Tensor]] = defaultdict(list)
+        #: Per split ("val", "test"): the last evaluation's embeddings and its metrics (full precision).
         self.results: dict[str, EmbeddingSet] = {}
+        self.metrics: dict[str, dict[str, float]] = {}
 
     def forward(self, images: Tensor) -> Tensor:
         return self.encoder(images)
@@ -80,19 +82,40 @@ class EmbeddingModule(pl.LightningModule):
                 self._outputs[key].append(value.detach())
 
     def _evaluate(self, split: str) -> dict[str, float]:
-        outputs = {key: torch.cat(values) for key, values in self._outputs.items()}
-        self._outputs.clear()
+        outputs = self._gathered_outputs()
         embeddings = outputs.pop("embeddings")
         index = outputs.pop("index")
-        metrics = {**self.evaluator(embeddings, outputs), **self._task_metrics(embeddings, outputs)}
+        metrics = None
+        if self.global_rank == 0:
+            metrics = {**self.evaluator(embeddings, outputs), **self._task_metrics(embeddings, outputs)}
+        if self.trainer.world_size > 1:
+            metrics = self.trainer.strategy.broadcast(metrics, src=0)
+        self.metrics[split] = metrics
         self.results[split] = EmbeddingSet(
             embeddings=embeddings.float().cpu().numpy(),
             fields={key: value.cpu().numpy() for key, value in outputs.items()},
             index=index.cpu().numpy(),
         )
         for key, value in metrics.items():
-            self.log(f"{split}/{key}", float(value), prog_bar=key == self.evaluator.main_metric)
+            self.log(f"{split}/{key}", float(value), prog_bar=key == self.evaluator.main_metric, sync_dist=False)
         return metrics
+
+    def _gathered_outputs(self) -> dict[str, Tensor]:
+        """This split's outputs from every rank, once each, in dataset order.
+
+        Under DDP each rank saw a shard that the DistributedSampler padded with repeated items so that all shards
+        have equal length; gathering, dropping the repeats by dataset index and sorting by it gives exactly what a
+        single process collects, so the metrics do not depend on the number of processes.
+        """
+        outputs = {key: torch.cat(values) for key, values in self._outputs.items()}
+        self._outputs.clear()
+        if self.trainer.world_size > 1:
+            outputs = {key: value.flatten(0, 1) for key, value in self.all_gather(outputs).items()}
+        index = outputs["index"]
+        unique, inverse = torch.unique(index, return_inverse=True)
+        positions = torch.arange(len(index), device=index.device)
+        first = torch.full_like(unique, len(index)).scatter_reduce(0, inverse, positions, reduce="amin")
+        return {key: value[first] for key, value in outputs.items()}
 
     def _task_metrics(self, embeddings: Tensor, fields: Mapping[str, Tensor]) -> dict[str, float]:
         metrics = {}
