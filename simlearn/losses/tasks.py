@@ -10,6 +10,7 @@ from collections.abc import Mapping
 
 import torch
 from torch import Tensor, nn
+from torch import distributed as dist
 from torch.nn import functional as F
 
 from simlearn.errors import UserError
@@ -17,6 +18,9 @@ from simlearn.errors import UserError
 
 class Task(nn.Module):
     """One objective: ``forward(embeddings, batch)`` → scalar loss, computed from ``batch[field]``."""
+
+    #: True for tasks whose target is the input image (``batch["image"]``), not a label field.
+    reads_image: bool = False
 
     def __init__(self, field: str, weight: float = 1.0) -> None:
         super().__init__()
@@ -38,12 +42,28 @@ class MetricTask(Task):
 
     Classifier losses (``NormalizedSoftmaxLoss``, ``CosFaceLoss``, ``ArcFaceLoss``…) keep their class weights
     in ``loss.W`` (embedding_dim × classes); for them :meth:`predict` gives the cosine classifier's decision.
+
+    ``distributed=True`` wraps loss and miner in PML's ``DistributedLossWrapper`` / ``DistributedMinerWrapper`` so
+    that, under DDP, pairs and triplets are formed with the embeddings of all ranks (plain losses otherwise).
     """
 
-    def __init__(self, field: str, loss: nn.Module, miner: nn.Module | None = None, weight: float = 1.0) -> None:
+    def __init__(
+        self,
+        field: str,
+        loss: nn.Module,
+        miner: nn.Module | None = None,
+        weight: float = 1.0,
+        distributed: bool = False,
+    ) -> None:
         super().__init__(field, weight)
         self.loss = loss
         self.miner = miner
+        self.distributed = distributed
+        if distributed:
+            from pytorch_metric_learning.utils.distributed import DistributedLossWrapper, DistributedMinerWrapper
+
+            self.distributed_loss = DistributedLossWrapper(loss)
+            self.distributed_miner = DistributedMinerWrapper(miner) if miner is not None else None
 
     @property
     def class_weights(self) -> Tensor | None:
@@ -59,8 +79,11 @@ class MetricTask(Task):
 
     def forward(self, embeddings: Tensor, batch: Mapping[str, Tensor]) -> Tensor:
         labels = batch[self.field]
-        indices = self.miner(embeddings, labels) if self.miner is not None else None
-        return self.loss(embeddings, labels, indices)
+        across_ranks = self.distributed and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+        loss = self.distributed_loss if across_ranks else self.loss
+        miner = self.distributed_miner if across_ranks else self.miner
+        indices = miner(embeddings, labels) if miner is not None else None
+        return loss(embeddings, labels, indices)
 
     def predict(self, embeddings: Tensor) -> Tensor | None:
         if self.class_weights is None:
@@ -119,8 +142,10 @@ class MultiTaskLoss(nn.Module):
         return {name: task.field for name, task in self.tasks.items()}
 
     def check_fields(self, available: Mapping[str, Tensor]) -> None:
-        """Every task's field must exist in the data, with values the task can learn."""
+        """Every task's field must exist in the data, with values the task can learn (image tasks: no field)."""
         for name, task in self.tasks.items():
+            if task.reads_image:
+                continue
             if task.field not in available:
                 raise UserError(
                     f"loss task {name!r} reads label field {task.field!r}, which the data does not have; "
