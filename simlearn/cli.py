@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import logging
 import sys
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -44,6 +45,7 @@ def exit_on_user_error(function: Callable[..., Any]) -> Callable[..., Any]:
             message = str(user_error) if user_error else f"could not build an object from the config:\n{error}"
             Console(stderr=True).print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
             if in_multirun():
+                logging.getLogger(function.__module__).error("error: %s", message.replace("\n", " "))
                 raise
             sys.exit(2)
 
