@@ -61,6 +61,8 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     trainer.test(model, datamodule=datamodule, verbose=False)
     metrics = {f"test/{k}": float(v) for k, v in model.metrics["test"].items()}
     output_dir = Path(cfg.paths.output_dir)
+    if not trainer.is_global_zero:  # other DDP ranks hold the same gathered results; one process writes files
+        return metrics
     metrics.update(run_reports(run_cfg, trainer, model, datamodule, output_dir))
     result = model.results["test"]
     write_evaluation(

@@ -56,8 +56,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
     callbacks = build_list(cfg.get("callbacks"))
     loggers = build_list(cfg.get("logger"))
     trainer = build_trainer(cfg, callbacks, loggers)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    OmegaConf.save(cfg, output_dir / "config.yaml", resolve=True)
+    if trainer.is_global_zero:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        OmegaConf.save(cfg, output_dir / "config.yaml", resolve=True)
     try:
         trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
         metrics = {f"val/{k}": float(v) for k, v in model.metrics.get("val", {}).items()}
@@ -67,9 +68,12 @@ def train(cfg: DictConfig) -> dict[str, float]:
             metrics[checkpoint.monitor.replace("/", "/best_", 1)] = float(checkpoint.best_model_score)
         trainer.test(model, datamodule=datamodule, ckpt_path=best_path or None, verbose=False)
         metrics.update({f"test/{k}": float(v) for k, v in model.metrics["test"].items()})
-        metrics.update(run_reports(cfg, trainer, model, datamodule, output_dir))
+        if trainer.is_global_zero:  # other DDP ranks hold the same gathered results; one process writes files
+            metrics.update(run_reports(cfg, trainer, model, datamodule, output_dir))
     finally:
         finish_wandb(loggers)
+    if not trainer.is_global_zero:
+        return metrics
     result = model.results["test"]
     write_evaluation(
         output_dir, result.embeddings, result.fields, datamodule.label_field, datamodule.class_names, metrics

@@ -10,6 +10,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from simlearn.data.samplers import EpochSeededRandomSampler
 from simlearn.errors import UserError
 
 SPLITS = ("train", "val", "test")
@@ -156,10 +157,7 @@ class InMemoryImageDataModule(pl.LightningDataModule):
         keep = self._selected(labels)
         splits = self._split(labels, keep, data.is_test)
         for split, index in splits.items():
-            limit = self.limits[split]
-            if limit is not None:
-                index = index[torch.randperm(len(index), generator=self._generator(split))[:limit]].sort().values
-            splits[split] = index
+            splits[split] = cap_split(index, self.limits[split], self.seed, split)
         self._check_classes(labels, splits)
         scale = 255.0 if data.images.dtype == torch.uint8 else 1.0
         train_images = data.images[splits["train"]].float() / scale
@@ -191,41 +189,11 @@ class InMemoryImageDataModule(pl.LightningDataModule):
         wanted = torch.tensor([self.class_names.index(c) for c in self.classes])
         return torch.isin(labels, wanted)
 
-    def _generator(self, salt: str) -> torch.Generator:
-        return torch.Generator().manual_seed(self.seed * 1000 + SPLITS.index(salt))
-
     def _split(self, labels: torch.Tensor, keep: torch.Tensor, is_test: torch.Tensor | None) -> dict[str, torch.Tensor]:
-        """Per class: a seeded permutation cut into test / val / train (test from the source when it has one)."""
-        rng = np.random.default_rng(self.seed)
-        parts: dict[str, list[np.ndarray]] = {split: [] for split in SPLITS}
-        for label in labels[keep].unique().tolist():
-            members = torch.nonzero(keep & (labels == label)).flatten().numpy()
-            if is_test is not None:
-                parts["test"].append(members[is_test[members].numpy()])
-                members = members[~is_test[members].numpy()]
-                n_test = 0
-                n_val = round(len(members) * self.val_fraction)
-            else:
-                n_test = round(len(members) * self.test_fraction)
-                n_val = round(len(members) * self.val_fraction)
-            members = rng.permutation(members)
-            parts["test"].append(members[:n_test])
-            parts["val"].append(members[n_test : n_test + n_val])
-            parts["train"].append(members[n_test + n_val :])
-        return {split: torch.from_numpy(np.sort(np.concatenate(chunks))).long() for split, chunks in parts.items()}
+        return stratified_split(labels, keep, self.val_fraction, self.test_fraction, self.seed, is_test)
 
     def _check_classes(self, labels: torch.Tensor, splits: dict[str, torch.Tensor]) -> None:
-        for split, index in splits.items():
-            present = labels[index].unique()
-            if split == "val" and len(index) == 0 and self.val_fraction == 0:
-                continue
-            if len(present) < 2:
-                names = [self.class_names[i] for i in present.tolist()]
-                raise UserError(
-                    f"the {split} split of data '{self.name}' has {len(index)} items in {len(present)} class(es) "
-                    f"{names}; similarity learning and retrieval need at least 2 classes. Select more classes "
-                    f"(data.classes) or raise data.max_{split}."
-                )
+        check_split_classes(labels, splits, self.class_names, self.name, self.val_fraction)
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         dataset = self.datasets[split]
@@ -242,23 +210,13 @@ class InMemoryImageDataModule(pl.LightningDataModule):
                 drop_last=True,
                 **kwargs,
             )
-        batch_size = self.batch_size if split == "train" else self.eval_batch_size
-        return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, drop_last=False, **kwargs)
+        if split == "train":
+            sampler = EpochSeededRandomSampler(len(dataset), seed=self.seed) if shuffle else None
+            return DataLoader(dataset, batch_size=self.batch_size, sampler=sampler, drop_last=False, **kwargs)
+        return DataLoader(dataset, batch_size=self.eval_batch_size, shuffle=False, drop_last=False, **kwargs)
 
     def _m_per_class_sampler(self, dataset: TensorImageDataset):
-        from pytorch_metric_learning.samplers import MPerClassSampler
-
-        labels = dataset.labels(self.label_field)
-        num_classes = len(labels.unique())
-        m = self.m_per_class
-        if self.batch_size % m or m * num_classes < self.batch_size:
-            raise UserError(
-                f"data.m_per_class={m} does not fit data.batch_size={self.batch_size} with {num_classes} classes: "
-                f"the batch size must be a multiple of m_per_class and at most m_per_class × classes "
-                f"({m * num_classes}). Example: data.m_per_class={max(1, self.batch_size // num_classes)} with "
-                f"data.batch_size={max(1, self.batch_size // num_classes) * num_classes}."
-            )
-        return MPerClassSampler(labels.numpy(), m=m, batch_size=self.batch_size, length_before_new_iter=len(labels))
+        return m_per_class_sampler(dataset.labels(self.label_field), self.m_per_class, self.batch_size)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", shuffle=True)
@@ -268,3 +226,84 @@ class InMemoryImageDataModule(pl.LightningDataModule):
 
     def test_dataloader(self) -> DataLoader:
         return self._loader("test", shuffle=False)
+
+
+# -- split and sampling helpers shared by every data module (in memory or read from files) --------------------------
+def split_generator(seed: int, split: str) -> torch.Generator:
+    """The generator that draws the capped subset (``data.max_<split>``) of one split."""
+    return torch.Generator().manual_seed(seed * 1000 + SPLITS.index(split))
+
+
+def stratified_split(
+    labels: torch.Tensor,
+    keep: torch.Tensor,
+    val_fraction: float,
+    test_fraction: float,
+    seed: int,
+    is_test: torch.Tensor | None = None,
+) -> dict[str, torch.Tensor]:
+    """Per class: a seeded permutation cut into test / val / train (test from the source when it has one).
+
+    ``labels`` holds one class id per item and ``keep`` marks the items to split; returns the sorted item indices of
+    each split. Each class contributes ``round(n × fraction)`` items to val and test, so the splits are stratified,
+    and the result depends only on the labels and the seed.
+    """
+    rng = np.random.default_rng(seed)
+    parts: dict[str, list[np.ndarray]] = {split: [] for split in SPLITS}
+    for label in labels[keep].unique().tolist():
+        members = torch.nonzero(keep & (labels == label)).flatten().numpy()
+        if is_test is not None:
+            parts["test"].append(members[is_test[members].numpy()])
+            members = members[~is_test[members].numpy()]
+            n_test = 0
+            n_val = round(len(members) * val_fraction)
+        else:
+            n_test = round(len(members) * test_fraction)
+            n_val = round(len(members) * val_fraction)
+        members = rng.permutation(members)
+        parts["test"].append(members[:n_test])
+        parts["val"].append(members[n_test : n_test + n_val])
+        parts["train"].append(members[n_test + n_val :])
+    return {
+        split: torch.from_numpy(np.sort(np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.int64))).long()
+        for split, chunks in parts.items()
+    }
+
+
+def cap_split(index: torch.Tensor, limit: int | None, seed: int, split: str) -> torch.Tensor:
+    """A seeded random subset of at most ``limit`` items of a split (all of them when ``limit`` is None), sorted."""
+    if limit is None:
+        return index
+    return index[torch.randperm(len(index), generator=split_generator(seed, split))[:limit]].sort().values
+
+
+def check_split_classes(
+    labels: torch.Tensor, splits: Mapping[str, torch.Tensor], class_names: Sequence[str], name: str, val_fraction: float
+) -> None:
+    """Every split needs at least 2 classes (an empty val split is fine when ``val_fraction`` is 0)."""
+    for split, index in splits.items():
+        present = labels[index].unique()
+        if split == "val" and len(index) == 0 and val_fraction == 0:
+            continue
+        if len(present) < 2:
+            names = [class_names[i] for i in present.tolist()]
+            raise UserError(
+                f"the {split} split of data '{name}' has {len(index)} items in {len(present)} class(es) "
+                f"{names}; similarity learning and retrieval need at least 2 classes. Select more classes "
+                f"(data.classes) or raise data.max_{split}."
+            )
+
+
+def m_per_class_sampler(labels: torch.Tensor, m: int, batch_size: int):
+    """PML's ``MPerClassSampler`` (m items of each class per batch), or a UserError when m does not fit the batch."""
+    from pytorch_metric_learning.samplers import MPerClassSampler
+
+    num_classes = len(labels.unique())
+    if batch_size % m or m * num_classes < batch_size:
+        raise UserError(
+            f"data.m_per_class={m} does not fit data.batch_size={batch_size} with {num_classes} classes: "
+            f"the batch size must be a multiple of m_per_class and at most m_per_class × classes "
+            f"({m * num_classes}). Example: data.m_per_class={max(1, batch_size // num_classes)} with "
+            f"data.batch_size={max(1, batch_size // num_classes) * num_classes}."
+        )
+    return MPerClassSampler(labels.numpy(), m=m, batch_size=batch_size, length_before_new_iter=len(labels))

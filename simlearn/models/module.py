@@ -96,8 +96,9 @@ class EmbeddingModule(pl.LightningModule):
             fields={key: value.cpu().numpy() for key, value in outputs.items()},
             index=index.cpu().numpy(),
         )
+        # identical on every rank after the broadcast, so averaging across ranks (sync_dist) leaves them exact
         for key, value in metrics.items():
-            self.log(f"{split}/{key}", float(value), prog_bar=key == self.evaluator.main_metric, sync_dist=False)
+            self.log(f"{split}/{key}", float(value), prog_bar=key == self.evaluator.main_metric, sync_dist=True)
         return metrics
 
     def _gathered_outputs(self) -> dict[str, Tensor]:
