@@ -84,6 +84,8 @@ def build_model(cfg: DictConfig, datamodule: InMemoryImageDataModule) -> Embeddi
         evaluator=instantiate(cfg.evaluation),
         config={key: resolved(cfg, key) for key in MODEL_KEYS if key in cfg},
     )
+    if hasattr(datamodule, "preprocessing"):
+        model.config["preprocessing"] = datamodule.preprocessing()
     train = datamodule.datasets["train"]
     model.loss.check_fields({name: train.labels(name) for name in train.fields})
     return model

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import lightning.pytorch as pl
 import numpy as np
@@ -166,6 +167,18 @@ class InMemoryImageDataModule(pl.LightningDataModule):
         self.datasets = {
             split: TensorImageDataset(data.images, data.fields, index, mean, std, scale)
             for split, index in splits.items()
+        }
+
+    def preprocessing(self) -> dict[str, Any]:
+        """How to turn a raw image into model input, stored in checkpoints for embedding new image files:
+        resize to ``image_size`` with ``channels`` channels, scale pixel values to [0, 1], then normalise with the
+        training split's per-channel ``mean`` and ``std``."""
+        train = self.datasets["train"]
+        return {
+            "image_size": self.image_size,
+            "channels": self.channels,
+            "mean": train.mean.flatten().tolist(),
+            "std": train.std.flatten().tolist(),
         }
 
     def _check_shape(self, images: torch.Tensor) -> None:
