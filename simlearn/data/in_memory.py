@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -11,6 +12,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from simlearn.data.device_loader import DeviceBatchLoader
 from simlearn.data.samplers import EpochSeededRandomSampler
 from simlearn.errors import UserError
 
@@ -68,6 +70,14 @@ class TensorImageDataset(Dataset):
     def __getitem__(self, position: int) -> dict[str, torch.Tensor]:
         return {k: v[0] for k, v in self.__getitems__([position]).items()}
 
+    def to(self, device: torch.device | str) -> TensorImageDataset:
+        """The same items with every tensor on ``device`` (tensors already there are shared, not copied)."""
+        moved = copy.copy(self)
+        moved.images = self.images.to(device)
+        moved.fields = {key: value.to(device) for key, value in self.fields.items()}
+        moved.indices, moved.mean, moved.std = (t.to(device) for t in (self.indices, self.mean, self.std))
+        return moved
+
     def labels(self, field: str) -> torch.Tensor:
         return self.fields[field][self.indices]
 
@@ -97,6 +107,7 @@ class InMemoryImageDataModule(pl.LightningDataModule):
         max_test: int | None = None,
         m_per_class: int | None = None,
         num_workers: int = 0,
+        on_device: bool = False,
         seed: int = 0,
     ) -> None:
         super().__init__()
@@ -123,6 +134,7 @@ class InMemoryImageDataModule(pl.LightningDataModule):
         self.limits = {"train": max_train, "val": max_val, "test": max_test}
         self.m_per_class = m_per_class
         self.num_workers = num_workers
+        self.on_device = on_device
         self.seed = seed
         self.class_names: list[str] = []
         self.datasets: dict[str, TensorImageDataset] = {}
@@ -208,25 +220,47 @@ class InMemoryImageDataModule(pl.LightningDataModule):
     def _check_classes(self, labels: torch.Tensor, splits: dict[str, torch.Tensor]) -> None:
         check_split_classes(labels, splits, self.class_names, self.name, self.val_fraction)
 
-    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+    def _loader(self, split: str, shuffle: bool) -> DataLoader | DeviceBatchLoader:
         dataset = self.datasets[split]
-        kwargs = {
-            "num_workers": self.num_workers,
-            "collate_fn": collate_batch,
-            "persistent_workers": self.num_workers > 0,
-        }
-        if split == "train" and self.m_per_class:
-            return DataLoader(
-                dataset,
-                batch_size=self.batch_size,
-                sampler=self._m_per_class_sampler(dataset),
-                drop_last=True,
-                **kwargs,
-            )
-        if split == "train":
+        train = split == "train"
+        if train and self.m_per_class:
+            sampler = self._m_per_class_sampler(dataset)
+        else:
             sampler = EpochSeededRandomSampler(len(dataset), seed=self.seed) if shuffle else None
-            return DataLoader(dataset, batch_size=self.batch_size, sampler=sampler, drop_last=False, **kwargs)
-        return DataLoader(dataset, batch_size=self.eval_batch_size, shuffle=False, drop_last=False, **kwargs)
+        batch_size = self.batch_size if train else self.eval_batch_size
+        drop_last = bool(train and self.m_per_class)
+        if self.on_device:
+            trainer = self.trainer
+            return DeviceBatchLoader(
+                self._device_dataset(split),
+                batch_size,
+                sampler=sampler,
+                drop_last=drop_last,
+                rank=trainer.global_rank if trainer else 0,
+                world_size=trainer.world_size if trainer else 1,
+                shard_whole_batches=drop_last,
+            )
+        return DataLoader(
+            dataset,
+            batch_size=batch_size,
+            sampler=sampler,
+            drop_last=drop_last,
+            num_workers=self.num_workers,
+            collate_fn=collate_batch,
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def _device_dataset(self, split: str) -> TensorImageDataset:
+        """The split with its tensors on the training device; the image tensor is moved once for all splits."""
+        device = self.trainer.strategy.root_device if self.trainer else torch.device("cpu")
+        cached = getattr(self, "_on_device", None)
+        if cached is None or cached[0] != device:
+            source = self.datasets["train"]
+            cached = (device, source.images.to(device), {k: v.to(device) for k, v in source.fields.items()})
+            self._on_device = cached
+        moved = copy.copy(self.datasets[split])
+        moved.images, moved.fields = cached[1], cached[2]
+        return moved.to(device)  # indices, mean, std; the shared tensors are already there
 
     def _m_per_class_sampler(self, dataset: TensorImageDataset):
         return m_per_class_sampler(dataset.labels(self.label_field), self.m_per_class, self.batch_size)
