@@ -15,7 +15,19 @@ from simlearn.errors import UserError
 from simlearn.models import EmbeddingModule, Encoder
 
 #: The parts of a run's config a checkpoint needs to rebuild its model and data.
-MODEL_KEYS = ("data", "backbone", "head", "loss", "optimizer", "scheduler", "evaluation", "reports", "seed")
+MODEL_KEYS = (
+    "data",
+    "backbone",
+    "head",
+    "loss",
+    "optimizer",
+    "scheduler",
+    "evaluation",
+    "reports",
+    "seed",
+    "compile",
+    "channels_last",
+)
 
 _INT = (int,)
 _NUMBER = (int, float)
@@ -82,6 +94,8 @@ def build_model(cfg: DictConfig, datamodule: InMemoryImageDataModule) -> Embeddi
         optimizer=instantiate(cfg.optimizer),
         scheduler=instantiate(cfg.scheduler) if cfg.get("scheduler") else None,
         evaluator=instantiate(cfg.evaluation),
+        compile=bool(cfg.get("compile", False)),
+        channels_last=bool(cfg.get("channels_last", False)),
         config={key: resolved(cfg, key) for key in MODEL_KEYS if key in cfg},
     )
     if hasattr(datamodule, "preprocessing"):

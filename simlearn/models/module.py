@@ -48,9 +48,16 @@ class EmbeddingModule(pl.LightningModule):
         scheduler: Callable[[torch.optim.Optimizer], Any] | None = None,
         evaluator: Evaluator | None = None,
         config: Mapping[str, Any] | None = None,
+        compile: bool = False,
+        channels_last: bool = False,
     ) -> None:
         super().__init__()
         self.encoder = encoder
+        self.channels_last = channels_last
+        if channels_last:
+            self.encoder.to(memory_format=torch.channels_last)
+        if compile:
+            self.encoder.compile()  # in place: parameter names (and so checkpoints) stay the same
         self.loss = MultiTaskLoss.wrap(loss)
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
@@ -63,6 +70,8 @@ class EmbeddingModule(pl.LightningModule):
         self.metrics: dict[str, dict[str, float]] = {}
 
     def forward(self, images: Tensor) -> Tensor:
+        if self.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
         return self.encoder(images)
 
     def training_step(self, batch: Mapping[str, Tensor], batch_idx: int) -> Tensor:
