@@ -6,6 +6,9 @@ import os
 from pathlib import Path
 from typing import Any
 
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 
@@ -21,3 +24,18 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         partial = path.with_name(f".{path.name}.partial")
         super().save_checkpoint(checkpoint, partial, storage_options)
         os.replace(partial, path)
+
+
+class LatestBestCheckpoint(ModelCheckpoint):
+    """``ModelCheckpoint`` that keeps the newer checkpoint when its score ties the worst one kept.
+
+    Small validation sets saturate metrics such as recall@1 early (every later epoch scores 1.0 too); Lightning
+    then keeps the first epoch that reached the score, while the later ones have trained longer and rank better.
+    """
+
+    def check_monitor_top_k(self, trainer: pl.Trainer, current: torch.Tensor | None = None) -> bool:
+        if current is not None and 0 < self.save_top_k <= len(self.best_k_models):
+            worst_kept = self.best_k_models[self.kth_best_model_path]
+            if bool(torch.as_tensor(current).cpu() == torch.as_tensor(worst_kept).cpu()):
+                return trainer.strategy.reduce_boolean_decision(True)
+        return super().check_monitor_top_k(trainer, current)
