@@ -14,7 +14,7 @@ from simlearn.build import build_datamodule, build_list, build_model, build_trai
 from simlearn.cli import exit_on_user_error, print_metrics
 from simlearn.config import config_dir
 from simlearn.errors import UserError
-from simlearn.evaluation.artifacts import write_evaluation
+from simlearn.evaluation.artifacts import write_evaluation, write_metrics
 from simlearn.loggers import finish_wandb
 
 log = logging.getLogger(__name__)
@@ -68,16 +68,14 @@ def train(cfg: DictConfig) -> dict[str, float]:
             metrics[checkpoint.monitor.replace("/", "/best_", 1)] = float(checkpoint.best_model_score)
         trainer.test(model, datamodule=datamodule, ckpt_path=best_path or None, verbose=False)
         metrics.update({f"test/{k}": float(v) for k, v in model.metrics["test"].items()})
-        if trainer.is_global_zero:  # other DDP ranks hold the same gathered results; one process writes files
-            metrics.update(run_reports(cfg, trainer, model, datamodule, output_dir))
+        if not trainer.is_global_zero:  # other DDP ranks hold the same gathered results; one process writes files
+            return metrics
+        result = model.results["test"]
+        write_evaluation(output_dir, result.embeddings, result.fields, datamodule.label_field, datamodule.class_names)
+        metrics.update(run_reports(cfg, trainer, model, datamodule, output_dir))
+        write_metrics(output_dir, metrics)
     finally:
         finish_wandb(loggers)
-    if not trainer.is_global_zero:
-        return metrics
-    result = model.results["test"]
-    write_evaluation(
-        output_dir, result.embeddings, result.fields, datamodule.label_field, datamodule.class_names, metrics
-    )
     print_metrics(metrics, title=f"simlearn · {output_dir}")
     if best_path:
         log.info("best checkpoint: %s", best_path)

@@ -19,7 +19,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def train_config(output_dir: Path, *overrides: str):
-    return compose_config(["logger=none", *overrides], output_dir=output_dir)
+    """The CLI's config for a quiet, fast run: no logger, no plots (tests/test_plots.py covers them)."""
+    return compose_config(["logger=none", "reports.plots=null", *overrides], output_dir=output_dir)
 
 
 def run_training(output_dir: Path, *overrides: str) -> dict[str, float]:

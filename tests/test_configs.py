@@ -13,7 +13,19 @@ from simlearn.errors import UserError
 from simlearn.losses import MultiTaskLoss
 from simlearn.models import Encoder
 
-GROUPS = ["data", "backbone", "head", "loss", "trainer", "logger", "callbacks", "experiment", "paths", "hydra"]
+GROUPS = [
+    "data",
+    "backbone",
+    "head",
+    "loss",
+    "trainer",
+    "logger",
+    "callbacks",
+    "evaluation",
+    "experiment",
+    "paths",
+    "hydra",
+]
 
 
 def options(group: str) -> list[str]:

@@ -1,5 +1,7 @@
-"""Tasks (one objective on one label field) and their weighted combination."""
+"""Tasks (one objective on one label field, or on the image) and their weighted combination."""
 
+from simlearn.losses.pairs import PairTask, pair_indices
+from simlearn.losses.reconstruction import ReconstructionTask
 from simlearn.losses.tasks import MetricTask, MultiTaskLoss, RegressionTask, Task
 
-__all__ = ["MetricTask", "MultiTaskLoss", "RegressionTask", "Task"]
+__all__ = ["MetricTask", "MultiTaskLoss", "PairTask", "ReconstructionTask", "RegressionTask", "Task", "pair_indices"]

@@ -1,0 +1,164 @@
+"""Rebuilding what a checkpoint holds: its config, its model and data (``simlearn-eval``, ``simlearn-embed``), or just
+its encoder and the image preprocessing it expects (``simlearn-search``, ``simlearn-export``, no data needed)."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from hydra.utils import get_class, instantiate
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from simlearn.build import build_datamodule, build_model, check_config, resolved
+from simlearn.errors import UserError
+from simlearn.models import EmbeddingModule, Encoder
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "LoadedEncoder",
+    "Restored",
+    "checkpoint_config",
+    "encoder_of",
+    "load_checkpoint",
+    "load_encoder",
+    "preprocessing_of",
+    "restore",
+]
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """A simlearn checkpoint: Lightning's dict plus the ``simlearn_config`` its model was built from."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"ckpt_path={str(path)!r} is not a file; give the path of a .ckpt written by training.")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as error:  # torch raises many types for a file that is not a checkpoint
+        raise UserError(f"ckpt_path={str(path)!r} is not a readable PyTorch checkpoint ({error}).") from error
+    if not isinstance(checkpoint, dict) or "simlearn_config" not in checkpoint or "state_dict" not in checkpoint:
+        raise UserError(
+            f"ckpt_path={str(path)!r} was not written by simlearn (no 'simlearn_config' in it); "
+            f"use a checkpoint from a run's checkpoints/ folder."
+        )
+    return checkpoint
+
+
+def checkpoint_config(checkpoint: dict[str, Any], cfg: DictConfig | None = None) -> DictConfig:
+    """The checkpoint's build config with the command line's changes: ``data=NAME`` (a config with ``_target_``)
+    replaces its data config, ``+data.KEY=VALUE`` edits it; ``evaluation`` and ``trainer`` replace its own."""
+    run_cfg = OmegaConf.create(checkpoint["simlearn_config"])
+    if cfg is None:
+        return run_cfg
+    with open_dict(run_cfg):
+        data = cfg.get("data")
+        if data and "_target_" in data:
+            run_cfg.data = resolved(cfg, "data")
+            if cfg.get("evaluation") is None and "evaluation" in run_cfg and "label_field" in run_cfg.evaluation:
+                run_cfg.evaluation.label_field = run_cfg.data.label_field
+        elif data:
+            run_cfg.data = OmegaConf.merge(run_cfg.data, resolved(cfg, "data"))
+        for key in ("evaluation", "trainer"):
+            if cfg.get(key) is not None:
+                run_cfg[key] = resolved(cfg, key)
+    return run_cfg
+
+
+@dataclass
+class Restored:
+    """A checkpoint's model (weights loaded) with the data it is evaluated on and the config that built both."""
+
+    checkpoint: dict[str, Any]
+    config: DictConfig
+    datamodule: Any
+    model: EmbeddingModule
+
+
+def restore(cfg: DictConfig) -> Restored:
+    """Rebuild the model of ``cfg.ckpt_path`` and its data (the checkpoint's, or as changed by ``cfg``, see
+    :func:`checkpoint_config`), seeded by ``cfg.seed`` like training; the data is set up, the weights loaded."""
+    checkpoint = load_checkpoint(cfg.ckpt_path)
+    run_cfg = checkpoint_config(checkpoint, cfg)
+    check_config(run_cfg)
+    if "pretrained" in run_cfg.backbone:  # the checkpoint's weights replace them: never fetch
+        run_cfg.backbone.pretrained = False
+    if cfg.get("seed") is not None:
+        pl.seed_everything(cfg.seed, workers=True)
+    datamodule = build_datamodule(run_cfg.data)
+    model = build_model(run_cfg, datamodule)
+    model.load_state_dict(checkpoint["state_dict"])
+    return Restored(checkpoint=checkpoint, config=run_cfg, datamodule=datamodule, model=model)
+
+
+@dataclass
+class LoadedEncoder:
+    """A checkpoint's encoder (eval mode, weights loaded) and how images must be prepared for it."""
+
+    encoder: Encoder
+    #: ``{"image_size", "channels", "mean", "std"}``: resize, scale to [0, 1], normalise per channel.
+    preprocessing: dict[str, Any]
+    config: DictConfig
+    path: Path
+
+    @property
+    def embedding_dim(self) -> int:
+        return int(self.encoder.embedding_dim)
+
+
+def load_encoder(path: str | Path, device: str | torch.device = "cpu") -> LoadedEncoder:
+    """The encoder of a checkpoint file, built from its backbone and head configs alone (no data is read)."""
+    return encoder_of(load_checkpoint(path), path, device)
+
+
+def encoder_of(checkpoint: dict[str, Any], path: str | Path, device: str | torch.device = "cpu") -> LoadedEncoder:
+    """The encoder of a loaded checkpoint (eval mode, its weights; pretrained backbone weights are not fetched,
+    the checkpoint's replace them) and the preprocessing it expects."""
+    config = checkpoint_config(checkpoint)
+    for key in ("backbone", "head"):
+        if key not in config:
+            raise UserError(f"ckpt_path={str(path)!r} has no {key} config; it was written by an older simlearn.")
+    backbone_cfg = OmegaConf.to_container(config.backbone, resolve=True)
+    if backbone_cfg.get("pretrained"):
+        backbone_cfg["pretrained"] = False
+    backbone = instantiate(backbone_cfg)
+    head = instantiate(config.head, in_features=backbone.out_features)
+    encoder = Encoder(backbone, head)
+    prefix = "encoder."
+    state = {k[len(prefix) :]: v for k, v in checkpoint["state_dict"].items() if k.startswith(prefix)}
+    try:
+        encoder.load_state_dict(state)
+    except RuntimeError as error:
+        raise UserError(f"ckpt_path={str(path)!r}: its encoder weights do not fit its own config ({error}).") from error
+    encoder.to(device).eval()
+    return LoadedEncoder(encoder=encoder, preprocessing=preprocessing_of(config, path), config=config, path=Path(path))
+
+
+def preprocessing_of(config: DictConfig, path: str | Path = "checkpoint") -> dict[str, Any]:
+    """The image preprocessing a checkpoint's model expects: stored by training (``preprocessing``), else, for data
+    read from image files, the data config's ``image_size``, ``channels``, ``mean`` and ``std``."""
+    stored = config.get("preprocessing")
+    if stored:
+        prep = OmegaConf.to_container(stored, resolve=True) if OmegaConf.is_config(stored) else dict(stored)
+        return {key: prep[key] for key in ("image_size", "channels", "mean", "std")}
+    data = config.get("data") or {}
+    from simlearn.data.image_files import IMAGENET_MEAN, IMAGENET_STD, ImageFileDataModule
+
+    try:
+        from_files = issubclass(get_class(data.get("_target_", "")), ImageFileDataModule)
+    except Exception:
+        from_files = False
+    if from_files and data.get("image_size") and data.get("channels"):
+        return {
+            "image_size": int(data.image_size),
+            "channels": int(data.channels),
+            "mean": list(data.get("mean") or IMAGENET_MEAN),
+            "std": list(data.get("std") or IMAGENET_STD),
+        }
+    raise UserError(
+        f"{path} does not say how to prepare images for its model (no 'preprocessing' in it: it was written before "
+        f"simlearn stored it). Train the model again with this version of simlearn."
+    )

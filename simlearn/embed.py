@@ -1,0 +1,208 @@
+"""Embed a dataset with a trained checkpoint: ``simlearn-embed ckpt_path=PATH [data=NAME ...]``.
+
+Every split is embedded with the evaluation transforms (no augmentation, also for train) and written as
+``<split>.npz``; with pyarrow installed all splits also go to one ``embeddings.parquet``. The npz files are galleries
+for ``simlearn-search`` and plain arrays for anything else (``numpy.load``).
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import hydra
+import lightning.pytorch as pl
+import numpy as np
+import torch
+from omegaconf import DictConfig
+from rich.console import Console
+from rich.table import Table
+from torch.utils.data import DataLoader
+
+from simlearn.build import build_datamodule, check_config
+from simlearn.checkpoints import LoadedEncoder, checkpoint_config, encoder_of, load_checkpoint
+from simlearn.cli import exit_on_user_error
+from simlearn.config import config_dir
+from simlearn.data.in_memory import collate_batch
+from simlearn.errors import UserError
+from simlearn.inference import embed
+from simlearn.models import EmbeddingSet
+
+log = logging.getLogger(__name__)
+
+__all__ = ["embed_dataset", "embed_splits", "write_npz", "write_parquet"]
+
+
+def pick_device(device: str | None) -> torch.device:
+    """``auto``/None: the GPU when PyTorch sees one, else the CPU; otherwise the named device."""
+    if device in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if str(device).startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"device={device} asks for a GPU, but PyTorch sees none; use device=auto or device=cpu.")
+    return torch.device(device)
+
+
+def split_loader(datamodule: Any, split: str, batch_size: int | None = None) -> DataLoader:
+    """A plain in-order loader over one split, with the evaluation transforms for every split (train included)."""
+    dataset = datamodule.datasets[split]
+    test = datamodule.datasets.get("test")
+    if hasattr(dataset, "transform") and test is not None and hasattr(test, "transform"):
+        dataset = copy.copy(dataset)
+        dataset.transform = test.transform  # no training augmentations
+    return DataLoader(
+        dataset,
+        batch_size=batch_size or getattr(datamodule, "eval_batch_size", 256),
+        shuffle=False,
+        num_workers=getattr(datamodule, "num_workers", 0),
+        collate_fn=getattr(datamodule, "collate_fn", collate_batch),
+    )
+
+
+def embed_splits(
+    encoder: torch.nn.Module,
+    datamodule: Any,
+    splits: Sequence[str] | None = None,
+    device: torch.device | str = "cpu",
+    batch_size: int | None = None,
+) -> dict[str, EmbeddingSet]:
+    """The embeddings of the named splits of a set-up data module (all of its splits when None)."""
+    available = list(datamodule.datasets)
+    splits = list(splits) if splits is not None else available
+    unknown = [s for s in splits if s not in available]
+    if unknown:
+        raise UserError(f"splits={unknown} are not splits of this data; valid: {available}, or splits=null for all.")
+    encoder.to(device)
+    return {split: embed(encoder, split_loader(datamodule, split, batch_size), device) for split in splits}
+
+
+def class_names_of(datamodule: Any) -> list[str]:
+    """Names of labels 0, 1, …: the trained classes, then any probe classes."""
+    return [*getattr(datamodule, "class_names", []), *getattr(datamodule, "probe_class_names", [])]
+
+
+def split_arrays(result: EmbeddingSet, datamodule: Any, split: str) -> dict[str, np.ndarray]:
+    """The arrays of one split's npz: embeddings, labels, index, label fields, class names, and file paths."""
+    label_field = datamodule.label_field
+    arrays: dict[str, np.ndarray] = {
+        "embeddings": result.embeddings.astype(np.float32),
+        "index": result.index,
+        **{name: values for name, values in result.fields.items() if name not in ("embeddings", "index")},
+    }
+    if label_field in result.fields:
+        arrays["labels"] = result.fields[label_field]
+    arrays["class_names"] = np.array(class_names_of(datamodule), dtype=str)
+    arrays["label_field"] = np.array(label_field)
+    arrays["split"] = np.array(split)
+    paths = getattr(datamodule.datasets[split], "paths", None)
+    if paths is not None:
+        arrays["paths"] = np.array([str(paths[int(i)]) for i in result.index], dtype=str)
+    return arrays
+
+
+def write_npz(path: Path, arrays: dict[str, np.ndarray], ckpt_path: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(path, **arrays, ckpt_path=np.array(str(Path(ckpt_path).resolve())))
+    return path
+
+
+def parquet_available() -> bool:
+    try:
+        import pyarrow  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def write_parquet(path: Path, per_split: dict[str, dict[str, np.ndarray]], ckpt_path: str) -> Path:
+    """One row per item of every split: ``split``, ``index``, ``path`` (file data), ``label``, ``class_name``, the
+    label fields, and ``embedding`` (a fixed-size list of float32)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    tables = []
+    for split, arrays in per_split.items():
+        n, dim = arrays["embeddings"].shape
+        columns: dict[str, Any] = {"split": pa.array([split] * n), "index": pa.array(arrays["index"])}
+        if "paths" in arrays:
+            columns["path"] = pa.array(arrays["paths"].tolist())
+        if "labels" in arrays:
+            names = arrays["class_names"]
+            labels = arrays["labels"]
+            columns["label"] = pa.array(labels)
+            columns["class_name"] = pa.array(
+                [str(names[label]) if 0 <= label < len(names) else str(label) for label in labels.tolist()]
+            )
+        skip = {"embeddings", "index", "labels", "class_names", "label_field", "split", "paths"}
+        for name, values in arrays.items():
+            if name not in skip:
+                columns[name] = pa.array(values)
+        flat = pa.array(arrays["embeddings"].reshape(-1), type=pa.float32())
+        columns["embedding"] = pa.FixedSizeListArray.from_arrays(flat, dim)
+        tables.append(pa.table(columns))
+    table = pa.concat_tables(tables, promote_options="default")
+    metadata = {b"simlearn.ckpt_path": str(Path(ckpt_path).resolve()).encode()}
+    table = table.replace_schema_metadata({**(table.schema.metadata or {}), **metadata})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(table, path)
+    return path
+
+
+def rebuild(cfg: DictConfig) -> tuple[Any, LoadedEncoder]:
+    """The data (the checkpoint's, or as changed by ``data=``/``+data.KEY=``, as for simlearn-eval) and the
+    checkpoint's encoder. Unlike simlearn-eval it builds no loss, so any data with images will do, whatever its
+    label fields."""
+    checkpoint = load_checkpoint(cfg.ckpt_path)
+    run_cfg = checkpoint_config(checkpoint, cfg)
+    check_config(run_cfg)
+    if cfg.get("seed") is not None:
+        pl.seed_everything(cfg.seed, workers=True)
+    return build_datamodule(run_cfg.data), encoder_of(checkpoint, cfg.ckpt_path)
+
+
+def embed_dataset(cfg: DictConfig) -> dict[str, Path]:
+    """Rebuild the checkpoint's encoder and the data (see :func:`rebuild`), embed the splits, write the files;
+    return their paths (``<split>`` → npz, ``parquet`` → the parquet file)."""
+    parquet = cfg.get("parquet", "auto")
+    if parquet not in ("auto", True, False):
+        raise UserError(f"parquet must be auto, true or false, got {parquet!r}.")
+    if parquet is True and not parquet_available():
+        raise UserError(
+            "parquet=true needs pyarrow, which is not installed; pip install 'simlearn[parquet]' (or pyarrow), "
+            "or set parquet=auto to write npz files only."
+        )
+    splits = cfg.get("splits")
+    if isinstance(splits, str):
+        splits = [splits]
+    device = pick_device(cfg.get("device"))
+    datamodule, loaded = rebuild(cfg)
+    results = embed_splits(loaded.encoder, datamodule, splits, device, cfg.get("batch_size"))
+    out_dir = Path(cfg.get("out_dir") or cfg.paths.output_dir)
+    per_split = {split: split_arrays(result, datamodule, split) for split, result in results.items()}
+    paths = {split: write_npz(out_dir / f"{split}.npz", arrays, cfg.ckpt_path) for split, arrays in per_split.items()}
+    if parquet is True or (parquet == "auto" and parquet_available()):
+        paths["parquet"] = write_parquet(out_dir / "embeddings.parquet", per_split, cfg.ckpt_path)
+    elif parquet == "auto":
+        log.info("pyarrow is not installed: no embeddings.parquet (pip install 'simlearn[parquet]')")
+    table = Table(title=f"simlearn-embed · {cfg.ckpt_path}", title_justify="left")
+    for column in ("split", "items", "dim", "file"):
+        table.add_column(column, justify="right" if column in ("items", "dim") else "left")
+    for split, arrays in per_split.items():
+        n, dim = arrays["embeddings"].shape
+        table.add_row(split, str(n), str(dim), str(paths[split]))
+    if "parquet" in paths:
+        table.add_row("all", str(sum(len(a["embeddings"]) for a in per_split.values())), "", str(paths["parquet"]))
+    Console().print(table)
+    return paths
+
+
+@hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="embed")
+@exit_on_user_error
+def main(cfg: DictConfig) -> None:
+    embed_dataset(cfg)
+
+
+if __name__ == "__main__":
+    main()

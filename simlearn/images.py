@@ -1,0 +1,115 @@
+"""Image files as model input: finding them, decoding them with a checkpoint's preprocessing, embedding them."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+from torch import nn
+
+from simlearn.data.image_files import IMAGE_EXTENSIONS, image_transform, read_image
+
+log = logging.getLogger(__name__)
+
+__all__ = ["EmbeddedFiles", "ImageLoader", "embed_files", "find_images", "folder_label", "thumbnail"]
+
+#: Errors PIL raises for a file that is not a (complete) image.
+DECODE_ERRORS = (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError)
+
+
+def is_image_name(path: Path) -> bool:
+    return path.suffix.lower() in IMAGE_EXTENSIONS
+
+
+def find_images(folder: Path) -> list[Path]:
+    """The image files (by extension) under ``folder``, recursively, sorted; hidden files and folders left out."""
+    return sorted(
+        p
+        for p in folder.rglob("*")
+        if is_image_name(p) and p.is_file() and not any(part.startswith(".") for part in p.relative_to(folder).parts)
+    )
+
+
+def folder_label(path: Path, root: Path) -> str | None:
+    """The class of an image under ``root``: its top-level sub-folder (``root/<class>/…/image``), as for
+    ``data=image_folder``; None for a file directly in ``root``."""
+    parts = path.relative_to(root).parts
+    return parts[0] if len(parts) > 1 else None
+
+
+class ImageLoader:
+    """Image file → model input, as a checkpoint's ``preprocessing`` says: decode as grey (1 channel) or RGB (3),
+    resize the shorter side to ``image_size`` and centre-crop, scale to [0, 1], normalise with ``mean``/``std``."""
+
+    def __init__(self, preprocessing: Mapping[str, Any]) -> None:
+        self.image_size = int(preprocessing["image_size"])
+        self.channels = int(preprocessing["channels"])
+        self.transform = image_transform(
+            self.image_size, self.channels, list(preprocessing["mean"]), list(preprocessing["std"])
+        )
+
+    def __call__(self, path: str | Path) -> torch.Tensor:
+        """The model input for one file; raises a decoding error (see ``DECODE_ERRORS``) when it is no image."""
+        return self.transform(read_image(path, self.channels, 2 * self.image_size))
+
+
+@dataclass
+class EmbeddedFiles:
+    """Embeddings (N, d) of the files that could be read, in order, and the files that could not."""
+
+    paths: list[Path]
+    embeddings: np.ndarray
+    failed: list[tuple[Path, str]]
+
+
+@torch.no_grad()
+def embed_files(
+    encoder: nn.Module,
+    paths: Sequence[Path],
+    loader: ImageLoader,
+    batch_size: int = 256,
+    device: str | torch.device = "cpu",
+) -> EmbeddedFiles:
+    """Embed image files in batches; files that cannot be decoded are skipped and listed in ``failed``."""
+    encoder.eval()
+    kept: list[Path] = []
+    failed: list[tuple[Path, str]] = []
+    parts: list[np.ndarray] = []
+    batch: list[torch.Tensor] = []
+
+    def flush() -> None:
+        if batch:
+            parts.append(encoder(torch.stack(batch).to(device)).float().cpu().numpy())
+            batch.clear()
+
+    for path in paths:
+        try:
+            batch.append(loader(path))
+        except DECODE_ERRORS as error:
+            failed.append((Path(path), f"{type(error).__name__}: {error}"))
+            continue
+        kept.append(Path(path))
+        if len(batch) == batch_size:
+            flush()
+    flush()
+    dim = int(getattr(encoder, "embedding_dim", 0))
+    embeddings = np.concatenate(parts) if parts else np.zeros((0, dim), dtype=np.float32)
+    return EmbeddedFiles(paths=kept, embeddings=embeddings, failed=failed)
+
+
+def thumbnail(path: str | Path, channels: int = 3, size: int = 160) -> np.ndarray | None:
+    """A small copy of an image file for figures (H, W) grey or (H, W, 3) RGB in [0, 255], None if unreadable."""
+    try:
+        with Image.open(path) as image:
+            image.draft("RGB" if channels == 3 else "L", (size, size))
+            image = image.convert("RGB" if channels == 3 else "L")
+            image.thumbnail((size, size))
+            return np.asarray(image)
+    except DECODE_ERRORS:
+        return None
