@@ -84,12 +84,14 @@ class RetrievalEvaluator:
         ks: Sequence[int] = (1, 5, 10),
         chunk_size: int | None = None,
         knn_k: int | None = None,
+        backend: str = "auto",
     ) -> None:
         if knn_k is not None and (isinstance(knn_k, bool) or not isinstance(knn_k, int) or knn_k < 1):
             raise UserError(f"evaluation.knn_k must be null or an integer ≥ 1, got {knn_k!r}; e.g. evaluation.knn_k=5.")
         self.label_field = label_field
         self.ks = tuple(ks)
         self.chunk_size = chunk_size
+        self.backend = backend
         self.knn_k = knn_k
 
     def __call__(self, embeddings: Tensor, fields: Mapping[str, Tensor]) -> dict[str, float]:
@@ -98,7 +100,7 @@ class RetrievalEvaluator:
                 f"evaluation.label_field={self.label_field!r} is not a field of the data; valid: {sorted(fields)}."
             )
         labels = fields[self.label_field]
-        metrics = retrieval_metrics(embeddings, labels, ks=self.ks, chunk_size=self.chunk_size)
+        metrics = retrieval_metrics(embeddings, labels, ks=self.ks, chunk_size=self.chunk_size, backend=self.backend)
         if self.knn_k is not None:
             metrics[f"knn_accuracy@{self.knn_k}"] = knn_accuracy(
                 embeddings, labels, k=self.knn_k, chunk_size=self.chunk_size
