@@ -12,6 +12,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from simlearn.data.in_memory import InMemoryImageDataModule
 from simlearn.errors import UserError
+from simlearn.evaluation.artifacts import write_evaluation, write_metrics
 from simlearn.models import EmbeddingModule, Encoder
 
 #: The parts of a run's config a checkpoint needs to rebuild its model and data.
@@ -138,4 +139,20 @@ def run_reports(
         report = instantiate(report_cfg)
         values = report(trainer=trainer, model=model, datamodule=datamodule, output_dir=output_dir) or {}
         metrics.update({f"test/{name}/{key}": float(value) for key, value in values.items()})
+    return metrics
+
+
+def write_test_outputs(
+    cfg: DictConfig,
+    trainer: pl.Trainer,
+    model: EmbeddingModule,
+    datamodule: Any,
+    output_dir: Any,
+    metrics: Mapping[str, float],
+) -> dict[str, float]:
+    """On rank 0 after testing: the test split's files, then the reports (their metrics added), then metrics.json."""
+    result = model.results["test"]
+    write_evaluation(output_dir, result.embeddings, result.fields, datamodule.label_field, datamodule.class_names)
+    metrics = {**metrics, **run_reports(cfg, trainer, model, datamodule, output_dir)}
+    write_metrics(output_dir, metrics)
     return metrics

@@ -8,11 +8,10 @@ import hydra
 from lightning.pytorch.callbacks import RichProgressBar
 from omegaconf import DictConfig
 
-from simlearn.build import build_trainer, run_reports
+from simlearn.build import build_trainer, write_test_outputs
 from simlearn.checkpoints import load_checkpoint, restore
 from simlearn.cli import exit_on_user_error, print_metrics
 from simlearn.config import config_dir
-from simlearn.evaluation.artifacts import write_evaluation, write_metrics
 
 __all__ = ["evaluate", "load_checkpoint", "main"]  # load_checkpoint now lives in simlearn.checkpoints
 
@@ -27,10 +26,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     output_dir = Path(cfg.paths.output_dir)
     if not trainer.is_global_zero:  # other DDP ranks hold the same gathered results; one process writes files
         return metrics
-    result = model.results["test"]
-    write_evaluation(output_dir, result.embeddings, result.fields, datamodule.label_field, datamodule.class_names)
-    metrics.update(run_reports(run_cfg, trainer, model, datamodule, output_dir))
-    write_metrics(output_dir, metrics)
+    metrics = write_test_outputs(run_cfg, trainer, model, datamodule, output_dir, metrics)
     print_metrics(metrics, title=f"simlearn-eval · {cfg.ckpt_path}")
     return metrics
 

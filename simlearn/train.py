@@ -10,11 +10,10 @@ import lightning.pytorch as pl
 from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
-from simlearn.build import build_datamodule, build_list, build_model, build_trainer, check_config, run_reports
+from simlearn.build import build_datamodule, build_list, build_model, build_trainer, check_config, write_test_outputs
 from simlearn.cli import exit_on_user_error, print_metrics
 from simlearn.config import config_dir
 from simlearn.errors import UserError
-from simlearn.evaluation.artifacts import write_evaluation, write_metrics
 from simlearn.loggers import finish_wandb
 
 log = logging.getLogger(__name__)
@@ -70,10 +69,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         metrics.update({f"test/{k}": float(v) for k, v in model.metrics["test"].items()})
         if not trainer.is_global_zero:  # other DDP ranks hold the same gathered results; one process writes files
             return metrics
-        result = model.results["test"]
-        write_evaluation(output_dir, result.embeddings, result.fields, datamodule.label_field, datamodule.class_names)
-        metrics.update(run_reports(cfg, trainer, model, datamodule, output_dir))
-        write_metrics(output_dir, metrics)
+        metrics = write_test_outputs(cfg, trainer, model, datamodule, output_dir, metrics)
     finally:
         finish_wandb(loggers)
     print_metrics(metrics, title=f"simlearn · {output_dir}")
