@@ -7,7 +7,7 @@ from sklearn.model_selection import LeaveOneOut, cross_val_predict
 from sklearn.neighbors import KNeighborsClassifier
 
 from simlearn.errors import UserError
-from simlearn.evaluation import RetrievalEvaluator, knn_accuracy
+from simlearn.evaluation import RetrievalEvaluator, knn_accuracy, retrieval_metrics
 
 
 def clustered(n: int, classes: int, dim: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -52,3 +52,24 @@ def test_bad_k_is_a_user_error():
         knn_accuracy(x, y, k=10)
     with pytest.raises(UserError, match="evaluation.knn_k must be null or an integer ≥ 1"):
         RetrievalEvaluator(label_field="digit", knn_k=0)
+
+
+@pytest.mark.parametrize("backend", ["torch", "faiss"])
+def test_each_backend_matches_sklearn(backend):
+    pytest.importorskip("faiss")
+    x, y = clustered(200, classes=4, dim=8, seed=7)
+    classifier = KNeighborsClassifier(n_neighbors=5, metric="cosine", algorithm="brute")
+    expected = (cross_val_predict(classifier, x, y, cv=LeaveOneOut()) == y).mean()
+    assert knn_accuracy(x, y, k=5, backend=backend, chunk_size=64) == pytest.approx(expected, abs=1e-12)
+
+
+def test_retrieval_metrics_reads_knn_accuracy_off_the_same_search_lone_queries_included():
+    x, y = clustered(150, classes=3, dim=8, seed=5)
+    y = y.copy()
+    y[:4] = [10, 11, 12, 13]  # four lone queries: left out of retrieval, counted (always wrong) by kNN accuracy
+    metrics = retrieval_metrics(x, y, knn_k=5, chunk_size=16)
+    assert metrics["num_lone_queries"] == 4
+    assert metrics["knn_accuracy@5"] == pytest.approx(knn_accuracy(x, y, k=5), abs=1e-12)
+    without = retrieval_metrics(x, y, chunk_size=16)
+    assert "knn_accuracy@5" not in without
+    assert without == pytest.approx({k: v for k, v in metrics.items() if k != "knn_accuracy@5"}, abs=1e-12)

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from simlearn.errors import UserError
-from simlearn.evaluation import retrieval
+from simlearn.evaluation import neighbours
 from simlearn.evaluation.retrieval import choose_backend, retrieval_metrics
 
 pytest.importorskip("faiss")
@@ -122,7 +122,7 @@ def test_faiss_self_search_drops_own_item_even_with_duplicates():
     rng = np.random.default_rng(0)
     x = np.repeat(rng.normal(size=(30, 8)), 3, axis=0).astype(np.float32)
     q = torch.nn.functional.normalize(torch.from_numpy(x), dim=1)
-    search = retrieval._faiss_search(q, q, self_search=True)
+    search = neighbours._faiss_search(q, q, self_search=True)
     idx = search(10, 50, 5)
     assert idx.shape == (40, 5)
     assert not (idx == torch.arange(10, 50).unsqueeze(1)).any()
@@ -137,23 +137,23 @@ def test_faiss_self_search_drops_own_item_even_with_duplicates():
 
 @pytest.mark.parametrize(("n", "k", "block"), [(2000, 10, 4), (2003, 7, 5), (997, 3, 16), (5000, 50, 8)])
 def test_blocked_topk_is_exact(monkeypatch, n, k, block):
-    monkeypatch.setattr(retrieval, "_TOPK_BLOCK", block)
+    monkeypatch.setattr(neighbours, "_TOPK_BLOCK", block)
     gen = torch.Generator().manual_seed(n)
     sims = torch.rand(33, n, generator=gen)
     sims[torch.arange(33), torch.arange(33) * 3] = float("-inf")  # self-search exclusions
-    assert n // block >= retrieval._TOPK_MIN_BLOCKS_PER_K * k  # the blocked path is taken
-    idx = retrieval._topk_indices(sims, k)
+    assert n // block >= neighbours._TOPK_MIN_BLOCKS_PER_K * k  # the blocked path is taken
+    idx = neighbours._topk_indices(sims, k)
     expected = sims.topk(k, dim=1)
     assert torch.equal(idx, expected.indices)  # no ties in random floats: the same columns in the same order
     # with many exact ties the values (not the tie order) must still match
     tied = (sims * 20).floor()
-    assert torch.equal(tied.gather(1, retrieval._topk_indices(tied, k)), tied.topk(k, dim=1).values)
+    assert torch.equal(tied.gather(1, neighbours._topk_indices(tied, k)), tied.topk(k, dim=1).values)
 
 
 def test_blocked_topk_metrics_match_plain_topk(monkeypatch):
     x, y = _clustered(3, 16, (30,) * 40)
     plain = retrieval_metrics(x, y, backend="torch", chunk_size=300)
-    monkeypatch.setattr(retrieval, "_TOPK_BLOCK", 4)  # 1200 // 4 blocks >= 4 x k (29): blocked
+    monkeypatch.setattr(neighbours, "_TOPK_BLOCK", 4)  # 1200 // 4 blocks >= 4 x k (29): blocked
     blocked = retrieval_metrics(x, y, backend="torch", chunk_size=300)
     assert blocked == pytest.approx(plain, abs=1e-12)
 
@@ -162,13 +162,13 @@ def test_blocked_topk_metrics_match_plain_topk(monkeypatch):
 
 
 def test_choose_backend(monkeypatch):
-    big = retrieval.FAISS_MIN_GALLERY
+    big = neighbours.FAISS_MIN_GALLERY
     assert choose_backend("auto", "cpu", big) == "faiss"
     assert choose_backend("auto", "cpu", big - 1) == "torch"
     assert choose_backend("auto", torch.device("cuda"), 10 * big) == "torch"
     assert choose_backend("torch", "cpu", 10 * big) == "torch"
     assert choose_backend("faiss", "cpu", 10) == "faiss"
-    monkeypatch.setattr(retrieval, "_faiss_installed", lambda: False)
+    monkeypatch.setattr(neighbours, "_faiss_installed", lambda: False)
     assert choose_backend("auto", "cpu", 10 * big) == "torch"
     with pytest.raises(UserError, match="backend must be one of"):
         choose_backend("annoy", "cpu", 10)
@@ -176,14 +176,14 @@ def test_choose_backend(monkeypatch):
 
 def test_auto_uses_faiss_for_large_cpu_galleries(monkeypatch):
     calls = []
-    real = retrieval._faiss_search
-    monkeypatch.setattr(retrieval, "_faiss_search", lambda *a: calls.append(1) or real(*a))
+    real = neighbours._faiss_search
+    monkeypatch.setattr(neighbours, "_faiss_search", lambda *a: calls.append(1) or real(*a))
     x, y = _clustered(4, 8, (30, 20, 10))
-    monkeypatch.setattr(retrieval, "FAISS_MIN_GALLERY", len(x))
+    monkeypatch.setattr(neighbours, "FAISS_MIN_GALLERY", len(x))
     retrieval_metrics(x, y)
     assert calls
     calls.clear()
-    monkeypatch.setattr(retrieval, "FAISS_MIN_GALLERY", len(x) + 1)
+    monkeypatch.setattr(neighbours, "FAISS_MIN_GALLERY", len(x) + 1)
     retrieval_metrics(x, y)
     assert not calls
 
@@ -193,6 +193,6 @@ def test_faiss_missing_is_a_user_error(monkeypatch):
     x, y = _clustered(5, 8, (20, 10))
     with pytest.raises(UserError, match="pip install faiss-cpu"):
         retrieval_metrics(x, y, backend="faiss")
-    monkeypatch.setattr(retrieval, "_faiss_installed", lambda: False)
-    monkeypatch.setattr(retrieval, "FAISS_MIN_GALLERY", 1)
+    monkeypatch.setattr(neighbours, "_faiss_installed", lambda: False)
+    monkeypatch.setattr(neighbours, "FAISS_MIN_GALLERY", 1)
     assert retrieval_metrics(x, y)["num_queries"] == len(x)  # auto falls back to torch
