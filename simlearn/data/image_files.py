@@ -22,7 +22,14 @@ from PIL import Image, UnidentifiedImageError
 from torch.utils.data import DataLoader, Dataset, default_collate
 from torchvision.transforms import v2
 
-from simlearn.data.in_memory import SPLITS, cap_split, check_split_classes, m_per_class_sampler, stratified_split
+from simlearn.data.in_memory import (
+    SPLITS,
+    cap_split,
+    check_batches_and_fractions,
+    check_split_classes,
+    m_per_class_sampler,
+    stratified_split,
+)
 from simlearn.data.samplers import EpochSeededRandomSampler
 from simlearn.errors import UserError
 
@@ -233,17 +240,7 @@ class ImageFileDataModule(pl.LightningDataModule):
         verify_files: bool = True,
     ) -> None:
         super().__init__()
-        for key, value in {"batch_size": batch_size, "eval_batch_size": eval_batch_size}.items():
-            if not isinstance(value, int) or value < 1:
-                raise UserError(f"data.{key} must be a positive integer, got {value!r}.")
-        for key, value in {"val_fraction": val_fraction, "test_fraction": test_fraction}.items():
-            if not 0.0 <= value < 1.0:
-                raise UserError(f"data.{key} must be in [0, 1), got {value!r}.")
-        if val_fraction + test_fraction >= 1.0:
-            raise UserError(
-                f"data.val_fraction + data.test_fraction must leave items to train on, got "
-                f"{val_fraction} + {test_fraction} >= 1."
-            )
+        check_batches_and_fractions(batch_size, eval_batch_size, val_fraction, test_fraction)
         if not isinstance(num_workers, int) or num_workers < 0:
             raise UserError(f"data.num_workers must be an integer ≥ 0, got {num_workers!r}.")
         image_mode(channels)

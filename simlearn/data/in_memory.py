@@ -111,17 +111,7 @@ class InMemoryImageDataModule(pl.LightningDataModule):
         seed: int = 0,
     ) -> None:
         super().__init__()
-        for key, value in {"batch_size": batch_size, "eval_batch_size": eval_batch_size}.items():
-            if not isinstance(value, int) or value < 1:
-                raise UserError(f"data.{key} must be a positive integer, got {value!r}.")
-        for key, value in {"val_fraction": val_fraction, "test_fraction": test_fraction}.items():
-            if not 0.0 <= value < 1.0:
-                raise UserError(f"data.{key} must be in [0, 1), got {value!r}.")
-        if val_fraction + test_fraction >= 1.0:
-            raise UserError(
-                f"data.val_fraction + data.test_fraction must leave items to train on, got "
-                f"{val_fraction} + {test_fraction} >= 1."
-            )
+        check_batches_and_fractions(batch_size, eval_batch_size, val_fraction, test_fraction)
         self.label_field = label_field
         self.image_size = image_size
         self.channels = channels
@@ -276,6 +266,23 @@ class InMemoryImageDataModule(pl.LightningDataModule):
 
 
 # -- split and sampling helpers shared by every data module (in memory or read from files) --------------------------
+def check_batches_and_fractions(
+    batch_size: int, eval_batch_size: int, val_fraction: float, test_fraction: float
+) -> None:
+    """Reject batch sizes below 1 and split fractions that are out of [0, 1) or leave nothing to train on."""
+    for key, value in {"batch_size": batch_size, "eval_batch_size": eval_batch_size}.items():
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise UserError(f"data.{key} must be a positive integer, got {value!r}.")
+    for key, value in {"val_fraction": val_fraction, "test_fraction": test_fraction}.items():
+        if not 0.0 <= value < 1.0:
+            raise UserError(f"data.{key} must be in [0, 1), got {value!r}.")
+    if val_fraction + test_fraction >= 1.0:
+        raise UserError(
+            f"data.val_fraction + data.test_fraction must leave items to train on, got "
+            f"{val_fraction} + {test_fraction} >= 1."
+        )
+
+
 def split_generator(seed: int, split: str) -> torch.Generator:
     """The generator that draws the capped subset (``data.max_<split>``) of one split."""
     return torch.Generator().manual_seed(seed * 1000 + SPLITS.index(split))
