@@ -75,7 +75,11 @@ class EmbeddingModule(pl.LightningModule):
         return self.encoder(images)
 
     def training_step(self, batch: Mapping[str, Tensor], batch_idx: int) -> Tensor:
-        losses = self.loss(self(batch["image"]), batch)
+        embeddings = self(batch["image"])
+        # losses in float32 under any precision: PML casts its class weights to the embeddings' dtype in place, so
+        # bf16 embeddings would turn those parameters (and their optimiser updates) into bf16
+        with torch.autocast(embeddings.device.type, enabled=False):
+            losses = self.loss(embeddings.float(), batch)
         total = losses.pop("loss")
         batch_size = len(batch["image"])
         self.log("train/loss", total, prog_bar=True, batch_size=batch_size)
@@ -85,7 +89,8 @@ class EmbeddingModule(pl.LightningModule):
 
     # -- evaluation ----------------------------------------------------------------------------------------
     def _collect(self, batch: Mapping[str, Tensor]) -> None:
-        self._outputs["embeddings"].append(self(batch["image"]).detach())
+        # float32 whatever the training precision: the metrics and task heads evaluate in float32
+        self._outputs["embeddings"].append(self(batch["image"]).detach().float())
         for key, value in batch.items():
             if key != "image":
                 self._outputs[key].append(value.detach())
@@ -96,7 +101,9 @@ class EmbeddingModule(pl.LightningModule):
         index = outputs.pop("index")
         metrics = None
         if self.global_rank == 0:
-            metrics = {**self.evaluator(embeddings, outputs), **self._task_metrics(embeddings, outputs)}
+            # Lightning runs epoch-end hooks inside the precision plugin's autocast; metrics stay float32
+            with torch.autocast(embeddings.device.type, enabled=False):
+                metrics = {**self.evaluator(embeddings, outputs), **self._task_metrics(embeddings, outputs)}
         if self.trainer.world_size > 1:
             metrics = self.trainer.strategy.broadcast(metrics, src=0)
         self.metrics[split] = metrics
