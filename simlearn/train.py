@@ -7,7 +7,7 @@ from pathlib import Path
 
 import hydra
 import lightning.pytorch as pl
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import ModelCheckpoint, Timer
 from omegaconf import DictConfig, OmegaConf
 
 from simlearn.build import build_datamodule, build_list, build_model, build_trainer, check_config, write_test_outputs
@@ -42,6 +42,15 @@ def resolve_resume(output_dir: Path, ckpt_path: str | None) -> str | None:
     return ckpt_path
 
 
+def training_time(trainer: pl.Trainer, callbacks: list) -> dict[str, float]:
+    """``train/wall_s`` (the training loop's wall time, by the config's Timer callback) and ``train/epochs`` run."""
+    timer = next((c for c in callbacks if isinstance(c, Timer)), None)
+    out = {"train/epochs": float(trainer.current_epoch)}
+    if timer is not None and timer.start_time("train") is not None:
+        out["train/wall_s"] = float(timer.time_elapsed("train"))
+    return out
+
+
 def train(cfg: DictConfig) -> dict[str, float]:
     """Train, test the best checkpoint, write the run's files; return the flat metric dict (val/…, test/…)."""
     check_config(cfg)
@@ -61,6 +70,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     try:
         trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
         metrics = {f"val/{k}": float(v) for k, v in model.metrics.get("val", {}).items()}
+        metrics.update(training_time(trainer, callbacks))
         checkpoint = next((c for c in callbacks if isinstance(c, ModelCheckpoint) and c.monitor), None)
         best_path = checkpoint.best_model_path if checkpoint is not None else ""
         if checkpoint is not None and checkpoint.best_model_score is not None:

@@ -41,6 +41,7 @@ def test_run_dir_holds_metrics_embeddings_similarity_checkpoints_config(tmp_path
     assert written == pytest.approx(metrics)
     assert written["test/precision@1"] == written["test/recall@1"]
     assert written["test/num_queries"] == 450 and written["test/num_lone_queries"] == 0
+    assert written["train/epochs"] == 3 and 0 < written["train/wall_s"] < 600
 
     arrays = np.load(tmp_path / "embeddings.npz")
     assert set(arrays.files) == {"embeddings", "labels", "digit", "parity", "magnitude"}
@@ -80,3 +81,11 @@ def test_eval_of_the_best_checkpoint_reproduces_the_test_metrics(tmp_path):
     for key, value in evaluated.items():
         assert value == pytest.approx(trained[key], abs=1e-6), key
     assert (tmp_path / "eval" / "embeddings.npz").exists() and (tmp_path / "eval" / "similarity.json").exists()
+
+
+def test_timer_duration_ends_training_at_an_epoch_end_with_a_checkpoint(tmp_path):
+    metrics = run_training(tmp_path, "trainer.max_epochs=30", "callbacks.timer.duration=00:00:00:01")
+    assert 1 <= metrics["train/epochs"] < 30  # stopped by the one-second budget, after whole epochs
+    assert metrics["train/wall_s"] >= 1.0
+    last = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=False)
+    assert last["epoch"] == metrics["train/epochs"] - 1
