@@ -28,7 +28,8 @@ from simlearn.cli import exit_on_user_error
 from simlearn.config import config_dir
 from simlearn.embed import pick_device
 from simlearn.errors import UserError
-from simlearn.evaluation.plots import GridTile, angle_deg, save_retrieval_grid, top_k
+from simlearn.evaluation.neighbours import top_k, unit_rows
+from simlearn.evaluation.plots import GridTile, angle_deg, save_retrieval_grid
 from simlearn.images import DECODE_ERRORS, ImageLoader, embed_files, find_images, folder_label, is_image_name, thumbnail
 
 log = logging.getLogger(__name__)
@@ -73,11 +74,6 @@ class Queries:
     embeddings: np.ndarray
     labels: list[str | None]
     skipped: list[tuple[Path, str]] = field(default_factory=list)
-
-
-def _unit(x: np.ndarray) -> np.ndarray:
-    x = np.asarray(x, dtype=np.float32)
-    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
 
 def _fingerprint(*parts: Any) -> str:
@@ -136,7 +132,7 @@ def gallery_from_npz(path: Path, loaded: LoadedEncoder) -> Gallery:
         split = str(arrays["split"]) if "split" in files else ""
         ids = [f"{split}[{i}]" for i in arrays["index"].tolist()]
     return Gallery(
-        embeddings=_unit(embeddings),
+        embeddings=unit_rows(embeddings),
         labels=labels,
         paths=paths,
         source=path,
@@ -186,7 +182,7 @@ def _folder_gallery(
 ) -> Gallery:
     labels = [folder_label(Path(p), folder) for p in paths]
     return Gallery(
-        embeddings=_unit(embeddings),
+        embeddings=unit_rows(embeddings),
         labels=labels if any(label is not None for label in labels) else None,
         paths=paths,
         source=folder,
@@ -263,7 +259,9 @@ def load_queries(
     for file in embedded.paths:
         name = (folder_label(file, root) if root is not None else None) or file.parent.name
         labels.append(name if name in gallery_classes else None)
-    return Queries(paths=embedded.paths, embeddings=_unit(embedded.embeddings), labels=labels, skipped=embedded.failed)
+    return Queries(
+        paths=embedded.paths, embeddings=unit_rows(embedded.embeddings), labels=labels, skipped=embedded.failed
+    )
 
 
 # -- searching -----------------------------------------------------------------------------------------------------

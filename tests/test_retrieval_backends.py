@@ -196,3 +196,24 @@ def test_faiss_missing_is_a_user_error(monkeypatch):
     monkeypatch.setattr(neighbours, "_faiss_installed", lambda: False)
     monkeypatch.setattr(neighbours, "FAISS_MIN_GALLERY", 1)
     assert retrieval_metrics(x, y)["num_queries"] == len(x)  # auto falls back to torch
+
+
+# ---------------------------------------------------------------- top_k (plots, simlearn-search)
+
+
+@pytest.mark.parametrize("exclude_self", [False, True])
+def test_top_k_matches_brute_force(monkeypatch, exclude_self):
+    monkeypatch.setattr(neighbours, "_TOPK_BLOCK", 4)  # 300 // 4 blocks >= 4 x k: the blocked CPU top-k
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(300, 6)).astype(np.float32) * rng.uniform(0.5, 3.0, size=(300, 1)).astype(np.float32)
+    queries = x if exclude_self else x[:40]
+    cos, idx = neighbours.top_k(queries, x, k=5, exclude_self=exclude_self, chunk_size=17)
+    unit = x / np.linalg.norm(x, axis=1, keepdims=True)
+    sims = unit[: len(queries)] @ unit.T
+    if exclude_self:
+        np.fill_diagonal(sims, -np.inf)
+    expected = np.argsort(-sims, axis=1)[:, :5]
+    np.testing.assert_array_equal(idx, expected)
+    np.testing.assert_allclose(cos, np.take_along_axis(sims, expected, axis=1), atol=1e-6)
+    capped_cos, capped = neighbours.top_k(x[:3], x[:3], k=10, exclude_self=True)
+    assert capped.shape == capped_cos.shape == (3, 2)  # k capped at the other items

@@ -19,7 +19,16 @@ import torch.nn.functional as F
 
 from simlearn.errors import UserError
 
-__all__ = ["BACKENDS", "FAISS_MIN_GALLERY", "QueryGallery", "choose_backend", "neighbour_chunks", "query_gallery"]
+__all__ = [
+    "BACKENDS",
+    "FAISS_MIN_GALLERY",
+    "QueryGallery",
+    "choose_backend",
+    "neighbour_chunks",
+    "query_gallery",
+    "top_k",
+    "unit_rows",
+]
 
 _AUTO_CHUNK_FLOATS = 2**24  # similarity-matrix entries per automatic chunk
 BACKENDS = ("auto", "torch", "faiss")
@@ -254,3 +263,32 @@ def neighbour_chunks(
         k = int(needed[start:stop].max())
         if k > 0:
             yield start, stop, search(start, stop, k), data
+
+
+def unit_rows(x: np.ndarray) -> np.ndarray:
+    """The rows of ``x`` scaled to unit length, as float32 (an all-zero row stays zero)."""
+    x = np.asarray(x, dtype=np.float32)
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
+def top_k(
+    queries: np.ndarray, gallery: np.ndarray, k: int, exclude_self: bool = False, chunk_size: int = 1024
+) -> tuple[np.ndarray, np.ndarray]:
+    """Exact cosine top-k on the CPU: ``(cos, index)``, both (num_queries, k), most similar first, in chunks of
+    queries (never a full query × gallery matrix). ``exclude_self`` drops item i from query i's candidates (the
+    queries searched against themselves); k is capped at the candidates per query."""
+    q = torch.from_numpy(unit_rows(queries))
+    g = q if exclude_self else torch.from_numpy(unit_rows(gallery))
+    k = min(k, len(g) - int(exclude_self))
+    cos_parts, index_parts = [], []
+    for start in range(0, len(q), chunk_size):
+        sims = q[start : start + chunk_size] @ g.T
+        if exclude_self:
+            rows = torch.arange(len(sims))
+            sims[rows, rows + start] = float("-inf")
+        indices = _topk_indices(sims, k)
+        cos_parts.append(sims.gather(1, indices).numpy())
+        index_parts.append(indices.numpy())
+    if not cos_parts:
+        return np.zeros((0, k), dtype=np.float32), np.zeros((0, k), dtype=np.int64)
+    return np.concatenate(cos_parts), np.concatenate(index_parts)

@@ -20,10 +20,11 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from simlearn.errors import UserError
+from simlearn.evaluation.neighbours import top_k, unit_rows
 
 log = logging.getLogger(__name__)
 
-__all__ = ["GridTile", "PlotsReport", "save_embedding_scatter", "save_retrieval_grid", "top_k"]
+__all__ = ["GridTile", "PlotsReport", "save_embedding_scatter", "save_retrieval_grid"]
 
 HIT_COLOR = "#1a9850"
 MISS_COLOR = "#d73027"
@@ -39,34 +40,8 @@ class GridTile:
     hit: bool | None = None
 
 
-def _unit(x: np.ndarray) -> np.ndarray:
-    x = np.asarray(x, dtype=np.float32)
-    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
-
-
 def angle_deg(cos: float) -> float:
     return math.degrees(math.acos(min(1.0, max(-1.0, float(cos)))))
-
-
-def top_k(
-    queries: np.ndarray, gallery: np.ndarray, k: int, exclude_self: bool = False, chunk_size: int = 1024
-) -> tuple[np.ndarray, np.ndarray]:
-    """Exact cosine top-k: ``(cos, index)``, both (num_queries, k), most similar first, in chunks of queries
-    (never a full query × gallery matrix). ``exclude_self`` drops item i from query i's candidates (self-search)."""
-    q, g = torch.from_numpy(_unit(queries)), torch.from_numpy(_unit(gallery))
-    k = min(k, len(g) - int(exclude_self))
-    cos_parts, index_parts = [], []
-    for start in range(0, len(q), chunk_size):
-        sims = q[start : start + chunk_size] @ g.T
-        if exclude_self:
-            rows = torch.arange(len(sims))
-            sims[rows, rows + start] = float("-inf")
-        values, indices = sims.topk(k, dim=1)
-        cos_parts.append(values.numpy())
-        index_parts.append(indices.numpy())
-    if not cos_parts:
-        return np.zeros((0, k), dtype=np.float32), np.zeros((0, k), dtype=np.int64)
-    return np.concatenate(cos_parts), np.concatenate(index_parts)
 
 
 def _tile_pixels(image: np.ndarray | None, size: int) -> np.ndarray:
@@ -137,7 +112,7 @@ def save_embedding_scatter(
     """Scatter of the embeddings coloured by class: 2-D embeddings as they are (on the unit circle), higher ones
     through scikit-learn's t-SNE of a seeded random subsample of at most ``max_points`` items. Returns the method
     (``"2d"`` or ``"tsne"``)."""
-    embeddings = _unit(embeddings)
+    embeddings = unit_rows(embeddings)
     labels = np.asarray(labels)
     if len(embeddings) > max_points:
         keep = np.sort(np.random.default_rng(seed).choice(len(embeddings), size=max_points, replace=False))
