@@ -264,3 +264,24 @@ def test_user_errors(kwargs, match):
     args = {"embeddings": x, "labels": y, "ks": (1,)} | kwargs
     with pytest.raises(UserError, match=match):
         retrieval_metrics(**args)
+
+
+def test_unit_length_embeddings_are_searched_without_a_normalised_copy():
+    from simlearn.evaluation.neighbours import query_gallery
+
+    rng = np.random.default_rng(0)
+    raw = rng.normal(size=(60, 8)).astype(np.float32) * 3
+    unit = torch.nn.functional.normalize(torch.from_numpy(raw), dim=1)
+    labels = np.arange(60) % 4
+    assert query_gallery(unit, labels).queries.data_ptr() == unit.data_ptr()  # no copy of a large gallery
+    scaled = query_gallery(raw, labels).queries
+    torch.testing.assert_close(scaled, unit)  # anything else is normalised
+    assert retrieval_metrics(raw, labels) == pytest.approx(retrieval_metrics(unit, labels), abs=1e-12)
+
+
+def test_finite_embeddings_whose_squares_overflow_are_normalised_not_rejected():
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(40, 6)).astype(np.float32)
+    labels = np.arange(40) % 4
+    huge = x * np.float32(1e30)  # finite, but their squared norms overflow float32
+    assert retrieval_metrics(huge, labels) == pytest.approx(retrieval_metrics(x, labels), abs=1e-12)
