@@ -238,6 +238,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.worker:
         print(json.dumps(worker(json.loads(args.worker))))
         return 0
+    if args.repeat < 1:
+        parser.error("--repeat must be at least 1")
 
     import torch
 

@@ -7,18 +7,20 @@
 # Offline machines (the device tool): prepare here, then carry .whl and .mnist:
 #   ../shared/tools/device-wheels .whl faiss-cpu
 #   mkdir -p .mnist/MNIST/raw && for f in ../shared/data/MNIST/raw/*-ubyte; do gzip -c "$f" > .mnist/MNIST/raw/$(basename "$f").gz; done
-#   device run, carry [".whl", ".mnist"]:  bash scripts/gpu_figures.sh
+#   device run, carry [".whl", ".mnist"]:  bash scripts/gpu_figures.sh   (or PART=train, then PART=eval)
 # Extra arguments go to every training run; DEVICE=cpu SEEDS=42 EVAL_SIZES=10000 makes a quick dry run on a CPU.
 set -euo pipefail
 DEVICE=${DEVICE:-cuda}
 SEEDS=${SEEDS:-"42 43 44"}
 EVAL_SIZES=${EVAL_SIZES:-"10000 100000 1000000"}
+PART=${PART:-all}  # train | eval | all: the device tool allows 600 s per command, so a slow machine can split them
 out=${OUT:-outputs/gpu_figures}
 mkdir -p "$out"
 
-if [ -d .whl ] && ! python3 -c "import hydra, pytorch_metric_learning" 2>/dev/null; then
+export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}  # simlearn from this checkout, installed or not
+if [ -d .whl ] && ! python3 -c "import hydra, pytorch_metric_learning, faiss" 2>/dev/null; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl
-  export PYTHONPATH=/tmp/site:$PWD
+  export PYTHONPATH=/tmp/site:$PYTHONPATH
 fi
 data_root=${DATA_ROOT:-../shared/data}
 if [ -d .mnist/MNIST/raw ]; then  # gzipped copies carried to the machine
@@ -30,14 +32,17 @@ fi
 trainer=$([ "$DEVICE" = cuda ] && echo gpu || echo cpu)
 
 for seed in $SEEDS; do
+  [ "$PART" = eval ] && break
+  log="$out/mnist_fast_seed$seed.log"
   python3 train.py experiment=mnist_multitask_fast trainer=$trainer data.root=$data_root seed=$seed logger=none \
-    reports.plots=null hydra.run.dir="$out/mnist_fast_seed$seed" "$@" > "$out/mnist_fast_seed$seed.log" 2>&1
+    reports.plots=null hydra.run.dir="$out/mnist_fast_seed$seed" "$@" > "$log" 2>&1 || { tail -40 "$log"; exit 1; }
   python3 -c "import json, sys; m = json.load(open(sys.argv[1])); print(f\"seed {sys.argv[2]}: train/wall_s \
 {m['train/wall_s']:.2f}  epochs {m['train/epochs']:.0f}  test/precision@1 {m['test/precision@1']:.4f}  \
 test/map@r {m['test/map@r']:.4f}\")" "$out/mnist_fast_seed$seed/metrics.json" "$seed" | tee -a "$out/summary.txt"
 done
 
+[ "$PART" = train ] && exit 0
 # on a GPU the 1M-item rows search all 1M queries (leave-one-out, 1e12 pairs) instead of a 10k-query sample
 max_pairs=$([ "$DEVICE" = cuda ] && echo 1e12 || echo 1e10)
-python3 scripts/bench_eval.py --device "$DEVICE" --backends torch --sizes $EVAL_SIZES --max-pairs "$max_pairs" \
+python3 scripts/bench_eval.py --device "$DEVICE" --backends torch --sizes $EVAL_SIZES --max-pairs "$max_pairs" --timeout 500 \
   | tee "$out/bench_eval.txt"

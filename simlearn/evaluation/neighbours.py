@@ -63,8 +63,8 @@ def _as_embeddings(x, name: str, device: torch.device) -> torch.Tensor:
         bad = int((~torch.isfinite(t)).any(dim=1).sum())
         if bad:
             raise UserError(
-                f"{name} contains NaN or inf in {bad} row(s); all values must be finite. "
-                "Check the model/training for divergence or drop those items."
+                f"{name} contains NaN or inf (or, as float64, values beyond float32's ±3.4e38) in {bad} row(s); "
+                "all values must be finite. Check the model/training for divergence or drop those items."
             )
         t = t / t.abs().amax(dim=1, keepdim=True).clamp(min=torch.finfo(torch.float32).tiny)
         norms = torch.linalg.vector_norm(t, dim=1)
@@ -92,7 +92,8 @@ def _as_labels(y, name: str, n: int, emb_name: str, device: torch.device) -> tor
 class QueryGallery:
     """L2-normalised float32 queries and gallery on one device, their labels as class ids ``0 .. num_classes - 1``
     shared by both (sorted like the labels, so the smallest label has id 0), and whether the queries are searched
-    against themselves (leave-one-out: a query's own item is never its neighbour)."""
+    against themselves (leave-one-out: a query's own item is never its neighbour). Embeddings that already had
+    unit length share memory with the caller's array: read them, never modify them in place."""
 
     queries: torch.Tensor
     gallery: torch.Tensor
@@ -252,25 +253,36 @@ def neighbour_chunks(
     candidates per query). ``data`` is the searched copy of the input (on the CPU when faiss searches).
 
     ``chunk_size`` (queries per chunk) bounds memory: chunk_size x gallery size floats (torch) or chunk_size x k
-    (faiss, which blocks its search by itself). ``None`` picks about 2**24 floats, or 4096 queries with faiss.
+    result entries (faiss, which blocks its own search). ``None`` picks about 2**24 floats (64 MB) on a CPU, 2**28
+    (1 GB) or a tenth of the free memory on a GPU (large products keep it busy), and for faiss the chunk whose k
+    results hold about 2**22 entries (the metrics then build a few int64/float64 arrays of that shape), at most 4096
+    queries (faiss's own block).
     """
     if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1):
         raise UserError(f"chunk_size must be a positive int or None (automatic), got {chunk_size!r}.")
     backend = choose_backend(backend, data.device, len(data.gallery))
     if backend == "faiss" and data.device.type != "cpu":  # faiss searches on the CPU; everything follows it there
-        data, needed = data.cpu(), needed.cpu()
-    needed = needed.clamp(max=data.num_candidates)
+        data = data.cpu()
+    # per-chunk k on the host: one transfer instead of a device sync per chunk
+    needed = needed.cpu().clamp(max=data.num_candidates)
     search = (_faiss_search if backend == "faiss" else _torch_search)(data.queries, data.gallery, data.self_search)
     if chunk_size is None:
         if backend == "faiss":
             chunk_size = max(1, min(_FAISS_MAX_CHUNK, _AUTO_CHUNK_FLOATS // (4 * max(1, int(needed.max())))))
         else:
-            chunk_size = max(1, _AUTO_CHUNK_FLOATS // len(data.gallery))
+            chunk_size = max(1, _auto_chunk_floats(data.device) // len(data.gallery))
     for start in range(0, len(data.queries), chunk_size):
         stop = min(start + chunk_size, len(data.queries))
         k = int(needed[start:stop].max())
         if k > 0:
             yield start, stop, search(start, stop, k), data
+
+
+def _auto_chunk_floats(device: torch.device) -> int:
+    if device.type != "cuda":
+        return _AUTO_CHUNK_FLOATS
+    free, _ = torch.cuda.mem_get_info(device)
+    return max(_AUTO_CHUNK_FLOATS, min(2**28, free // 40))  # a tenth of the free bytes, in floats
 
 
 def unit_rows(x: np.ndarray) -> np.ndarray:
@@ -285,6 +297,11 @@ def top_k(
     """Exact cosine top-k on the CPU: ``(cos, index)``, both (num_queries, k), most similar first, in chunks of
     queries (never a full query × gallery matrix). ``exclude_self`` drops item i from query i's candidates (the
     queries searched against themselves); k is capped at the candidates per query."""
+    if exclude_self and len(gallery) != len(queries):
+        raise UserError(
+            f"exclude_self=True searches the queries against themselves, but the gallery has {len(gallery)} rows "
+            f"and the queries {len(queries)}; pass the same array twice, or exclude_self=False."
+        )
     q = torch.from_numpy(unit_rows(queries))
     g = q if exclude_self else torch.from_numpy(unit_rows(gallery))
     k = min(k, len(g) - int(exclude_self))

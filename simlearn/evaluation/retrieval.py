@@ -58,21 +58,26 @@ def _check_knn_k(k: int | None, num_candidates: int) -> None:
         )
 
 
-def _knn_correct(data: QueryGallery, start: int, stop: int, idx: torch.Tensor, k: int) -> int:
+def _knn_correct(data: QueryGallery, start: int, stop: int, idx: torch.Tensor, k: int) -> torch.Tensor:
     """How many queries of the chunk the majority label of their k nearest candidates gets right (a tie goes to the
-    smallest label, as in scikit-learn's ``KNeighborsClassifier``: argmax takes the first class id)."""
+    smallest label, as in scikit-learn's ``KNeighborsClassifier``). Votes are counted among the k neighbours
+    (chunk x k x k), so memory does not grow with the number of classes."""
     neighbours = data.gallery_classes[idx[:, :k]]
-    votes = torch.zeros(stop - start, len(data.labels), dtype=torch.int64, device=neighbours.device)
-    votes.scatter_add_(1, neighbours, torch.ones_like(neighbours))
-    return int((votes.argmax(dim=1) == data.query_classes[start:stop]).sum())
+    votes = (neighbours.unsqueeze(2) == neighbours.unsqueeze(1)).sum(dim=2)  # each neighbour's class count
+    most = votes == votes.amax(dim=1, keepdim=True)
+    predicted = torch.where(most, neighbours, len(data.labels)).amin(dim=1)  # smallest class id among the most voted
+    return (predicted == data.query_classes[start:stop]).sum()
 
 
-def _retrieval_sums(data: QueryGallery, start: int, stop: int, idx: torch.Tensor, ks: list[int]) -> torch.Tensor:
-    """Per-metric sums over the chunk's scored queries: recall@k for each k, precision@1, R-precision, MAP@R."""
+def _retrieval_sums(
+    data: QueryGallery, start: int, stop: int, idx: torch.Tensor, ks: list[int], r_max: int
+) -> torch.Tensor:
+    """Per-metric sums over the chunk's scored queries: recall@k for each k, precision@1, R-precision, MAP@R;
+    ``r_max`` is the chunk's largest R_q (known on the host, so no device sync here)."""
     r = data.relevant[start:stop]
     keep = r > 0
     r = r[keep]
-    k = min(max(max(ks), int(r.max())), data.num_candidates)
+    k = min(max(max(ks), r_max), data.num_candidates)
     rel = data.gallery_classes[idx[keep, :k]] == data.query_classes[start:stop][keep].unsqueeze(1)  # by rank
     rank = torch.arange(1, k + 1, device=rel.device)
     rel_r = rel & (rank <= r.unsqueeze(1))  # relevant and within the top R_q
@@ -106,8 +111,8 @@ def retrieval_metrics(
         gallery_embeddings, gallery_labels: a separate gallery to search (both or neither). If omitted the
             queries are searched against themselves, leaving each query's own item out (leave-one-out).
         chunk_size: queries per chunk; memory grows with chunk_size x gallery size (torch) or chunk_size x the
-            largest R_q (faiss). ``None`` picks it so that a chunk's similarity matrix holds about 2**24 floats
-            (torch), or 4096 queries (faiss, which blocks its search by itself).
+            largest R_q (faiss). ``None`` picks it from a memory budget per device
+            (:func:`~simlearn.evaluation.neighbours.neighbour_chunks`).
         backend: ``"torch"``, ``"faiss"`` (CPU; needs ``pip install faiss-cpu``) or ``"auto"``: faiss for large
             galleries on the CPU when faiss is installed, torch otherwise (:mod:`simlearn.evaluation.neighbours`).
             Both give the same metrics (up to the order of exactly tied similarities).
@@ -140,23 +145,24 @@ def retrieval_metrics(
             "every query is lone: no query has another item of its class in the gallery, so nothing can be "
             "scored. Make sure query classes also appear in the gallery (and have >= 2 items in self-search)."
         )
-    needed = torch.where(r_all > 0, r_all.clamp(min=max(ks)), 0).clamp(min=knn_k or 0)
-    sums = torch.zeros(len(ks) + 3, dtype=torch.float64)
-    correct = 0
+    r_host = r_all.cpu()
+    needed = torch.where(r_host > 0, r_host.clamp(min=max(ks)), 0).clamp(min=knn_k or 0)
+    sums, correct = 0, 0
     for start, stop, idx, searched in neighbour_chunks(data, needed, backend, chunk_size):
-        if (searched.relevant[start:stop] > 0).any():
-            sums += _retrieval_sums(searched, start, stop, idx, ks).cpu()
+        r_max = int(r_host[start:stop].max())
+        if r_max > 0:  # else every query of the chunk is lone: searched for kNN accuracy only
+            sums = sums + _retrieval_sums(searched, start, stop, idx, ks, r_max)
         if knn_k is not None:
-            correct += _knn_correct(searched, start, stop, idx, knn_k)
+            correct = correct + _knn_correct(searched, start, stop, idx, knn_k)
 
     n_kept = len(r_all) - num_lone
-    means = (sums / n_kept).tolist()
+    means = (sums / n_kept).tolist()  # one device-to-host transfer for all the sums
     out = {f"recall@{kk}": means[i] for i, kk in enumerate(ks)}
     out["precision@1"], out["r_precision"], out["map@r"] = means[len(ks) :]
     out["num_queries"] = float(n_kept)
     out["num_lone_queries"] = float(num_lone)
     if knn_k is not None:
-        out[f"knn_accuracy@{knn_k}"] = correct / len(r_all)
+        out[f"knn_accuracy@{knn_k}"] = int(correct) / len(r_all)
     return out
 
 
@@ -177,8 +183,8 @@ def knn_accuracy(
     """
     data = query_gallery(embeddings, labels, gallery_embeddings, gallery_labels)
     _check_knn_k(k, data.num_candidates)
-    needed = torch.full((len(data.queries),), k, device=data.device)
+    needed = torch.full((len(data.queries),), k)
     correct = 0
     for start, stop, idx, searched in neighbour_chunks(data, needed, backend, chunk_size):
-        correct += _knn_correct(searched, start, stop, idx, k)
-    return correct / len(data.queries)
+        correct = correct + _knn_correct(searched, start, stop, idx, k)
+    return int(correct) / len(data.queries)

@@ -101,7 +101,8 @@ class EmbeddingModule(pl.LightningModule):
         index = outputs.pop("index")
         metrics = None
         if self.global_rank == 0:
-            # Lightning runs epoch-end hooks inside the precision plugin's autocast; metrics stay float32
+            # defensive: the metrics stay float32 whatever autocast context a caller or a Lightning version runs
+            # this hook in
             with torch.autocast(embeddings.device.type, enabled=False):
                 metrics = {**self.evaluator(embeddings, outputs), **self._task_metrics(embeddings, outputs)}
         if self.trainer.world_size > 1:
