@@ -27,11 +27,11 @@ import json
 import math
 import os
 import resource
-import subprocess
 import sys
 import time
 
 import numpy as np
+from bench_common import measure_in_subprocess
 
 GEMM_TILE = 4096
 PML_METRICS = {"precision@1": "precision_at_1", "r_precision": "r_precision", "map@r": "mean_average_precision_at_r"}
@@ -161,21 +161,7 @@ def worker(spec: dict) -> dict:
 
 
 def measure(spec: dict, timeout: float) -> dict:
-    """Run one measurement in a fresh interpreter: its own peak memory, no state shared with other runs."""
-    try:
-        proc = subprocess.run(
-            [sys.executable, os.path.abspath(__file__), "--worker", json.dumps(spec)],
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-        )
-    except subprocess.TimeoutExpired:
-        return {"error": f"timed out after {timeout:.0f} s"}
-    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
-    if proc.returncode != 0 or not lines:
-        tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
-        return {"error": f"exit {proc.returncode}: " + " | ".join(tail)}
-    return json.loads(lines[-1])
+    return measure_in_subprocess(os.path.abspath(__file__), spec, timeout)
 
 
 # ---------------------------------------------------------------- the table

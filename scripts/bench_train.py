@@ -28,12 +28,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
 
 import torch
+from bench_common import measure_in_subprocess
 
 VARIANTS = ["simlearn", "bare", "torchvision", "bf16", "channels_last", "compile", "dataloader"]
 #: simlearn config overrides of each simlearn variant.
@@ -184,20 +184,7 @@ def worker(spec: dict) -> dict:
 
 
 def measure(spec: dict, timeout: float) -> dict:
-    try:
-        proc = subprocess.run(
-            [sys.executable, os.path.abspath(__file__), "--worker", json.dumps(spec)],
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-        )
-    except subprocess.TimeoutExpired:
-        return {"error": f"timed out after {timeout:.0f} s"}
-    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
-    if proc.returncode != 0 or not lines:
-        tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
-        return {"error": f"exit {proc.returncode}: " + " | ".join(tail)}
-    return json.loads(lines[-1])
+    return measure_in_subprocess(os.path.abspath(__file__), spec, timeout)
 
 
 def main(argv: list[str] | None = None) -> int:
