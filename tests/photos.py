@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import itertools
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -45,3 +46,20 @@ def write_csv(path: Path, header: Sequence[str], rows: Sequence[Sequence[object]
         writer.writerow(header)
         writer.writerows(rows)
     return path
+
+
+def distinct_pairs(files: Mapping[str, Sequence[Path]], count: int) -> list[tuple[Path, Path, int]]:
+    """``count`` pairs ``(a, b, similar)`` of the files, alternately similar (same class: 1) and dissimilar (0),
+    every class in turn, no pair twice in either order (pair data drops repeats, which would change the count)."""
+    per_class = [list(itertools.combinations(paths, 2)) for paths in files.values()]
+    similar = [pair for turn in itertools.zip_longest(*per_class) for pair in turn if pair is not None]
+    smallest = min(len(paths) for paths in files.values())
+    dissimilar = [
+        (files[c][i], files[d][(5 * i + 3) % smallest])
+        for i in range(smallest)
+        for c, d in itertools.combinations(files, 2)
+    ]
+    pairs = [(a, b, 1 - kind) for both in zip(similar, dissimilar, strict=False) for kind, (a, b) in enumerate(both)]
+    if len(pairs) < count:
+        raise ValueError(f"only {len(pairs)} distinct pairs of these files, {count} wanted")
+    return pairs[:count]

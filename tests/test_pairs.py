@@ -16,21 +16,15 @@ from simlearn.evaluation.pairs import best_threshold
 from simlearn.losses import PairTask, pair_indices
 
 from .helpers import run_training
-from .photos import class_folders, write_csv
+from .photos import class_folders, distinct_pairs, write_csv
 
 
 @pytest.fixture
 def pairs_csv(tmp_path):
     """60 pairs of generated photos of 4 colours; similar = same colour."""
     files = class_folders(tmp_path / "photos", {"a": 8, "b": 8, "c": 8, "d": 8})
-    rng = np.random.default_rng(0)
-    names = list(files)
-    rows = []
-    for i in range(60):
-        first = names[i % 4]
-        second = first if i % 2 == 0 else names[(i % 4 + 1 + rng.integers(3)) % 4]
-        a, b = rng.choice(files[first]), rng.choice(files[second])
-        rows.append([str(a.relative_to(tmp_path)), str(b.relative_to(tmp_path)), int(first == second)])
+    # distinct pairs: the data drops repeated pairs, which random draws would give
+    rows = [[str(a.relative_to(tmp_path)), str(b.relative_to(tmp_path)), s] for a, b, s in distinct_pairs(files, 60)]
     return write_csv(tmp_path / "pairs.csv", ["path_a", "path_b", "similar"], rows)
 
 

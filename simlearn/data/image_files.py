@@ -3,7 +3,9 @@
 Nothing is held in memory but the file list. Splits are per class and seeded (the same stratified split as the
 in-memory data), classes are chosen and ordered by the config (labels 0..C−1 in the order given), and optional
 *probe* classes are kept out of train/val/test entirely and served by :meth:`ImageFileDataModule.probe_dataloader`.
-Files that cannot be read are skipped with one counted warning.
+Files that cannot be read are skipped with one counted warning, and so are classes too small for the seeded split to
+reach val/test. A file is never in two splits: a CSV that lists one twice is de-duplicated (exact repeats) or
+refused (two labels or splits).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from simlearn.data.in_memory import (
     check_split_classes,
     m_per_class_sampler,
     stratified_split,
+    warn_small_classes,
 )
 from simlearn.data.samplers import EpochSeededRandomSampler
 from simlearn.errors import UserError
@@ -271,6 +274,11 @@ class ImageFileDataModule(pl.LightningDataModule):
         """The image files of the classes ``wanted`` (every class when None), with their class names."""
         raise NotImplementedError
 
+    def no_images(self, wanted: Sequence[str] | None) -> UserError:
+        """The error for a source that lists no image file at all (subclasses say where the files belong)."""
+        which = "any class" if wanted is None else f"the classes {list(wanted)}"
+        return UserError(f"data '{self.name}' found no image files of {which}; check where it reads them from.")
+
     # -- shared --------------------------------------------------------------------------------------------
     @property
     def label_fields(self) -> list[str]:
@@ -294,6 +302,9 @@ class ImageFileDataModule(pl.LightningDataModule):
             )
         wanted = None if self.classes is None else [*self.classes, *self.probe_classes]
         table = self.scan(wanted)
+        if not table.paths:
+            # before the class count check, whose hint would otherwise be "set data.num_classes=0"
+            raise self.no_images(wanted)
         classes = self.classes or sorted(set(table.names) - set(self.probe_classes))
         if self.num_classes is not None and self.num_classes != len(classes):
             raise UserError(
@@ -350,9 +361,11 @@ class ImageFileDataModule(pl.LightningDataModule):
         splits = stratified_split(labels, free, self.val_fraction, self.test_fraction, self.seed)
         for split in SPLITS:
             fixed = [i for i, s in enumerate(given) if s == split and trained[i]]
-            index = torch.cat([splits[split], torch.tensor(fixed, dtype=torch.long)]).sort().values
-            splits[split] = cap_split(index, self.limits[split], self.seed, split)
-        return splits
+            splits[split] = torch.cat([splits[split], torch.tensor(fixed, dtype=torch.long)]).sort().values
+        # before the caps: a class left out by data.max_<split> is the user's choice, one too small is not
+        names = self.class_names + self.probe_class_names
+        warn_small_classes(labels, free, splits, names, self.name, self.val_fraction, self.test_fraction)
+        return {split: cap_split(index, self.limits[split], self.seed, split) for split, index in splits.items()}
 
     def _check_classes(self, labels: torch.Tensor, splits: dict[str, torch.Tensor]) -> None:
         check_split_classes(labels, splits, self.class_names, self.name, self.val_fraction)
@@ -397,6 +410,12 @@ def _image_files(folder: Path, extensions: Sequence[str]) -> list[str]:
     return sorted(str(p) for p in folder.rglob("*") if p.suffix.lower() in suffixes and p.is_file())
 
 
+def _image_files_in(folder: Path, extensions: Sequence[str]) -> list[str]:
+    """The image files directly in ``folder`` (not in its sub-folders)."""
+    suffixes = {e.lower() if e.startswith(".") else f".{e.lower()}" for e in extensions}
+    return sorted(str(p) for p in folder.iterdir() if p.suffix.lower() in suffixes and p.is_file())
+
+
 class ImageFolderDataModule(ImageFileDataModule):
     """One sub-folder of ``root`` per class, holding that class's images (searched recursively)."""
 
@@ -426,6 +445,26 @@ class ImageFolderDataModule(ImageFileDataModule):
     def available_classes(self) -> list[str]:
         return sorted(p.name for p in self.root.iterdir() if p.is_dir() and not p.name.startswith("."))
 
+    def no_images(self, wanted: Sequence[str] | None) -> UserError:
+        extensions = sorted({e.lower() if e.startswith(".") else f".{e.lower()}" for e in self.extensions})
+        folders = list(wanted) if wanted is not None else self.available_classes()
+        # what is there instead, so that the usual mistakes (root one level too deep, other formats) show
+        if folders:
+            found = f"its class folders {folders[:10]}{' …' if len(folders) > 10 else ''} hold none"
+            others = [p for name in folders[:10] for p in self.class_folder(name).rglob("*") if p.is_file()]
+            if others:
+                found += f" (they hold {len(others)} other files, e.g. {others[0].name})"
+        else:
+            found = "it has no class sub-folders"
+            loose = _image_files_in(self.root, extensions)
+            if loose:
+                found += f" but {len(loose)} images directly in it (e.g. {Path(loose[0]).name})"
+        return UserError(
+            f"data.root={str(self.root)!r} holds no images with extensions {extensions} in class sub-folders "
+            f"<root>/<class>/<image>: {found}. Put the images there (one folder per class), or point data.root at "
+            f"the folder that holds the class folders."
+        )
+
     def scan(self, wanted: Sequence[str] | None) -> FileTable:
         if not self.root.is_dir():
             raise self.missing_root()
@@ -444,7 +483,12 @@ class ImageFolderDataModule(ImageFileDataModule):
 class ImageCSVDataModule(ImageFileDataModule):
     """Images listed in a CSV file with columns ``path`` and ``label`` (the class name) and optionally ``split``
     (train / val / test, or empty to leave the row to the seeded split). Relative paths are relative to ``root``,
-    by default the CSV's folder."""
+    by default the CSV's folder.
+
+    A file is in one split only: rows are matched by their normalised path (``a/x.png`` and ``./a/x.png`` are the
+    same file), exact repeats (same label and split) are dropped with one counted warning, and a file listed with
+    two labels or two splits (an empty split counts as one: the seeded split's) is refused, naming both rows.
+    """
 
     name = "image_csv"
 
@@ -454,18 +498,87 @@ class ImageCSVDataModule(ImageFileDataModule):
         self.root = Path(root).expanduser() if root is not None else self.csv.parent
 
     def scan(self, wanted: Sequence[str] | None) -> FileTable:
-        rows = read_csv(self.csv, required=("path", "label"), what="data.csv")
-        table = FileTable(paths=[], names=[], split=[] if "split" in rows[0] else None)
-        for row in rows:
-            table.paths.append(str(self.root / row["path"]))
-            table.names.append(row["label"].strip())
-            if table.split is not None:
-                table.split.append(row["split"].strip() or None)
+        rows, lines = read_csv_lines(self.csv, required=("path", "label"), what="data.csv")
+        has_split = "split" in rows[0]
+        table = FileTable(paths=[], names=[], split=[] if has_split else None)
+        splits: list[str | None] = []
+        first: dict[str, int] = {}  # normalised path → its table row
+        kept_rows: list[tuple[str, int]] = []  # per table row: the path as written and its CSV line
+        duplicates: list[tuple[int, int, str]] = []
+        conflicts: list[str] = []
+        for row, line in zip(rows, lines, strict=True):
+            written = row["path"].strip()
+            # the same file however it is written, so that no spelling of it can put it in two splits
+            path = os.path.normpath(self.root / written)
+            name = row["label"].strip()
+            split = (row["split"].strip() or None) if has_split else None
+            seen = first.get(path)
+            if seen is None:
+                first[path] = len(table.paths)
+                table.paths.append(path)
+                table.names.append(name)
+                splits.append(split)
+                kept_rows.append((written, line))
+            elif (table.names[seen], splits[seen]) == (name, split):
+                duplicates.append((line, kept_rows[seen][1], written))
+            else:
+                conflicts.append(
+                    self._conflict(*kept_rows[seen], table.names[seen], splits[seen], written, line, name, split)
+                )
+        if conflicts:
+            more = f" ({len(conflicts) - 1} more files are listed twice like this.)" if len(conflicts) > 1 else ""
+            raise UserError(conflicts[0] + more)
+        if duplicates:
+            line, of, written = duplicates[0]
+            log.warning(
+                "data.csv=%s: %d duplicate rows (same path, label and split) ignored, e.g. line %d repeats "
+                "line %d (%s)",
+                self.csv,
+                len(duplicates),
+                line,
+                of,
+                written,
+            )
+        if has_split:
+            table.split = splits
         return table
+
+    def _conflict(
+        self,
+        written: str,
+        line: int,
+        name: str,
+        split: str | None,
+        other_written: str,
+        other_line: int,
+        other_name: str,
+        other_split: str | None,
+    ) -> str:
+        """One line on a file that two CSV rows give different labels or splits."""
+        spelled = f" (written {other_written!r} there)" if other_written != written else ""
+        where = f"{self.csv}: the file {written!r} is listed with"
+        if name != other_name:
+            return (
+                f"{where} label {name!r} (line {line}) and {other_name!r} (line {other_line}){spelled}; a file has "
+                f"one class. Keep one of the rows (or copy the file if it really shows both classes)."
+            )
+        described = f"split {split!r}" if split else "no split"
+        # "split 'train' … and 'test'", but "no split … and split 'test'"
+        other = f"split {other_split!r}" if not split else repr(other_split) if other_split else "no split"
+        return (
+            f"{where} {described} (line {line}) and {other} (line {other_line}){spelled}; a file must be in one "
+            f"split only, else val/test score images that were trained on. Keep one of the rows (split: "
+            f"{', '.join(SPLITS)}, or empty for the seeded split)."
+        )
 
 
 def read_csv(path: Path, required: Sequence[str], what: str) -> list[dict[str, str]]:
     """The rows of a CSV file with a header that has the ``required`` columns (one clear error otherwise)."""
+    return read_csv_lines(path, required, what)[0]
+
+
+def read_csv_lines(path: Path, required: Sequence[str], what: str) -> tuple[list[dict[str, str]], list[int]]:
+    """:func:`read_csv`'s rows and the line of the file each ends on (the header is line 1), for messages."""
     if not path.is_file():
         raise UserError(f"{what}={str(path)!r} is not a file; give the path of a CSV with columns {list(required)}.")
     with path.open(newline="") as file:
@@ -474,7 +587,10 @@ def read_csv(path: Path, required: Sequence[str], what: str) -> list[dict[str, s
         lacking = [c for c in required if c not in columns]
         if lacking:
             raise UserError(f"{path} lacks the columns {lacking}; it has {columns}, needs {list(required)}.")
-        rows = [{k.strip(): (v or "") for k, v in row.items() if k is not None} for row in reader]
+        rows, lines = [], []
+        for row in reader:
+            rows.append({k.strip(): (v or "") for k, v in row.items() if k is not None})
+            lines.append(reader.line_num)
     if not rows:
         raise UserError(f"{path} has a header but no rows; list one image per row.")
-    return rows
+    return rows, lines

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+import logging
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -15,6 +17,8 @@ from torch.utils.data import DataLoader, Dataset
 from simlearn.data.device_loader import DeviceBatchLoader
 from simlearn.data.samplers import EpochSeededRandomSampler
 from simlearn.errors import UserError
+
+log = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "test")
 
@@ -159,6 +163,9 @@ class InMemoryImageDataModule(pl.LightningDataModule):
         labels = data.fields[self.label_field]
         keep = self._selected(labels)
         splits = self._split(labels, keep, data.is_test)
+        # a source with its own test split (MNIST) decides which classes are tested; only val is ours to check
+        test_fraction = self.test_fraction if data.is_test is None else 0.0
+        warn_small_classes(labels, keep, splits, self.class_names, self.name, self.val_fraction, test_fraction)
         for split, index in splits.items():
             splits[split] = cap_split(index, self.limits[split], self.seed, split)
         self._check_classes(labels, splits)
@@ -322,6 +329,71 @@ def stratified_split(
         split: torch.from_numpy(np.sort(np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.int64))).long()
         for split, chunks in parts.items()
     }
+
+
+def min_class_size(fraction: float) -> int:
+    """The fewest items a class needs for the seeded split to give it at least one item of a split that takes
+    ``fraction`` of each class (``round(n × fraction) ≥ 1``; Python rounds 0.5 to 0)."""
+    n = max(1, math.floor(0.5 / fraction))
+    while round(n * fraction) < 1:
+        n += 1
+    return n
+
+
+def warn_small_classes(
+    labels: torch.Tensor,
+    seeded: torch.Tensor,
+    splits: Mapping[str, torch.Tensor],
+    class_names: Sequence[str],
+    name: str,
+    val_fraction: float,
+    test_fraction: float,
+) -> list[str]:
+    """Warn once about the classes that the seeded split left out of val or test because they have too few items.
+
+    ``seeded`` marks the items the seeded split was given and ``splits`` holds every split before ``data.max_*``
+    caps (items a source assigns to a split count too, so a class that reaches test that way is not reported).
+    Such a class is trained on but never evaluated there, so its absence would otherwise go unnoticed in the
+    metrics. Returns the names of the reported classes.
+    """
+    needs = {split: min_class_size(f) for split, f in (("val", val_fraction), ("test", test_fraction)) if f > 0}
+    seeded_classes = labels[seeded].unique().tolist()
+    missing: dict[str, list[str]] = {}
+    for split in needs:
+        present = set(labels[splits[split]].unique().tolist())
+        for label in seeded_classes:
+            if label not in present:
+                missing.setdefault(class_names[label], []).append(split)
+    if not missing:
+        return []
+    names = sorted(missing)
+    # the classes drop out of the val/test metrics as silently as lone queries are left out of retrieval
+    # (num_lone_queries), so say once how many and which
+    everywhere = all(len(missing[n]) == len(needs) for n in names)
+    where = (
+        "trained on only"
+        if everywhere
+        else "trained on but missing from "
+        + ", ".join(f"{split}: {_some([n for n in names if split in missing[n]])}" for split in needs)
+    )
+    log.warning(
+        "data '%s': %d %s too few images to appear in val/test (need %s): %s; %s %s. Add images or leave %s "
+        "out with data.classes.",
+        name,
+        len(names),
+        "class has" if len(names) == 1 else "classes have",
+        ", ".join(f"≥ {n} for {split}" for split, n in needs.items()),
+        _some(names),
+        "it is" if len(names) == 1 else "they are",
+        where,
+        "it" if len(names) == 1 else "them",
+    )
+    return names
+
+
+def _some(names: Sequence[str], limit: int = 20) -> str:
+    """At most ``limit`` names for a log line (a thousand one-image classes would flood it)."""
+    return str(list(names[:limit])) + (f" and {len(names) - limit} more" if len(names) > limit else "")
 
 
 def cap_split(index: torch.Tensor, limit: int | None, seed: int, split: str) -> torch.Tensor:
