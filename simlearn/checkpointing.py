@@ -26,7 +26,34 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         os.replace(partial, path)
 
 
-class LatestBestCheckpoint(ModelCheckpoint):
+def relocate(value: Any, old: str, new: str) -> Any:
+    """``value`` with every path string under the folder ``old`` moved under ``new`` (dicts and lists walked)."""
+    if isinstance(value, str):
+        return new + value[len(old) :] if value == old or value.startswith(old + os.sep) else value
+    if isinstance(value, dict):
+        return {relocate(key, old, new): relocate(item, old, new) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(relocate(item, old, new) for item in value)
+    return value
+
+
+class RunCheckpoint(ModelCheckpoint):
+    """``ModelCheckpoint`` whose state follows the run dir when it is moved or copied.
+
+    Lightning stores absolute paths (best and last checkpoint, the kept top k) in its state and forgets all but the
+    best path when a resumed run's ``dirpath`` differs, so resuming from a moved or copied run dir wrote
+    ``last-v1.ckpt`` next to a stale ``last.ckpt``, kept two "best" files and lost the best score. Here the saved
+    paths are re-based onto the current ``dirpath`` first: resuming behaves the same wherever the run dir is.
+    """
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        old = state_dict.get("dirpath")
+        if old and self.dirpath and old != self.dirpath:
+            state_dict = {**relocate(state_dict, str(old), str(self.dirpath)), "dirpath": self.dirpath}
+        super().load_state_dict(state_dict)
+
+
+class LatestBestCheckpoint(RunCheckpoint):
     """``ModelCheckpoint`` that keeps the newer checkpoint when its score ties the worst one kept.
 
     Small validation sets saturate metrics such as recall@1 early (every later epoch scores 1.0 too); Lightning

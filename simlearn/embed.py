@@ -13,7 +13,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import hydra
 import lightning.pytorch as pl
 import numpy as np
 import torch
@@ -24,8 +23,7 @@ from torch.utils.data import DataLoader
 
 from simlearn.build import build_datamodule, check_config
 from simlearn.checkpoints import LoadedEncoder, checkpoint_config, encoder_of, load_checkpoint
-from simlearn.cli import exit_on_user_error
-from simlearn.config import config_dir
+from simlearn.cli import hydra_command
 from simlearn.data.in_memory import collate_batch
 from simlearn.errors import UserError
 from simlearn.inference import embed
@@ -198,8 +196,7 @@ def embed_dataset(cfg: DictConfig) -> dict[str, Path]:
     return paths
 
 
-@hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="embed")
-@exit_on_user_error
+@hydra_command("embed")
 def main(cfg: DictConfig) -> None:
     embed_dataset(cfg)
 

@@ -4,14 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import hydra
 from lightning.pytorch.callbacks import RichProgressBar
 from omegaconf import DictConfig
 
 from simlearn.build import build_trainer, write_test_outputs
 from simlearn.checkpoints import load_checkpoint, restore
-from simlearn.cli import exit_on_user_error, print_metrics
-from simlearn.config import config_dir
+from simlearn.cli import hydra_command, print_metrics
 
 __all__ = ["evaluate", "load_checkpoint", "main"]  # load_checkpoint now lives in simlearn.checkpoints
 
@@ -31,8 +29,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     return metrics
 
 
-@hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="eval")
-@exit_on_user_error
+@hydra_command("eval")
 def main(cfg: DictConfig) -> None:
     evaluate(cfg)
 

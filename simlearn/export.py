@@ -13,7 +13,6 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-import hydra
 import numpy as np
 import torch
 from omegaconf import DictConfig
@@ -21,8 +20,7 @@ from rich.console import Console
 from torch import nn
 
 from simlearn.checkpoints import load_encoder
-from simlearn.cli import exit_on_user_error
-from simlearn.config import config_dir
+from simlearn.cli import hydra_command
 from simlearn.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -154,8 +152,7 @@ def export(cfg: DictConfig) -> Path:
     return out
 
 
-@hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="export")
-@exit_on_user_error
+@hydra_command("export")
 def main(cfg: DictConfig) -> None:
     export(cfg)
 

@@ -3,43 +3,118 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
-import hydra
 import lightning.pytorch as pl
+import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from lightning.pytorch.callbacks import ModelCheckpoint, Timer
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from simlearn.build import build_datamodule, build_list, build_model, build_trainer, check_config, write_test_outputs
-from simlearn.cli import exit_on_user_error, print_metrics
+from simlearn.cli import hydra_command, print_metrics
 from simlearn.config import config_dir
 from simlearn.errors import UserError
 from simlearn.loggers import finish_wandb
+from simlearn.run_dir import check_writable, claim_run_dir, existing_results, save_unresolved_config
 
 log = logging.getLogger(__name__)
 
 
-def resolve_resume(output_dir: Path, ckpt_path: str | None) -> str | None:
-    """The checkpoint to resume from, refusing to train over existing checkpoints otherwise.
+#: Config groups that define what a run trains; a resume cannot swap them (the checkpoint would not fit).
+RUN_DEFINING_GROUPS = ("data", "augment", "backbone", "head", "loss", "experiment", "evaluation", "hparams_search")
+#: Keys under which a change alters the model's shapes, so the checkpoint's weights would no longer load.
+MODEL_SHAPE_KEYS = ("backbone", "head")
+
+
+@dataclass
+class Resume:
+    """Where a run resumes from: the checkpoint, and the run dir whose saved config it continues (None: a new run)."""
+
+    ckpt_path: str | None = None
+    source_dir: Path | None = None
+
+
+def resolve_resume(output_dir: Path, ckpt_path: str | None) -> Resume:
+    """The checkpoint to resume from and the run it belongs to.
 
     ``ckpt_path=last`` resumes from this run dir's ``checkpoints/last.ckpt`` when there is one and starts fresh when
-    there is none, which is what a requeued or restarted job wants.
+    there is none, which is what a requeued or restarted job wants. A path resumes from that file; the run it
+    continues is the run dir that holds it (``<run>/checkpoints/<file>.ckpt``).
     """
-    checkpoints = output_dir / "checkpoints"
     if ckpt_path == "last":
-        last = checkpoints / "last.ckpt"
-        if last.is_file():
-            return str(last)
-        ckpt_path = None
-    existing = sorted(p.name for p in checkpoints.glob("*.ckpt"))
-    if existing and not ckpt_path:
-        raise UserError(
-            f"the run dir {output_dir} already holds checkpoints {existing}; training again would overwrite "
-            f"them. Choose another hydra.run.dir, or resume with ckpt_path=last (or a path to a .ckpt)."
-        )
-    if ckpt_path and not Path(ckpt_path).is_file():
+        last = output_dir / "checkpoints" / "last.ckpt"
+        return Resume(str(last), output_dir) if last.is_file() else Resume()
+    if not ckpt_path:
+        return Resume()
+    path = Path(ckpt_path)
+    if not path.is_file():
         raise UserError(f"ckpt_path={ckpt_path!r} is not a file; give the path of a .ckpt to resume from, or 'last'.")
-    return ckpt_path
+    return Resume(str(path), path.resolve().parent.parent)
+
+
+def command_line_overrides() -> list[str]:
+    """The overrides of this command line (``key=value`` …), as Hydra parsed them; empty outside Hydra."""
+    if not HydraConfig.initialized():
+        return []
+    return list(HydraConfig.get().overrides.task)
+
+
+def resumed_config(cfg: DictConfig, source_dir: Path, overrides: Sequence[str]) -> DictConfig:
+    """The config of the run in ``source_dir`` (its ``.hydra/config.yaml``) with this command line's explicit
+    overrides on top, so that a resume continues the run that was instead of a new default one."""
+    saved_file = source_dir / ".hydra" / "config.yaml"
+    if not saved_file.is_file():
+        log.warning(
+            "resuming: %s has no saved config (.hydra/config.yaml, written by simlearn since 0.1); "
+            "continuing with this command line's config",
+            source_dir,
+        )
+        return cfg
+    saved = OmegaConf.load(saved_file)
+    applied = []
+    for override in OverridesParser.create().parse_overrides(list(overrides)):
+        key = override.key_or_group
+        if key == "ckpt_path" or key.split(".")[0].split("/")[0] == "hydra":
+            continue
+        root = key.split(".")[0]
+        is_group = (config_dir() / key).is_dir()
+        if (is_group and key in RUN_DEFINING_GROUPS) or (not is_group and root in MODEL_SHAPE_KEYS):
+            raise UserError(
+                f"{override.input_line} would change what the resumed run trains; a resume continues the run's saved "
+                f"config ({saved_file}). Drop {override.input_line}, or start a new run in another hydra.run.dir=DIR "
+                f"(from scratch, or ckpt_path=... to start from these weights)."
+            )
+        with open_dict(saved):
+            if is_group:  # trainer / logger / callbacks: the option as this command line composed it
+                saved[key] = cfg[key]
+            elif override.is_delete():
+                parent, _, leaf = key.rpartition(".")
+                node = OmegaConf.select(saved, parent) if parent else saved
+                if node is not None and leaf in node:
+                    del node[leaf]
+            else:
+                OmegaConf.update(saved, key, override.value(), merge=False, force_add=True)
+        applied.append(override.input_line)
+    with open_dict(saved):
+        saved.paths = cfg.paths  # the run dir is where the run is now (it may have been moved or copied)
+        saved.ckpt_path = cfg.get("ckpt_path")
+    log.info(
+        "resuming the run of %s with its saved config (%s); overrides on top: %s",
+        source_dir,
+        saved_file,
+        " ".join(applied) or "none",
+    )
+    return saved
+
+
+def checkpoint_step(ckpt_path: str) -> int:
+    """The global step a checkpoint was saved at (read lazily: the weights are not loaded)."""
+    checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=False, mmap=True)
+    return int(checkpoint.get("global_step", 0))
 
 
 def training_time(trainer: pl.Trainer, callbacks: list) -> dict[str, float]:
@@ -52,10 +127,29 @@ def training_time(trainer: pl.Trainer, callbacks: list) -> dict[str, float]:
 
 
 def train(cfg: DictConfig) -> dict[str, float]:
-    """Train, test the best checkpoint, write the run's files; return the flat metric dict (val/…, test/…)."""
-    check_config(cfg)
+    """Train, test the best checkpoint, write the run's files; return the flat metric dict (val/…, test/…).
+
+    The run dir is claimed first (:func:`~simlearn.run_dir.claim_run_dir`): one run at a time, never over another
+    run's results; a resume continues the run's saved config.
+    """
     output_dir = Path(cfg.paths.output_dir)
-    ckpt_path = resolve_resume(output_dir, cfg.get("ckpt_path"))
+    resume = resolve_resume(output_dir, cfg.get("ckpt_path"))
+    continues_this_dir = resume.source_dir is not None and resume.source_dir.resolve() == output_dir.resolve()
+    # a requeued job with ckpt_path=last that died before its first checkpoint may start again over its config.yaml
+    restart = cfg.get("ckpt_path") == "last" and existing_results(output_dir) == ["config.yaml"]
+    if resume.source_dir is not None:  # reads only: a refused resume must leave the dir as it was
+        cfg = resumed_config(cfg, resume.source_dir, command_line_overrides())
+    with claim_run_dir(
+        output_dir,
+        "train",
+        allow_results=continues_this_dir or restart,
+        hint="To continue its training, add ckpt_path=last; otherwise choose another hydra.run.dir=DIR.",
+    ):
+        return _train(cfg, output_dir, resume.ckpt_path)
+
+
+def _train(cfg: DictConfig, output_dir: Path, ckpt_path: str | None) -> dict[str, float]:
+    check_config(cfg)
     if cfg.get("seed") is not None:
         pl.seed_everything(cfg.seed, workers=True)
 
@@ -65,16 +159,29 @@ def train(cfg: DictConfig) -> dict[str, float]:
     loggers = build_list(cfg.get("logger"))
     trainer = build_trainer(cfg, callbacks, loggers)
     if trainer.is_global_zero:
-        output_dir.mkdir(parents=True, exist_ok=True)
+        for callback in callbacks:  # Lightning would fail only after an epoch, with a misleading FileNotFoundError
+            if isinstance(callback, ModelCheckpoint) and callback.dirpath:
+                check_writable(Path(callback.dirpath), "the checkpoint folder")
+        save_unresolved_config(output_dir, cfg)
         OmegaConf.save(cfg, output_dir / "config.yaml", resolve=True)
+    if ckpt_path:
+        step = checkpoint_step(ckpt_path)
+        for logger in loggers:  # curves logged before the checkpoint are kept, later ones are about to be redone
+            if hasattr(logger, "resume_at_step"):
+                logger.resume_at_step(step)
     try:
         trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
         metrics = {f"val/{k}": float(v) for k, v in model.metrics.get("val", {}).items()}
         metrics.update(training_time(trainer, callbacks))
         checkpoint = next((c for c in callbacks if isinstance(c, ModelCheckpoint) and c.monitor), None)
         best_path = checkpoint.best_model_path if checkpoint is not None else ""
-        if checkpoint is not None and checkpoint.best_model_score is not None:
-            metrics[checkpoint.monitor.replace("/", "/best_", 1)] = float(checkpoint.best_model_score)
+        if checkpoint is not None:
+            best_key = checkpoint.monitor.replace("/", "/best_", 1)
+            if checkpoint.best_model_score is not None:
+                metrics[best_key] = float(checkpoint.best_model_score)
+            elif trainer.fast_dev_run and checkpoint.monitor in metrics:
+                # Lightning saves no checkpoint in a smoke run; its single validation is the best there is
+                metrics[best_key] = metrics[checkpoint.monitor]
         trainer.test(model, datamodule=datamodule, ckpt_path=best_path or None, verbose=False)
         metrics.update({f"test/{k}": float(v) for k, v in model.metrics["test"].items()})
         if not trainer.is_global_zero:  # other DDP ranks hold the same gathered results; one process writes files
@@ -88,8 +195,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     return metrics
 
 
-@hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="train")
-@exit_on_user_error
+@hydra_command("train", claims_run_dir=False)
 def main(cfg: DictConfig) -> float | None:
     metrics = train(cfg)
     optimized = cfg.get("optimized_metric")

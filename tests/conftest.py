@@ -21,3 +21,17 @@ def mnist_root() -> Path:
     if not (MNIST_ROOT / "MNIST" / "raw" / "t10k-images-idx3-ubyte").exists():
         pytest.skip(f"real MNIST not found at {MNIST_ROOT}/MNIST/raw (set SIMLEARN_TEST_MNIST_ROOT)")
     return MNIST_ROOT
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory) -> Path:
+    """A finished two-epoch digits run made by the command line (run dir with .hydra/, csv curves, checkpoints).
+
+    Read-only for tests: copy it (``shutil.copytree``) before resuming or writing into it.
+    """
+    from .helpers import run_cli
+
+    run_dir = tmp_path_factory.mktemp("trained") / "run"
+    result = run_cli("train.py", f"hydra.run.dir={run_dir}", "trainer.max_epochs=2", "reports.plots=null")
+    assert result.returncode == 0, result.stderr[-3000:]
+    return run_dir
