@@ -69,7 +69,33 @@ def check_config(cfg: DictConfig) -> None:
         if value is None or (isinstance(value, types) and not isinstance(value, bool)):
             continue
         kind = "an integer" if types == _INT else "a number"
-        raise UserError(f"{key} must be {kind}, got {value!r} ({type(value).__name__}); e.g. {key}=10.")
+        # a value the key would really take (a learning rate of 10 is no example to follow)
+        example = {
+            "seed": 42,
+            "head.out_dim": 64,
+            "head.hidden_dim": 256,
+            "trainer.min_epochs": 1,
+            "trainer.max_steps": 1000,
+            "trainer.check_val_every_n_epoch": 1,
+            "trainer.log_every_n_steps": 10,
+            "trainer.limit_train_batches": 0.25,
+            "trainer.gradient_clip_val": 1.0,
+            "data.batch_size": 64,
+            "data.eval_batch_size": 1024,
+            "data.num_workers": 4,
+            "data.m_per_class": 4,
+            "data.max_train": 1000,
+            "data.max_val": 1000,
+            "data.max_test": 1000,
+            "data.val_fraction": 0.1,
+            "data.test_fraction": 0.1,
+            "data.image_size": 28,
+            "data.channels": 3,
+            "optimizer.lr": 0.001,
+            "optimizer.weight_decay": 0.0001,
+            "evaluation.chunk_size": 1024,
+        }.get(key, 10)
+        raise UserError(f"{key} must be {kind}, got {value!r} ({type(value).__name__}); e.g. {key}={example}.")
     ks = OmegaConf.select(cfg, "evaluation.ks", default=None)
     if ks is not None and (not OmegaConf.is_list(ks) or not ks or not all(isinstance(k, int) and k >= 1 for k in ks)):
         raise UserError(
@@ -124,6 +150,15 @@ def build_trainer(cfg: DictConfig, callbacks: list[Any], loggers: list[Any]) -> 
         raise UserError(
             f"trainer.accelerator={cfg.trainer.accelerator} asks for a GPU, but PyTorch sees none "
             f"(torch.cuda.is_available() is False). Use trainer=default (GPU when present, else CPU) or trainer=cpu."
+        )
+    strategy = str(cfg.trainer.get("strategy") or "")
+    if any(word in strategy for word in ("spawn", "fork", "notebook")):
+        # these start the ranks as new processes from inside fit(); the embeddings and metrics they compute stay in
+        # those processes, so the run would train and test, then fail without results
+        raise UserError(
+            f"trainer.strategy={strategy} is not supported: its processes keep the test results to themselves. "
+            f"Use trainer=ddp (strategy ddp: the launcher starts one process per device, e.g. "
+            f"trainer=ddp trainer.accelerator=cpu trainer.devices=2)."
         )
     return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
 

@@ -91,6 +91,9 @@ class RunLogHandler(logging.FileHandler):
     def open_log(self) -> None:
         """Start writing to the file, beginning with the records held so far."""
         pending, self.pending = self.pending or [], None
+        if self.stream is None:
+            with contextlib.suppress(OSError):  # unwritable: the run's own check has said so
+                self.stream = self._open()
         for record in pending:
             super().emit(record)
 
@@ -143,7 +146,9 @@ def claim_run_dir(
     owns the dir for the whole run.
     """
     output_dir = Path(output_dir)
-    if process_rank() != 0:
+    if process_rank() != 0:  # each rank logs to its own file (Lightning names the job train_ddp_process_<rank>)
+        for handler in _run_log_handlers():
+            handler.open_log()
         yield output_dir
         return
     check_writable(output_dir, "the run dir")

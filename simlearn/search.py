@@ -17,15 +17,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import hydra
 import numpy as np
+import torch
 from omegaconf import DictConfig
 from rich.console import Console
 from rich.table import Table
 
 from simlearn.checkpoints import LoadedEncoder, load_encoder
-from simlearn.cli import exit_on_user_error
-from simlearn.config import config_dir
+from simlearn.cli import hydra_command
 from simlearn.embed import pick_device
 from simlearn.errors import UserError
 from simlearn.evaluation.neighbours import top_k, unit_rows
@@ -101,36 +100,91 @@ def load_gallery(spec: str | Path, loaded: LoadedEncoder, cfg: DictConfig, devic
     raise UserError(f"gallery={str(spec)!r} does not exist; give a folder of images or an npz from simlearn-embed.")
 
 
+#: The npz arrays of simlearn-embed that hold one entry per embedding row, and are read here.
+PER_ITEM_ARRAYS = ("labels", "paths", "index")
+
+
+def _first_rows(rows: np.ndarray, shown: int = 5) -> str:
+    return ", ".join(str(int(i)) for i in rows[:shown]) + (", …" if len(rows) > shown else "")
+
+
+def non_finite_rows(embeddings: np.ndarray, block: int = 65536) -> np.ndarray:
+    """Indices of the rows holding a NaN or an infinity: their cosine with anything is NaN, which ranks arbitrarily
+    and would print as "cos nan, 180°". Checked in blocks of rows: the mask of a million 512-d rows takes 0.5 GB."""
+    bad = [
+        start + np.flatnonzero(~np.isfinite(embeddings[start : start + block]).all(axis=1))
+        for start in range(0, len(embeddings), block)
+    ]
+    return np.concatenate(bad) if bad else np.zeros(0, dtype=np.int64)
+
+
 def gallery_from_npz(path: Path, loaded: LoadedEncoder) -> Gallery:
+    """The gallery of an npz written by simlearn-embed, refused with one message when its arrays do not fit
+    together (another model's dimension, per-item arrays of other lengths, non-finite rows)."""
     try:
         arrays = np.load(path, allow_pickle=False)
         files = set(arrays.files)
         embeddings = arrays["embeddings"] if "embeddings" in files else None
+        per_item = {name: arrays[name] for name in PER_ITEM_ARRAYS if name in files}
     except Exception as error:  # zipfile / pickle / value errors of a broken file
         raise UserError(f"gallery={str(path)!r} is not a readable npz file ({error}).") from error
+    remake = f"re-run simlearn-embed ckpt_path={loaded.path} to write the gallery anew"
     if embeddings is None or embeddings.ndim != 2:
         raise UserError(
             f"gallery={str(path)!r} holds no 2-D 'embeddings' array (it has {sorted(files)}); use an npz written "
             f"by simlearn-embed."
         )
+    if not (np.issubdtype(embeddings.dtype, np.integer) or np.issubdtype(embeddings.dtype, np.floating)):
+        raise UserError(f"gallery={str(path)!r} holds 'embeddings' of dtype {embeddings.dtype}, not numbers; {remake}.")
+    if len(embeddings) == 0:
+        raise UserError(f"gallery={str(path)!r} holds no embeddings (0 rows); {remake}, or embed a non-empty split.")
     if embeddings.shape[1] != loaded.embedding_dim:
         raise UserError(
             f"gallery={str(path)!r} holds {embeddings.shape[1]}-d embeddings but the checkpoint {loaded.path} makes "
             f"{loaded.embedding_dim}-d ones: they come from different models. Embed the gallery with this checkpoint "
             f"(simlearn-embed ckpt_path={loaded.path}) or search with the checkpoint that made it."
         )
+    # every per-item array must have one entry per row: a shorter one used to end in an IndexError mid-search
+    for name, values in per_item.items():
+        if values.ndim != 1:
+            raise UserError(
+                f"gallery={str(path)!r}: its {name!r} must be 1-D (one entry per embedding row), but has shape "
+                f"{values.shape}; {remake}."
+            )
+    mismatched = [f"{name!r} has {len(v)} entries" for name, v in per_item.items() if len(v) != len(embeddings)]
+    if mismatched:
+        raise UserError(
+            f"gallery={str(path)!r} does not hold one entry per item: {', '.join(mismatched)}, but 'embeddings' has "
+            f"{len(embeddings)} rows (was the file changed after simlearn-embed wrote it?); {remake}."
+        )
+    bad = non_finite_rows(embeddings)
+    if len(bad):
+        fix = (
+            f"{remake[0].upper()}{remake[1:]}; if it gives NaN again, the checkpoint's training diverged: use one from "
+            f"before that."
+            if _weights_finite(loaded)
+            else _diverged_hint(loaded)
+        )
+        raise UserError(
+            f"gallery={str(path)!r}: {len(bad)} of its {len(embeddings)} embedding rows are not finite (NaN or inf), "
+            f"rows {_first_rows(bad)}; they have no similarity to rank. {fix}"
+        )
     source_ckpt = str(arrays["ckpt_path"]) if "ckpt_path" in files else None
     if source_ckpt and Path(source_ckpt) != loaded.path.resolve():
         log.warning("the gallery %s was embedded with %s, not with %s", path, source_ckpt, loaded.path)
     labels = None
-    if "labels" in files:
-        names = arrays["class_names"].tolist() if "class_names" in files else []
-        labels = [names[i] if 0 <= i < len(names) else str(i) for i in arrays["labels"].tolist()]
-    paths = arrays["paths"].tolist() if "paths" in files else None
+    if "labels" in per_item:
+        labels = _label_names(per_item["labels"], arrays["class_names"].tolist() if "class_names" in files else [])
+        if labels is None:
+            raise UserError(
+                f"gallery={str(path)!r} holds 'labels' of dtype {per_item['labels'].dtype}; they must be integer "
+                f"class ids (named by 'class_names') or strings; {remake}."
+            )
+    paths = [str(p) for p in per_item["paths"].tolist()] if "paths" in per_item else None
     ids = None
-    if "index" in files:
+    if "index" in per_item:
         split = str(arrays["split"]) if "split" in files else ""
-        ids = [f"{split}[{i}]" for i in arrays["index"].tolist()]
+        ids = [f"{split}[{i}]" for i in per_item["index"].tolist()]
     return Gallery(
         embeddings=unit_rows(embeddings),
         labels=labels,
@@ -139,6 +193,15 @@ def gallery_from_npz(path: Path, loaded: LoadedEncoder) -> Gallery:
         index_path=path.with_suffix(".faiss"),
         ids=ids,
     )
+
+
+def _label_names(labels: np.ndarray, names: list[str]) -> list[str] | None:
+    """Integer class ids as their names (the id itself when it has none), strings as they are; None otherwise."""
+    if np.issubdtype(labels.dtype, np.integer):
+        return [names[i] if 0 <= i < len(names) else str(i) for i in labels.tolist()]
+    if labels.dtype.kind in "US":
+        return [label.decode() if isinstance(label, bytes) else str(label) for label in labels.tolist()]
+    return None
 
 
 def gallery_from_folder(folder: Path, loaded: LoadedEncoder, cfg: DictConfig, device: Any = "cpu") -> Gallery:
@@ -162,7 +225,7 @@ def gallery_from_folder(folder: Path, loaded: LoadedEncoder, cfg: DictConfig, de
         if cached is not None:
             paths, embeddings, skipped = cached
             log.info("gallery embeddings reused from %s", cache_file)
-            return _folder_gallery(folder, paths, embeddings, skipped, cache_file)
+            return _folder_gallery(folder, paths, embeddings, skipped, cache_file, loaded)
     embedded = embed_files(
         loaded.encoder, files, ImageLoader(loaded.preprocessing), int(cfg.get("batch_size") or 256), device
     )
@@ -174,12 +237,42 @@ def gallery_from_folder(folder: Path, loaded: LoadedEncoder, cfg: DictConfig, de
     paths = [str(p) for p in embedded.paths]
     if cache_file is not None:
         _write_cache(cache_file, fingerprint, paths, embedded.embeddings, len(embedded.failed))
-    return _folder_gallery(folder, paths, embedded.embeddings, len(embedded.failed), cache_file)
+    return _folder_gallery(folder, paths, embedded.embeddings, len(embedded.failed), cache_file, loaded)
+
+
+def _weights_finite(loaded: LoadedEncoder) -> bool:
+    tensors = [*loaded.encoder.parameters(), *loaded.encoder.buffers()]
+    return all(bool(torch.isfinite(t).all()) for t in tensors if t.is_floating_point())
+
+
+def _diverged_hint(loaded: LoadedEncoder) -> str:
+    """Why a checkpoint embeds images to NaN and what to do: nearly always weights that went NaN in training."""
+    if _weights_finite(loaded):
+        return (
+            f"the weights of ckpt_path={loaded.path} are finite, so these images overflow the model; check them, or "
+            f"search with another checkpoint."
+        )
+    return (
+        f"ckpt_path={loaded.path} holds NaN or inf weights (its training diverged); search with a checkpoint saved "
+        f"before that, or retrain with a lower optimizer.lr."
+    )
 
 
 def _folder_gallery(
-    folder: Path, paths: list[str], embeddings: np.ndarray, skipped: int, cache_file: Path | None
+    folder: Path,
+    paths: list[str],
+    embeddings: np.ndarray,
+    skipped: int,
+    cache_file: Path | None,
+    loaded: LoadedEncoder,
 ) -> Gallery:
+    bad = non_finite_rows(embeddings)
+    if len(bad):
+        examples = ", ".join(paths[i] for i in bad[:3]) + (", …" if len(bad) > 3 else "")
+        raise UserError(
+            f"gallery={str(folder)!r}: the checkpoint embeds {len(bad)} of its {len(paths)} images to non-finite "
+            f"values (NaN or inf), e.g. {examples}; {_diverged_hint(loaded)}"
+        )
     labels = [folder_label(Path(p), folder) for p in paths]
     return Gallery(
         embeddings=unit_rows(embeddings),
@@ -255,6 +348,13 @@ def load_queries(
         log.warning("query: skipped %d unreadable image file(s), e.g. %s", len(embedded.failed), embedded.failed[0][0])
     if not embedded.paths:
         raise UserError(f"none of the {len(files)} image files of query={str(spec)!r} could be read.")
+    bad = non_finite_rows(embedded.embeddings)
+    if len(bad):
+        examples = ", ".join(str(embedded.paths[i]) for i in bad[:3]) + (", …" if len(bad) > 3 else "")
+        raise UserError(
+            f"{len(bad)} of the {len(embedded.paths)} query embeddings are not finite (NaN or inf): {examples}; "
+            f"{_diverged_hint(loaded)}"
+        )
     labels = []
     for file in embedded.paths:
         name = (folder_label(file, root) if root is not None else None) or file.parent.name
@@ -310,6 +410,12 @@ def run_search(
 ) -> tuple[np.ndarray, np.ndarray, str]:
     """Each query's top k gallery items: ``(cos, index, method)``, most similar first."""
     n = len(gallery.embeddings)
+    bad = non_finite_rows(np.asarray(queries))
+    if len(bad):
+        raise UserError(
+            f"{len(bad)} of the {len(queries)} query embeddings are not finite (rows {_first_rows(bad)}); a NaN or "
+            f"inf has no similarity to rank. Embed the queries with a checkpoint whose weights are finite."
+        )
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:
         raise UserError(f"k must be an integer ≥ 1, got {k!r}; e.g. k=5.")
     if k > n:
@@ -423,8 +529,7 @@ def _grid(path: Path, results: list[dict[str, Any]], loaded: LoadedEncoder, max_
     return save_retrieval_grid(path, rows, title=f"Queries and their top {len(results[0]['results'])}{shown}")
 
 
-@hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="search")
-@exit_on_user_error
+@hydra_command("search")
 def main(cfg: DictConfig) -> None:
     search(cfg)
 

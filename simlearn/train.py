@@ -88,6 +88,12 @@ def resumed_config(cfg: DictConfig, source_dir: Path, overrides: Sequence[str]) 
                 f"config ({saved_file}). Drop {override.input_line}, or start a new run in another hydra.run.dir=DIR "
                 f"(from scratch, or ckpt_path=... to start from these weights)."
             )
+        if not is_group and root in ("optimizer", "scheduler"):
+            raise UserError(
+                f"{override.input_line} would have no effect: a resume restores the optimiser and scheduler state "
+                f"(learning rate included) from the checkpoint. Drop it, or start a new run from these weights in "
+                f"another hydra.run.dir=DIR."
+            )
         with open_dict(saved):
             if is_group:  # trainer / logger / callbacks: the option as this command line composed it
                 saved[key] = cfg[key]

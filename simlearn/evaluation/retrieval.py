@@ -127,9 +127,12 @@ def retrieval_metrics(
     data = query_gallery(embeddings, labels, gallery_embeddings, gallery_labels)
     if max(ks) > data.num_candidates:
         where = "gallery items" if not data.self_search else "other items (N - 1, leave-one-out)"
+        # the example: the given ks that fit, else the largest k that does
+        fitting = ",".join(map(str, sorted({k for k in ks if k <= data.num_candidates}) or [data.num_candidates]))
         raise UserError(
             f"max(ks) = {max(ks)} but each query has only {data.num_candidates} candidate {where}; "
-            f"the largest valid k is {data.num_candidates}. Lower ks or use more data."
+            f"the largest valid k is {data.num_candidates}. Lower evaluation.ks, e.g. evaluation.ks=[{fitting}], "
+            f"or use more data."
         )
     _check_knn_k(knn_k, data.num_candidates)
     if len(data.labels) < 2:

@@ -12,9 +12,15 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from simlearn.errors import UserError
 from simlearn.evaluation.evaluators import RetrievalEvaluator
 from simlearn.losses import MultiTaskLoss, Task
 from simlearn.models.encoder import Encoder
+
+
+class NonFiniteTrainingError(UserError):
+    """The training loss (or the weights) became NaN or inf: training stops there, and nothing of that state is saved,
+    so the checkpoints of earlier epochs stay as they were."""
 
 
 class Evaluator(Protocol):
@@ -68,6 +74,8 @@ class EmbeddingModule(pl.LightningModule):
         #: Per split ("val", "test"): the last evaluation's embeddings and its metrics (full precision).
         self.results: dict[str, EmbeddingSet] = {}
         self.metrics: dict[str, dict[str, float]] = {}
+        #: Why training stopped on a non-finite loss; from then on no checkpoint of this state may be saved.
+        self._diverged: str | None = None
 
     def forward(self, images: Tensor) -> Tensor:
         if self.channels_last:
@@ -81,11 +89,51 @@ class EmbeddingModule(pl.LightningModule):
         with torch.autocast(embeddings.device.type, enabled=False):
             losses = self.loss(embeddings.float(), batch)
         total = losses.pop("loss")
+        self._stop_unless_finite(total, batch_idx)
         batch_size = len(batch["image"])
         self.log("train/loss", total, prog_bar=True, batch_size=batch_size)
         if len(losses) > 1:
             self.log_dict({f"train/loss_{name}": value for name, value in losses.items()}, batch_size=batch_size)
         return total
+
+    def _stop_unless_finite(self, loss: Tensor, batch_idx: int) -> None:
+        """Raise :class:`NonFiniteTrainingError` at the first NaN or inf training loss, before its backward pass.
+
+        Without this a diverged run trains a whole epoch on NaN and is only noticed by the next validation (or, when
+        no validation follows the epoch, its NaN weights are saved over ``last.ckpt``). The loss differs by rank, so
+        under DDP the ranks first agree (one small all-reduce) and all stop at the same batch: a rank that raised
+        alone would leave the others in the gradient all-reduce of their backward pass, blocked until the collective
+        times out (NCCL) or failing with a traceback when the peer goes away (gloo: "Connection closed by peer").
+        """
+        loss = loss.detach()
+        finite = bool(torch.isfinite(loss).all())  # one host sync (the progress bar reads the loss anyway)
+        if self.trainer.strategy.reduce_boolean_decision(finite, all=True):
+            return
+        value = f"{float(loss):g}" if not finite else f"not finite on another process (here {float(loss):.4g})"
+        self._diverged = (
+            f"training loss is {value} at epoch {self.current_epoch}, batch {batch_idx} (global step "
+            f"{self.global_step}); stopped there, saving no checkpoint of this state (the earlier ones are kept). "
+            f"{self._divergence_advice()}"
+        )
+        raise NonFiniteTrainingError(self._diverged)
+
+    def _divergence_advice(self) -> str:
+        """The likely cause and fix of a diverged loss, with this run's learning rates."""
+        trainer = self._trainer
+        optimizer = trainer.optimizers[0] if trainer is not None and trainer.optimizers else None
+        now = optimizer.param_groups[0]["lr"] if optimizer is not None else None
+        configured = (self.config.get("optimizer") or {}).get("lr", now)
+        advice = "The learning rate is likely too high"
+        if now is not None:
+            advice += f" (now {now:g})"
+        if isinstance(configured, int | float):
+            advice += f": lower optimizer.lr, e.g. optimizer.lr={configured / 10:g}"
+        else:
+            advice += ": lower optimizer.lr"
+        advice += ", or clip gradients with trainer.gradient_clip_val=1.0"
+        if trainer is not None and trainer.ckpt_path:
+            advice += " (a resumed run keeps its checkpoint's learning rate, so lower optimizer.lr in a new run)"
+        return advice + "."
 
     # -- evaluation ----------------------------------------------------------------------------------------
     def _collect(self, batch: Mapping[str, Tensor]) -> None:
@@ -171,4 +219,27 @@ class EmbeddingModule(pl.LightningModule):
         }
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # never save a diverged state over a good checkpoint, whatever the callbacks' settings (save_on_exception,
+        # every_n_train_steps, no validation): raising here is the only way a module can stop a save. Buffers too:
+        # BatchNorm statistics can overflow while the training loss stays finite. Every rank saves (rank 0 writes),
+        # and DDP ranks update their BatchNorm statistics locally, so they agree first: all raise or none does.
+        if self._diverged is not None:
+            raise NonFiniteTrainingError(self._diverged)
+        tensors = [
+            (name, t.detach())
+            for name, t in [*self.named_parameters(), *self.named_buffers()]
+            if t.is_floating_point() and t.numel()
+        ]
+        finite = not tensors or bool(torch.stack([torch.isfinite(t).all() for _, t in tensors]).all())
+        if self._trainer is not None:  # saved by a Trainer (always, in simlearn)
+            finite = self._trainer.strategy.reduce_boolean_decision(finite, all=True)
+        if not finite:
+            bad = [name for name, t in tensors if not bool(torch.isfinite(t).all())]
+            where = f"({', '.join(bad[:3])}{', …' if len(bad) > 3 else ''})" if bad else "on another process"
+            self._diverged = (
+                f"the weights hold NaN or inf {where} at epoch "
+                f"{self.current_epoch} (global step {self.global_step}); not saving this checkpoint (the earlier ones "
+                f"are kept). {self._divergence_advice()}"
+            )
+            raise NonFiniteTrainingError(self._diverged)
         checkpoint["simlearn_config"] = self.config

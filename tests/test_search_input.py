@@ -1,0 +1,222 @@
+"""Broken input refused with one clear message: simlearn-search galleries (npz arrays of different lengths,
+non-finite embeddings) and queries (non-finite embeddings), and the hints that name the config key to change.
+
+One tiny checkpoint (digits, one epoch, no plots) and its test-split npz serve the whole module."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from omegaconf import OmegaConf
+from PIL import Image
+from sklearn.datasets import load_digits
+
+from simlearn.build import check_config
+from simlearn.checkpoints import load_encoder
+from simlearn.config import compose_config
+from simlearn.embed import embed_dataset
+from simlearn.errors import UserError
+from simlearn.evaluation import retrieval_metrics
+from simlearn.search import gallery_from_npz, run_search, search
+from simlearn.train import train
+
+from .helpers import run_cli
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> dict[str, Path]:
+    """A one-epoch digits checkpoint, its test split as an npz from simlearn-embed, and a query folder of 3 PNGs."""
+    root = tmp_path_factory.mktemp("search_input")
+    train(compose_config(["logger=none", "reports.plots=null", "trainer.max_epochs=1"], output_dir=root / "run"))
+    ckpt = next((root / "run" / "checkpoints").glob("best-epoch*.ckpt"))
+    embed_cfg = compose_config(
+        [f"ckpt_path={ckpt}", "device=cpu", "splits=[test]", "parquet=false"], config_name="embed", output_dir=root
+    )
+    npz = embed_dataset(embed_cfg)["test"]
+    digits = load_digits()
+    for digit in (1, 4, 7):
+        index = int(np.flatnonzero(digits.target == digit)[0])
+        path = root / "query" / str(digit) / f"{index}.png"
+        path.parent.mkdir(parents=True)
+        Image.fromarray((digits.images[index] / 16 * 255).round().astype(np.uint8)).save(path)
+    return {"root": root, "ckpt": ckpt, "npz": npz, "query": root / "query"}
+
+
+def altered_npz(trained: dict[str, Path], path: Path, **changes: np.ndarray | None) -> Path:
+    """A copy of the module's npz with some arrays replaced (None: removed)."""
+    arrays = dict(np.load(trained["npz"]))
+    for name, value in changes.items():
+        if value is None:
+            arrays.pop(name, None)
+        else:
+            arrays[name] = value
+    np.savez(path, **arrays)
+    return path
+
+
+def search_config(trained: dict[str, Path], out: Path, *overrides: str):
+    return compose_config(
+        [
+            f"ckpt_path={trained['ckpt']}",
+            f"query={trained['query']}",
+            f"gallery={trained['npz']}",
+            f"paths.log_dir={trained['root'] / 'outputs'}",
+            "device=cpu",
+            "grid=null",
+            *overrides,
+        ],
+        config_name="search",
+        output_dir=out,
+    )
+
+
+def search_cli(trained: dict[str, Path], tmp_path: Path, gallery: Path):
+    return run_cli(
+        "-m",
+        "simlearn.search",
+        f"ckpt_path={trained['ckpt']}",
+        f"query={trained['query']}",
+        f"gallery={gallery}",
+        "device=cpu",
+        f"hydra.run.dir={tmp_path / 'run'}",
+        env={"SIMLEARN_LOG_DIR": str(tmp_path / "outputs"), "COLUMNS": "300"},
+    )
+
+
+def assert_one_clean_error(result, *fragments: str) -> str:
+    """Exit status 2, no traceback, one ``error:`` message with every fragment; returns the message."""
+    output = result.stdout + result.stderr
+    assert result.returncode == 2, output[-3000:]
+    assert "Traceback" not in output and "nan" not in result.stdout.lower()
+    message = result.stderr[result.stderr.index("error:") :].replace("\n", " ")
+    for fragment in fragments:
+        assert fragment in message, f"{fragment!r} not in {message!r}"
+    return message
+
+
+# -- item counts that disagree ------------------------------------------------------------------------------------
+def test_npz_with_fewer_labels_than_embeddings_is_refused_in_one_line(trained, tmp_path):
+    labels = np.load(trained["npz"])["labels"]
+    npz = altered_npz(trained, tmp_path / "short.npz", labels=labels[:10])
+    result = search_cli(trained, tmp_path, npz)
+    message = assert_one_clean_error(result, "'labels' has 10", "'embeddings' has 450", "simlearn-embed")
+    assert "IndexError" not in message
+
+
+@pytest.mark.parametrize(
+    "name,make",
+    [
+        ("labels", lambda a: a["labels"][:-1]),
+        ("labels", lambda a: np.concatenate([a["labels"], a["labels"][:5]])),
+        ("paths", lambda a: np.array([f"img/{i}.png" for i in range(len(a["embeddings"]) - 3)])),
+        ("index", lambda a: a["index"][:100]),
+    ],
+    ids=["labels-short", "labels-long", "paths-short", "index-short"],
+)
+def test_npz_arrays_of_another_length_name_both_lengths_and_the_fix(trained, tmp_path, name, make):
+    arrays = np.load(trained["npz"])
+    bad = make(arrays)
+    npz = altered_npz(trained, tmp_path / "bad.npz", **{name: bad})
+    with pytest.raises(UserError) as caught:
+        gallery_from_npz(npz, load_encoder(trained["ckpt"]))
+    message = str(caught.value)
+    assert f"'{name}' has {len(bad)}" in message and f"'embeddings' has {len(arrays['embeddings'])}" in message
+    assert f"simlearn-embed ckpt_path={trained['ckpt']}" in message
+    assert "\n" not in message
+
+
+def test_npz_labels_that_are_not_one_per_item_are_refused(trained, tmp_path):
+    labels = np.load(trained["npz"])["labels"]
+    npz = altered_npz(trained, tmp_path / "bad.npz", labels=np.stack([labels, labels], axis=1))
+    with pytest.raises(UserError, match=r"'labels' must be 1-D .* shape \(450, 2\)"):
+        gallery_from_npz(npz, load_encoder(trained["ckpt"]))
+
+
+def test_npz_without_rows_is_refused(trained, tmp_path):
+    npz = altered_npz(
+        trained, tmp_path / "empty.npz", embeddings=np.zeros((0, 64), np.float32), labels=None, index=None
+    )
+    with pytest.raises(UserError, match="holds no embeddings"):
+        gallery_from_npz(npz, load_encoder(trained["ckpt"]))
+
+
+# -- non-finite embeddings ----------------------------------------------------------------------------------------
+def test_npz_with_nan_embeddings_is_refused_naming_the_rows(trained, tmp_path):
+    embeddings = np.load(trained["npz"])["embeddings"].copy()
+    embeddings[[3, 17, 200, 201, 202, 449]] = np.nan
+    embeddings[5, 0] = np.inf
+    npz = altered_npz(trained, tmp_path / "nan.npz", embeddings=embeddings)
+    with pytest.raises(UserError) as caught:
+        gallery_from_npz(npz, load_encoder(trained["ckpt"]))
+    message = str(caught.value)
+    assert "7 of its 450 embedding rows are not finite" in message
+    assert "rows 3, 5, 17, 200, 201, …" in message and "simlearn-embed" in message
+    assert "\n" not in message
+
+    result = search_cli(trained, tmp_path, npz)
+    assert_one_clean_error(result, "7 of its 450 embedding rows are not finite", "rows 3, 5, 17")
+    assert "°" not in result.stdout and not (tmp_path / "run" / "search.json").exists()
+
+
+def test_non_finite_query_embeddings_are_refused_and_never_printed(trained, tmp_path, capsys):
+    """A checkpoint with NaN weights (training that diverged) embeds every query to NaN."""
+    checkpoint = torch.load(trained["ckpt"], map_location="cpu", weights_only=False)
+    for value in checkpoint["state_dict"].values():
+        if value.is_floating_point():
+            value.fill_(float("nan"))
+    broken = tmp_path / "diverged.ckpt"
+    torch.save(checkpoint, broken)
+    with pytest.raises(UserError) as caught:
+        search(search_config(trained, tmp_path / "a", f"ckpt_path={broken}"))
+    message = str(caught.value)
+    assert re.search(r"3 of the 3 query embeddings are not finite .*1/\d+\.png", message), message
+    assert f"ckpt_path={broken}" in message
+    assert "nan" not in capsys.readouterr().out.lower()
+
+    gallery = gallery_from_npz(trained["npz"], load_encoder(trained["ckpt"]))
+    queries = gallery.embeddings[:4].copy()
+    queries[2, 1] = np.nan
+    with pytest.raises(UserError, match=r"1 of the 4 query embeddings are not finite \(rows 2\)"):
+        run_search(queries, gallery, 5)
+
+
+def test_a_sound_npz_still_searches(trained, tmp_path):
+    results = search(search_config(trained, tmp_path, "k=3"))
+    assert len(results) == 3 and all(len(r["results"]) == 3 for r in results)
+    assert all(np.isfinite(item["cos"]) for r in results for item in r["results"])
+
+
+# -- hints that name the config key -------------------------------------------------------------------------------
+def test_too_few_items_for_the_ks_names_evaluation_ks_and_a_valid_value():
+    rng = np.random.default_rng(0)
+    embeddings, labels = rng.normal(size=(8, 4)), np.arange(8) % 2
+    with pytest.raises(UserError) as caught:
+        retrieval_metrics(embeddings, labels, ks=(1, 5, 10))
+    message = str(caught.value)
+    assert "largest valid k is 7" in message and "evaluation.ks=[1,5]" in message
+    with pytest.raises(UserError, match=r"evaluation\.ks=\[3\]"):  # no k fits: the largest valid one
+        retrieval_metrics(embeddings, labels, ks=(4, 5), gallery_embeddings=embeddings[:3], gallery_labels=labels[:3])
+
+
+@pytest.mark.parametrize(
+    "key,example",
+    [
+        ("optimizer.lr", "0.001"),
+        ("optimizer.weight_decay", "0.0001"),
+        ("data.val_fraction", "0.1"),
+        ("data.test_fraction", "0.1"),
+        ("trainer.max_epochs", "10"),
+        ("data.batch_size", "64"),
+        ("seed", "42"),
+    ],
+)
+def test_type_errors_suggest_a_sensible_value_for_each_key(key, example):
+    cfg = compose_config(["logger=none"])
+    OmegaConf.update(cfg, key, "abc")
+    with pytest.raises(UserError) as caught:
+        check_config(cfg)
+    assert str(caught.value).endswith(f"e.g. {key}={example}."), str(caught.value)
