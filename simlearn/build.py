@@ -10,10 +10,12 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from simlearn.data.in_memory import InMemoryImageDataModule
+from simlearn.data.base import EmbeddingDataModule
 from simlearn.errors import UserError
 from simlearn.evaluation.artifacts import write_evaluation, write_metrics
 from simlearn.models import EmbeddingModule, Encoder
+from simlearn.models.backbones import Backbone
+from simlearn.schema import check_config as check_types
 
 #: The parts of a run's config a checkpoint needs to rebuild its model and data.
 MODEL_KEYS = (
@@ -30,72 +32,13 @@ MODEL_KEYS = (
     "channels_last",
 )
 
-_INT = (int,)
-_NUMBER = (int, float)
-#: Type checks for scalars that libraries would otherwise reject deep inside, with an unreadable traceback.
-EXPECTED_TYPES: dict[str, tuple[type, ...]] = {
-    "seed": _INT,
-    "head.out_dim": _INT,
-    "head.hidden_dim": _INT,
-    "trainer.max_epochs": _INT,
-    "trainer.min_epochs": _INT,
-    "trainer.max_steps": _INT,
-    "trainer.check_val_every_n_epoch": _INT,
-    "trainer.log_every_n_steps": _INT,
-    "trainer.limit_train_batches": _NUMBER,
-    "trainer.gradient_clip_val": _NUMBER,
-    "data.batch_size": _INT,
-    "data.eval_batch_size": _INT,
-    "data.num_workers": _INT,
-    "data.m_per_class": _INT,
-    "data.max_train": _INT,
-    "data.max_val": _INT,
-    "data.max_test": _INT,
-    "data.val_fraction": _NUMBER,
-    "data.test_fraction": _NUMBER,
-    "data.image_size": _INT,
-    "data.channels": _INT,
-    "data.num_classes": _INT,
-    "optimizer.lr": _NUMBER,
-    "optimizer.weight_decay": _NUMBER,
-    "evaluation.chunk_size": _INT,
-}
-
 
 def check_config(cfg: DictConfig) -> None:
-    """Reject values of the wrong type before anything is built, naming the key and the expected type."""
-    for key, types in EXPECTED_TYPES.items():
-        value = OmegaConf.select(cfg, key, default=None)
-        if value is None or (isinstance(value, types) and not isinstance(value, bool)):
-            continue
-        kind = "an integer" if types == _INT else "a number"
-        # a value the key would really take (a learning rate of 10 is no example to follow)
-        example = {
-            "seed": 42,
-            "head.out_dim": 64,
-            "head.hidden_dim": 256,
-            "trainer.min_epochs": 1,
-            "trainer.max_steps": 1000,
-            "trainer.check_val_every_n_epoch": 1,
-            "trainer.log_every_n_steps": 10,
-            "trainer.limit_train_batches": 0.25,
-            "trainer.gradient_clip_val": 1.0,
-            "data.batch_size": 64,
-            "data.eval_batch_size": 1024,
-            "data.num_workers": 4,
-            "data.m_per_class": 4,
-            "data.max_train": 1000,
-            "data.max_val": 1000,
-            "data.max_test": 1000,
-            "data.val_fraction": 0.1,
-            "data.test_fraction": 0.1,
-            "data.image_size": 28,
-            "data.channels": 3,
-            "optimizer.lr": 0.001,
-            "optimizer.weight_decay": 0.0001,
-            "evaluation.chunk_size": 1024,
-        }.get(key, 10)
-        raise UserError(f"{key} must be {kind}, got {value!r} ({type(value).__name__}); e.g. {key}={example}.")
+    """Reject values of the wrong type before anything is built, naming the key, the expected type and an example.
+
+    The types come from one schema, the signatures of the classes the config builds (:mod:`simlearn.schema`).
+    """
+    check_types(cfg)
     ks = OmegaConf.select(cfg, "evaluation.ks", default=None)
     if ks is not None and (not OmegaConf.is_list(ks) or not ks or not all(isinstance(k, int) and k >= 1 for k in ks)):
         raise UserError(
@@ -103,7 +46,7 @@ def check_config(cfg: DictConfig) -> None:
         )
 
 
-def build_datamodule(data_cfg: DictConfig) -> InMemoryImageDataModule:
+def build_datamodule(data_cfg: DictConfig) -> EmbeddingDataModule:
     """Instantiate and set up the data now, so that data errors appear before any training starts."""
     datamodule = instantiate(data_cfg)
     datamodule.prepare_data()
@@ -111,12 +54,22 @@ def build_datamodule(data_cfg: DictConfig) -> InMemoryImageDataModule:
     return datamodule
 
 
-def build_model(cfg: DictConfig, datamodule: InMemoryImageDataModule) -> EmbeddingModule:
+def build_encoder(cfg: DictConfig | Mapping[str, Any]) -> Encoder:
+    """Backbone and projection head from the ``backbone`` and ``head`` configs; the head is sized from the
+    backbone's declared ``out_features`` (:class:`~simlearn.models.backbones.Backbone`)."""
+    backbone = instantiate(cfg["backbone"])
+    if not isinstance(backbone, Backbone):
+        raise UserError(
+            f"backbone._target_={cfg['backbone'].get('_target_')} built a {type(backbone).__name__}, which is not a "
+            f"simlearn.models.backbones.Backbone; subclass it (set out_features, implement forward)."
+        )
+    return Encoder(backbone, instantiate(cfg["head"], in_features=backbone.out_features))
+
+
+def build_model(cfg: DictConfig, datamodule: EmbeddingDataModule) -> EmbeddingModule:
     """Encoder (backbone + head), loss and optimiser from the config, checked against the data's label fields."""
-    backbone = instantiate(cfg.backbone)
-    head = instantiate(cfg.head, in_features=backbone.out_features)
     model = EmbeddingModule(
-        encoder=Encoder(backbone, head),
+        encoder=build_encoder(cfg),
         loss=instantiate(cfg.loss),
         optimizer=instantiate(cfg.optimizer),
         scheduler=instantiate(cfg.scheduler) if cfg.get("scheduler") else None,
@@ -125,8 +78,7 @@ def build_model(cfg: DictConfig, datamodule: InMemoryImageDataModule) -> Embeddi
         channels_last=bool(cfg.get("channels_last", False)),
         config={key: resolved(cfg, key) for key in MODEL_KEYS if key in cfg},
     )
-    if hasattr(datamodule, "preprocessing"):
-        model.config["preprocessing"] = datamodule.preprocessing()
+    model.config["preprocessing"] = datamodule.preprocessing()
     train = datamodule.datasets["train"]
     model.loss.check_fields({name: train.labels(name) for name in train.fields})
     return model

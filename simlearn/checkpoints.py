@@ -10,10 +10,10 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
-from hydra.utils import get_class, instantiate
+from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from simlearn.build import build_datamodule, build_model, check_config, resolved
+from simlearn.build import build_datamodule, build_encoder, build_model, check_config, resolved
 from simlearn.errors import UserError
 from simlearn.models import EmbeddingModule, Encoder
 
@@ -70,17 +70,23 @@ def checkpoint_config(checkpoint: dict[str, Any], cfg: DictConfig | None = None)
 
 @dataclass
 class Restored:
-    """A checkpoint's model (weights loaded) with the data it is evaluated on and the config that built both."""
+    """A checkpoint's model (weights loaded) or, when only that was asked for, its encoder, with the data it is
+    evaluated on and the config that built them."""
 
     checkpoint: dict[str, Any]
     config: DictConfig
     datamodule: Any
-    model: EmbeddingModule
+    model: EmbeddingModule | None = None
+    encoder: LoadedEncoder | None = None
 
 
-def restore(cfg: DictConfig) -> Restored:
+def restore(cfg: DictConfig, with_loss: bool = True) -> Restored:
     """Rebuild the model of ``cfg.ckpt_path`` and its data (the checkpoint's, or as changed by ``cfg``, see
-    :func:`checkpoint_config`), seeded by ``cfg.seed`` like training; the data is set up, the weights loaded."""
+    :func:`checkpoint_config`), seeded by ``cfg.seed`` like training; the data is set up, the weights loaded.
+
+    ``with_loss=False`` builds the encoder alone (no loss, so any data with images will do, whatever its label
+    fields: ``simlearn-embed``): ``encoder`` is set instead of ``model``.
+    """
     checkpoint = load_checkpoint(cfg.ckpt_path)
     run_cfg = checkpoint_config(checkpoint, cfg)
     check_config(run_cfg)
@@ -89,9 +95,13 @@ def restore(cfg: DictConfig) -> Restored:
     if cfg.get("seed") is not None:
         pl.seed_everything(cfg.seed, workers=True)
     datamodule = build_datamodule(run_cfg.data)
-    model = build_model(run_cfg, datamodule)
-    model.load_state_dict(checkpoint["state_dict"])
-    return Restored(checkpoint=checkpoint, config=run_cfg, datamodule=datamodule, model=model)
+    restored = Restored(checkpoint=checkpoint, config=run_cfg, datamodule=datamodule)
+    if not with_loss:
+        restored.encoder = encoder_of(checkpoint, cfg.ckpt_path)
+        return restored
+    restored.model = build_model(run_cfg, datamodule)
+    restored.model.load_state_dict(checkpoint["state_dict"])
+    return restored
 
 
 @dataclass
@@ -124,9 +134,7 @@ def encoder_of(checkpoint: dict[str, Any], path: str | Path, device: str | torch
     backbone_cfg = OmegaConf.to_container(config.backbone, resolve=True)
     if backbone_cfg.get("pretrained"):
         backbone_cfg["pretrained"] = False
-    backbone = instantiate(backbone_cfg)
-    head = instantiate(config.head, in_features=backbone.out_features)
-    encoder = Encoder(backbone, head)
+    encoder = build_encoder({"backbone": backbone_cfg, "head": config.head})
     prefix = "encoder."
     state = {k[len(prefix) :]: v for k, v in checkpoint["state_dict"].items() if k.startswith(prefix)}
     try:

@@ -7,24 +7,20 @@ for ``simlearn-search`` and plain arrays for anything else (``numpy.load``).
 
 from __future__ import annotations
 
-import copy
 import logging
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import lightning.pytorch as pl
 import numpy as np
 import torch
 from omegaconf import DictConfig
 from rich.console import Console
 from rich.table import Table
-from torch.utils.data import DataLoader
 
-from simlearn.build import build_datamodule, check_config
-from simlearn.checkpoints import LoadedEncoder, checkpoint_config, encoder_of, load_checkpoint
+from simlearn.checkpoints import LoadedEncoder, restore
 from simlearn.cli import hydra_command
-from simlearn.data.in_memory import collate_batch
+from simlearn.data.base import EmbeddingDataModule, Loader
 from simlearn.errors import UserError
 from simlearn.inference import embed
 from simlearn.models import EmbeddingSet
@@ -43,25 +39,14 @@ def pick_device(device: str | None) -> torch.device:
     return torch.device(device)
 
 
-def split_loader(datamodule: Any, split: str, batch_size: int | None = None) -> DataLoader:
+def split_loader(datamodule: EmbeddingDataModule, split: str, batch_size: int | None = None) -> Loader:
     """A plain in-order loader over one split, with the evaluation transforms for every split (train included)."""
-    dataset = datamodule.datasets[split]
-    test = datamodule.datasets.get("test")
-    if hasattr(dataset, "transform") and test is not None and hasattr(test, "transform"):
-        dataset = copy.copy(dataset)
-        dataset.transform = test.transform  # no training augmentations
-    return DataLoader(
-        dataset,
-        batch_size=batch_size or getattr(datamodule, "eval_batch_size", 256),
-        shuffle=False,
-        num_workers=getattr(datamodule, "num_workers", 0),
-        collate_fn=getattr(datamodule, "collate_fn", collate_batch),
-    )
+    return datamodule.loader(split, batch_size=batch_size)
 
 
 def embed_splits(
     encoder: torch.nn.Module,
-    datamodule: Any,
+    datamodule: EmbeddingDataModule,
     splits: Sequence[str] | None = None,
     device: torch.device | str = "cpu",
     batch_size: int | None = None,
@@ -76,12 +61,12 @@ def embed_splits(
     return {split: embed(encoder, split_loader(datamodule, split, batch_size), device) for split in splits}
 
 
-def class_names_of(datamodule: Any) -> list[str]:
+def class_names_of(datamodule: EmbeddingDataModule) -> list[str]:
     """Names of labels 0, 1, …: the trained classes, then any probe classes."""
-    return [*getattr(datamodule, "class_names", []), *getattr(datamodule, "probe_class_names", [])]
+    return datamodule.label_names
 
 
-def split_arrays(result: EmbeddingSet, datamodule: Any, split: str) -> dict[str, np.ndarray]:
+def split_arrays(result: EmbeddingSet, datamodule: EmbeddingDataModule, split: str) -> dict[str, np.ndarray]:
     """The arrays of one split's npz: embeddings, labels, index, label fields, class names, and file paths."""
     label_field = datamodule.label_field
     arrays: dict[str, np.ndarray] = {
@@ -94,9 +79,9 @@ def split_arrays(result: EmbeddingSet, datamodule: Any, split: str) -> dict[str,
     arrays["class_names"] = np.array(class_names_of(datamodule), dtype=str)
     arrays["label_field"] = np.array(label_field)
     arrays["split"] = np.array(split)
-    paths = getattr(datamodule.datasets[split], "paths", None)
+    paths = datamodule.datasets[split].paths_of(result.index)
     if paths is not None:
-        arrays["paths"] = np.array([str(paths[int(i)]) for i in result.index], dtype=str)
+        arrays["paths"] = np.array(paths, dtype=str)
     return arrays
 
 
@@ -150,14 +135,9 @@ def write_parquet(path: Path, per_split: dict[str, dict[str, np.ndarray]], ckpt_
 
 def rebuild(cfg: DictConfig) -> tuple[Any, LoadedEncoder]:
     """The data (the checkpoint's, or as changed by ``data=``/``+data.KEY=``, as for simlearn-eval) and the
-    checkpoint's encoder. Unlike simlearn-eval it builds no loss, so any data with images will do, whatever its
-    label fields."""
-    checkpoint = load_checkpoint(cfg.ckpt_path)
-    run_cfg = checkpoint_config(checkpoint, cfg)
-    check_config(run_cfg)
-    if cfg.get("seed") is not None:
-        pl.seed_everything(cfg.seed, workers=True)
-    return build_datamodule(run_cfg.data), encoder_of(checkpoint, cfg.ckpt_path)
+    checkpoint's encoder (:func:`~simlearn.checkpoints.restore` without a loss, so any data with images will do)."""
+    restored = restore(cfg, with_loss=False)
+    return restored.datamodule, restored.encoder
 
 
 def embed_dataset(cfg: DictConfig) -> dict[str, Path]:

@@ -55,9 +55,15 @@ def test_awa2_trains_end_to_end_and_writes_the_probe(tmp_path, awa2_root):
     assert arrays["embeddings"].shape == (9, 2) and set(arrays["animal"].tolist()) == {0, 1, 2}
 
 
-def test_toy_experiment_runs_the_whole_pipeline(tmp_path):
+@pytest.mark.parametrize("where", [[], ["++data.on_device=true"]], ids=["dataloader", "on-device"])
+def test_toy_experiment_runs_the_whole_pipeline(tmp_path, where):
     metrics = run_training(
-        tmp_path, "experiment=animals_2d_toy", "data.per_class=40", "data.probe_per_class=10", "trainer.max_epochs=1"
+        tmp_path,
+        "experiment=animals_2d_toy",
+        "data.per_class=40",
+        "data.probe_per_class=10",
+        "trainer.max_epochs=1",
+        *where,
     )
     probe = json.loads((tmp_path / "probe.json").read_text())["zebra"]
     assert list(probe) == ["dolphin", "tiger", "horse"]
@@ -196,3 +202,13 @@ def test_toy_probe_is_kept_out_and_shares_attributes():
     assert by_class == {"dolphin": [0], "tiger": [1], "horse": [0]}
     with pytest.raises(UserError, match="cannot draw"):
         ToyAnimalsDataModule(classes=["dolphin", "unicorn"])
+
+
+def test_toy_probe_on_device_serves_the_probe_images():
+    """data.on_device=true: the probe loader draws the zebras, not the training tensor's first items (dolphins)."""
+    plain, on_device = toy(), toy(on_device=True)
+    expected = next(iter(plain.probe_dataloader()))
+    probe = next(iter(on_device.probe_dataloader()))
+    assert set(probe["animal"].tolist()) == {3} and set(probe["striped"].tolist()) == {1}
+    for key in expected:
+        assert torch.equal(probe[key], expected[key]), key

@@ -47,12 +47,20 @@ def test_batches_carry_normalised_images_and_every_label_field():
     assert everything.mean().abs() < 1e-3 and (everything.std() - 1).abs() < 1e-2
 
 
-def test_class_selection_and_caps():
-    datamodule = digits(classes=[1, 7], max_train=50)
-    assert set(datamodule.datasets["train"].labels("digit").tolist()) == {1, 7}
-    assert len(datamodule.datasets["train"]) == 50
+def test_class_selection_orders_the_labels_and_caps():
+    datamodule = digits(classes=[7, 1], num_classes=2, max_train=50)
+    train = datamodule.datasets["train"]
+    assert datamodule.class_names == ["7", "1"] and set(train.labels("digit").tolist()) == {0, 1}
+    # only the label field is relabelled: the others keep the source's codes
+    assert torch.equal(train.labels("magnitude"), torch.where(train.labels("digit") == 0, 7, 1))
+    assert len(train) == 50
+    # the split follows the source's classes, not the order they are selected in
+    in_order = digits(classes=[1, 7], num_classes=2)
+    assert torch.equal(in_order.datasets["test"].indices, datamodule.datasets["test"].indices)
     with pytest.raises(UserError, match=r"data.classes names classes \['11'\]"):
-        digits(classes=[1, 11])
+        digits(classes=[1, 11], num_classes=2)
+    with pytest.raises(UserError, match=r"trains on 2 classes \['7', '1'\]; set data.num_classes=2"):
+        digits(classes=[7, 1])
 
 
 def test_m_per_class_sampler_puts_m_items_of_each_class_in_a_batch():

@@ -202,7 +202,7 @@ class TinyTensors(InMemoryImageDataModule):
     def load(self) -> ImageTensors:
         labels = torch.tensor([0] * 10 + [1] * 10 + [2] * 2)
         images = torch.randint(0, 256, (len(labels), 1, 4, 4), dtype=torch.uint8)
-        return ImageTensors(images=images, fields={"label": labels}, class_names=["a", "b", "c"])
+        return ImageTensors(images=images, fields={"label": labels}, names={"label": ["a", "b", "c"]})
 
 
 def test_in_memory_class_too_small_for_val_and_test_is_reported(caplog):

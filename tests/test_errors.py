@@ -44,7 +44,7 @@ def test_existing_checkpoints_are_not_overwritten(tmp_path):
     checkpoints.mkdir(parents=True)
     (checkpoints / "last.ckpt").write_bytes(b"precious")
     result = run_cli("train.py", f"hydra.run.dir={tmp_path}", "logger=none", "trainer.max_epochs=1")
-    assert_clean_failure(result, "already holds checkpoints", "last.ckpt", "ckpt_path=last")
+    assert_clean_failure(result, "already holds the results of another run", "last.ckpt", "ckpt_path=last")
     assert (checkpoints / "last.ckpt").read_bytes() == b"precious"
     assert sorted(p.name for p in checkpoints.iterdir()) == ["last.ckpt"]
 

@@ -87,7 +87,7 @@ def test_unreadable_files_are_skipped_with_a_counted_warning(photos, caplog):
     assert "skipped 1 of 31 image files" in caplog.text and "broken.jpg" in caplog.text
     caplog.clear()
     with caplog.at_level(logging.WARNING):
-        batches = [b for split in ("train", "val", "test") for b in datamodule._loader(split)]
+        batches = [b for split in ("train", "val", "test") for b in datamodule.loader(split)]
     assert sum(len(b["index"]) for b in batches) == 29  # 30 readable headers, one file cut off
     assert "skipping unreadable image file" in caplog.text and truncated.name in caplog.text
 

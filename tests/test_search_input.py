@@ -206,9 +206,9 @@ def test_too_few_items_for_the_ks_names_evaluation_ks_and_a_valid_value():
     "key,example",
     [
         ("optimizer.lr", "0.001"),
-        ("optimizer.weight_decay", "0.0001"),
+        ("optimizer.weight_decay", "0.01"),
         ("data.val_fraction", "0.1"),
-        ("data.test_fraction", "0.1"),
+        ("data.test_fraction", "0.2"),
         ("trainer.max_epochs", "10"),
         ("data.batch_size", "64"),
         ("seed", "42"),

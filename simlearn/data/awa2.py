@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from simlearn.data.image_files import ImageFolderDataModule
+from simlearn.data.image_files import FileTable, ImageFolderDataModule
 from simlearn.errors import UserError
 
 AWA2_URL = "https://cvml.ista.ac.at/AwA2/"
@@ -27,9 +27,10 @@ class AwA2DataModule(ImageFolderDataModule):
     def __init__(self, root: str | os.PathLike, **kwargs: Any) -> None:
         super().__init__(root=root, **kwargs)
         self.dataset_root = Path(root).expanduser()
-        if self.classes is not None:
-            self.classes = [awa2_name(c) for c in self.classes]
-        self.probe_classes = [awa2_name(c) for c in self.probe_classes]
+
+    @staticmethod
+    def class_name(name: Any) -> str:
+        return awa2_name(name)
 
     def _images_dir(self) -> Path | None:
         for candidate in (self.dataset_root, self.dataset_root / "Animals_with_Attributes2"):
@@ -37,7 +38,7 @@ class AwA2DataModule(ImageFolderDataModule):
                 return candidate / "JPEGImages"
         return None
 
-    def scan(self, wanted: Sequence[str] | None):
+    def scan(self, wanted: Sequence[str] | None) -> FileTable:
         images = self._images_dir()
         if images is None:
             raise self.missing_root()

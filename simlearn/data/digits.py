@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from sklearn.datasets import load_digits
 
-from simlearn.data.in_memory import ImageTensors, InMemoryImageDataModule
+from simlearn.data.base import EmbeddingDataModule
+from simlearn.data.in_memory import ImageTensors
+
+DIGIT_NAMES = [str(d) for d in range(10)]
 
 
 def digit_fields(digits: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -14,10 +19,14 @@ def digit_fields(digits: torch.Tensor) -> dict[str, torch.Tensor]:
     return {"digit": digits, "parity": digits % 2, "magnitude": digits.clone()}
 
 
-DIGIT_NAMES = [str(d) for d in range(10)]
+def digit_images(images: torch.Tensor, digits: torch.Tensor, split: Sequence[str | None] | None = None) -> ImageTensors:
+    """Digit images with their label fields and names (``magnitude`` is a number: named by its values)."""
+    return ImageTensors(
+        images=images, fields=digit_fields(digits), names={"digit": DIGIT_NAMES, "parity": ["even", "odd"]}, split=split
+    )
 
 
-class DigitsDataModule(InMemoryImageDataModule):
+class DigitsDataModule(EmbeddingDataModule):
     """The UCI/scikit-learn optical digits (8×8, 17 grey levels), split per class into train/val/test."""
 
     name = "digits"
@@ -26,4 +35,4 @@ class DigitsDataModule(InMemoryImageDataModule):
         bunch = load_digits()
         # Pixel values are counts 0..16; scale to [0, 1] here so normalisation works as for uint8 images.
         images = torch.tensor(bunch.images, dtype=torch.float32).unsqueeze(1) / 16.0
-        return ImageTensors(images=images, fields=digit_fields(torch.tensor(bunch.target)), class_names=DIGIT_NAMES)
+        return digit_images(images, torch.tensor(bunch.target))

@@ -1,11 +1,11 @@
 """Photo datasets read from image files: decoded with PIL and transformed with torchvision item by item.
 
-Nothing is held in memory but the file list. Splits are per class and seeded (the same stratified split as the
-in-memory data), classes are chosen and ordered by the config (labels 0..C−1 in the order given), and optional
-*probe* classes are kept out of train/val/test entirely and served by :meth:`ImageFileDataModule.probe_dataloader`.
-Files that cannot be read are skipped with one counted warning, and so are classes too small for the seeded split to
-reach val/test. A file is never in two splits: a CSV that lists one twice is de-duplicated (exact repeats) or
-refused (two labels or splits).
+Nothing is held in memory but the file list (:class:`FileTable`); :class:`~simlearn.data.base.EmbeddingDataModule`
+splits it like every source: per class and seeded, classes chosen and ordered by the config (labels 0..C−1 in the
+order given), *probe* classes kept out of train/val/test and served by ``probe_dataloader()``. Files that cannot be
+read are skipped with one counted warning, and so are classes too small for the seeded split to reach val/test.
+A file is never in two splits: a CSV that lists one twice is de-duplicated (exact repeats) or refused (two labels or
+splits).
 """
 
 from __future__ import annotations
@@ -18,22 +18,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import lightning.pytorch as pl
 import torch
 from PIL import Image, UnidentifiedImageError
-from torch.utils.data import DataLoader, Dataset, default_collate
+from torch.utils.data import default_collate
 from torchvision.transforms import v2
 
-from simlearn.data.in_memory import (
-    SPLITS,
-    cap_split,
-    check_batches_and_fractions,
-    check_split_classes,
-    m_per_class_sampler,
-    stratified_split,
-    warn_small_classes,
-)
-from simlearn.data.samplers import EpochSeededRandomSampler
+from simlearn.data.base import EmbeddingDataModule, Items, Preprocessing, SplitDataset, channel_stats, encode
+from simlearn.data.splits import SPLITS
 from simlearn.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -44,16 +35,6 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 #: Unreadable images met while loading batches, per process (each DataLoader worker counts its own).
 DECODE_FAILURES = {"count": 0}
-
-
-@dataclass
-class FileTable:
-    """The image files of a dataset: one path and class name per file, and the split a file is assigned to by the
-    source (``None`` where the source leaves it to the seeded split, or ``split`` None when it assigns none)."""
-
-    paths: list[str]
-    names: list[str]
-    split: list[str | None] | None = None
 
 
 # -- decoding and transforms -----------------------------------------------------------------------------------------
@@ -73,26 +54,6 @@ def read_image(path: str | os.PathLike, channels: int, size_hint: int | None = N
         return image.convert(mode)
 
 
-def augment_transforms(augment: Any) -> list[Callable]:
-    """The list of training transforms from ``data.augment``: None, a list, or a mapping with ``transforms``."""
-    if augment is None:
-        return []
-    if isinstance(augment, Mapping):
-        augment = augment.get("transforms") or []
-    if isinstance(augment, str) or not isinstance(augment, Sequence):
-        raise UserError(
-            f"data.augment must be a list of transforms or a config of configs/augment/ (augment=none|light|strong), "
-            f"got {augment!r}."
-        )
-    for transform in augment:
-        if not callable(transform):
-            raise UserError(
-                f"data.augment holds {transform!r}, which is not a transform; give each entry a _target_ such as "
-                f"torchvision.transforms.v2.RandomHorizontalFlip (see configs/augment/light.yaml)."
-            )
-    return list(augment)
-
-
 def image_transform(
     image_size: int,
     channels: int,
@@ -106,14 +67,7 @@ def image_transform(
     then the shorter side is resized to ``image_size`` and the centre cropped (a no-op after a random crop to that
     size), then the channels are normalised with ``mean`` and ``std``.
     """
-    mean, std = list(mean), list(std)
-    if channels == 1 and len(mean) == 3:
-        mean, std = [sum(mean) / 3], [sum(std) / 3]
-    if len(mean) != channels or len(std) != channels:
-        raise UserError(
-            f"data.mean and data.std need one value per channel ({channels}), got {mean} and {std}; "
-            f"e.g. data.mean=[0.5] data.std=[0.25] for grey images."
-        )
+    mean, std = channel_stats(mean, std, channels)
     return v2.Compose(
         [
             v2.ToImage(),
@@ -164,13 +118,15 @@ def collate_items(items: Sequence[dict[str, torch.Tensor] | None]) -> dict[str, 
     return default_collate(kept)
 
 
-class ImageFileDataset(Dataset):
+class ImageFileDataset(SplitDataset):
     """Items ``{"image", "index", <label fields>}`` of some files of a :class:`FileTable`, decoded on access.
 
     ``fields`` hold one value per file of the table and ``indices`` the table rows of this split, as for the
     in-memory datasets; ``index`` is the table row. An item whose file cannot be decoded is ``None`` (left out of
     its batch by :func:`collate_items`) and counted in a warning.
     """
+
+    collate = staticmethod(collate_items)
 
     def __init__(
         self,
@@ -188,9 +144,6 @@ class ImageFileDataset(Dataset):
         self.channels = channels
         self.size_hint = size_hint
 
-    def __len__(self) -> int:
-        return len(self.indices)
-
     def load(self, row: int) -> torch.Tensor | None:
         """The transformed image of table row ``row``, or None when its file cannot be decoded."""
         return load_image(self.paths[row], self.transform, self.channels, self.size_hint)
@@ -202,76 +155,71 @@ class ImageFileDataset(Dataset):
             return None
         return {"image": image, "index": torch.tensor(row), **{k: v[row] for k, v in self.fields.items()}}
 
-    def labels(self, field: str) -> torch.Tensor:
-        return self.fields[field][self.indices]
+    def paths_of(self, index: Sequence[int]) -> list[str]:
+        return [self.paths[int(i)] for i in index]
 
 
-class ImageFileDataModule(pl.LightningDataModule):
-    """Base for datasets of image files. Subclasses implement :meth:`scan` (the files and their class names).
+@dataclass(kw_only=True)
+class FileTable(Items):
+    """The image files of a dataset, one row each: ``paths`` plus :class:`Items`' label fields (codes and names) and
+    the split a row is assigned to by the source (``split``, or None to leave every row to the seeded split)."""
 
-    ``classes`` selects and orders the trained classes (labels 0..C−1 in that order; null: every class the source
-    has, sorted by name); ``probe_classes`` are read too but kept out of train/val/test: ``datasets["probe"]``, with
-    labels C, C+1, … in field ``label_field``, names ``probe_class_names``. ``augment`` is the list of training
-    transforms (configs/augment/); evaluation only resizes and centre-crops.
+    paths: list[str]
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    @classmethod
+    def of(
+        cls,
+        paths: Sequence[str],
+        columns: Mapping[str, Sequence[str]],
+        first: Sequence[str] = (),
+        split: Sequence[str | None] | None = None,
+    ) -> FileTable:
+        """A table from text labels, one column per label field; the first column is the class, its names in
+        ``first`` coded 0, 1, … in that order and the others after them sorted as text; each other column is coded
+        by its distinct values sorted (as numbers when all of them are numbers)."""
+        fields, names = {}, {}
+        for i, (key, values) in enumerate(columns.items()):
+            fields[key], names[key] = encode(values, first) if i == 0 else encode(values, numeric=True)
+        return cls(paths=list(paths), fields=fields, names=names, split=split)
+
+    def normalisation(self, train: torch.Tensor) -> tuple[list[float], list[float]]:
+        """ImageNet's statistics, what pretrained backbones expect (reading every file to measure would be slow)."""
+        return list(IMAGENET_MEAN), list(IMAGENET_STD)
+
+    def transform(self, preprocessing: Preprocessing, augment: Sequence[Callable]) -> v2.Compose:
+        p = preprocessing
+        return image_transform(p.image_size, p.channels, p.mean, p.std, augment)
+
+    def dataset(self, indices: torch.Tensor, preprocessing: Preprocessing, augment: Sequence[Callable]) -> SplitDataset:
+        return ImageFileDataset(
+            self.paths,
+            self.fields,
+            indices,
+            self.transform(preprocessing, augment),
+            preprocessing.channels,
+            2 * preprocessing.image_size,
+        )
+
+
+class ImageFileDataModule(EmbeddingDataModule):
+    """What the sources of image files share on top of the one base: they implement :meth:`scan` (the files and their
+    labels, a :class:`FileTable`, or :meth:`no_images` when there are none); ``verify_files`` opens every wanted file's
+    header at setup and skips the unreadable ones; workers decode (``num_workers`` 4 by default). ``augment`` is the
+    list of training transforms (configs/augment/); evaluation only resizes and centre-crops.
     """
 
     name = "image_files"
-    #: Stacks the items of a batch (pair data concatenates instead).
-    collate_fn = staticmethod(collate_items)
 
-    def __init__(
-        self,
-        label_field: str = "label",
-        image_size: int = 224,
-        channels: int = 3,
-        num_classes: int | None = None,
-        classes: Sequence[str] | None = None,
-        probe_classes: Sequence[str] | None = None,
-        batch_size: int = 64,
-        eval_batch_size: int = 128,
-        val_fraction: float = 0.1,
-        test_fraction: float = 0.2,
-        max_train: int | None = None,
-        max_val: int | None = None,
-        max_test: int | None = None,
-        m_per_class: int | None = None,
-        num_workers: int = 4,
-        seed: int = 0,
-        augment: Any = None,
-        mean: Sequence[float] = IMAGENET_MEAN,
-        std: Sequence[float] = IMAGENET_STD,
-        verify_files: bool = True,
-    ) -> None:
-        super().__init__()
-        check_batches_and_fractions(batch_size, eval_batch_size, val_fraction, test_fraction)
-        if not isinstance(num_workers, int) or num_workers < 0:
-            raise UserError(f"data.num_workers must be an integer ≥ 0, got {num_workers!r}.")
-        image_mode(channels)
-        self.label_field = label_field
-        self.image_size = image_size
-        self.channels = channels
-        self.num_classes = num_classes
-        self.classes = None if classes is None else [str(c) for c in classes]
-        self.probe_classes = [str(c) for c in probe_classes or []]
-        self.batch_size = batch_size
-        self.eval_batch_size = eval_batch_size
-        self.val_fraction = val_fraction
-        self.test_fraction = test_fraction
-        self.limits = {"train": max_train, "val": max_val, "test": max_test}
-        self.m_per_class = m_per_class
-        self.num_workers = num_workers
-        self.seed = seed
-        self.augment = augment_transforms(augment)
-        self.mean = list(mean)
-        self.std = list(std)
+    def __init__(self, verify_files: bool = True, num_workers: int = 4, **kwargs: Any) -> None:
+        super().__init__(num_workers=num_workers, **kwargs)
+        image_mode(self.channels)
         self.verify_files = verify_files
-        self.class_names: list[str] = []
-        self.probe_class_names: list[str] = []
-        self.datasets: dict[str, ImageFileDataset] = {}
 
-    # -- to implement --------------------------------------------------------------------------------------
     def scan(self, wanted: Sequence[str] | None) -> FileTable:
-        """The image files of the classes ``wanted`` (every class when None), with their class names."""
+        """The image files of the classes ``wanted`` (every class when None), with their labels."""
         raise NotImplementedError
 
     def no_images(self, wanted: Sequence[str] | None) -> UserError:
@@ -279,130 +227,30 @@ class ImageFileDataModule(pl.LightningDataModule):
         which = "any class" if wanted is None else f"the classes {list(wanted)}"
         return UserError(f"data '{self.name}' found no image files of {which}; check where it reads them from.")
 
-    # -- shared --------------------------------------------------------------------------------------------
-    @property
-    def label_fields(self) -> list[str]:
-        return [self.label_field]
-
-    def preprocessing(self) -> dict[str, Any]:
-        """How evaluation turns an image file into model input (stored in checkpoints): decode with ``channels``
-        channels, resize the shorter side to ``image_size`` and centre-crop, scale to [0, 1], normalise."""
-        mean, std = self.mean, self.std
-        if self.channels == 1 and len(mean) == 3:
-            mean, std = [sum(mean) / 3], [sum(std) / 3]
-        return {"image_size": self.image_size, "channels": self.channels, "mean": list(mean), "std": list(std)}
-
-    def setup(self, stage: str | None = None) -> None:
-        if self.datasets:
-            return
-        overlap = sorted(set(self.probe_classes) & set(self.classes or []))
-        if overlap:
-            raise UserError(
-                f"data.probe_classes {overlap} are also in data.classes; a probe class must never be trained on."
-            )
-        wanted = None if self.classes is None else [*self.classes, *self.probe_classes]
+    def load(self) -> FileTable:
+        wanted = self.wanted_classes()
         table = self.scan(wanted)
-        if not table.paths:
-            # before the class count check, whose hint would otherwise be "set data.num_classes=0"
+        if not len(table):
+            # before the class checks, whose hints would otherwise be "set data.num_classes=0"
             raise self.no_images(wanted)
-        classes = self.classes or sorted(set(table.names) - set(self.probe_classes))
-        if self.num_classes is not None and self.num_classes != len(classes):
-            raise UserError(
-                f"data.num_classes={self.num_classes} but data '{self.name}' trains on {len(classes)} classes "
-                f"{classes}; set data.num_classes={len(classes)}."
+        return table
+
+    def usable(self, items: Items, wanted: torch.Tensor) -> torch.Tensor:
+        if not self.verify_files:
+            return wanted
+        rows = torch.nonzero(wanted).flatten().tolist()
+        bad = [i for i, ok in zip(rows, readable([items.paths[i] for i in rows]), strict=True) if not ok]
+        if bad:
+            log.warning(
+                "data '%s': skipped %d of %d image files that could not be read, e.g. %s",
+                self.name,
+                len(bad),
+                len(rows),
+                ", ".join(items.paths[i] for i in bad[:3]),
             )
-        missing = sorted(set(classes + self.probe_classes) - set(table.names))
-        if missing:
-            raise UserError(
-                f"data '{self.name}' has no images of the classes {missing}; it has {sorted(set(table.names))}."
-            )
-        self.class_names = list(classes)
-        self.probe_class_names = list(self.probe_classes)
-        label_of = {name: i for i, name in enumerate(self.class_names + self.probe_class_names)}
-        rows = [i for i, name in enumerate(table.names) if name in label_of]
-        if self.verify_files:
-            ok = readable([table.paths[i] for i in rows])
-            bad = [table.paths[i] for i, flag in zip(rows, ok, strict=True) if not flag]
-            if bad:
-                log.warning(
-                    "data '%s': skipped %d of %d image files that could not be read, e.g. %s",
-                    self.name,
-                    len(bad),
-                    len(rows),
-                    ", ".join(bad[:3]),
-                )
-            rows = [i for i, flag in zip(rows, ok, strict=True) if flag]
-        paths = [table.paths[i] for i in rows]
-        labels = torch.tensor([label_of[table.names[i]] for i in rows], dtype=torch.long)
-        given = [table.split[i] for i in rows] if table.split is not None else [None] * len(rows)
-        splits = self._split(labels, given)
-        self._check_classes(labels, splits)
-        fields = {self.label_field: labels}
-        train_transform = image_transform(self.image_size, self.channels, self.mean, self.std, self.augment)
-        eval_transform = image_transform(self.image_size, self.channels, self.mean, self.std)
-        hint = 2 * self.image_size
-        self.datasets = {
-            split: ImageFileDataset(
-                paths, fields, index, train_transform if split == "train" else eval_transform, self.channels, hint
-            )
-            for split, index in splits.items()
-        }
-        if self.probe_class_names:
-            probe = torch.nonzero(labels >= len(self.class_names)).flatten()
-            self.datasets["probe"] = ImageFileDataset(paths, fields, probe, eval_transform, self.channels, hint)
-
-    def _split(self, labels: torch.Tensor, given: Sequence[str | None]) -> dict[str, torch.Tensor]:
-        """Seeded per-class split of the trained classes' files that the source assigns to no split."""
-        unknown = sorted({s for s in given if s is not None and s not in SPLITS})
-        if unknown:
-            raise UserError(f"data '{self.name}' assigns files to splits {unknown}; valid: {list(SPLITS)} or empty.")
-        trained = labels < len(self.class_names)
-        free = trained & torch.tensor([s is None for s in given], dtype=torch.bool)
-        splits = stratified_split(labels, free, self.val_fraction, self.test_fraction, self.seed)
-        for split in SPLITS:
-            fixed = [i for i, s in enumerate(given) if s == split and trained[i]]
-            splits[split] = torch.cat([splits[split], torch.tensor(fixed, dtype=torch.long)]).sort().values
-        # before the caps: a class left out by data.max_<split> is the user's choice, one too small is not
-        names = self.class_names + self.probe_class_names
-        warn_small_classes(labels, free, splits, names, self.name, self.val_fraction, self.test_fraction)
-        return {split: cap_split(index, self.limits[split], self.seed, split) for split, index in splits.items()}
-
-    def _check_classes(self, labels: torch.Tensor, splits: dict[str, torch.Tensor]) -> None:
-        check_split_classes(labels, splits, self.class_names, self.name, self.val_fraction)
-
-    def _loader(self, split: str, train: bool = False) -> DataLoader:
-        if split not in self.datasets:
-            raise UserError(f"data '{self.name}' has no {split!r} split; it has {sorted(self.datasets)}.")
-        dataset = self.datasets[split]
-        kwargs: dict[str, Any] = {
-            "num_workers": self.num_workers,
-            "collate_fn": self.collate_fn,
-            "persistent_workers": self.num_workers > 0,
-        }
-        if not train:
-            return DataLoader(dataset, batch_size=self.eval_batch_size, shuffle=False, **kwargs)
-        if self.m_per_class:
-            sampler = m_per_class_sampler(dataset.labels(self.label_field), self.m_per_class, self.batch_size)
-        else:
-            sampler = EpochSeededRandomSampler(len(dataset), seed=self.seed)
-        # a last batch of one item would break batch norm; drop the incomplete last batch when there are full ones
-        drop_last = len(dataset) >= self.batch_size
-        return DataLoader(dataset, batch_size=self.batch_size, sampler=sampler, drop_last=drop_last, **kwargs)
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", train=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val")
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test")
-
-    def probe_dataloader(self) -> DataLoader:
-        """The probe classes' images (never trained on), evaluation transforms, labels C, C+1, …"""
-        if "probe" not in self.datasets:
-            raise UserError(f"data '{self.name}' has no probe classes; set data.probe_classes (e.g. [zebra]).")
-        return self._loader("probe")
+        usable = wanted.clone()
+        usable[bad] = False
+        return usable
 
 
 def _image_files(folder: Path, extensions: Sequence[str]) -> list[str]:
@@ -472,12 +320,13 @@ class ImageFolderDataModule(ImageFileDataModule):
         missing = [name for name in names if not self.class_folder(name).is_dir()]
         if missing:
             raise self.missing_classes(missing, self.available_classes())
-        table = FileTable(paths=[], names=[])
+        paths: list[str] = []
+        classes: list[str] = []
         for name in names:
             files = _image_files(self.class_folder(name), self.extensions)
-            table.paths += files
-            table.names += [name] * len(files)
-        return table
+            paths += files
+            classes += [name] * len(files)
+        return FileTable.of(paths, {self.label_field: classes}, first=wanted or ())
 
 
 class ImageCSVDataModule(ImageFileDataModule):
@@ -485,8 +334,14 @@ class ImageCSVDataModule(ImageFileDataModule):
     (train / val / test, or empty to leave the row to the seeded split). Relative paths are relative to ``root``,
     by default the CSV's folder.
 
+    Every other column is a label field too, named by its header (``colour``, ``size``, …): its distinct values are
+    coded 0, 1, … in sorted order, as numbers when every value is one (sizes 2, 10 → codes 0, 1), else as text. The
+    ``label`` column becomes the field ``data.label_field`` (so ``data.label_field=animal`` names it ``animal``),
+    unless ``data.label_field`` names another column: then that column holds the classes that retrieval,
+    ``data.classes`` and ``data.probe_classes`` use, and ``label`` is a field like the others.
+
     A file is in one split only: rows are matched by their normalised path (``a/x.png`` and ``./a/x.png`` are the
-    same file), exact repeats (same label and split) are dropped with one counted warning, and a file listed with
+    same file), exact repeats (same labels and split) are dropped with one counted warning, and a file listed with
     two labels or two splits (an empty split counts as one: the seeded split's) is refused, naming both rows.
     """
 
@@ -497,10 +352,22 @@ class ImageCSVDataModule(ImageFileDataModule):
         self.csv = Path(csv).expanduser()
         self.root = Path(root).expanduser() if root is not None else self.csv.parent
 
+    def class_column(self) -> str:
+        """The column of class names: ``data.label_field`` when the CSV has such a column, else ``label``."""
+        if self.csv.is_file():
+            with self.csv.open(newline="") as file:
+                if self.label_field in (c.strip() for c in next(csv.reader(file), [])):
+                    return self.label_field
+        return "label"
+
     def scan(self, wanted: Sequence[str] | None) -> FileTable:
-        rows, lines = read_csv_lines(self.csv, required=("path", "label"), what="data.csv")
+        class_column = self.class_column()
+        rows, lines = read_csv_lines(self.csv, required=("path", class_column), what="data.csv")
+        # the class column first: FileTable.of codes the wanted classes first, in their order
+        columns = sorted((c for c in rows[0] if c not in ("path", "split")), key=lambda c: c != class_column)
         has_split = "split" in rows[0]
-        table = FileTable(paths=[], names=[], split=[] if has_split else None)
+        paths: list[str] = []
+        labels: list[tuple[str, ...]] = []
         splits: list[str | None] = []
         first: dict[str, int] = {}  # normalised path → its table row
         kept_rows: list[tuple[str, int]] = []  # per table row: the path as written and its CSV line
@@ -510,20 +377,22 @@ class ImageCSVDataModule(ImageFileDataModule):
             written = row["path"].strip()
             # the same file however it is written, so that no spelling of it can put it in two splits
             path = os.path.normpath(self.root / written)
-            name = row["label"].strip()
+            values = tuple(row[c].strip() for c in columns)
             split = (row["split"].strip() or None) if has_split else None
             seen = first.get(path)
             if seen is None:
-                first[path] = len(table.paths)
-                table.paths.append(path)
-                table.names.append(name)
+                first[path] = len(paths)
+                paths.append(path)
+                labels.append(values)
                 splits.append(split)
                 kept_rows.append((written, line))
-            elif (table.names[seen], splits[seen]) == (name, split):
+            elif (labels[seen], splits[seen]) == (values, split):
                 duplicates.append((line, kept_rows[seen][1], written))
             else:
                 conflicts.append(
-                    self._conflict(*kept_rows[seen], table.names[seen], splits[seen], written, line, name, split)
+                    self._conflict(
+                        columns, (*kept_rows[seen], labels[seen], splits[seen]), (written, line, values, split)
+                    )
                 )
         if conflicts:
             more = f" ({len(conflicts) - 1} more files are listed twice like this.)" if len(conflicts) > 1 else ""
@@ -539,28 +408,41 @@ class ImageCSVDataModule(ImageFileDataModule):
                 of,
                 written,
             )
-        if has_split:
-            table.split = splits
-        return table
+        # the wanted classes' rows only, as an image folder lists only their folders
+        rows_kept = range(len(paths)) if wanted is None else [i for i, v in enumerate(labels) if v[0] in set(wanted)]
+        return FileTable.of(
+            [paths[i] for i in rows_kept],
+            {
+                self.label_field if c == class_column else c: [labels[i][k] for i in rows_kept]
+                for k, c in enumerate(columns)
+            },
+            first=wanted or (),
+            split=[splits[i] for i in rows_kept] if has_split else None,
+        )
 
     def _conflict(
         self,
-        written: str,
-        line: int,
-        name: str,
-        split: str | None,
-        other_written: str,
-        other_line: int,
-        other_name: str,
-        other_split: str | None,
+        columns: Sequence[str],
+        earlier: tuple[str, int, tuple[str, ...], str | None],
+        later: tuple[str, int, tuple[str, ...], str | None],
     ) -> str:
-        """One line on a file that two CSV rows give different labels or splits."""
+        """One line on a file that two CSV rows, each ``(path as written, line, labels, split)``, give different labels
+        or splits."""
+        written, line, values, split = earlier
+        other_written, other_line, other_values, other_split = later
         spelled = f" (written {other_written!r} there)" if other_written != written else ""
         where = f"{self.csv}: the file {written!r} is listed with"
-        if name != other_name:
+        for column, value, other in zip(columns, values, other_values, strict=True):
+            if value == other:
+                continue
+            if column == columns[0]:
+                return (
+                    f"{where} {column} {value!r} (line {line}) and {other!r} (line {other_line}){spelled}; a file has "
+                    f"one class. Keep one of the rows (or copy the file if it really shows both classes)."
+                )
             return (
-                f"{where} label {name!r} (line {line}) and {other_name!r} (line {other_line}){spelled}; a file has "
-                f"one class. Keep one of the rows (or copy the file if it really shows both classes)."
+                f"{where} {column} {value!r} (line {line}) and {other!r} (line {other_line}){spelled}; a file has one "
+                f"value per column. Keep one of the rows."
             )
         described = f"split {split!r}" if split else "no split"
         # "split 'train' … and 'test'", but "no split … and split 'test'"

@@ -8,8 +8,9 @@ from pathlib import Path
 import torch
 from torchvision.datasets import MNIST
 
-from simlearn.data.digits import DIGIT_NAMES, digit_fields
-from simlearn.data.in_memory import ImageTensors, InMemoryImageDataModule
+from simlearn.data.base import EmbeddingDataModule
+from simlearn.data.digits import digit_images
+from simlearn.data.in_memory import ImageTensors
 from simlearn.errors import UserError
 
 RAW_FILES = (
@@ -20,17 +21,23 @@ RAW_FILES = (
 )
 
 
-class MNISTDataModule(InMemoryImageDataModule):
+class MNISTDataModule(EmbeddingDataModule):
     """MNIST's 60k train (a validation slice held out per class) and 10k official test images.
 
     ``root`` is the folder that holds ``MNIST/raw/``. Missing files are downloaded through torchvision when
-    ``download`` is true and the network allows; otherwise one error names the files and where they go.
+    ``download`` is true and the network allows; otherwise one error names the files and where they go. The official
+    test images are the test split, so ``test_fraction`` must be 0 (the seeded split only takes a validation slice).
     """
 
     name = "mnist"
 
     def __init__(self, root: str | os.PathLike, download: bool = True, **kwargs) -> None:
         super().__init__(**kwargs)
+        if self.test_fraction:
+            raise UserError(
+                f"data.test_fraction={self.test_fraction}: MNIST tests on its official 10k test images, so the seeded "
+                f"split takes only the validation slice; set data.test_fraction=0."
+            )
         self.root = Path(root).expanduser()
         self.download = download
 
@@ -62,5 +69,4 @@ class MNISTDataModule(InMemoryImageDataModule):
         parts = [MNIST(self.root, train=train, download=False) for train in (True, False)]
         images = torch.cat([p.data for p in parts]).unsqueeze(1)  # uint8 (70000, 1, 28, 28)
         digits = torch.cat([p.targets for p in parts])
-        is_test = torch.cat([torch.zeros(len(parts[0]), dtype=torch.bool), torch.ones(len(parts[1]), dtype=torch.bool)])
-        return ImageTensors(images=images, fields=digit_fields(digits), class_names=DIGIT_NAMES, is_test=is_test)
+        return digit_images(images, digits, split=[None] * len(parts[0]) + ["test"] * len(parts[1]))

@@ -10,27 +10,27 @@ A pair is in one split only. Pairs are matched by their images' normalised paths
 listed with two targets or two splits is refused. An *image* may be in pairs of different splits (the seeded split
 of pairs that share images cannot avoid it, and new pairings of known images are a legitimate test); how many val
 and test pairs share an image with a training pair is said in one warning, since it flatters those metrics.
+
+Pairs are a source of :class:`~simlearn.data.base.EmbeddingDataModule` like any other: its items are the pairs
+(:class:`PairTable`) and its label field ``similar`` has the two "classes" dissimilar and similar, so the seeded
+split, the caps, augmentation and the loaders are the shared ones, stratified by ``similar``. What needs real class
+labels (``classes``, ``probe_classes``, ``m_per_class``) is refused, and the split check asks for both kinds of pair.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch.utils.data import Dataset, default_collate
+from torch.utils.data import default_collate
 
-from simlearn.data.image_files import (
-    ImageFileDataModule,
-    image_transform,
-    load_image,
-    read_csv_lines,
-    readable,
-)
-from simlearn.data.in_memory import SPLITS, cap_split, stratified_split
+from simlearn.data.base import Items, Preprocessing, SplitDataset
+from simlearn.data.image_files import FileTable, ImageFileDataModule, load_image, read_csv_lines, readable
 from simlearn.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -48,32 +48,30 @@ def collate_pairs(items: Sequence[dict[str, torch.Tensor] | None]) -> dict[str, 
     return {key: value.flatten(0, 1) for key, value in default_collate(kept).items()}
 
 
-class PairDataset(Dataset):
+class PairDataset(SplitDataset):
     """Pairs of image files; item = ``{"image": (2, C, H, W), "index", "pair", "similar": (2,)}``.
 
     ``fields`` (``pair``, ``similar``) hold one value per pair of the table and ``indices`` the pairs of this split;
-    :meth:`labels` gives them per pair.
+    :meth:`labels` gives them per pair. ``paths`` holds the first and the second image of every pair.
     """
+
+    collate = staticmethod(collate_pairs)
 
     def __init__(
         self,
-        paths_a: Sequence[str],
-        paths_b: Sequence[str],
-        similar: torch.Tensor,
+        paths: tuple[Sequence[str], Sequence[str]],
+        fields: Mapping[str, torch.Tensor],
         indices: torch.Tensor,
         transform: Callable,
         channels: int,
         size_hint: int | None = None,
     ) -> None:
-        self.paths = (list(paths_a), list(paths_b))
-        self.fields = {"pair": torch.arange(len(similar)), "similar": similar}
+        self.paths = (list(paths[0]), list(paths[1]))
+        self.fields = dict(fields)
         self.indices = indices
         self.transform = transform
         self.channels = channels
         self.size_hint = size_hint
-
-    def __len__(self) -> int:
-        return len(self.indices)
 
     def __getitem__(self, position: int) -> dict[str, torch.Tensor] | None:
         row = int(self.indices[position])
@@ -87,8 +85,26 @@ class PairDataset(Dataset):
             "similar": self.fields["similar"][row].repeat(2),
         }
 
-    def labels(self, field: str) -> torch.Tensor:
-        return self.fields[field][self.indices]
+    def paths_of(self, index: Sequence[int]) -> list[str]:
+        """The file of each image: image ``index`` is side ``index % 2`` of pair ``index // 2``."""
+        return [self.paths[int(i) % 2][int(i) // 2] for i in index]
+
+
+@dataclass(kw_only=True)
+class PairTable(FileTable):
+    """Pairs of image files, one row per CSV row: ``paths`` holds the first images, ``second`` the second ones, the
+    label fields ``pair`` (the row) and ``similar``, and ``first_listed`` marks the first row of each pair (a repeat,
+    in either order, is kept in the table so that ``pair`` stays the CSV row, but never used)."""
+
+    second: list[str]
+    first_listed: torch.Tensor
+
+    def dataset(self, indices: torch.Tensor, preprocessing: Preprocessing, augment: Sequence[Callable]) -> SplitDataset:
+        transform = self.transform(preprocessing, augment)
+        size_hint = 2 * preprocessing.image_size
+        return PairDataset(
+            (self.paths, self.second), self.fields, indices, transform, preprocessing.channels, size_hint
+        )
 
 
 class PairsCSVDataModule(ImageFileDataModule):
@@ -103,7 +119,6 @@ class PairsCSVDataModule(ImageFileDataModule):
     """
 
     name = "pairs_csv"
-    collate_fn = staticmethod(collate_pairs)
 
     def __init__(
         self,
@@ -126,13 +141,7 @@ class PairsCSVDataModule(ImageFileDataModule):
         self.csv = Path(csv).expanduser()
         self.root = Path(root).expanduser() if root is not None else self.csv.parent
 
-    @property
-    def label_fields(self) -> list[str]:
-        return ["pair", "similar"]
-
-    def setup(self, stage: str | None = None) -> None:
-        if self.datasets:
-            return
+    def scan(self, wanted: Sequence[str] | None) -> PairTable:
         rows, lines = read_csv_lines(self.csv, required=("path_a", "path_b", "similar"), what="data.csv")
         # normalised, so that every spelling of a file is the same image (pair and image leak checks compare them)
         paths_a = [os.path.normpath(self.root / row["path_a"].strip()) for row in rows]
@@ -141,57 +150,53 @@ class PairsCSVDataModule(ImageFileDataModule):
         bad = sorted({v for v in values if v not in ("0", "1")})
         if bad:
             raise UserError(f"{self.csv}: column 'similar' must hold 0 or 1, found {bad[:5]}.")
-        similar = torch.tensor([int(v) for v in values], dtype=torch.long)
         given = [row.get("split", "").strip() or None for row in rows]
-        keep = self._first_of_each_pair(rows, lines, paths_a, paths_b, values, given)
-        if self.verify_files:
-            unique = sorted(set(paths_a) | set(paths_b))
-            ok = dict(zip(unique, readable(unique), strict=True))
-            readable_pairs = [ok[a] and ok[b] for a, b in zip(paths_a, paths_b, strict=True)]
-            keep &= torch.tensor(readable_pairs, dtype=torch.bool)
-            if not all(readable_pairs):
-                unreadable = [p for p in unique if not ok[p]]
-                log.warning(
-                    "data '%s': skipped %d of %d pairs whose images could not be read (%d files, e.g. %s)",
-                    self.name,
-                    readable_pairs.count(False),
-                    len(rows),
-                    len(unreadable),
-                    ", ".join(unreadable[:3]),
-                )
-        unknown = sorted({s for s in given if s is not None and s not in SPLITS})
-        if unknown:
-            raise UserError(f"{self.csv}: column 'split' holds {unknown}; valid: {list(SPLITS)} or empty.")
-        free = keep & torch.tensor([s is None for s in given], dtype=torch.bool)
-        splits = stratified_split(similar, free, self.val_fraction, self.test_fraction, self.seed)
-        for split in SPLITS:
-            fixed = [i for i, s in enumerate(given) if s == split and keep[i]]
-            index = torch.cat([splits[split], torch.tensor(fixed, dtype=torch.long)]).sort().values
-            splits[split] = cap_split(index, self.limits[split], self.seed, split)
-            kinds = similar[splits[split]].unique().tolist()
+        return PairTable(
+            paths=paths_a,
+            second=paths_b,
+            fields={"pair": torch.arange(len(rows)), "similar": torch.tensor([int(v) for v in values])},
+            names={"similar": list(PAIR_CLASS_NAMES)},
+            split=given,
+            first_listed=self._first_of_each_pair(rows, lines, paths_a, paths_b, values, given),
+        )
+
+    def usable(self, items: Items, wanted: torch.Tensor) -> torch.Tensor:
+        """The first row of each pair whose two images can be read."""
+        usable = wanted & items.first_listed
+        if not self.verify_files:
+            return usable
+        unique = sorted(set(items.paths) | set(items.second))
+        ok = dict(zip(unique, readable(unique), strict=True))
+        readable_pairs = [ok[a] and ok[b] for a, b in zip(items.paths, items.second, strict=True)]
+        if not all(readable_pairs):
+            unreadable = [p for p in unique if not ok[p]]
+            log.warning(
+                "data '%s': skipped %d of %d pairs whose images could not be read (%d files, e.g. %s)",
+                self.name,
+                readable_pairs.count(False),
+                len(items),
+                len(unreadable),
+                ", ".join(unreadable[:3]),
+            )
+        return usable & torch.tensor(readable_pairs, dtype=torch.bool)
+
+    def warn_small_classes(
+        self, codes: torch.Tensor, seeded: torch.Tensor, splits: Mapping[str, torch.Tensor], names: Sequence[str]
+    ) -> None:
+        """Nothing to warn about: :meth:`check_splits` refuses a split without both kinds of pair."""
+
+    def check_splits(self, items: Items, labels: torch.Tensor, splits: Mapping[str, torch.Tensor]) -> None:
+        """Every split needs similar and dissimilar pairs (an empty val split is fine when ``val_fraction`` is 0);
+        val/test pairs with an image of a training pair are counted in a warning."""
+        for split, index in splits.items():
+            kinds = labels[index].unique().tolist()
             if len(kinds) < 2 and not (split == "val" and len(index) == 0 and self.val_fraction == 0):
                 raise UserError(
-                    f"the {split} split of data '{self.name}' has {len(splits[split])} pairs, none of them "
+                    f"the {split} split of data '{self.name}' has {len(index)} pairs, none of them "
                     f"{'similar' if kinds == [0] else 'dissimilar' if kinds == [1] else 'similar or dissimilar'}; "
                     f"training and ROC-AUC need both kinds. Add pairs to {self.csv} or change the split fractions."
                 )
-        self._warn_shared_images(paths_a, paths_b, splits)
-        self.class_names = list(PAIR_CLASS_NAMES)
-        train_transform = image_transform(self.image_size, self.channels, self.mean, self.std, self.augment)
-        eval_transform = image_transform(self.image_size, self.channels, self.mean, self.std)
-        hint = 2 * self.image_size
-        self.datasets = {
-            split: PairDataset(
-                paths_a,
-                paths_b,
-                similar,
-                index,
-                train_transform if split == "train" else eval_transform,
-                self.channels,
-                hint,
-            )
-            for split, index in splits.items()
-        }
+        self._warn_shared_images(items.paths, items.second, splits)
 
     def _first_of_each_pair(
         self,
@@ -246,7 +251,7 @@ class PairsCSVDataModule(ImageFileDataModule):
         return keep
 
     def _warn_shared_images(
-        self, paths_a: Sequence[str], paths_b: Sequence[str], splits: dict[str, torch.Tensor]
+        self, paths_a: Sequence[str], paths_b: Sequence[str], splits: Mapping[str, torch.Tensor]
     ) -> None:
         """One warning counting the val/test pairs with an image that is also in a training pair: the model has
         seen that image, so those pairs' scores are flattered (the pairs themselves are never in two splits)."""

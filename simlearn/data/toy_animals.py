@@ -28,7 +28,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from simlearn.data.in_memory import ImageTensors, InMemoryImageDataModule, TensorImageDataset
+from simlearn.data.base import EmbeddingDataModule
+from simlearn.data.in_memory import ImageTensors
 from simlearn.errors import UserError
 
 
@@ -175,79 +176,53 @@ def attribute_fields(names: Sequence[str], labels: torch.Tensor) -> dict[str, to
     return {key: torch.tensor(values, dtype=torch.long)[labels] for key, values in table.items()}
 
 
-class ToyAnimalsDataModule(InMemoryImageDataModule):
+class ToyAnimalsDataModule(EmbeddingDataModule):
     """Procedurally drawn animals (see the module doc), held in memory; label field ``animal`` (classes 0..C−1 in
-    the order of ``classes``) plus the attribute fields ``striped``, ``four_legged`` and ``on_land``.
+    the order of ``classes``) plus the attribute fields ``striped``, ``four_legged`` and ``on_land`` (0/1).
 
-    ``probe_classes`` are drawn too but kept out of train/val/test: ``datasets["probe"]`` (labels C, C+1, …,
-    names ``probe_class_names``), normalised like the training images, served by :meth:`probe_dataloader`.
+    Only the ``classes`` (``per_class`` images each) and ``probe_classes`` (``probe_per_class`` each) are drawn; the
+    probe classes are kept out of train/val/test like every source's (labels C, C+1, …, :meth:`probe_dataloader`).
     """
 
     name = "toy_animals"
 
     def __init__(
         self,
-        classes: Sequence[str] = ("dolphin", "tiger", "horse"),
+        classes: Sequence[str] | None = ("dolphin", "tiger", "horse"),
         probe_classes: Sequence[str] | None = ("zebra",),
         per_class: int = 400,
         probe_per_class: int = 150,
         **kwargs: Any,
     ) -> None:
+        probes = [str(c) for c in probe_classes or []]
+        classes = [str(c) for c in classes] if classes is not None else [a for a in ANIMALS if a not in probes]
         kwargs.setdefault("label_field", "animal")
         kwargs.setdefault("channels", 3)
         kwargs.setdefault("image_size", 32)
         kwargs.setdefault("num_classes", len(classes))
-        super().__init__(classes=None, **kwargs)
-        self.animal_classes = [str(c) for c in classes]
-        self.probe_class_names = [str(c) for c in probe_classes or []]
-        unknown = sorted(set(self.animal_classes + self.probe_class_names) - set(ANIMALS))
+        super().__init__(classes=classes, probe_classes=probes, **kwargs)
+        unknown = sorted(set(self.wanted_classes()) - set(ANIMALS))
         if unknown:
             raise UserError(
                 f"data.classes/probe_classes name {unknown}, which toy_animals cannot draw; valid: {list(ANIMALS)}."
             )
-        overlap = sorted(set(self.animal_classes) & set(self.probe_class_names))
-        if overlap:
-            raise UserError(
-                f"data.probe_classes {overlap} are also in data.classes; a probe class is never trained on."
-            )
-        if len(set(self.animal_classes)) != len(self.animal_classes):
-            raise UserError(f"data.classes lists a class twice: {self.animal_classes}.")
         for key, value in {"per_class": per_class, "probe_per_class": probe_per_class}.items():
             if not isinstance(value, int) or value < 1:
                 raise UserError(f"data.{key} must be a positive integer, got {value!r}.")
         self.per_class = per_class
         self.probe_per_class = probe_per_class
 
-    def _draw(self, names: Sequence[str], count: int, first_label: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        images = torch.from_numpy(np.concatenate([draw_class(n, count, self.image_size, self.seed) for n in names]))
-        labels = torch.arange(len(names)).repeat_interleave(count)
-        fields = {self.label_field: labels + first_label, **attribute_fields(names, labels)}
-        return images, fields
-
     def load(self) -> ImageTensors:
         if self.channels != 3:
             raise UserError(f"toy_animals draws colour images: set data.channels=3, got {self.channels}.")
-        images, fields = self._draw(self.animal_classes, self.per_class, 0)
-        return ImageTensors(images=images, fields=fields, class_names=list(self.animal_classes))
-
-    def setup(self, stage: str | None = None) -> None:
-        if self.datasets:
-            return
-        super().setup(stage)
-        if self.probe_class_names:
-            images, fields = self._draw(self.probe_class_names, self.probe_per_class, len(self.animal_classes))
-            train = self.datasets["train"]
-            self.datasets["probe"] = TensorImageDataset(
-                images,
-                fields,
-                torch.arange(len(images)),
-                train.mean.flatten().tolist(),
-                train.std.flatten().tolist(),
-                train.scale,
-            )
-
-    def probe_dataloader(self):
-        """The probe classes' images (never trained on), labels C, C+1, …"""
-        if "probe" not in self.datasets:
-            raise UserError("data 'toy_animals' has no probe classes; set data.probe_classes (e.g. [zebra]).")
-        return self._loader("probe", shuffle=False)
+        names = self.wanted_classes()
+        counts = [self.per_class] * len(self.classes) + [self.probe_per_class] * len(self.probe_classes)
+        images = np.concatenate(
+            [draw_class(n, c, self.image_size, self.seed) for n, c in zip(names, counts, strict=True)]
+        )
+        labels = torch.arange(len(names)).repeat_interleave(torch.tensor(counts))
+        return ImageTensors(
+            images=torch.from_numpy(images),
+            fields={self.label_field: labels, **attribute_fields(names, labels)},
+            names={self.label_field: names, **{a: ["no", "yes"] for a in ATTRIBUTES}},
+        )

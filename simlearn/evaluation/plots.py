@@ -5,13 +5,12 @@ and logs them, with the class similarity heatmap, to wandb when a ``WandbLogger`
 from __future__ import annotations
 
 import logging
-import math
 import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import matplotlib
 import numpy as np
@@ -20,7 +19,11 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from simlearn.errors import UserError
-from simlearn.evaluation.neighbours import top_k, unit_rows
+from simlearn.evaluation.neighbours import top_k
+from simlearn.evaluation.vectors import angle_deg, unit_rows
+
+if TYPE_CHECKING:  # for type hints only: evaluation does not import the data package
+    from simlearn.data.base import EmbeddingDataModule, SplitDataset
 
 log = logging.getLogger(__name__)
 
@@ -38,10 +41,6 @@ class GridTile:
     image: np.ndarray | None
     caption: str
     hit: bool | None = None
-
-
-def angle_deg(cos: float) -> float:
-    return math.degrees(math.acos(min(1.0, max(-1.0, float(cos)))))
 
 
 def _tile_pixels(image: np.ndarray | None, size: int) -> np.ndarray:
@@ -179,22 +178,21 @@ class SplitImages:
     """Display images of a split's items by their dataset index (``EmbeddingSet.index``): thumbnails of the files
     for data read from files, else the dataset's tensors with the normalisation undone."""
 
-    def __init__(self, dataset: Any, preprocessing: dict[str, Any] | None = None) -> None:
+    def __init__(self, dataset: SplitDataset, preprocessing: dict[str, Any] | None = None) -> None:
         self.dataset = dataset
         self.mean = (preprocessing or {}).get("mean")
         self.std = (preprocessing or {}).get("std")
         self.channels = int((preprocessing or {}).get("channels") or 3)
-        indices = getattr(dataset, "indices", None)
-        self.position = {int(row): p for p, row in enumerate(indices.tolist())} if indices is not None else None
+        self.position = {int(row): p for p, row in enumerate(dataset.indices.tolist())}
 
     def __call__(self, index: int) -> np.ndarray | None:
         from simlearn.images import thumbnail
 
-        if self.position is None or int(index) not in self.position:
+        if int(index) not in self.position:
             return None
-        paths = getattr(self.dataset, "paths", None)
+        paths = self.dataset.paths_of([int(index)])
         if paths is not None:
-            return thumbnail(paths[int(index)], channels=self.channels)
+            return thumbnail(paths[0], channels=self.channels)
         item = self.dataset[self.position[int(index)]]
         return None if item is None else _display_image(item["image"], self.mean, self.std)
 
@@ -230,12 +228,14 @@ class PlotsReport:
         self.scatter_name = scatter_name
         self.grid_name = grid_name
 
-    def __call__(self, trainer: Any, model: Any, datamodule: Any, output_dir: str | Path) -> dict[str, float]:
+    def __call__(
+        self, trainer: Any, model: Any, datamodule: EmbeddingDataModule, output_dir: str | Path
+    ) -> dict[str, float]:
         started, started_cpu = time.perf_counter(), time.process_time()
         output_dir = Path(output_dir)
         result = model.results["test"]
         label_field = datamodule.label_field
-        class_names = list(getattr(datamodule, "class_names", []) or [])
+        class_names = list(datamodule.class_names)
         if type(getattr(model, "evaluator", None)).__name__ == "PairEvaluator" or label_field not in result.fields:
             log.info("plots: the test split has no class labels (%r); no plots", label_field)
             return {}
@@ -257,7 +257,7 @@ class PlotsReport:
                 title=title,
             ):
                 figures["embedding_scatter"] = path
-        if len(result.embeddings) > self.k and "test" in getattr(datamodule, "datasets", {}):
+        if len(result.embeddings) > self.k and "test" in datamodule.datasets:
             path = output_dir / self.grid_name
             images = SplitImages(datamodule.datasets["test"], getattr(model, "config", {}).get("preprocessing"))
             if self._draw("retrieval grid", self._grid, path, result, labels, class_names, images):

@@ -18,13 +18,17 @@ import logging
 import math
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from simlearn.errors import UserError
+from simlearn.evaluation.vectors import angle_deg, unit_rows
+
+if TYPE_CHECKING:  # for type hints only: evaluation does not import the data package
+    from simlearn.data.base import EmbeddingDataModule
 
 __all__ = ["ProbeReport", "plot_circle", "probe_similarity"]
 
@@ -32,8 +36,8 @@ log = logging.getLogger(__name__)
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
-    x = np.asarray(x, dtype=np.float64)
-    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+    """Unit vectors along the last axis, in float64 (the shared :func:`~simlearn.evaluation.vectors.unit_rows`)."""
+    return unit_rows(x, np.float64)
 
 
 def probe_similarity(
@@ -73,7 +77,7 @@ def probe_similarity(
             cos = float(mean_probe @ others.mean(axis=0)) if len(others) else math.nan
             row[class_name] = {
                 "cos": cos,
-                "angle_deg": math.degrees(math.acos(min(1.0, max(-1.0, cos)))) if not math.isnan(cos) else math.nan,
+                "angle_deg": angle_deg(cos),  # NaN for a class without test images
                 "cos_weight": float((members @ weights[c]).mean()) if weights is not None else None,
                 "assigned": float((assigned == c).mean()) if assigned is not None else None,
             }
@@ -194,16 +198,14 @@ class ProbeReport:
         self.json_name = json_name
         self.figure_name = figure_name
 
-    def __call__(self, trainer: Any, model: Any, datamodule: Any, output_dir: str | Path) -> dict[str, float]:
-        if not hasattr(datamodule, "probe_dataloader"):
-            raise UserError(
-                f"reports.probe needs data with probe classes (data=awa2, toy_animals, image_folder with "
-                f"data.probe_classes); {type(datamodule).__name__} has none."
-            )
+    def __call__(
+        self, trainer: Any, model: Any, datamodule: EmbeddingDataModule, output_dir: str | Path
+    ) -> dict[str, float]:
         from simlearn.inference import embed  # here: simlearn.inference imports the model, which imports evaluation
 
         label_field = datamodule.label_field
         test = model.results["test"]
+        # a UserError that says how to set data.probe_classes when the data has none
         probe = embed(model.encoder, datamodule.probe_dataloader())
         num_classes = len(datamodule.class_names)
         probe_labels = probe.fields[label_field] - num_classes

@@ -1,8 +1,8 @@
 """Backbones, projection heads, the encoder and the LightningModule that trains it."""
 
-from simlearn.models.backbones import SmallCNN
+from simlearn.models.backbones import Backbone, SmallCNN
 from simlearn.models.encoder import Encoder
 from simlearn.models.heads import ProjectionHead
 from simlearn.models.module import EmbeddingModule, EmbeddingSet
 
-__all__ = ["EmbeddingModule", "EmbeddingSet", "Encoder", "ProjectionHead", "SmallCNN"]
+__all__ = ["Backbone", "EmbeddingModule", "EmbeddingSet", "Encoder", "ProjectionHead", "SmallCNN"]

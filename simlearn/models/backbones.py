@@ -8,6 +8,7 @@ import re
 import socket
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlparse
 
 import torch
@@ -20,7 +21,23 @@ log = logging.getLogger(__name__)
 HASH_REGEX = re.compile(r"-([a-f0-9]*)\.")
 
 
-class SmallCNN(nn.Module):
+class Backbone(nn.Module):
+    """The interface of every backbone: images (B, C, H, W) → features (B, :attr:`out_features`).
+
+    A new backbone family is one subclass (set ``out_features`` in ``__init__``, implement ``forward``) and one YAML
+    in ``configs/backbone/`` whose ``_target_`` names it; the head is sized from ``out_features``.
+    """
+
+    #: width of the features ``forward`` returns
+    out_features: int
+
+    def preprocessing(self) -> dict[str, Any]:
+        """What the backbone expects of its input, for the keys the data config leaves open (``image_size``,
+        ``mean``, ``std``): e.g. the statistics its pretrained weights were trained with. Empty: nothing."""
+        return {}
+
+
+class SmallCNN(Backbone):
     """A VGG-style stack of conv-BN-ReLU blocks for small images (8×8 digits, 28×28 MNIST).
 
     Each block but the last halves the resolution while it is still at least 4 pixels, so the same config works
@@ -65,7 +82,7 @@ VGG_LAYOUTS = {"vgg16": "D"}
 DOWNLOAD_TIMEOUT_S = 20.0
 
 
-class TorchvisionBackbone(nn.Module):
+class TorchvisionBackbone(Backbone):
     """A torchvision ResNet or VGG without its classifier: images → globally average-pooled features.
 
     ``out_features`` is the pooled width (resnet18 512, resnet50 2048, vgg16 512: VGG keeps its convolutional part

@@ -1,0 +1,485 @@
+"""One LightningDataModule for every dataset: a *source* says what its items are, :class:`EmbeddingDataModule` does
+the rest, the same way for every source.
+
+A source is a subclass that implements :meth:`EmbeddingDataModule.load` and returns its items as :class:`Items`:
+in-memory image tensors (:class:`~simlearn.data.in_memory.ImageTensors`: digits, MNIST, toy animals), a table of
+image files (:class:`~simlearn.data.image_files.FileTable`: image folders, CSVs, AwA2) or of file pairs
+(:class:`~simlearn.data.pairs.PairTable`). Items carry one integer code per item for each label field, the names of
+the codes, and optionally a split fixed per item. The base then does, for every source:
+
+* class selection: ``classes`` picks and orders the trained classes of ``label_field``, labelled 0..C−1 in that order
+  (null: every class, in the source's order), and ``num_classes`` must equal C. Only ``label_field`` is relabelled;
+  the other label fields keep the source's codes;
+* probe classes (``probe_classes``): kept out of train/val/test, labelled C, C+1, …, served by
+  :meth:`~EmbeddingDataModule.probe_dataloader` (normalised like the training images);
+* the seeded per-class split (:func:`~simlearn.data.splits.stratified_split`; items with a fixed split keep it), the
+  warning about classes too small for val/test, the caps ``max_train``/``max_val``/``max_test`` and the check that
+  every split has two classes;
+* loaders: shuffled by :class:`~simlearn.data.samplers.EpochSeededRandomSampler` or drawn by PML's
+  ``MPerClassSampler`` (``m_per_class``) for training, in order for evaluation; ``on_device`` (in-memory data) draws
+  batches from tensors on the training device instead of a DataLoader;
+* augmentation of the training split (``augment``), and :meth:`~EmbeddingDataModule.preprocessing`: image size,
+  channels and the mean/std that normalise every image (measured on the training split of in-memory data unless
+  given; ImageNet's for image files unless given).
+
+Callers use the interface declared here (``datasets``, ``class_names``, ``probe_class_names``, ``label_names``,
+``label_field``, ``label_fields``, ``preprocessing()``, ``loader()``, ``probe_dataloader()``, and
+:meth:`SplitDataset.paths_of` for the files of items) rather than probing attributes.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any, ClassVar
+
+import lightning.pytorch as pl
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, default_collate
+
+from simlearn.data.device_loader import DeviceBatchLoader
+from simlearn.data.samplers import EpochSeededRandomSampler
+from simlearn.data.splits import (
+    SPLITS,
+    cap_split,
+    check_batches_and_fractions,
+    check_m_per_class,
+    check_split_classes,
+    m_per_class_sampler,
+    some_names,
+    stratified_split,
+    warn_small_classes,
+)
+from simlearn.errors import UserError
+
+#: What :meth:`EmbeddingDataModule.loader` returns: a DataLoader, or batches drawn on the device (``on_device``).
+Loader = DataLoader | DeviceBatchLoader
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """How a raw image becomes model input: resize to ``image_size`` with ``channels`` channels, scale pixel values to
+    [0, 1], then normalise each channel with ``mean`` and ``std``. Stored in checkpoints (``as_dict``) so that new
+    image files are embedded like the training data."""
+
+    image_size: int
+    channels: int
+    mean: list[float]
+    std: list[float]
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def channel_stats(mean: Sequence[float], std: Sequence[float], channels: int) -> tuple[list[float], list[float]]:
+    """``mean`` and ``std`` for ``channels`` channels: RGB statistics (ImageNet's) average to one value for grey
+    images; any other mismatch is a UserError."""
+    mean, std = list(mean), list(std)
+    if channels == 1 and len(mean) == 3 and len(std) == 3:
+        mean, std = [sum(mean) / 3], [sum(std) / 3]
+    if len(mean) != channels or len(std) != channels:
+        raise UserError(
+            f"data.mean and data.std need one value per channel ({channels}), got {mean} and {std}; "
+            f"e.g. data.mean=[0.5] data.std=[0.25] for grey images."
+        )
+    return mean, std
+
+
+def augment_transforms(augment: Any) -> list[Callable]:
+    """The list of training transforms from ``data.augment``: None, a list, or a mapping with ``transforms``."""
+    if augment is None:
+        return []
+    if isinstance(augment, Mapping):
+        augment = augment.get("transforms") or []
+    if isinstance(augment, str) or not isinstance(augment, Sequence):
+        raise UserError(
+            f"data.augment must be a list of transforms or a config of configs/augment/ (augment=none|light|strong), "
+            f"got {augment!r}."
+        )
+    for transform in augment:
+        if not callable(transform):
+            raise UserError(
+                f"data.augment holds {transform!r}, which is not a transform; give each entry a _target_ such as "
+                f"torchvision.transforms.v2.RandomHorizontalFlip (see configs/augment/light.yaml)."
+            )
+    return list(augment)
+
+
+def encode(values: Sequence[str], first: Sequence[str] = (), numeric: bool = False) -> tuple[torch.Tensor, list[str]]:
+    """Integer codes of text values and the names of the codes: the names in ``first`` take codes 0, 1, … in their
+    order, the other distinct values follow sorted as text, or as numbers when ``numeric`` and every one is a number
+    (so that a column of sizes 2, 10 keeps 2 before 10)."""
+    names = list(first)
+    rest = set(values) - set(names)
+
+    def number(value: str) -> float | None:
+        try:
+            return float(value)
+        except ValueError:
+            return None
+
+    as_numbers = numeric and all(number(v) is not None for v in rest)
+    names += sorted(rest, key=lambda v: (number(v), v) if as_numbers else v)
+    code = {name: i for i, name in enumerate(names)}
+    return torch.tensor([code[v] for v in values], dtype=torch.long), names
+
+
+class SplitDataset(Dataset):
+    """The items of one split. ``indices`` are the source's item numbers of this split (a batch's ``index``) and
+    ``fields`` hold one code per *source* item for each label field, so every split shares them."""
+
+    fields: dict[str, torch.Tensor]
+    indices: torch.Tensor
+    #: Turns the items a DataLoader fetched into a batch (a dataset with ``__getitems__`` returns whole batches).
+    collate: Callable = staticmethod(default_collate)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def labels(self, field: str) -> torch.Tensor:
+        """The codes of ``field`` of this split's items, in order."""
+        return self.fields[field][self.indices]
+
+    def paths_of(self, index: Sequence[int]) -> list[str] | None:
+        """The image file of each item number in ``index`` (a batch's ``index`` values); None for data that is not
+        read from files."""
+        return None
+
+
+@dataclass(kw_only=True)
+class Items:
+    """Everything a source holds, before any split: per label field one integer code per item (``fields``), the
+    names of the codes (``names``, per field; a field without names is named by its codes) and, optionally, a split
+    fixed per item (``split``: "train", "val", "test", or None to leave the item to the seeded split)."""
+
+    fields: dict[str, torch.Tensor]
+    names: dict[str, list[str]] = field(default_factory=dict)
+    split: Sequence[str | None] | None = None
+
+    #: Whether the items are tensors in memory, which ``data.on_device`` can move to the training device.
+    in_memory: ClassVar[bool] = False
+    #: Whether training drops its incomplete last batch when there is a full one (a batch of one item breaks batch
+    #: norm). In-memory data keeps it, as it always has, so that the digits and MNIST results stay the same.
+    drop_incomplete_batch: ClassVar[bool] = True
+
+    def __len__(self) -> int:
+        return len(next(iter(self.fields.values())))
+
+    def names_of(self, field: str) -> list[str]:
+        """The names of the codes 0, 1, … of ``field``."""
+        if field in self.names:
+            return list(self.names[field])
+        codes = self.fields[field]
+        return [str(c) for c in range(int(codes.max()) + 1 if len(codes) else 0)]
+
+    def check(self, datamodule: EmbeddingDataModule) -> None:
+        """Reject items that do not fit the data's configured image size or channels (nothing to check here)."""
+
+    def normalisation(self, train: torch.Tensor) -> tuple[list[float], list[float]]:
+        """Per-channel mean and std for a config that gives none; ``train`` holds the training items' numbers."""
+        raise NotImplementedError
+
+    def dataset(self, indices: torch.Tensor, preprocessing: Preprocessing, augment: Sequence[Callable]) -> SplitDataset:
+        """The items ``indices`` as a dataset, preprocessed, with the ``augment`` transforms (training only)."""
+        raise NotImplementedError
+
+
+class EmbeddingDataModule(pl.LightningDataModule):
+    """The data module of every dataset (see the module docstring): seeded splits, class selection, probe classes,
+    caps, samplers, augmentation, preprocessing and loaders for the items a source returns from :meth:`load`.
+
+    After :meth:`setup`: ``datasets`` maps each split ("train", "val", "test", and "probe" with probe classes) to a
+    :class:`SplitDataset`; ``class_names`` names the trained labels 0..C−1 and ``probe_class_names`` the probe labels
+    C, C+1, … of ``label_field``; ``label_fields`` lists the fields every batch carries.
+    """
+
+    #: The data's name in messages (``data=<name>``).
+    name = "data"
+    #: How a class name of the config is spelled in the source (AwA2 joins words with '+').
+    class_name: Callable[[Any], str] = staticmethod(str)
+
+    def __init__(
+        self,
+        label_field: str = "label",
+        image_size: int = 224,
+        channels: int = 3,
+        num_classes: int | None = None,
+        classes: Sequence[str | int] | None = None,
+        probe_classes: Sequence[str | int] | None = None,
+        batch_size: int = 64,
+        eval_batch_size: int = 128,
+        val_fraction: float = 0.1,
+        test_fraction: float = 0.2,
+        max_train: int | None = None,
+        max_val: int | None = None,
+        max_test: int | None = None,
+        m_per_class: int | None = None,
+        num_workers: int = 0,
+        on_device: bool = False,
+        seed: int = 0,
+        augment: Any = None,
+        mean: Sequence[float] | None = None,
+        std: Sequence[float] | None = None,
+    ) -> None:
+        super().__init__()
+        check_batches_and_fractions(batch_size, eval_batch_size, val_fraction, test_fraction)
+        if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
+            raise UserError(f"data.num_workers must be an integer ≥ 0, got {num_workers!r}.")
+        if (mean is None) != (std is None):
+            raise UserError("data.mean and data.std go together: give both, or neither to use the data's defaults.")
+        self.label_field = label_field
+        self.image_size = image_size
+        self.channels = channels
+        self.num_classes = num_classes
+        self.classes = None if classes is None else [self.class_name(c) for c in classes]
+        self.probe_classes = [self.class_name(c) for c in probe_classes or []]
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size
+        self.val_fraction = val_fraction
+        self.test_fraction = test_fraction
+        self.limits = {"train": max_train, "val": max_val, "test": max_test}
+        self.m_per_class = m_per_class
+        self.num_workers = num_workers
+        self.on_device = on_device
+        self.seed = seed
+        self.augment = augment_transforms(augment)
+        self.mean = None if mean is None else list(mean)
+        self.std = None if std is None else list(std)
+        self._check_class_lists()
+        #: Names of the trained labels 0..C−1 of ``label_field`` (set by :meth:`setup`).
+        self.class_names: list[str] = []
+        #: Names of the probe labels C, C+1, … (set by :meth:`setup`; empty without probe classes).
+        self.probe_class_names: list[str] = []
+        #: Split name → its items (set by :meth:`setup`).
+        self.datasets: dict[str, SplitDataset] = {}
+        self._items: Items | None = None
+        self._preprocessing: Preprocessing | None = None
+        self._device_tensors: dict[tuple[int, str], tuple[torch.Tensor, dict[str, torch.Tensor]]] = {}
+
+    # -- what a source implements -----------------------------------------------------------------------------------
+    def load(self) -> Items:
+        """Every item of the source (a source may read only those of :meth:`wanted_classes`)."""
+        raise NotImplementedError
+
+    def usable(self, items: Items, wanted: torch.Tensor) -> torch.Tensor:
+        """Which of the ``wanted`` items can be used (file sources leave out files that cannot be read)."""
+        return wanted
+
+    def warn_small_classes(
+        self, codes: torch.Tensor, seeded: torch.Tensor, splits: Mapping[str, torch.Tensor], names: Sequence[str]
+    ) -> None:
+        """Warn about classes too small for the seeded split to reach val or test (before the caps)."""
+        warn_small_classes(codes, seeded, splits, names, self.name, self.val_fraction, self.test_fraction)
+
+    def check_splits(self, items: Items, labels: torch.Tensor, splits: Mapping[str, torch.Tensor]) -> None:
+        """Reject splits that cannot be trained or evaluated: every split needs two classes."""
+        check_split_classes(labels, splits, self.label_names, self.name, self.val_fraction)
+
+    # -- the interface callers use ----------------------------------------------------------------------------------
+    @property
+    def label_names(self) -> list[str]:
+        """Names of the labels 0, 1, … of ``label_field``: the trained classes, then the probe classes."""
+        return [*self.class_names, *self.probe_class_names]
+
+    @property
+    def label_fields(self) -> list[str]:
+        """Names of the label fields every batch carries (after :meth:`setup`)."""
+        return list(next(iter(self.datasets.values())).fields) if self.datasets else []
+
+    def wanted_classes(self) -> list[str] | None:
+        """The classes to read: the selected and the probe classes, or None for every class."""
+        return None if self.classes is None else [*self.classes, *self.probe_classes]
+
+    def preprocessing(self) -> dict[str, Any]:
+        """How to turn a raw image into model input (:class:`Preprocessing`), stored in checkpoints for embedding new
+        image files: ``image_size``, ``channels``, ``mean``, ``std``."""
+        if self._preprocessing is None:
+            raise RuntimeError("preprocessing() needs the data set up; call setup() first.")
+        return self._preprocessing.as_dict()
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.datasets:
+            return
+        items = self.load()
+        items.check(self)
+        if self.on_device and not items.in_memory:
+            raise UserError(
+                f"data.on_device=true draws batches from tensors on the training device, but data '{self.name}' "
+                f"reads image files; set data.on_device=false (it is for in-memory data: digits, mnist, toy_animals)."
+            )
+        if self.label_field not in items.fields:
+            raise UserError(
+                f"data.label_field={self.label_field!r} is not a label field of data '{self.name}'; "
+                f"valid: {sorted(items.fields)}."
+            )
+        codes = items.fields[self.label_field]
+        names = items.names_of(self.label_field)
+        labels = self._relabel(codes, names)
+        trained_count = len(self.class_names)
+        wanted = self.usable(items, labels >= 0)
+        trained, probe = wanted & (labels < trained_count), wanted & (labels >= trained_count)
+        # split by the source's codes: classes are visited in the source's order, as they always were, so that
+        # selecting classes does not change the split of in-memory data
+        splits = self._split(codes, trained, items.split, names)
+        self.check_splits(items, labels, splits)
+        if self.m_per_class:  # now, not when training starts
+            check_m_per_class(labels[splits["train"]], self.m_per_class, self.batch_size)
+        if self.num_classes is not None and self.num_classes != trained_count:
+            raise UserError(
+                f"data.num_classes={self.num_classes} but data '{self.name}' trains on {trained_count} classes "
+                f"{some_names(self.class_names)}; set data.num_classes={trained_count}."
+            )
+        items.fields = {**items.fields, self.label_field: labels}
+        if self.mean is None:
+            mean, std = items.normalisation(splits["train"])
+        else:
+            mean, std = self.mean, self.std
+        mean, std = channel_stats(mean, std, self.channels)
+        self._preprocessing = Preprocessing(self.image_size, self.channels, mean, std)
+        self._items = items
+        self.datasets = {
+            split: items.dataset(index, self._preprocessing, self.augment if split == "train" else ())
+            for split, index in splits.items()
+        }
+        if self.probe_class_names:
+            self.datasets["probe"] = items.dataset(torch.nonzero(probe).flatten(), self._preprocessing, ())
+
+    def loader(self, split: str, train: bool = False, batch_size: int | None = None) -> Loader:
+        """Batches of one split. ``train``: shuffled (or ``m_per_class``) batches of ``batch_size`` with the training
+        augmentation; otherwise every item in order, without augmentation, in batches of ``eval_batch_size``."""
+        if split not in self.datasets:
+            raise UserError(f"data '{self.name}' has no {split!r} split; it has {sorted(self.datasets)}.")
+        dataset = self.datasets[split] if train else self._evaluation_dataset(split)
+        sampler = None
+        drop_last = False
+        if train:
+            batch_size = batch_size or self.batch_size
+            if self.m_per_class:
+                sampler = m_per_class_sampler(dataset.labels(self.label_field), self.m_per_class, batch_size)
+            else:
+                sampler = EpochSeededRandomSampler(len(dataset), seed=self.seed)
+            # m_per_class batches are built as units: a partial one would lack classes
+            drop_last = bool(self.m_per_class) or (self._items.drop_incomplete_batch and len(dataset) >= batch_size)
+        else:
+            batch_size = batch_size or self.eval_batch_size
+        if self.on_device:
+            trainer = self.trainer
+            return DeviceBatchLoader(
+                self._device_dataset(dataset),
+                batch_size,
+                sampler=sampler,
+                drop_last=drop_last,
+                rank=trainer.global_rank if trainer else 0,
+                world_size=trainer.world_size if trainer else 1,
+                shard_whole_batches=bool(train and self.m_per_class),
+            )
+        return DataLoader(
+            dataset,
+            batch_size=batch_size,
+            sampler=sampler,
+            drop_last=drop_last,
+            num_workers=self.num_workers,
+            collate_fn=dataset.collate,
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def train_dataloader(self) -> Loader:
+        return self.loader("train", train=True)
+
+    def val_dataloader(self) -> Loader:
+        return self.loader("val")
+
+    def test_dataloader(self) -> Loader:
+        return self.loader("test")
+
+    def probe_dataloader(self) -> Loader:
+        """The probe classes' items (never trained on), in order, labelled C, C+1, … in ``label_field``."""
+        if "probe" not in self.datasets:
+            example = self.class_names[-1] if self.class_names else "zebra"
+            raise UserError(
+                f"data '{self.name}' has no probe classes; set data.probe_classes to classes to hold out of training "
+                f"(e.g. data.probe_classes=[{example}], left out of data.classes); reports.probe embeds them."
+            )
+        return self.loader("probe")
+
+    # -- shared steps ---------------------------------------------------------------------------------------------
+    def _check_class_lists(self) -> None:
+        for key, names in (("classes", self.classes or []), ("probe_classes", self.probe_classes)):
+            if len(set(names)) != len(names):
+                raise UserError(f"data.{key} lists a class twice: {names}.")
+        overlap = sorted(set(self.probe_classes) & set(self.classes or []))
+        if overlap:
+            raise UserError(
+                f"data.probe_classes {overlap} are also in data.classes; a probe class must never be trained on."
+            )
+
+    def _relabel(self, codes: torch.Tensor, names: list[str]) -> torch.Tensor:
+        """Labels 0..C−1 for the trained classes in the order of ``classes`` (null: the source's order), C, C+1, … for
+        the probe classes and −1 for the rest; sets ``class_names`` and ``probe_class_names``."""
+        for key, chosen in (("classes", self.classes or []), ("probe_classes", self.probe_classes)):
+            unknown = [c for c in chosen if c not in names]
+            if unknown:
+                raise UserError(
+                    f"data.{key} names classes {unknown} that data '{self.name}' does not have; "
+                    f"valid: {some_names(names, 50)}."
+                )
+        trained = self.classes if self.classes is not None else [n for n in names if n not in self.probe_classes]
+        code_of = {name: code for code, name in enumerate(names)}
+        present = set(codes.unique().tolist())
+        missing = [n for n in [*trained, *self.probe_classes] if code_of[n] not in present]
+        if missing:
+            have = sorted(names[c] for c in present)
+            raise UserError(
+                f"data '{self.name}' has no images of the classes {missing}; it has {some_names(have, 50)}."
+            )
+        relabel = torch.full((len(names),), -1, dtype=torch.long)
+        for label, name in enumerate([*trained, *self.probe_classes]):
+            relabel[code_of[name]] = label
+        self.class_names, self.probe_class_names = list(trained), list(self.probe_classes)
+        return relabel[codes]
+
+    def _split(
+        self, codes: torch.Tensor, trained: torch.Tensor, given: Sequence[str | None] | None, names: Sequence[str]
+    ) -> dict[str, torch.Tensor]:
+        """The seeded per-class split of the trained items the source assigns to no split, plus those it assigns;
+        then the caps ``data.max_<split>``."""
+        fixed = np.array([s or "" for s in given]) if given is not None else np.full(len(codes), "")
+        unknown = sorted(set(fixed.tolist()) - {"", *SPLITS})
+        if unknown:
+            raise UserError(
+                f"data '{self.name}' assigns items to the splits {unknown} (its split column); valid: "
+                f"{', '.join(SPLITS)}, or empty for the seeded split."
+            )
+        free = trained & torch.from_numpy(fixed == "")
+        splits = stratified_split(codes, free, self.val_fraction, self.test_fraction, self.seed)
+        for split in SPLITS:
+            assigned = torch.from_numpy(np.flatnonzero((fixed == split) & trained.numpy()))
+            splits[split] = torch.cat([splits[split], assigned]).sort().values
+        # before the caps: a class left out by data.max_<split> is the user's choice, one too small is not
+        self.warn_small_classes(codes, free, splits, names)
+        return {split: cap_split(index, self.limits[split], self.seed, split) for split, index in splits.items()}
+
+    def _evaluation_dataset(self, split: str) -> SplitDataset:
+        """The split's items without the training augmentation (embedding the training split reads it this way)."""
+        dataset = self.datasets[split]
+        if split != "train" or not self.augment:
+            return dataset
+        return self._items.dataset(dataset.indices, self._preprocessing, ())
+
+    def _device_dataset(self, dataset: SplitDataset) -> SplitDataset:
+        """``dataset`` with its tensors on the training device. Each source tensor is moved once and shared by the
+        splits that index it (the probe split's own, should a source hold it apart, is moved as its own)."""
+        device = self.trainer.strategy.root_device if self.trainer else torch.device("cpu")
+        key = (id(dataset.images), str(device))
+        if key not in self._device_tensors:
+            # tensors moved to another device before (a new trainer) are no longer needed there
+            self._device_tensors = {k: v for k, v in self._device_tensors.items() if k[1] == str(device)}
+            self._device_tensors[key] = (
+                dataset.images.to(device),
+                {name: values.to(device) for name, values in dataset.fields.items()},
+            )
+        moved = copy.copy(dataset)
+        moved.images, moved.fields = self._device_tensors[key]
+        return moved.to(device)  # indices, mean, std; the shared tensors are already there
