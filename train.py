@@ -1,6 +1,6 @@
 """Train and evaluate an embedding model: `python train.py [group=option ...] [key=value ...]`."""
 
-from simlearn.train import main
+from simlearn.cli.train import main
 
 if __name__ == "__main__":
     main()

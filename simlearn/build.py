@@ -12,7 +12,6 @@ from omegaconf import DictConfig, OmegaConf
 
 from simlearn.data.base import EmbeddingDataModule
 from simlearn.errors import UserError
-from simlearn.evaluation.artifacts import write_evaluation, write_metrics
 from simlearn.models import EmbeddingModule, Encoder
 from simlearn.models.backbones import Backbone
 from simlearn.schema import check_config as check_types
@@ -113,33 +112,3 @@ def build_trainer(cfg: DictConfig, callbacks: list[Any], loggers: list[Any]) -> 
             f"trainer=ddp trainer.accelerator=cpu trainer.devices=2)."
         )
     return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
-
-
-def run_reports(
-    cfg: DictConfig, trainer: pl.Trainer, model: EmbeddingModule, datamodule: Any, output_dir: Any
-) -> dict[str, float]:
-    """Run the configured ``reports`` (analyses after testing); return their metrics, prefixed ``test/``."""
-    metrics: dict[str, float] = {}
-    for name, report_cfg in (cfg.get("reports") or {}).items():
-        if report_cfg is None:
-            continue
-        report = instantiate(report_cfg)
-        values = report(trainer=trainer, model=model, datamodule=datamodule, output_dir=output_dir) or {}
-        metrics.update({f"test/{name}/{key}": float(value) for key, value in values.items()})
-    return metrics
-
-
-def write_test_outputs(
-    cfg: DictConfig,
-    trainer: pl.Trainer,
-    model: EmbeddingModule,
-    datamodule: Any,
-    output_dir: Any,
-    metrics: Mapping[str, float],
-) -> dict[str, float]:
-    """On rank 0 after testing: the test split's files, then the reports (their metrics added), then metrics.json."""
-    result = model.results["test"]
-    write_evaluation(output_dir, result.embeddings, result.fields, datamodule.label_field, datamodule.class_names)
-    metrics = {**metrics, **run_reports(cfg, trainer, model, datamodule, output_dir)}
-    write_metrics(output_dir, metrics)
-    return metrics

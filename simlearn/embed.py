@@ -19,24 +19,14 @@ from rich.console import Console
 from rich.table import Table
 
 from simlearn.checkpoints import LoadedEncoder, restore
-from simlearn.cli import hydra_command
 from simlearn.data.base import EmbeddingDataModule, Loader
 from simlearn.errors import UserError
-from simlearn.inference import embed
+from simlearn.inference import embed, pick_device
 from simlearn.models import EmbeddingSet
 
 log = logging.getLogger(__name__)
 
 __all__ = ["embed_dataset", "embed_splits", "write_npz", "write_parquet"]
-
-
-def pick_device(device: str | None) -> torch.device:
-    """``auto``/None: the GPU when PyTorch sees one, else the CPU; otherwise the named device."""
-    if device in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if str(device).startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"device={device} asks for a GPU, but PyTorch sees none; use device=auto or device=cpu.")
-    return torch.device(device)
 
 
 def split_loader(datamodule: EmbeddingDataModule, split: str, batch_size: int | None = None) -> Loader:
@@ -174,12 +164,3 @@ def embed_dataset(cfg: DictConfig) -> dict[str, Path]:
         table.add_row("all", str(sum(len(a["embeddings"]) for a in per_split.values())), "", str(paths["parquet"]))
     Console().print(table)
     return paths
-
-
-@hydra_command("embed")
-def main(cfg: DictConfig) -> None:
-    embed_dataset(cfg)
-
-
-if __name__ == "__main__":
-    main()

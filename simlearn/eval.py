@@ -7,11 +7,12 @@ from pathlib import Path
 from lightning.pytorch.callbacks import RichProgressBar
 from omegaconf import DictConfig
 
-from simlearn.build import build_trainer, write_test_outputs
+from simlearn.build import build_trainer
 from simlearn.checkpoints import load_checkpoint, restore
-from simlearn.cli import hydra_command, print_metrics
+from simlearn.console import print_metrics
+from simlearn.reports.outputs import write_test_outputs
 
-__all__ = ["evaluate", "load_checkpoint", "main"]  # load_checkpoint now lives in simlearn.checkpoints
+__all__ = ["evaluate", "load_checkpoint"]  # load_checkpoint lives in simlearn.checkpoints
 
 
 def evaluate(cfg: DictConfig) -> dict[str, float]:
@@ -27,12 +28,3 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     metrics = write_test_outputs(run_cfg, trainer, model, datamodule, output_dir, metrics)
     print_metrics(metrics, title=f"simlearn-eval · {cfg.ckpt_path}")
     return metrics
-
-
-@hydra_command("eval")
-def main(cfg: DictConfig) -> None:
-    evaluate(cfg)
-
-
-if __name__ == "__main__":
-    main()

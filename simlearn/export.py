@@ -20,7 +20,6 @@ from rich.console import Console
 from torch import nn
 
 from simlearn.checkpoints import load_encoder
-from simlearn.cli import hydra_command
 from simlearn.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -150,12 +149,3 @@ def export(cfg: DictConfig) -> Path:
         else:
             console.print(f"check: embeddings of a batch of 3 match PyTorch's (max |Δ| = {difference:.1e})")
     return out
-
-
-@hydra_command("export")
-def main(cfg: DictConfig) -> None:
-    export(cfg)
-
-
-if __name__ == "__main__":
-    main()

@@ -1,4 +1,4 @@
-"""Embedding a dataset with a trained encoder, outside the training loop."""
+"""Running a trained encoder outside the training loop: the device to use, and the embeddings of a loader."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from collections.abc import Iterable, Mapping
 import torch
 from torch import Tensor, nn
 
+from simlearn.errors import UserError
 from simlearn.models.module import EmbeddingSet
 
 
@@ -29,3 +30,12 @@ def embed(
     arrays = {key: torch.cat(values).numpy() for key, values in parts.items()}
     embeddings, index = arrays.pop("embeddings"), arrays.pop("index")
     return EmbeddingSet(embeddings=embeddings, fields=arrays, index=index)
+
+
+def pick_device(device: str | None) -> torch.device:
+    """``auto``/None: the GPU when PyTorch sees one, else the CPU; otherwise the named device."""
+    if device in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if str(device).startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"device={device} asks for a GPU, but PyTorch sees none; use device=auto or device=cpu.")
+    return torch.device(device)

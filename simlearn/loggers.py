@@ -10,9 +10,13 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from lightning.pytorch.loggers import CSVLogger, WandbLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from lightning.pytorch.loggers.logger import rank_zero_experiment
+
+from simlearn.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -64,9 +68,6 @@ def _legacy_wandb_api_key() -> bool:
 
 def sweep_group() -> str | None:
     """In a Hydra multirun: ``<job name>-<sweep dir name>``, shared by every job of the sweep."""
-    from hydra.core.hydra_config import HydraConfig
-    from hydra.types import RunMode
-
     if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
         return None
     hydra_cfg = HydraConfig.get()
@@ -133,8 +134,6 @@ def wandb_logger(
     group (the sweep's name) unless ``group`` is given.
     """
     import wandb
-
-    from simlearn.errors import UserError
 
     group = group or sweep_group()
     given = (os.environ.get("WANDB_INIT_TIMEOUT") or DEFAULT_INIT_TIMEOUT) if init_timeout is None else init_timeout

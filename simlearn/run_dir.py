@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
+from hydra.core.hydra_config import HydraConfig
 from omegaconf import OmegaConf
 
 from simlearn.errors import UserError
@@ -110,8 +111,6 @@ def _hydra_files(output_dir: Path, resume: bool) -> None:
     """Hydra's copies of the config (``.hydra/config.yaml``, ``hydra.yaml``, ``overrides.yaml``), written by simlearn
     after the claim instead of by Hydra before it (``hydra.output_subdir`` is null). A resumed run keeps the files of
     its start and records each resume's overrides in ``.hydra/resumes.yaml``."""
-    from hydra.core.hydra_config import HydraConfig
-
     if not HydraConfig.initialized():
         return
     hydra_cfg = HydraConfig.get()

@@ -3,8 +3,9 @@
 The query images are embedded with the checkpoint's encoder and preprocessing; the gallery is a folder of images
 (embedded too, and cached) or an npz of embeddings written by ``simlearn-embed``. Each query's k most similar gallery
 items are printed with their cosine similarity and angle, written to ``search.json`` and drawn in a grid.
-Galleries of at least ``faiss_threshold`` items are searched through a faiss inner-product index saved next to
-their embeddings; smaller ones exactly, in chunks.
+The search is the one of :mod:`simlearn.evaluation.neighbours`: exact, with cosines in float64 and ties to the lower
+gallery index. Galleries of at least ``faiss_threshold`` items are searched through a faiss inner-product index saved
+next to their embeddings (exact for ``faiss_index=Flat``; the output says when an approximate one was used).
 """
 
 from __future__ import annotations
@@ -24,12 +25,20 @@ from rich.console import Console
 from rich.table import Table
 
 from simlearn.checkpoints import LoadedEncoder, load_encoder
-from simlearn.cli import hydra_command
-from simlearn.embed import pick_device
+from simlearn.data.images import (
+    DECODE_ERRORS,
+    ImageLoader,
+    embed_files,
+    find_images,
+    folder_label,
+    is_image_name,
+    thumbnail,
+)
 from simlearn.errors import UserError
-from simlearn.evaluation.neighbours import top_k, unit_rows
-from simlearn.evaluation.plots import GridTile, angle_deg, save_retrieval_grid
-from simlearn.images import DECODE_ERRORS, ImageLoader, embed_files, find_images, folder_label, is_image_name, thumbnail
+from simlearn.evaluation.neighbours import gallery_index, top_k
+from simlearn.evaluation.vectors import angle_deg
+from simlearn.inference import pick_device
+from simlearn.reports.plots import GridTile, save_retrieval_grid
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +50,8 @@ CACHE_VERSION = 1
 
 @dataclass
 class Gallery:
-    """Unit embeddings (N, d) of the gallery's items, with their labels and files when known."""
+    """The embeddings (N, d) of the gallery's items as the model made them (the search scales them to unit length
+    itself and re-scores near-ties from them in float64), with their labels and files when known."""
 
     embeddings: np.ndarray
     labels: list[str | None] | None
@@ -186,7 +196,7 @@ def gallery_from_npz(path: Path, loaded: LoadedEncoder) -> Gallery:
         split = str(arrays["split"]) if "split" in files else ""
         ids = [f"{split}[{i}]" for i in per_item["index"].tolist()]
     return Gallery(
-        embeddings=unit_rows(embeddings),
+        embeddings=embeddings,
         labels=labels,
         paths=paths,
         source=path,
@@ -275,7 +285,7 @@ def _folder_gallery(
         )
     labels = [folder_label(Path(p), folder) for p in paths]
     return Gallery(
-        embeddings=unit_rows(embeddings),
+        embeddings=embeddings,
         labels=labels if any(label is not None for label in labels) else None,
         paths=paths,
         source=folder,
@@ -359,56 +369,18 @@ def load_queries(
     for file in embedded.paths:
         name = (folder_label(file, root) if root is not None else None) or file.parent.name
         labels.append(name if name in gallery_classes else None)
-    return Queries(
-        paths=embedded.paths, embeddings=unit_rows(embedded.embeddings), labels=labels, skipped=embedded.failed
-    )
+    return Queries(paths=embedded.paths, embeddings=embedded.embeddings, labels=labels, skipped=embedded.failed)
 
 
 # -- searching -----------------------------------------------------------------------------------------------------
-def faiss_index(gallery: Gallery, factory: str = "Flat") -> tuple[Any, str]:
-    """A faiss inner-product index of the gallery's embeddings: read from ``gallery.index_path`` when it was built
-    from these very embeddings with this factory string, else built (and saved there). Returns (index, how)."""
-    logging.getLogger("faiss.loader").setLevel(logging.WARNING)
-    import faiss
-
-    embeddings = np.ascontiguousarray(gallery.embeddings, dtype=np.float32)
-    expected = {"fingerprint": _fingerprint(embeddings), "factory": factory, "count": len(embeddings)}
-    path = gallery.index_path
-    meta = path.with_name(path.name + ".json") if path is not None else None
-    if path is not None and path.is_file() and meta.is_file():
-        try:
-            if json.loads(meta.read_text()) == expected:
-                index = faiss.read_index(str(path))
-                if index.ntotal == len(embeddings) and index.d == embeddings.shape[1]:
-                    return index, f"reused {path}"
-        except (OSError, RuntimeError, ValueError) as error:
-            log.warning("rebuilding the faiss index %s (%s)", path, error)
-    try:
-        index = faiss.index_factory(embeddings.shape[1], factory, faiss.METRIC_INNER_PRODUCT)
-    except RuntimeError as error:
-        raise UserError(
-            f"faiss_index={factory!r} is not a faiss index_factory string ({error}); e.g. Flat (exact) or HNSW32."
-        ) from error
-    if not index.is_trained:
-        index.train(embeddings)
-    index.add(embeddings)
-    if path is None:
-        return index, "built in memory"
-    try:
-        partial = path.with_name(f".{path.name}.partial")
-        faiss.write_index(index, str(partial))
-        os.replace(partial, path)
-        meta.write_text(json.dumps(expected) + "\n")
-    except (OSError, RuntimeError) as error:
-        log.warning("could not save the faiss index next to the gallery at %s (%s)", path, error)
-        return index, "built in memory"
-    return index, f"built and saved {path}"
-
-
 def run_search(
     queries: np.ndarray, gallery: Gallery, k: int, faiss_threshold: int | None = 50000, factory: str = "Flat"
 ) -> tuple[np.ndarray, np.ndarray, str]:
-    """Each query's top k gallery items: ``(cos, index, method)``, most similar first."""
+    """Each query's top k gallery items: ``(cos, index, method)``, most similar first, by the one search of
+    :func:`simlearn.evaluation.neighbours.top_k`: exact (float64 cosines, ties to the lower gallery index). Galleries
+    of ``faiss_threshold`` items or more are searched through their saved faiss index (:func:`gallery_index`, built
+    once next to the gallery embeddings), which is exact for ``factory="Flat"``; ``method`` says when an approximate
+    one (e.g. HNSW32) was used."""
     n = len(gallery.embeddings)
     bad = non_finite_rows(np.asarray(queries))
     if len(bad):
@@ -420,6 +392,7 @@ def run_search(
         raise UserError(f"k must be an integer ≥ 1, got {k!r}; e.g. k=5.")
     if k > n:
         raise UserError(f"k={k} but the gallery {gallery.source} has only {n} items; use k={n} or less.")
+    index = None
     if faiss_threshold is not None and n >= faiss_threshold:
         try:
             import faiss  # noqa: F401
@@ -431,11 +404,10 @@ def run_search(
                 faiss_threshold,
             )
         else:
-            index, how = faiss_index(gallery, factory)
-            cos, idx = index.search(np.ascontiguousarray(queries, dtype=np.float32), k)
-            return cos, idx.astype(np.int64), f"faiss {factory} index ({how})"
-    cos, idx = top_k(queries, gallery.embeddings, k)
-    return cos, idx, "exact"
+            index = gallery_index(gallery.embeddings, gallery.index_path, factory or "Flat")
+    cos, idx = top_k(queries, gallery.embeddings, k, index=index)
+    method = index.describe() if index is not None else "exact (float64 cosines, ties to the lower gallery index)"
+    return cos, idx, method
 
 
 def search(cfg: DictConfig) -> list[dict[str, Any]]:
@@ -446,7 +418,8 @@ def search(cfg: DictConfig) -> list[dict[str, Any]]:
     gallery = load_gallery(cfg.gallery, loaded, cfg, device)
     queries = load_queries(cfg.query, loaded, gallery.classes, int(cfg.get("batch_size") or 256), device)
     k = cfg.get("k", 5)
-    cos, idx, method = run_search(queries.embeddings, gallery, k, cfg.get("faiss_threshold"), cfg.get("faiss_index"))
+    factory = cfg.get("faiss_index") or "Flat"
+    cos, idx, method = run_search(queries.embeddings, gallery, k, cfg.get("faiss_threshold"), factory)
     results = []
     for q, path in enumerate(queries.paths):
         items = []
@@ -527,12 +500,3 @@ def _grid(path: Path, results: list[dict[str, Any]], loaded: LoadedEncoder, max_
         rows.append(row)
     shown = f" (first {max_queries} of {len(results)} queries)" if len(results) > max_queries else ""
     return save_retrieval_grid(path, rows, title=f"Queries and their top {len(results[0]['results'])}{shown}")
-
-
-@hydra_command("search")
-def main(cfg: DictConfig) -> None:
-    search(cfg)
-
-
-if __name__ == "__main__":
-    main()

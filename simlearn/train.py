@@ -14,11 +14,12 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from lightning.pytorch.callbacks import ModelCheckpoint, Timer
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from simlearn.build import build_datamodule, build_list, build_model, build_trainer, check_config, write_test_outputs
-from simlearn.cli import hydra_command, print_metrics
+from simlearn.build import build_datamodule, build_list, build_model, build_trainer, check_config
 from simlearn.config import config_dir
+from simlearn.console import print_metrics
 from simlearn.errors import UserError
 from simlearn.loggers import finish_wandb
+from simlearn.reports.outputs import write_test_outputs
 from simlearn.run_dir import check_writable, claim_run_dir, existing_results, save_unresolved_config
 
 log = logging.getLogger(__name__)
@@ -201,14 +202,12 @@ def _train(cfg: DictConfig, output_dir: Path, ckpt_path: str | None) -> dict[str
     return metrics
 
 
-@hydra_command("train", claims_run_dir=False)
-def main(cfg: DictConfig) -> float | None:
-    metrics = train(cfg)
+def optimized_value(cfg: DictConfig, metrics: dict[str, float]) -> float | None:
+    """The value of ``cfg.optimized_metric`` in a run's metrics (what a Hydra sweeper optimises), or None."""
     optimized = cfg.get("optimized_metric")
     if optimized and optimized not in metrics:
-        raise UserError(f"optimized_metric={optimized!r} is not a metric of this run; valid: {sorted(metrics)}.")
+        raise UserError(
+            f"optimized_metric={optimized!r} is not a metric of this run; valid: {sorted(metrics)}. "
+            f"Set optimized_metric to one of them (e.g. optimized_metric=val/recall@1)."
+        )
     return metrics[optimized] if optimized else None
-
-
-if __name__ == "__main__":
-    main()

@@ -7,10 +7,11 @@ import numpy as np
 import pytest
 import torch
 
-from simlearn.data import AwA2DataModule, ToyAnimalsDataModule
+from simlearn.data import AwA2DataModule
 from simlearn.data.awa2 import awa2_name
+from simlearn.demos.toy_animals import ToyAnimalsDataModule
 from simlearn.errors import UserError
-from simlearn.evaluation import probe_similarity
+from simlearn.reports import probe_similarity
 
 from .helpers import run_cli, run_training
 from .photos import class_folders

@@ -6,7 +6,7 @@ import pytest
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
-from simlearn.checkpointing import AtomicCheckpointIO, LatestBestCheckpoint
+from simlearn.checkpoints import AtomicCheckpointIO, LatestBestCheckpoint
 
 TRAINER = SimpleNamespace(strategy=SimpleNamespace(reduce_boolean_decision=lambda decision: decision))
 

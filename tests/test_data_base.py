@@ -14,8 +14,8 @@ from simlearn.data import (
     ImageFolderDataModule,
     MNISTDataModule,
     PairsCSVDataModule,
-    ToyAnimalsDataModule,
 )
+from simlearn.demos.toy_animals import ToyAnimalsDataModule
 from simlearn.errors import UserError
 
 from .photos import class_folders, distinct_pairs, write_csv

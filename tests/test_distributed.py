@@ -23,9 +23,9 @@ def checkpoint(tmp_path_factory):
 def test_two_process_evaluation_equals_one_process(checkpoint, tmp_path):
     # 449 test items: DistributedSampler pads the 2 shards to 225 each, repeating one item.
     common = [f"ckpt_path={checkpoint}", "+data.max_test=449", "trainer.accelerator=cpu"]
-    one = run_cli("-m", "simlearn.eval", *common, f"hydra.run.dir={tmp_path / 'one'}")
+    one = run_cli("-m", "simlearn.cli.eval", *common, f"hydra.run.dir={tmp_path / 'one'}")
     two = run_cli(
-        "-m", "simlearn.eval", *common, "trainer=ddp", "trainer.devices=2", f"hydra.run.dir={tmp_path / 'two'}"
+        "-m", "simlearn.cli.eval", *common, "trainer=ddp", "trainer.devices=2", f"hydra.run.dir={tmp_path / 'two'}"
     )
     assert one.returncode == 0, one.stderr[-2000:]
     assert two.returncode == 0, two.stderr[-2000:]

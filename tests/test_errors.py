@@ -50,9 +50,9 @@ def test_existing_checkpoints_are_not_overwritten(tmp_path):
 
 
 def test_eval_rejects_missing_and_foreign_checkpoints(tmp_path):
-    result = run_cli("-m", "simlearn.eval", f"ckpt_path={tmp_path}/missing.ckpt", f"hydra.run.dir={tmp_path}/a")
+    result = run_cli("-m", "simlearn.cli.eval", f"ckpt_path={tmp_path}/missing.ckpt", f"hydra.run.dir={tmp_path}/a")
     assert_clean_failure(result, "is not a file")
     foreign = tmp_path / "foreign.ckpt"
     foreign.write_bytes(b"not a checkpoint")
-    result = run_cli("-m", "simlearn.eval", f"ckpt_path={foreign}", f"hydra.run.dir={tmp_path}/b")
+    result = run_cli("-m", "simlearn.cli.eval", f"ckpt_path={foreign}", f"hydra.run.dir={tmp_path}/b")
     assert_clean_failure(result, "not a readable PyTorch checkpoint")

@@ -11,8 +11,8 @@ from torchvision.datasets import MNIST
 
 from simlearn.build import build_datamodule, build_model
 from simlearn.data.mnist import RAW_FILES
+from simlearn.demos.digit_structure import PAIR_GROUPS, digit_structure, pair_group, write_structure
 from simlearn.errors import UserError
-from simlearn.evaluation.structure import PAIR_GROUPS, digit_structure, pair_group, write_structure
 from simlearn.losses import MultiTaskLoss, ReconstructionTask
 
 from .helpers import run_training, train_config

@@ -9,9 +9,9 @@ from lightning.pytorch.loggers import WandbLogger
 
 from simlearn.build import build_datamodule
 from simlearn.config import compose_config
-from simlearn.evaluation import PlotsReport
-from simlearn.evaluation.plots import save_embedding_scatter
 from simlearn.models import EmbeddingSet
+from simlearn.reports import PlotsReport
+from simlearn.reports.plots import save_embedding_scatter
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -66,7 +66,7 @@ def test_figures_and_similarity_heatmap_are_logged_to_wandb(digits, tmp_path):
 def test_a_figure_that_fails_is_skipped_not_fatal(digits, tmp_path, caplog):
     model = fake_results(digits, 8)
     model.results["test"].index[:] = -1  # images cannot be found: tiles are drawn empty, nothing fails
-    with mock.patch("simlearn.evaluation.plots.save_embedding_scatter", side_effect=RuntimeError("boom")):
+    with mock.patch("simlearn.reports.plots.save_embedding_scatter", side_effect=RuntimeError("boom")):
         PlotsReport()(trainer=SimpleNamespace(loggers=[]), model=model, datamodule=digits, output_dir=tmp_path)
     assert "could not draw the embedding scatter (RuntimeError: boom)" in caplog.text
     assert (tmp_path / "retrieval_grid.png").exists() and not (tmp_path / "embedding_scatter.png").exists()

@@ -1,4 +1,5 @@
-"""retrieval_metrics backends: torch and faiss agree, the blocked CPU top-k is exact, backend choice and errors."""
+"""retrieval_metrics backends: torch and faiss agree (and with the float64 brute force of test_neighbours, ties
+included), the blocked CPU top-k is exact, backend choice and errors."""
 
 from __future__ import annotations
 
@@ -121,10 +122,9 @@ def test_faiss_self_search_drops_own_item_even_with_duplicates():
     # exact duplicates tie with the query's own item: the own item must still be left out, never another one twice
     rng = np.random.default_rng(0)
     x = np.repeat(rng.normal(size=(30, 8)), 3, axis=0).astype(np.float32)
-    q = torch.nn.functional.normalize(torch.from_numpy(x), dim=1)
-    search = neighbours._faiss_search(q, q, self_search=True)
-    idx = search(10, 50, 5)
-    assert idx.shape == (40, 5)
+    search = neighbours._faiss_search(neighbours.search_data(x))
+    scores, idx = search(torch.arange(10, 50), 5)
+    assert idx.shape == scores.shape == (40, 5)
     assert not (idx == torch.arange(10, 50).unsqueeze(1)).any()
     assert all(len(set(row)) == 5 for row in idx.tolist())
     labels = np.arange(len(x)) // 3
@@ -142,12 +142,15 @@ def test_blocked_topk_is_exact(monkeypatch, n, k, block):
     sims = torch.rand(33, n, generator=gen)
     sims[torch.arange(33), torch.arange(33) * 3] = float("-inf")  # self-search exclusions
     assert n // block >= neighbours._TOPK_MIN_BLOCKS_PER_K * k  # the blocked path is taken
-    idx = neighbours._topk_indices(sims, k)
+    values, idx = neighbours._topk(sims, k)
     expected = sims.topk(k, dim=1)
     assert torch.equal(idx, expected.indices)  # no ties in random floats: the same columns in the same order
-    # with many exact ties the values (not the tie order) must still match
+    assert torch.equal(values, expected.values)
+    # with many exact ties the values (not the tie order, which the exact search sets itself) must still match
     tied = (sims * 20).floor()
-    assert torch.equal(tied.gather(1, neighbours._topk_indices(tied, k)), tied.topk(k, dim=1).values)
+    tied_values, tied_idx = neighbours._topk(tied, k)
+    assert torch.equal(tied.gather(1, tied_idx), tied.topk(k, dim=1).values)
+    assert torch.equal(tied_values, tied.topk(k, dim=1).values)
 
 
 def test_blocked_topk_metrics_match_plain_topk(monkeypatch):
@@ -208,12 +211,13 @@ def test_top_k_matches_brute_force(monkeypatch, exclude_self):
     x = rng.normal(size=(300, 6)).astype(np.float32) * rng.uniform(0.5, 3.0, size=(300, 1)).astype(np.float32)
     queries = x if exclude_self else x[:40]
     cos, idx = neighbours.top_k(queries, x, k=5, exclude_self=exclude_self, chunk_size=17)
-    unit = x / np.linalg.norm(x, axis=1, keepdims=True)
+    x64 = x.astype(np.float64)
+    unit = x64 / np.linalg.norm(x64, axis=1, keepdims=True)
     sims = unit[: len(queries)] @ unit.T
     if exclude_self:
         np.fill_diagonal(sims, -np.inf)
-    expected = np.argsort(-sims, axis=1)[:, :5]
+    expected = np.argsort(-sims, axis=1, kind="stable")[:, :5]
     np.testing.assert_array_equal(idx, expected)
-    np.testing.assert_allclose(cos, np.take_along_axis(sims, expected, axis=1), atol=1e-6)
+    np.testing.assert_allclose(cos, np.take_along_axis(sims, expected, axis=1), rtol=0, atol=1e-14)
     capped_cos, capped = neighbours.top_k(x[:3], x[:3], k=10, exclude_self=True)
     assert capped.shape == capped_cos.shape == (3, 2)  # k capped at the other items

@@ -52,7 +52,7 @@ def best_state(checkpoint_path: Path) -> dict:
 def test_eval_never_writes_into_a_training_run_dir(trained_run, tmp_path):
     run = copy_run(trained_run, tmp_path / "run")
     before = snapshot(run)
-    result = run_cli("-m", "simlearn.eval", f"ckpt_path={run}/checkpoints/last.ckpt", f"hydra.run.dir={run}")
+    result = run_cli("-m", "simlearn.cli.eval", f"ckpt_path={run}/checkpoints/last.ckpt", f"hydra.run.dir={run}")
     assert_clean_failure(result, "already holds the results of another run", "metrics.json", "hydra.run.dir")
     assert result.returncode == 2
     assert snapshot(run) == before
@@ -199,11 +199,11 @@ def test_strategies_that_keep_results_in_child_processes_are_refused_before_trai
 @pytest.mark.parametrize(
     "module,args,missing",
     [
-        ("simlearn.eval", [], "ckpt_path"),
-        ("simlearn.embed", [], "ckpt_path"),
-        ("simlearn.export", [], "ckpt_path"),
-        ("simlearn.search", ["query=q.png", "gallery=g/"], "ckpt_path"),
-        ("simlearn.search", ["ckpt_path=x.ckpt", "gallery=g/"], "query"),
+        ("simlearn.cli.eval", [], "ckpt_path"),
+        ("simlearn.cli.embed", [], "ckpt_path"),
+        ("simlearn.cli.export", [], "ckpt_path"),
+        ("simlearn.cli.search", ["query=q.png", "gallery=g/"], "ckpt_path"),
+        ("simlearn.cli.search", ["ckpt_path=x.ckpt", "gallery=g/"], "query"),
     ],
 )
 def test_missing_required_values_are_asked_for_in_one_line(tmp_path, module, args, missing):

@@ -25,6 +25,7 @@ from simlearn.search import gallery_from_npz, run_search, search
 from simlearn.train import train
 
 from .helpers import run_cli
+from .test_neighbours import reference_order
 
 
 @pytest.fixture(scope="module")
@@ -77,7 +78,7 @@ def search_config(trained: dict[str, Path], out: Path, *overrides: str):
 def search_cli(trained: dict[str, Path], tmp_path: Path, gallery: Path):
     return run_cli(
         "-m",
-        "simlearn.search",
+        "simlearn.cli.search",
         f"ckpt_path={trained['ckpt']}",
         f"query={trained['query']}",
         f"gallery={gallery}",
@@ -188,6 +189,34 @@ def test_a_sound_npz_still_searches(trained, tmp_path):
     results = search(search_config(trained, tmp_path, "k=3"))
     assert len(results) == 3 and all(len(r["results"]) == 3 for r in results)
     assert all(np.isfinite(item["cos"]) for r in results for item in r["results"])
+
+
+# -- exact results ------------------------------------------------------------------------------------------------
+def test_search_equals_a_float64_brute_force_ties_to_the_lower_index(trained, tmp_path):
+    """simlearn-search, exactly and through a saved Flat index, gives the neighbours of a float64 brute force whose
+    exact ties (duplicated gallery rows) go to the lower gallery index; an HNSW index says it is approximate."""
+    arrays = np.load(trained["npz"])
+    again = np.arange(0, 450, 9)  # 50 rows twice: exact ties
+    npz = altered_npz(
+        trained,
+        tmp_path / "ties.npz",
+        embeddings=np.concatenate([arrays["embeddings"], arrays["embeddings"][again]]),
+        labels=np.concatenate([arrays["labels"], arrays["labels"][again]]),
+        index=np.concatenate([arrays["index"], arrays["index"][again]]),
+    )
+    gallery = gallery_from_npz(npz, load_encoder(trained["ckpt"]))
+    queries = gallery.embeddings[[0, 9, 17, 200, 449]] + np.float32(0.01)
+    order, cos = reference_order(queries, gallery.embeddings, self_search=False)
+    for threshold in (None, 1):  # searched exactly; through the saved faiss Flat index
+        if threshold is not None:
+            pytest.importorskip("faiss")
+        found_cos, found, method = run_search(queries, gallery, 8, faiss_threshold=threshold)
+        np.testing.assert_array_equal(found, order[:, :8])
+        np.testing.assert_allclose(found_cos, np.take_along_axis(cos, found, axis=1), rtol=0, atol=1e-15)
+        assert method.startswith("exact") and "APPROXIMATE" not in method
+    assert npz.with_suffix(".faiss").is_file()
+    *_, method = run_search(queries, gallery, 8, faiss_threshold=1, factory="HNSW32")
+    assert "APPROXIMATE" in method
 
 
 # -- hints that name the config key -------------------------------------------------------------------------------

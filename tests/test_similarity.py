@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from simlearn.errors import UserError
-from simlearn.evaluation import ClassSimilarity, class_similarity
+from simlearn.reports import ClassSimilarity, class_similarity
 
 
 def _brute_force(x: np.ndarray, y: np.ndarray) -> np.ndarray:

@@ -6,10 +6,10 @@ import yaml
 from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 
+from simlearn.cli.collect import main as collect_main
 from simlearn.config import config_dir
 from simlearn.loggers import sweep_group
 from simlearn.sweeps import collect
-from simlearn.sweeps import main as collect_main
 
 from .helpers import run_cli
 

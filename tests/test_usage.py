@@ -14,10 +14,10 @@ from sklearn.datasets import load_digits
 
 from simlearn.checkpoints import load_encoder, restore
 from simlearn.config import compose_config
+from simlearn.data.images import ImageLoader, embed_files
 from simlearn.embed import embed_dataset
 from simlearn.errors import UserError
 from simlearn.export import export
-from simlearn.images import ImageLoader, embed_files
 from simlearn.search import gallery_from_npz, run_search, search
 from simlearn.train import train
 
@@ -235,11 +235,11 @@ def test_cli_user_errors_exit_2_without_traceback(trained, tmp_path, case):
     common = [f"ckpt_path={trained['ckpt']}", f"hydra.run.dir={tmp_path / 'run'}"]
     args, fragment = {
         "query-not-an-image": (
-            ["-m", "simlearn.search", *common, f"query={not_image}", f"gallery={trained['gallery']}"],
+            ["-m", "simlearn.cli.search", *common, f"query={not_image}", f"gallery={trained['gallery']}"],
             "is not an image that can be read",
         ),
         "gallery-of-another-model": (
-            ["-m", "simlearn.search", *common, f"query={trained['query']}", f"gallery={other}"],
+            ["-m", "simlearn.cli.search", *common, f"query={trained['query']}", f"gallery={other}"],
             "holds 2-d embeddings but the checkpoint",
         ),
     }[case]

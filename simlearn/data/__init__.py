@@ -11,7 +11,6 @@ from simlearn.data.image_files import FileTable, ImageCSVDataModule, ImageFileDa
 from simlearn.data.in_memory import ImageTensors, InMemoryImageDataModule, TensorImageDataset
 from simlearn.data.mnist import MNISTDataModule
 from simlearn.data.pairs import PairsCSVDataModule, PairTable
-from simlearn.data.toy_animals import ToyAnimalsDataModule
 
 __all__ = [
     "AwA2DataModule",
@@ -29,5 +28,4 @@ __all__ = [
     "PairsCSVDataModule",
     "SplitDataset",
     "TensorImageDataset",
-    "ToyAnimalsDataModule",
 ]

@@ -1,32 +1,71 @@
-"""Exact nearest neighbours of queries in a gallery under cosine similarity, searched chunk by chunk of queries.
+"""The one nearest-neighbour search of simlearn under cosine similarity: the retrieval metrics, the kNN accuracy,
+the plots' retrieval grid and ``simlearn-search`` all read it.
 
-Two backends give the same neighbours (up to the order of exactly tied similarities): ``"torch"`` (a matrix product
-and a top-k per chunk, on the device of the embeddings) and ``"faiss"`` (faiss's exact inner-product search,
-``pip install faiss-cpu``, on the CPU). ``"auto"`` takes faiss for galleries of :data:`FAISS_MIN_GALLERY` items or
-more on the CPU when it is installed, torch otherwise (see :func:`choose_backend`). The retrieval metrics and the
-kNN accuracy (:mod:`simlearn.evaluation.retrieval`) both read one search.
+**What "exact" means here.** A query's neighbours are the gallery items sorted by their cosine similarity computed
+in float64 from the given vectors, ``cos = a·b / (|a| |b|)``, most similar first; items with equal cosines come in
+the order of their gallery index, the lower index first. In self-search (``exclude_self``) a query's own item is
+never its neighbour. The result equals a float64 brute force sorted with ``np.lexsort((index, -cos))``, for either
+backend, any chunk size and any device (tested, exact duplicates included). A zero vector has cosine 0 with
+everything.
+
+**How, at float32 speed.** Each chunk of queries is searched in float32 on unit vectors (``"torch"``: a matrix
+product and a top-k, on the device of the embeddings; ``"faiss"``: faiss's exact inner-product search, on the CPU)
+for k + :data:`EXTRA_CANDIDATES` candidates. A float32 score is within ``err`` = :func:`score_error_bound` of the
+float64 cosine, so:
+
+* the order of two candidates whose float32 scores differ by more than ``2 err`` is already the float64 order; only
+  runs of candidates closer than that (near-ties, exact ties) reaching into the top k are re-scored in float64 from
+  the caller's arrays (never a float64 copy of the gallery; in blocks of pairs, so memory stays bounded for any k)
+  and sorted by (-cos, index);
+* no item outside the candidates can rank in the top k when the k-th float32 score exceeds the last candidate's by
+  more than ``2 err`` (then every other item's cosine is below every top-k cosine), or when every item is a
+  candidate. A query for which neither holds is searched again with twice the candidates, until one does.
+
+``"auto"`` takes faiss for galleries of :data:`FAISS_MIN_GALLERY` items or more on the CPU when it is installed,
+torch otherwise (:func:`choose_backend`). A saved faiss index (:func:`gallery_index`: built once, saved next to the
+gallery embeddings, reused while they are unchanged) can replace the float32 search: a flat (exact) one gives the
+same exact result; an approximate one (e.g. HNSW32) gives its candidates re-scored and sorted by the same rule, but
+may miss neighbours it did not visit (:attr:`GalleryIndex.exact` says which).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import importlib.util
+import json
+import logging
+import os
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
 
 from simlearn.errors import UserError
+from simlearn.evaluation.vectors import numpy_view, pairwise_row_sums, row_norms, unit_rows
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "BACKENDS",
+    "EXTRA_CANDIDATES",
     "FAISS_MIN_GALLERY",
+    "GalleryIndex",
+    "NeighbourChunk",
+    "Neighbours",
     "QueryGallery",
+    "SearchData",
     "choose_backend",
+    "gallery_index",
     "neighbour_chunks",
     "query_gallery",
+    "score_error_bound",
+    "search_data",
     "top_k",
-    "unit_rows",
 ]
 
 _AUTO_CHUNK_FLOATS = 2**24  # similarity-matrix entries per automatic chunk
@@ -37,17 +76,75 @@ BACKENDS = ("auto", "torch", "faiss")
 FAISS_MIN_GALLERY = 4096
 #: faiss itself searches queries in blocks of 4096, so larger chunks gain nothing (only memory).
 _FAISS_MAX_CHUNK = 4096
-#: Gallery columns per block of the CPU top-k, and the fewest blocks per k for which it pays (see _topk_indices).
+#: Gallery columns per block of the CPU top-k, and the fewest blocks per k for which it pays (see _topk).
 _TOPK_BLOCK = 64
 _TOPK_MIN_BLOCKS_PER_K = 4
-#: rows whose norms are all within this of 1 are used as they are: normalised float32 rows deviate by at most
-#: 3e-7 (measured up to d=2048), so skipping the copy changes cosines by no more than float32 rounding does
+#: rows whose norms are all within this of 1 are searched as they are (no normalised copy, 2 GB at 1M x 512): a
+#: float32 row normalised by any library deviates by at most 3e-7 (measured up to d=2048); the deviation enters
+#: the error bound (score_error_bound), so it costs a little more re-scoring, never a wrong order
 _UNIT_TOLERANCE = 1e-6
+#: float32 candidates searched beyond the k asked for: the k-th and the last candidate's scores must differ by
+#: more than twice the error bound for the top k to be certain; 8 makes a second search rare (re-searched queries
+#: are logged at debug level)
+EXTRA_CANDIDATES = 8
+#: float64 entries per block of re-scored (query, candidate) pairs: 1 MB per gathered side, which stays in the CPU
+#: cache (3x faster than 32 MB blocks, measured at d=512)
+_RESCORE_FLOATS = 2**17
+#: on a GPU (or for CPU dtypes numpy lacks) each block costs kernel launches rather than cache misses: 128 MB
+_GPU_RESCORE_FLOATS = 2**24
 _INT_DTYPES = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
 
 
-def _as_embeddings(x, name: str, device: torch.device) -> torch.Tensor:
-    t = x.detach() if isinstance(x, torch.Tensor) else torch.as_tensor(np.asarray(x))
+def score_error_bound(dim: int) -> float:
+    """A proven bound on ``|s32 - c64|``, the float32 score of a query and a gallery item in the search against
+    their float64 cosine (the ranking key), for ``dim``-dimensional embeddings. Every term is a worst case (no
+    estimate, no summation order assumed), so the bound is conservative: for unit vectors the actual float32 error
+    is typically ~sqrt(d) u, the bound d u.
+
+    With u = 2**-24 (float32 rounding), v = 2**-53 (float64 rounding), a and b the given rows (their values are
+    exact in float64), â = a / |a| and x the float32 unit row searched:
+
+    1. ``|x - â| <= delta = _UNIT_TOLERANCE + 2u + (d + 4) 2v``. A row kept as it is (all rows' float64 norms within
+       ``_UNIT_TOLERANCE`` of 1, the norm itself off by at most (d + 2) v) is â scaled by |a|, rounded to float32
+       when given in float64 (u |a|); a normalised row is a / |a| in float64, rounded once to float32 (u).
+       So |x| <= 1 + delta.
+    2. ``|s32 - x·y| <= gamma_d (1 + delta)**2 + 2d 2**-150`` with gamma_d = d u / (1 - d u): a float32 dot product
+       in any summation order, with or without FMA (Higham, *Accuracy and Stability of Numerical Algorithms*, 2002,
+       eq. 3.5: gamma_d times sum |x_i y_i| <= |x| |y|), plus underflow (at most 2d operations off by 2**-150 each).
+       TF32 / bf16 matmuls would break it: the search turns them off (:func:`_ieee_float32`).
+    3. ``|x·y - â·b̂| <= 2 delta + delta**2`` (Cauchy-Schwarz on x = â + e).
+    4. ``|c64 - â·b̂| <= (3d + 8) v``: the float64 dot product and the two norms (pairwise sums, at most d
+       roundings each, relative to |a| |b|), their product, the square roots and the division.
+    5. ``2**-40``: room for the float64 arithmetic that compares float32 scores against the bound (relative 2v).
+
+    The sum: 3.28e-5 for d = 512, 6.1e-6 for d = 64, 2.4e-6 for d = 2 (where the unit tolerance dominates).
+    Two scores more than twice this apart are in float64 order; closer ones are re-scored.
+    """
+    u, v = 2.0**-24, 2.0**-53
+    d = max(1, int(dim))
+    gamma = d * u / (1 - d * u)
+    delta = _UNIT_TOLERANCE + 2 * u + (d + 4) * 2 * v
+    dot32 = gamma * (1 + delta) ** 2 + 2 * d * 2.0**-150
+    return dot32 + 2 * delta + delta**2 + (3 * d + 8) * v + 2.0**-40
+
+
+# ---------------------------------------------------------------- the searched vectors
+
+
+def _raw_tensor(x: Any) -> torch.Tensor:
+    """The caller's array as a tensor sharing its memory (numpy through ``from_numpy``), detached."""
+    if isinstance(x, torch.Tensor):
+        return x.detach()
+    array = np.asarray(x)
+    if any(stride < 0 for stride in array.strides):  # torch cannot view negative strides (x[::-1])
+        array = array.copy()
+    return torch.as_tensor(array)
+
+
+def _as_embeddings(x: Any, name: str, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(raw, unit, norms)``: the caller's values (any real dtype, where they are), their unit float32 rows on
+    ``device`` (``raw`` itself when it is float32 of unit length on ``device``) and the rows' float64 norms."""
+    t = _raw_tensor(x)
     if t.ndim != 2:
         raise UserError(
             f"{name} must be a 2-D array of shape (num_items, dim), got shape {tuple(t.shape)}; "
@@ -57,24 +154,76 @@ def _as_embeddings(x, name: str, device: torch.device) -> torch.Tensor:
         raise UserError(f"{name} is empty (shape {tuple(t.shape)}); pass at least one item with dim >= 1.")
     if t.is_complex() or not (t.is_floating_point() or t.dtype in _INT_DTYPES):
         raise UserError(f"{name} must hold real numbers, got dtype {t.dtype}; convert it to float32.")
-    t = t.to(device=device, dtype=torch.float32)
-    norms = torch.linalg.vector_norm(t, dim=1)
-    if not torch.isfinite(norms).all():  # a non-finite entry, or finite ones whose squares overflow float32
-        bad = int((~torch.isfinite(t)).any(dim=1).sum())
-        if bad:
-            raise UserError(
-                f"{name} contains NaN or inf (or, as float64, values beyond float32's ±3.4e38) in {bad} row(s); "
-                "all values must be finite. Check the model/training for divergence or drop those items."
-            )
-        t = t / t.abs().amax(dim=1, keepdim=True).clamp(min=torch.finfo(torch.float32).tiny)
-        norms = torch.linalg.vector_norm(t, dim=1)
-    if float((norms - 1).abs().max()) <= _UNIT_TOLERANCE:
-        return t  # already unit length, as trained embeddings are: no normalised copy (2 GB at 1M x 512)
-    return t / norms.clamp(min=1e-12).unsqueeze(1)
+    norms = row_norms(t)
+    if not torch.isfinite(norms).all():  # a NaN or inf entry (or a float64 beyond 1e154, whose square overflows)
+        bad = int((~torch.isfinite(norms)).sum())
+        raise UserError(
+            f"{name} contains NaN or inf in {bad} row(s); all values must be finite. "
+            "Check the model/training for divergence or drop those items."
+        )
+    unit = unit_rows(t, torch.float32, tolerance=_UNIT_TOLERANCE, norms=norms).to(device)
+    return t, unit, norms
 
 
-def _as_labels(y, name: str, n: int, emb_name: str, device: torch.device) -> torch.Tensor:
-    t = y.detach() if isinstance(y, torch.Tensor) else torch.as_tensor(np.asarray(y))
+@dataclass
+class SearchData:
+    """Queries and gallery ready to search: unit float32 rows on the search device (embeddings that already had unit
+    length share memory with the caller's array: read them, never modify them in place), and the caller's own
+    arrays with their float64 norms, read by the float64 re-scoring. ``self_search``: the queries are the gallery
+    and a query's own item is never its neighbour (leave-one-out)."""
+
+    queries: torch.Tensor
+    gallery: torch.Tensor
+    self_search: bool
+    raw_queries: torch.Tensor
+    raw_gallery: torch.Tensor
+    query_norms: torch.Tensor
+    gallery_norms: torch.Tensor
+
+    @property
+    def num_candidates(self) -> int:
+        """Gallery items each query is ranked against."""
+        return len(self.gallery) - int(self.self_search)
+
+    @property
+    def device(self) -> torch.device:
+        return self.queries.device
+
+    def cpu(self) -> SearchData:
+        """The unit rows on the CPU (for faiss); the caller's arrays stay where they are."""
+        queries = self.queries.cpu()
+        gallery = queries if self.gallery is self.queries else self.gallery.cpu()
+        return dataclasses.replace(self, queries=queries, gallery=gallery)
+
+
+def search_data(queries: Any, gallery: Any = None, names: tuple[str, str] = ("queries", "gallery")) -> SearchData:
+    """Check and normalise queries and an optional gallery (None: the queries searched against themselves,
+    leave-one-out). Runs on the device of ``queries`` if it is a tensor, else on the CPU; every problem with the
+    inputs is a :class:`UserError` naming the argument (``names``)."""
+    device = queries.device if isinstance(queries, torch.Tensor) else torch.device("cpu")
+    return _with_gallery(_as_embeddings(queries, names[0], device), gallery, names, device)
+
+
+def _with_gallery(
+    checked_queries: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+    gallery: Any,
+    names: tuple[str, str],
+    device: torch.device,
+) -> SearchData:
+    raw_q, q, q_norms = checked_queries
+    if gallery is None:
+        return SearchData(q, q, True, raw_q, raw_q, q_norms, q_norms)
+    raw_g, g, g_norms = _as_embeddings(gallery, names[1], device)
+    if g.shape[1] != q.shape[1]:
+        raise UserError(
+            f"{names[1]} have dim {g.shape[1]} but {names[0]} have dim {q.shape[1]}; "
+            "queries and gallery must come from the same model."
+        )
+    return SearchData(q, g, False, raw_q, raw_g, q_norms, g_norms)
+
+
+def _as_labels(y: Any, name: str, n: int, emb_name: str, device: torch.device) -> torch.Tensor:
+    t = _raw_tensor(y)
     if t.ndim != 1:
         raise UserError(f"{name} must be a 1-D array of integer class ids, got shape {tuple(t.shape)}.")
     if t.dtype not in _INT_DTYPES:
@@ -89,18 +238,13 @@ def _as_labels(y, name: str, n: int, emb_name: str, device: torch.device) -> tor
 
 
 @dataclass
-class QueryGallery:
-    """L2-normalised float32 queries and gallery on one device, their labels as class ids ``0 .. num_classes - 1``
-    shared by both (sorted like the labels, so the smallest label has id 0), and whether the queries are searched
-    against themselves (leave-one-out: a query's own item is never its neighbour). Embeddings that already had
-    unit length share memory with the caller's array: read them, never modify them in place."""
+class QueryGallery(SearchData):
+    """:class:`SearchData` with labels: class ids ``0 .. num_classes - 1`` shared by queries and gallery (sorted
+    like the labels, so the smallest label has id 0) and the number of relevant items of each query."""
 
-    queries: torch.Tensor
-    gallery: torch.Tensor
     query_classes: torch.Tensor
     gallery_classes: torch.Tensor
     labels: torch.Tensor  # the original label of each class id
-    self_search: bool
     #: R_q of each query: the gallery items of its class, not counting its own item in self-search
     relevant: torch.Tensor = field(init=False)
 
@@ -108,60 +252,55 @@ class QueryGallery:
         counts = torch.bincount(self.gallery_classes, minlength=len(self.labels))
         self.relevant = counts[self.query_classes] - int(self.self_search)
 
-    @property
-    def num_candidates(self) -> int:
-        """Gallery items each query is ranked against."""
-        return len(self.gallery) - int(self.self_search)
-
-    @property
-    def device(self) -> torch.device:
-        return self.queries.device
-
     def cpu(self) -> QueryGallery:
-        queries, query_classes = self.queries.cpu(), self.query_classes.cpu()
-        if self.self_search:
-            gallery, gallery_classes = queries, query_classes
-        else:
-            gallery, gallery_classes = self.gallery.cpu(), self.gallery_classes.cpu()
-        return QueryGallery(queries, gallery, query_classes, gallery_classes, self.labels.cpu(), self.self_search)
+        query_classes = self.query_classes.cpu()
+        same = self.gallery_classes is self.query_classes
+        return dataclasses.replace(
+            super().cpu(),
+            query_classes=query_classes,
+            gallery_classes=query_classes if same else self.gallery_classes.cpu(),
+            labels=self.labels.cpu(),
+        )
 
 
-def query_gallery(embeddings, labels, gallery_embeddings=None, gallery_labels=None) -> QueryGallery:
+def query_gallery(
+    embeddings: Any, labels: Any, gallery_embeddings: Any = None, gallery_labels: Any = None
+) -> QueryGallery:
     """Check and normalise queries and an optional gallery (both gallery arguments or neither: self-search).
 
     Computation runs on the device of ``embeddings`` if it is a tensor, else on the CPU. Every problem with the
     inputs is a :class:`UserError` that names the argument and how to fix it.
     """
-    device = embeddings.device if isinstance(embeddings, torch.Tensor) else torch.device("cpu")
-    q = _as_embeddings(embeddings, "embeddings", device)
-    q_lab = _as_labels(labels, "labels", len(q), "embeddings", device)
     self_search = gallery_embeddings is None and gallery_labels is None
-    if self_search:
-        g, g_lab = q, q_lab
-    elif gallery_embeddings is None or gallery_labels is None:
+    if not self_search and (gallery_embeddings is None or gallery_labels is None):
         missing = "gallery_embeddings" if gallery_embeddings is None else "gallery_labels"
         raise UserError(
             f"{missing} is missing: pass gallery_embeddings and gallery_labels together, "
             "or neither to search the queries against themselves."
         )
-    else:
-        g = _as_embeddings(gallery_embeddings, "gallery_embeddings", device)
-        g_lab = _as_labels(gallery_labels, "gallery_labels", len(g), "gallery_embeddings", device)
-        if g.shape[1] != q.shape[1]:
-            raise UserError(
-                f"gallery_embeddings have dim {g.shape[1]} but embeddings have dim {q.shape[1]}; "
-                "queries and gallery must come from the same model."
-            )
+    device = embeddings.device if isinstance(embeddings, torch.Tensor) else torch.device("cpu")
+    checked = _as_embeddings(embeddings, "embeddings", device)
+    q_lab = _as_labels(labels, "labels", len(checked[0]), "embeddings", device)
+    data = _with_gallery(checked, gallery_embeddings, ("embeddings", "gallery_embeddings"), device)
+    g_lab = q_lab
+    if not self_search:
+        g_lab = _as_labels(gallery_labels, "gallery_labels", len(data.gallery), "gallery_embeddings", device)
     classes, inverse = torch.unique(torch.cat([q_lab, g_lab]), return_inverse=True)
-    return QueryGallery(q, g, inverse[: len(q)], inverse[len(q) :], classes, self_search)
+    query_classes = inverse[: len(data.queries)]
+    gallery_classes = query_classes if self_search else inverse[len(data.queries) :]
+    return QueryGallery(**vars(data), query_classes=query_classes, gallery_classes=gallery_classes, labels=classes)
+
+
+# ---------------------------------------------------------------- backends
 
 
 def _faiss_installed() -> bool:
     return importlib.util.find_spec("faiss") is not None
 
 
-def _import_faiss():
+def _import_faiss() -> Any:
     try:
+        logging.getLogger("faiss.loader").setLevel(logging.WARNING)
         import faiss
     except ImportError as error:
         raise UserError(
@@ -188,9 +327,9 @@ def choose_backend(backend: str, device: torch.device | str, gallery_size: int) 
     return "faiss" if _faiss_installed() else "torch"
 
 
-def _topk_indices(sims: torch.Tensor, k: int) -> torch.Tensor:
-    """Column indices of the k largest entries of each row of ``sims``, most similar first (exact; equal values in
-    any order, as with ``topk``).
+def _topk(sims: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(values, columns)`` of the k largest entries of each row of ``sims``, largest first (exact; equal values
+    in any order, as with ``topk``: the caller orders ties).
 
     On the CPU a full ``topk`` costs a few ns per entry, as much as the matrix product at small dims. Splitting each
     row into blocks of :data:`_TOPK_BLOCK` columns, the k largest entries lie in the k blocks with the largest
@@ -201,7 +340,8 @@ def _topk_indices(sims: torch.Tensor, k: int) -> torch.Tensor:
     block = _TOPK_BLOCK
     num_blocks = n // block
     if sims.device.type != "cpu" or num_blocks < _TOPK_MIN_BLOCKS_PER_K * k or sims.stride(1) != 1:
-        return sims.topk(k, dim=1).indices
+        top = sims.topk(k, dim=1)
+        return top.values, top.indices
     blocks = sims.as_strided((rows, num_blocks, block), (sims.stride(0), block, 1))
     best = blocks.amax(dim=2).topk(k, dim=1, sorted=False).indices  # (rows, k) block numbers
     candidates = blocks[torch.arange(rows, device=sims.device).unsqueeze(1), best].view(rows, k * block)
@@ -210,72 +350,350 @@ def _topk_indices(sims: torch.Tensor, k: int) -> torch.Tensor:
         candidates = torch.cat([candidates, sims[:, num_blocks * block :]], dim=1)
         tail = torch.arange(num_blocks * block, n, device=sims.device)
         columns = torch.cat([columns, tail.expand(rows, -1)], dim=1)
-    return columns.gather(1, candidates.topk(k, dim=1).indices)
+    top = candidates.topk(k, dim=1)
+    return top.values, columns.gather(1, top.indices)
 
 
-def _torch_search(q: torch.Tensor, g: torch.Tensor, self_search: bool) -> Callable[[int, int, int], torch.Tensor]:
-    def search(start: int, stop: int, k: int) -> torch.Tensor:
-        sims = q[start:stop] @ g.T
-        if self_search:
-            rows = torch.arange(stop - start, device=sims.device)
-            sims[rows, rows + start] = float("-inf")
-        return _topk_indices(sims, k)
+@contextmanager
+def _ieee_float32() -> Iterator[None]:
+    """float32 matrix products in IEEE float32 (no TF32 / bf16 shortcuts) for the duration: the error bound of
+    :func:`score_error_bound` assumes it. A no-op unless someone lowered ``torch.set_float32_matmul_precision``."""
+    previous = torch.get_float32_matmul_precision()
+    if previous == "highest":
+        yield
+        return
+    torch.set_float32_matmul_precision("highest")
+    try:
+        yield
+    finally:
+        torch.set_float32_matmul_precision(previous)
+
+
+#: ``search(rows, k) -> (scores, indices)``: the float32 scores (descending) and gallery rows of the k best
+#: candidates of the queries ``rows``, the query's own item left out in self-search
+Search = Callable[[torch.Tensor, int], tuple[torch.Tensor, torch.Tensor]]
+
+
+def _torch_search(data: SearchData) -> Search:
+    q, g = data.queries, data.gallery
+
+    def search(rows: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        with _ieee_float32():
+            sims = q[rows] @ g.T
+        if data.self_search:
+            sims[torch.arange(len(rows), device=sims.device), rows] = float("-inf")
+        return _topk(sims, k)
 
     return search
 
 
-def _faiss_search(q: torch.Tensor, g: torch.Tensor, self_search: bool) -> Callable[[int, int, int], torch.Tensor]:
+def _faiss_search(data: SearchData, index: Any = None) -> Search:
     """faiss's exact inner-product search (the kernel of ``IndexFlatIP.search``, without copying the gallery into
-    an index) on the normalised float32 arrays; in self-search one extra neighbour is asked for and the query's own
-    item dropped (or the last one, when exact ties pushed the own item out of the list)."""
+    an index) on the unit float32 arrays on the CPU, or ``index.search`` of a given index; in self-search one extra
+    candidate is asked for and the query's own item dropped (or the last one, when exact ties pushed the own item
+    out of the list)."""
     faiss = _import_faiss()
-    xb = g.contiguous().numpy()  # C order, so that faiss does not copy the gallery for every chunk
-    xq = xb if q is g else q.contiguous().numpy()
+    xb = data.gallery.contiguous().numpy()  # C order, so that faiss does not copy the gallery for every chunk
+    xq = xb if data.queries is data.gallery else data.queries.contiguous().numpy()
 
-    def search(start: int, stop: int, k: int) -> torch.Tensor:
-        _, found = faiss.knn(xq[start:stop], xb, k + int(self_search), metric=faiss.METRIC_INNER_PRODUCT)
-        idx = torch.from_numpy(found)
-        if self_search:
-            own = idx == torch.arange(start, stop).unsqueeze(1)
+    def search(rows: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        rows_np = rows.numpy()
+        contiguous = len(rows_np) > 0 and rows_np[-1] - rows_np[0] + 1 == len(rows_np)
+        block = xq[rows_np[0] : rows_np[-1] + 1] if contiguous else xq[rows_np]  # a view for a chunk's rows
+        extra = int(data.self_search)
+        if index is None:
+            scores, found = faiss.knn(block, xb, k + extra, metric=faiss.METRIC_INNER_PRODUCT)
+        else:
+            scores, found = index.search(block, k + extra)
+        scores, found = torch.from_numpy(scores), torch.from_numpy(found)
+        if data.self_search:
+            own = found == rows.unsqueeze(1)
             own[~own.any(dim=1), -1] = True
-            idx = idx[~own].view(stop - start, k)
-        return idx
+            scores, found = scores[~own].view(len(rows), k), found[~own].view(len(rows), k)
+        return scores, found
 
     return search
+
+
+# ---------------------------------------------------------------- exact order
+
+
+def _cosines(data: SearchData, query_rows: torch.Tensor, gallery_rows: torch.Tensor) -> torch.Tensor:
+    """float64 cosines of the pairs (query_rows[i], gallery_rows[i]) from the caller's arrays, a·b / (|a| |b|),
+    computed in blocks of pairs (bounded memory for any number of pairs), on the device of the raw queries (through
+    numpy on the CPU: single-threaded, it does not stall on a busy machine); returned on the search device."""
+    device = data.raw_queries.device
+    raw_q, raw_g = numpy_view(data.raw_queries), numpy_view(data.raw_gallery)
+    if raw_q is not None and raw_g is not None:
+        query_norms, gallery_norms = data.query_norms.numpy(), data.gallery_norms.numpy()
+        qi_all, gi_all = query_rows.cpu().numpy(), gallery_rows.cpu().numpy()
+        out = np.empty(len(qi_all), dtype=np.float64)
+        step = max(1, _RESCORE_FLOATS // raw_q.shape[1])
+        for i in range(0, len(qi_all), step):
+            qi, gi = qi_all[i : i + step], gi_all[i : i + step]
+            a = raw_q[qi].astype(np.float64)
+            a *= raw_g[gi]  # float32 x float32 products are exact in float64
+            dot = pairwise_row_sums(a)  # the same order for every pair: exact duplicates tie exactly
+            out[i : i + step] = dot / np.maximum(query_norms[qi] * gallery_norms[gi], 1e-300)  # zero vector: 0
+        return torch.from_numpy(out).to(data.device)
+    query_rows, gallery_rows = query_rows.to(device), gallery_rows.to(device)
+    result = torch.empty(len(query_rows), dtype=torch.float64, device=device)
+    step = max(1, _GPU_RESCORE_FLOATS // data.raw_queries.shape[1])
+    g_device = data.raw_gallery.device
+    for i in range(0, len(query_rows), step):
+        qi, gi = query_rows[i : i + step], gallery_rows[i : i + step]
+        a = data.raw_queries.index_select(0, qi).to(torch.float64)
+        b = data.raw_gallery.index_select(0, gi.to(g_device)).to(device=device, dtype=torch.float64)
+        dot = pairwise_row_sums(a.mul_(b))
+        norms = data.query_norms.to(device)[qi] * data.gallery_norms[gi.to(g_device)].to(device)
+        result[i : i + step] = dot / norms.clamp(min=1e-300)
+    return result.to(data.device)
+
+
+#: ``equivalent(query_rows, gallery_rows) -> keys``: a key per (query, candidate) pair such that candidates with
+#: equal keys are interchangeable for the caller (the metrics see only labels): a near-tie among them needs no
+#: re-scoring
+Equivalence = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def _ordered(
+    data: SearchData,
+    scores: torch.Tensor,
+    found: torch.Tensor,
+    query_rows: torch.Tensor,
+    ks: torch.Tensor,
+    width: int,
+    err: float,
+    exact: bool,
+    similarities: bool,
+    equivalent: Equivalence | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The candidates ``found`` (float32 ``scores``, descending) in the exact order, by (-cos64, index), in their
+    first ``ks[i]`` places for query i; returns the first ``width`` (<= the candidates) places, ``(indices, cos64 or
+    None)``; places beyond a query's own k keep further candidates, in float32 order.
+
+    A run is a stretch of candidates whose consecutive float32 scores are within 2 ``err`` (the only ones float32
+    may misorder; a candidate alone is a run of one). The order between runs is already the float64 order (their
+    scores differ by more than 2 err), so only runs of two or more that reach into the first k are re-scored in
+    float64 (never the whole gallery, nor every candidate) and sorted in place. ``equivalent``: runs whose members
+    all have one key keep their float32 order (interchangeable for the caller). ``exact=False`` (an approximate
+    index): each query's candidates are one run, all re-scored. ``similarities``: the float64 cosines of the first
+    k (every one re-scored) are returned too."""
+    rows, count = scores.shape
+    device = scores.device
+    s = scores.to(torch.float64)
+    ks = ks.to(device).clamp(min=1, max=count)
+    first = torch.arange(count, device=device) < ks.unsqueeze(1)  # (B, K): among the query's first k
+    if exact:
+        close = (s[:, :-1] - s[:, 1:]) <= 2 * err
+        run = torch.zeros((rows, count), dtype=torch.int64, device=device)
+        run[:, 1:] = torch.cumsum(~close, dim=1)  # run number of each place, counted along the row
+        need = torch.zeros((rows, count), dtype=torch.bool, device=device)
+        need[:, :-1] |= close
+        need[:, 1:] |= close
+        # beyond the query's k only the run of its k-th candidate matters (it decides which enter the top k)
+        need &= first | (run == run.gather(1, (ks - 1).unsqueeze(1)))
+    else:
+        run = torch.zeros((rows, count), dtype=torch.int64, device=device)
+        need = found >= 0  # an index may return -1 (fewer results than asked), which stay last
+    if similarities:
+        need |= first & (found >= 0)
+    row, place = need.nonzero(as_tuple=True)  # in row-major order: grouped by (row, run), as runs are contiguous
+    if exact and equivalent is not None and not similarities and len(row):
+        row, place = _mixed_runs(
+            row, place, row * count + run[row, place], equivalent(query_rows[row], found[row, place])
+        )
+    if len(row) == 0:
+        return found[:, :width], s[:, :width] if similarities else None
+    index = found[row, place]
+    cos = _cosines(data, query_rows[row], index)
+    # sort the re-scored entries by (row, run, -cos, index): stable sorts, least significant key first
+    order = torch.argsort(index, stable=True)
+    order = order[torch.argsort(cos[order], descending=True, stable=True)]
+    group = row * count + run[row, place]
+    order = order[torch.argsort(group[order], stable=True)]
+    # each (row, run) group keeps its places, so the sorted entries fill the places in their original order
+    top, key = found.clone(), s.clone()
+    top[row, place], key[row, place] = index[order], cos[order]
+    return top[:, :width], key[:, :width] if similarities else None
+
+
+def _mixed_runs(
+    row: torch.Tensor, place: torch.Tensor, group: torch.Tensor, keys: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The entries ``(row, place)`` of the runs (``group``, contiguous) whose members do not all have one key: in a run
+    of one key any order gives the caller the same result, so it keeps its float32 order, unscored."""
+    _, inverse, counts = torch.unique_consecutive(group, return_inverse=True, return_counts=True)
+    starts = torch.cumsum(counts, 0) - counts
+    differs = keys != keys[starts[inverse]]
+    mixed = torch.zeros(len(counts), dtype=torch.bool, device=group.device)
+    mixed[inverse[differs]] = True
+    keep = mixed[inverse]
+    return row[keep], place[keep]
+
+
+def _search_rows(
+    data: SearchData,
+    search: Search,
+    rows: torch.Tensor,
+    ks: torch.Tensor,
+    block_rows: Callable[[int], int],
+    exact: bool = True,
+    similarities: bool = False,
+    fallback: Search | None = None,
+    equivalent: Equivalence | None = None,
+    width: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The ``ks[i]`` nearest neighbours of each query ``rows[i]`` by the exact rule: ``(indices, cos64 or None)``,
+    (len(rows), ``width``: max ks unless given) on the search device; a query's places beyond its own k hold further
+    candidates in float32 order.
+    Queries whose top k the certainty test (module doc) cannot confirm are searched again with twice the candidates;
+    ``block_rows(K)`` bounds the queries searched at once for K candidates (memory). ``exact=False``: ``search`` is
+    approximate, its candidates are only re-ordered; queries for which it found fewer than k items are searched with
+    ``fallback`` (exact) instead."""
+    err = score_error_bound(data.queries.shape[1])
+    total = data.num_candidates
+    ks = ks.to(rows.device).clamp(min=1, max=total)
+    width = min(int(ks.max()) if width is None else width, total)
+    out = torch.empty((len(rows), width), dtype=torch.int64, device=data.device)
+    out_cos = torch.empty((len(rows), width), dtype=torch.float64, device=data.device) if similarities else None
+    pending = torch.arange(len(rows), device=rows.device)
+    count = min(width + EXTRA_CANDIDATES, total)
+    while len(pending):
+        step, again = max(1, block_rows(count)), []
+        for i in range(0, len(pending), step):
+            part = pending[i : i + step]
+            scores, found = search(rows[part], count)
+            part_ks = ks[part].to(scores.device)
+            if exact and count < total:  # certain: the k-th score beats the last candidate's by more than 2 err
+                kth = scores.gather(1, (part_ks - 1).unsqueeze(1)).squeeze(1).double()
+                sure = kth - scores[:, count - 1].double() > 2 * err
+            elif not exact:
+                sure = ((found >= 0) | (torch.arange(count, device=found.device) >= part_ks.unsqueeze(1))).all(dim=1)
+            else:
+                sure = torch.ones(len(part), dtype=torch.bool, device=scores.device)
+            if not bool(sure.all()):
+                again.append(part[~sure.to(part.device)])
+                part, scores, found, part_ks = part[sure.to(part.device)], scores[sure], found[sure], part_ks[sure]
+            if len(part):
+                top, cos = _ordered(
+                    data, scores, found, rows[part], part_ks, width, err, exact, similarities, equivalent
+                )
+                out[part] = top.to(out.device)
+                if out_cos is not None:
+                    out_cos[part] = cos.to(out.device)
+        pending = torch.cat(again) if again else pending[:0]
+        if len(pending) and not exact:  # the approximate index found too few: search those queries exactly
+            top, cos = _search_rows(
+                data, fallback, rows[pending], ks[pending], block_rows, True, similarities, width=width
+            )
+            out[pending] = top
+            if out_cos is not None:
+                out_cos[pending] = cos
+            break
+        if len(pending):
+            count = min(2 * count, total)
+            log.debug(
+                "%d queries with near-ties at their k-th place: searched again with %d candidates", len(pending), count
+            )
+    return out, out_cos
+
+
+# ---------------------------------------------------------------- the search
+
+
+class NeighbourChunk(NamedTuple):
+    """The neighbours of the queries ``start:stop``: ``indices`` (stop - start, k) gallery rows, in the exact order in
+    each query's first ``needed`` places (beyond them: further candidates, in float32 order), ``similarities``
+    their float64 cosines (when asked for, else None), ``data`` the searched copy of the input (on the CPU when
+    faiss searched)."""
+
+    start: int
+    stop: int
+    indices: torch.Tensor
+    similarities: torch.Tensor | None
+    data: SearchData
 
 
 def neighbour_chunks(
-    data: QueryGallery, needed: torch.Tensor, backend: str = "auto", chunk_size: int | None = None
-) -> Iterator[tuple[int, int, torch.Tensor, QueryGallery]]:
-    """Search the queries chunk by chunk: for each chunk ``start:stop`` whose queries need any neighbours, yield
-    ``(start, stop, indices, data)`` with ``indices`` the (stop - start, k) gallery rows of each query's k most
-    similar candidates, most similar first, k the chunk's largest ``needed`` (one int per query, capped at the
-    candidates per query). ``data`` is the searched copy of the input (on the CPU when faiss searches).
+    data: SearchData,
+    needed: torch.Tensor,
+    backend: str = "auto",
+    chunk_size: int | None = None,
+    similarities: bool = False,
+    index: GalleryIndex | None = None,
+    interchangeable: str | None = None,
+) -> Iterator[NeighbourChunk]:
+    """Search the queries chunk by chunk: for each chunk ``start:stop`` whose queries need any neighbours, yield a
+    :class:`NeighbourChunk` with each query's ``needed`` nearest candidates (one int per query, capped at the
+    candidates per query) by the exact rule (module doc), k columns for the chunk's largest ``needed``.
 
     ``chunk_size`` (queries per chunk) bounds memory: chunk_size x gallery size floats (torch) or chunk_size x k
     result entries (faiss, which blocks its own search). ``None`` picks about 2**24 floats (64 MB) on a CPU, 2**28
     (1 GB) or a tenth of the free memory on a GPU (large products keep it busy), and for faiss the chunk whose k
     results hold about 2**22 entries (the metrics then build a few int64/float64 arrays of that shape), at most 4096
-    queries (faiss's own block).
+    queries (faiss's own block). ``index``: search through this faiss index of the gallery instead (see
+    :func:`gallery_index`; exact when :attr:`GalleryIndex.exact`).
+
+    ``interchangeable`` (for a :class:`QueryGallery`, whose metrics see only labels): ``"class"``: near-tied
+    candidates of one class may stay in float32 order among themselves (they give the same labels in any order);
+    ``"relevance"``: so may near-tied candidates all of the query's class or all of other classes (enough for
+    recall@k, precision@1, R-precision and MAP@R, not for kNN votes). The set of classes in each query's first
+    ``needed`` places is exact either way; this only saves float64 re-scoring.
     """
+    if interchangeable not in (None, "class", "relevance"):
+        raise ValueError(f"interchangeable must be None, 'class' or 'relevance', got {interchangeable!r}")
     if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1):
         raise UserError(f"chunk_size must be a positive int or None (automatic), got {chunk_size!r}.")
-    backend = choose_backend(backend, data.device, len(data.gallery))
+    if index is not None:
+        if index.index.ntotal != len(data.gallery) or index.index.d != data.gallery.shape[1]:
+            raise UserError(
+                f"the faiss index holds {index.index.ntotal} vectors of dim {index.index.d}, but the gallery has "
+                f"{len(data.gallery)} of dim {data.gallery.shape[1]}; build the index from this gallery."
+            )
+        backend = "faiss"
+    else:
+        backend = choose_backend(backend, data.device, len(data.gallery))
     if backend == "faiss" and data.device.type != "cpu":  # faiss searches on the CPU; everything follows it there
         data = data.cpu()
     # per-chunk k on the host: one transfer instead of a device sync per chunk
     needed = needed.cpu().clamp(max=data.num_candidates)
-    search = (_faiss_search if backend == "faiss" else _torch_search)(data.queries, data.gallery, data.self_search)
+    most = int(needed.max()) if len(needed) else 0
+    exact = index is None or index.exact
+    if backend == "faiss":
+        search = _faiss_search(data, None if index is None else index.index)
+        fallback = _faiss_search(data) if not exact else None
+
+        def block_rows(count: int) -> int:
+            return min(_FAISS_MAX_CHUNK, _AUTO_CHUNK_FLOATS // (4 * max(1, count)))
+
+    else:
+        search, fallback = _torch_search(data), None
+        torch_rows = max(1, _auto_chunk_floats(data.device) // len(data.gallery))
+
+        def block_rows(count: int) -> int:
+            return torch_rows
+
     if chunk_size is None:
-        if backend == "faiss":
-            chunk_size = max(1, min(_FAISS_MAX_CHUNK, _AUTO_CHUNK_FLOATS // (4 * max(1, int(needed.max())))))
-        else:
-            chunk_size = max(1, _auto_chunk_floats(data.device) // len(data.gallery))
+        chunk_size = max(1, block_rows(min(most + EXTRA_CANDIDATES, data.num_candidates)))
+    equivalent = _equivalence(data, interchangeable)
     for start in range(0, len(data.queries), chunk_size):
         stop = min(start + chunk_size, len(data.queries))
-        k = int(needed[start:stop].max())
-        if k > 0:
-            yield start, stop, search(start, stop, k), data
+        ks = needed[start:stop]
+        if int(ks.max()) > 0:
+            rows = torch.arange(start, stop, device=data.device)
+            top, cos = _search_rows(data, search, rows, ks, block_rows, exact, similarities, fallback, equivalent)
+            yield NeighbourChunk(start, stop, top, cos, data)
+
+
+def _equivalence(data: SearchData, interchangeable: str | None) -> Equivalence | None:
+    if interchangeable is None:
+        return None
+    if not isinstance(data, QueryGallery):
+        raise ValueError("interchangeable needs labels: search a QueryGallery")
+    if interchangeable == "class":
+        return lambda rows, found: data.gallery_classes[found]
+    return lambda rows, found: data.gallery_classes[found] == data.query_classes[rows]
 
 
 def _auto_chunk_floats(device: torch.device) -> int:
@@ -285,35 +703,128 @@ def _auto_chunk_floats(device: torch.device) -> int:
     return max(_AUTO_CHUNK_FLOATS, min(2**28, free // 40))  # a tenth of the free bytes, in floats
 
 
-def unit_rows(x: np.ndarray) -> np.ndarray:
-    """The rows of ``x`` scaled to unit length, as float32 (an all-zero row stays zero)."""
-    x = np.asarray(x, dtype=np.float32)
-    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+class Neighbours(NamedTuple):
+    """Each query's k nearest gallery items, most similar first: ``similarities`` (num_queries, k) float64 cosines
+    and ``indices`` (num_queries, k) int64 gallery rows."""
+
+    similarities: np.ndarray
+    indices: np.ndarray
 
 
 def top_k(
-    queries: np.ndarray, gallery: np.ndarray, k: int, exclude_self: bool = False, chunk_size: int = 1024
-) -> tuple[np.ndarray, np.ndarray]:
-    """Exact cosine top-k on the CPU: ``(cos, index)``, both (num_queries, k), most similar first, in chunks of
-    queries (never a full query × gallery matrix). ``exclude_self`` drops item i from query i's candidates (the
-    queries searched against themselves); k is capped at the candidates per query."""
+    queries: Any,
+    gallery: Any | None,
+    k: int,
+    exclude_self: bool = False,
+    chunk_size: int | None = None,
+    backend: str = "auto",
+    index: GalleryIndex | None = None,
+) -> Neighbours:
+    """Each query's k nearest gallery items by cosine, by the exact rule of this module (float64 cosines, ties to
+    the lower gallery index): ``(similarities, indices)`` as numpy arrays, (num_queries, k), most similar first.
+
+    ``exclude_self``: the queries are searched against themselves (pass the same array as ``gallery``, or None) and
+    item i is never query i's neighbour. k is capped at the candidates per query. ``backend``, ``chunk_size``: as for
+    :func:`neighbour_chunks`; queries on a GPU are searched there. ``index``: a faiss index of ``gallery`` from
+    :func:`gallery_index` to search through (an approximate one makes the result approximate).
+    """
+    if isinstance(k, bool) or not isinstance(k, int | np.integer) or k < 1:
+        raise UserError(f"k must be an integer ≥ 1, got {k!r}.")
+    if gallery is None:  # the queries are the gallery
+        gallery = queries
     if exclude_self and len(gallery) != len(queries):
         raise UserError(
             f"exclude_self=True searches the queries against themselves, but the gallery has {len(gallery)} rows "
             f"and the queries {len(queries)}; pass the same array twice, or exclude_self=False."
         )
-    q = torch.from_numpy(unit_rows(queries))
-    g = q if exclude_self else torch.from_numpy(unit_rows(gallery))
-    k = min(k, len(g) - int(exclude_self))
+    data = search_data(queries, None if exclude_self else gallery)
+    k = min(int(k), data.num_candidates)
+    if k < 1:
+        return Neighbours(np.zeros((len(data.queries), 0)), np.zeros((len(data.queries), 0), dtype=np.int64))
+    needed = torch.full((len(data.queries),), k)
     cos_parts, index_parts = [], []
-    for start in range(0, len(q), chunk_size):
-        sims = q[start : start + chunk_size] @ g.T
-        if exclude_self:
-            rows = torch.arange(len(sims))
-            sims[rows, rows + start] = float("-inf")
-        indices = _topk_indices(sims, k)
-        cos_parts.append(sims.gather(1, indices).numpy())
-        index_parts.append(indices.numpy())
-    if not cos_parts:
-        return np.zeros((0, k), dtype=np.float32), np.zeros((0, k), dtype=np.int64)
-    return np.concatenate(cos_parts), np.concatenate(index_parts)
+    for chunk in neighbour_chunks(data, needed, backend, chunk_size, similarities=True, index=index):
+        cos_parts.append(chunk.similarities.cpu().numpy())
+        index_parts.append(chunk.indices.cpu().numpy())
+    return Neighbours(np.concatenate(cos_parts), np.concatenate(index_parts))
+
+
+# ---------------------------------------------------------------- saved faiss indexes
+
+
+@dataclass
+class GalleryIndex:
+    """A faiss inner-product index of a gallery's unit embeddings, and where it came from (``how``: "reused PATH",
+    "built and saved PATH" or "built in memory")."""
+
+    index: Any
+    factory: str
+    how: str
+
+    @property
+    def exact(self) -> bool:
+        """Whether searching it is exhaustive (a flat inner-product index): then the search through it is exact."""
+        faiss = _import_faiss()
+        return isinstance(faiss.downcast_index(self.index), faiss.IndexFlat) and (
+            self.index.metric_type == faiss.METRIC_INNER_PRODUCT
+        )
+
+    def describe(self) -> str:
+        """How the search through it went, for people: whether exact, the factory string, and ``how``."""
+        if self.exact:
+            return f"exact (faiss {self.factory} index, {self.how}; re-scored in float64)"
+        return (
+            f"APPROXIMATE (faiss {self.factory} index, {self.how}: its candidates re-scored in float64, but nearer "
+            f"items it did not visit can be missing; faiss_index=Flat is exact)"
+        )
+
+
+def _fingerprint(unit: np.ndarray) -> str:
+    digest = hashlib.sha1()
+    digest.update(memoryview(np.ascontiguousarray(unit)))
+    digest.update(b"\0")
+    return digest.hexdigest()
+
+
+def gallery_index(embeddings: Any, path: str | Path | None = None, factory: str = "Flat") -> GalleryIndex:
+    """A faiss inner-product index of the unit rows of ``embeddings``: read from ``path`` when it was built from
+    these very embeddings with this factory string (a ``<path>.json`` beside it says so), else built, and saved
+    there when ``path`` is given (a failure to save is a warning: the index is used from memory).
+
+    ``factory`` is a faiss ``index_factory`` string: ``Flat`` is exact, e.g. ``HNSW32`` approximate; anything else
+    faiss does not know is a :class:`UserError`.
+    """
+    faiss = _import_faiss()
+    raw = _raw_tensor(embeddings)
+    unit = np.ascontiguousarray(unit_rows(raw, torch.float32, tolerance=_UNIT_TOLERANCE).cpu().numpy())
+    expected = {"fingerprint": _fingerprint(unit), "factory": factory, "count": len(unit)}
+    path = Path(path) if path is not None else None
+    meta = path.with_name(path.name + ".json") if path is not None else None
+    if path is not None and path.is_file() and meta.is_file():
+        try:
+            if json.loads(meta.read_text()) == expected:
+                index = faiss.read_index(str(path))
+                if index.ntotal == len(unit) and index.d == unit.shape[1]:
+                    return GalleryIndex(index, factory, f"reused {path}")
+        except (OSError, RuntimeError, ValueError) as error:
+            log.warning("rebuilding the faiss index %s (%s)", path, error)
+    try:
+        index = faiss.index_factory(unit.shape[1], factory, faiss.METRIC_INNER_PRODUCT)
+    except RuntimeError as error:
+        raise UserError(
+            f"faiss_index={factory!r} is not a faiss index_factory string ({error}); e.g. Flat (exact) or HNSW32."
+        ) from error
+    if not index.is_trained:
+        index.train(unit)
+    index.add(unit)
+    if path is None:
+        return GalleryIndex(index, factory, "built in memory")
+    try:
+        partial = path.with_name(f".{path.name}.partial")
+        faiss.write_index(index, str(partial))
+        os.replace(partial, path)
+        meta.write_text(json.dumps(expected) + "\n")
+    except (OSError, RuntimeError) as error:
+        log.warning("could not save the faiss index next to the gallery at %s (%s)", path, error)
+        return GalleryIndex(index, factory, "built in memory")
+    return GalleryIndex(index, factory, f"built and saved {path}")

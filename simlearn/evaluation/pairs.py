@@ -9,9 +9,9 @@ import numpy as np
 import torch
 from sklearn.metrics import roc_auc_score
 from torch import Tensor
-from torch.nn import functional as F
 
 from simlearn.errors import UserError
+from simlearn.evaluation.vectors import unit_rows
 
 __all__ = ["PairEvaluator", "best_threshold", "pair_cosines", "pair_metrics"]
 
@@ -22,7 +22,7 @@ def pair_cosines(embeddings: Tensor, pair: Tensor, similar: Tensor) -> tuple[np.
     first, second = order[0::2], order[1::2]
     if len(first) != len(second) or not torch.equal(pair[first], pair[second]):
         raise UserError("pair evaluation needs both images of every pair: each pair id must occur exactly twice.")
-    unit = F.normalize(embeddings.float(), dim=1)
+    unit = unit_rows(embeddings)  # float32 unit rows
     cos = (unit[first] * unit[second]).sum(dim=1)
     return cos.cpu().double().numpy(), similar[first].cpu().numpy().astype(np.int64)
 

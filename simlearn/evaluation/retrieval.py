@@ -19,7 +19,10 @@ were scored.
 of the majority label of each query's k nearest candidates, over every query, lone ones included.
 
 The nearest neighbours are searched exactly, in chunks of queries, by :mod:`simlearn.evaluation.neighbours`
-(backends ``"torch"``, ``"faiss"`` or ``"auto"``, with the same results up to the order of exactly tied similarities).
+(backends ``"torch"``, ``"faiss"`` or ``"auto"``, with the same results): candidates are ranked by their cosine
+computed in float64, and candidates with equal cosines by their gallery index, the lower first. So every metric
+equals that of a float64 brute force, even where float32 cosines tie or differ below float32 resolution (as they
+do for low-dimensional embeddings).
 """
 
 from __future__ import annotations
@@ -104,8 +107,8 @@ def retrieval_metrics(
 
     Args:
         embeddings: (N, d) query embeddings (numpy array or torch tensor, any float dtype). They are
-            L2-normalised here, so the similarity is the cosine. Computation runs in float32 on the device of
-            ``embeddings`` if it is a tensor, else on the CPU.
+            L2-normalised here, so the similarity is the cosine. The search runs in float32 on the device of
+            ``embeddings`` if it is a tensor, else on the CPU, and near-ties are re-scored in float64.
         labels: (N,) integer class ids of the queries.
         ks: the k values reported as ``recall@{k}``; each must be <= the number of candidates per query.
         gallery_embeddings, gallery_labels: a separate gallery to search (both or neither). If omitted the
@@ -115,7 +118,8 @@ def retrieval_metrics(
             (:func:`~simlearn.evaluation.neighbours.neighbour_chunks`).
         backend: ``"torch"``, ``"faiss"`` (CPU; needs ``pip install faiss-cpu``) or ``"auto"``: faiss for large
             galleries on the CPU when faiss is installed, torch otherwise (:mod:`simlearn.evaluation.neighbours`).
-            Both give the same metrics (up to the order of exactly tied similarities).
+            Both give the same metrics: those of a float64 brute force with ties broken by the lower gallery
+            index (:mod:`simlearn.evaluation.neighbours`).
         knn_k: also report ``knn_accuracy@{knn_k}`` (see :func:`knn_accuracy`), from the same search.
 
     Returns:
@@ -151,7 +155,10 @@ def retrieval_metrics(
     r_host = r_all.cpu()
     needed = torch.where(r_host > 0, r_host.clamp(min=max(ks)), 0).clamp(min=knn_k or 0)
     sums, correct = 0, 0
-    for start, stop, idx, searched in neighbour_chunks(data, needed, backend, chunk_size):
+    # the metrics read labels only: near-ties among interchangeable candidates need no float64 re-scoring
+    interchangeable = "relevance" if knn_k is None else "class"
+    for chunk in neighbour_chunks(data, needed, backend, chunk_size, interchangeable=interchangeable):
+        start, stop, idx, searched = chunk.start, chunk.stop, chunk.indices, chunk.data
         r_max = int(r_host[start:stop].max())
         if r_max > 0:  # else every query of the chunk is lone: searched for kNN accuracy only
             sums = sums + _retrieval_sums(searched, start, stop, idx, ks, r_max)
@@ -188,6 +195,6 @@ def knn_accuracy(
     _check_knn_k(k, data.num_candidates)
     needed = torch.full((len(data.queries),), k)
     correct = 0
-    for start, stop, idx, searched in neighbour_chunks(data, needed, backend, chunk_size):
-        correct = correct + _knn_correct(searched, start, stop, idx, k)
+    for chunk in neighbour_chunks(data, needed, backend, chunk_size, interchangeable="class"):
+        correct = correct + _knn_correct(chunk.data, chunk.start, chunk.stop, chunk.indices, k)
     return int(correct) / len(data.queries)

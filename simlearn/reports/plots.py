@@ -10,7 +10,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import matplotlib
 import numpy as np
@@ -18,12 +18,12 @@ import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from simlearn.data.base import EmbeddingDataModule, SplitDataset
+from simlearn.data.images import thumbnail
 from simlearn.errors import UserError
 from simlearn.evaluation.neighbours import top_k
 from simlearn.evaluation.vectors import angle_deg, unit_rows
-
-if TYPE_CHECKING:  # for type hints only: evaluation does not import the data package
-    from simlearn.data.base import EmbeddingDataModule, SplitDataset
+from simlearn.reports.similarity import class_similarity
 
 log = logging.getLogger(__name__)
 
@@ -186,8 +186,6 @@ class SplitImages:
         self.position = {int(row): p for p, row in enumerate(dataset.indices.tolist())}
 
     def __call__(self, index: int) -> np.ndarray | None:
-        from simlearn.images import thumbnail
-
         if int(index) not in self.position:
             return None
         paths = self.dataset.paths_of([int(index)])
@@ -264,7 +262,6 @@ class PlotsReport:
                 figures["retrieval_grid"] = path
         loggers = [lg for lg in getattr(trainer, "loggers", []) if _is_wandb(lg)] if self.wandb else []
         if loggers:
-            from simlearn.evaluation.similarity import class_similarity
 
             def heatmap(path: Path) -> None:
                 similarity = class_similarity(result.embeddings, labels, class_names=class_names or None)

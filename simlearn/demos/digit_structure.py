@@ -13,19 +13,20 @@ and the number of pairs. A network trained on digit, parity and magnitude should
 ``same_parity_near - different_parity``.
 
 The means are exact but need no N×N matrix: the mean cosine between two digit groups is the dot product of their
-mean normalised embeddings (:func:`simlearn.evaluation.similarity.class_similarity`), so a group's mean is the
+mean normalised embeddings (:func:`simlearn.reports.similarity.class_similarity`), so a group's mean is the
 class-to-class matrix averaged with each cell weighted by its number of pairs.
 """
 
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from simlearn.evaluation.similarity import _to_numpy, class_similarity
+from simlearn.evaluation.vectors import angle_deg
+from simlearn.reports.similarity import _to_numpy, class_similarity
 
 __all__ = ["PAIR_GROUPS", "digit_structure", "pair_group", "write_structure"]
 
@@ -44,8 +45,7 @@ def pair_group(a: int, b: int) -> str:
 def _summary(cos: float | None, pairs: int) -> dict:
     if cos is None or pairs == 0:
         return {"cos": None, "angle_deg": None, "pairs": 0}
-    angle = math.degrees(math.acos(min(1.0, max(-1.0, cos))))
-    return {"cos": round(cos, 6), "angle_deg": round(angle, 4), "pairs": pairs}
+    return {"cos": round(cos, 6), "angle_deg": round(angle_deg(cos), 4), "pairs": pairs}
 
 
 def digit_structure(embeddings, digits) -> dict:
@@ -87,3 +87,20 @@ def write_structure(path: str | Path, embeddings, digits) -> dict:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(structure, indent=2, allow_nan=False) + "\n")
     return structure
+
+
+class StructureReport:
+    """``structure.json`` after testing, for digit data (a test split with the label field ``field``): how the
+    embedding arranges same digit, same parity near/far and different parity (the MNIST experiment's figures).
+    Configured as ``reports.structure``; on data without that field it writes nothing."""
+
+    def __init__(self, field: str = "digit", file_name: str = "structure.json") -> None:
+        self.field = field
+        self.file_name = file_name
+
+    def __call__(self, trainer: Any, model: Any, datamodule: Any, output_dir: str | Path) -> dict[str, float]:
+        result = model.results["test"]
+        if self.field not in result.fields:
+            return {}
+        write_structure(Path(output_dir) / self.file_name, result.embeddings, result.fields[self.field])
+        return {}

@@ -18,17 +18,16 @@ import logging
 import math
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from simlearn.data.base import EmbeddingDataModule
 from simlearn.errors import UserError
 from simlearn.evaluation.vectors import angle_deg, unit_rows
-
-if TYPE_CHECKING:  # for type hints only: evaluation does not import the data package
-    from simlearn.data.base import EmbeddingDataModule
+from simlearn.inference import embed
 
 __all__ = ["ProbeReport", "plot_circle", "probe_similarity"]
 
@@ -201,8 +200,6 @@ class ProbeReport:
     def __call__(
         self, trainer: Any, model: Any, datamodule: EmbeddingDataModule, output_dir: str | Path
     ) -> dict[str, float]:
-        from simlearn.inference import embed  # here: simlearn.inference imports the model, which imports evaluation
-
         label_field = datamodule.label_field
         test = model.results["test"]
         # a UserError that says how to set data.probe_classes when the data has none

@@ -14,6 +14,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from simlearn.errors import UserError
+from simlearn.evaluation.vectors import angle_deg, unit_rows
 
 __all__ = ["ClassSimilarity", "class_similarity"]
 
@@ -44,7 +45,7 @@ class ClassSimilarity:
     @property
     def angle_deg(self) -> np.ndarray:
         """(C, C) angle in degrees matching ``cos`` (NaN where ``cos`` is NaN)."""
-        return np.degrees(np.arccos(np.clip(self.cos, -1.0, 1.0)))
+        return angle_deg(self.cos)
 
     def to_dict(self) -> dict:
         """JSON-ready dict: classes, counts, cos and angle_deg (floats rounded to 6 places, NaN as None)."""
@@ -142,8 +143,7 @@ def class_similarity(embeddings, labels, class_names: Sequence[str] | None = Non
             )
         names = [str(class_names[int(c)]) for c in classes]
 
-    norms = np.linalg.norm(emb, axis=1, keepdims=True)
-    unit = emb / np.maximum(norms, 1e-12)
+    unit = unit_rows(emb, np.float64)
     sums = np.zeros((len(classes), emb.shape[1]))
     np.add.at(sums, inverse, unit)
     mu = sums / counts[:, None]

@@ -1,4 +1,4 @@
-"""What the command-line entry points share: user errors without tracebacks, and the metrics table."""
+"""What the command-line entry points share: one Hydra wrapper, user errors as one line without a traceback."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import difflib
 import functools
 import logging
 import sys
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import hydra
@@ -18,7 +18,6 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, MissingMandatoryValue
 from rich.console import Console
-from rich.table import Table
 
 from simlearn.config import config_dir
 from simlearn.errors import UserError
@@ -173,20 +172,3 @@ def hydra_command(
         return main
 
     return decorate
-
-
-def print_metrics(metrics: Mapping[str, float], title: str) -> None:
-    """A table of the val/ and test/ metrics, one row per metric."""
-    table = Table(title=title, title_justify="left")
-    splits = [split for split in ("val", "test") if any(key.startswith(f"{split}/") for key in metrics)]
-    names = sorted({key.split("/", 1)[1] for key in metrics if key.split("/", 1)[0] in splits})
-    table.add_column("metric")
-    for split in splits:
-        table.add_column(split, justify="right")
-    for name in names:
-        cells = [metrics.get(f"{split}/{name}") for split in splits]
-        table.add_row(
-            name,
-            *["" if v is None else (f"{v:.0f}" if name.startswith("num_") else f"{v:.4f}") for v in cells],
-        )
-    Console().print(table)

@@ -14,6 +14,7 @@ from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from simlearn.build import build_datamodule, build_encoder, build_model, check_config, resolved
+from simlearn.data.image_files import IMAGENET_MEAN, IMAGENET_STD, ImageFileDataModule
 from simlearn.errors import UserError
 from simlearn.models import EmbeddingModule, Encoder
 
@@ -153,8 +154,6 @@ def preprocessing_of(config: DictConfig, path: str | Path = "checkpoint") -> dic
         prep = OmegaConf.to_container(stored, resolve=True) if OmegaConf.is_config(stored) else dict(stored)
         return {key: prep[key] for key in ("image_size", "channels", "mean", "std")}
     data = config.get("data") or {}
-    from simlearn.data.image_files import IMAGENET_MEAN, IMAGENET_STD, ImageFileDataModule
-
     try:
         from_files = issubclass(get_class(data.get("_target_", "")), ImageFileDataModule)
     except Exception:

@@ -1,0 +1,17 @@
+"""``simlearn-embed ckpt_path=PATH [data=NAME ...]``: embed a dataset's splits into npz/parquet files."""
+
+from __future__ import annotations
+
+from omegaconf import DictConfig
+
+from simlearn.cli.common import hydra_command
+from simlearn.embed import embed_dataset
+
+
+@hydra_command("embed")
+def main(cfg: DictConfig) -> None:
+    embed_dataset(cfg)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,17 @@
+"""``simlearn-search ckpt_path=PATH query=IMAGE_OR_FOLDER gallery=FOLDER_OR_NPZ``: reverse image search."""
+
+from __future__ import annotations
+
+from omegaconf import DictConfig
+
+from simlearn.cli.common import hydra_command
+from simlearn.search import search
+
+
+@hydra_command("search")
+def main(cfg: DictConfig) -> None:
+    search(cfg)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,72 @@
+"""Files every evaluation writes into its run dir, and the configured reports that run after testing."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import numpy as np
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+
+from simlearn.models import EmbeddingModule
+from simlearn.reports.similarity import class_similarity
+
+
+def write_evaluation(
+    output_dir: str | Path,
+    embeddings: np.ndarray,
+    fields: Mapping[str, np.ndarray],
+    label_field: str,
+    class_names: Sequence[str],
+) -> dict[str, Path]:
+    """Write ``embeddings.npz`` (``embeddings``, ``labels`` and one array per label field), ``similarity.json`` and
+    ``similarity.png`` (class-to-class heatmap annotated with cosine and angle); return their paths."""
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    paths = {name: output_dir / name for name in ("embeddings.npz", "similarity.json", "similarity.png")}
+    np.savez_compressed(paths["embeddings.npz"], embeddings=embeddings, labels=fields[label_field], **dict(fields))
+    similarity = class_similarity(embeddings, fields[label_field], class_names=list(class_names))
+    similarity.save_json(paths["similarity.json"])
+    similarity.save_heatmap(paths["similarity.png"], title=f"Mean cosine similarity between {label_field} classes")
+    return paths
+
+
+def write_metrics(output_dir: str | Path, metrics: Mapping[str, float]) -> Path:
+    """``metrics.json``: the flat metric dict (``val/…``, ``test/…``), sorted by key."""
+    path = Path(output_dir) / "metrics.json"
+    path.write_text(json.dumps({key: float(metrics[key]) for key in sorted(metrics)}, indent=2) + "\n")
+    return path
+
+
+def run_reports(
+    cfg: DictConfig, trainer: pl.Trainer, model: EmbeddingModule, datamodule: Any, output_dir: Any
+) -> dict[str, float]:
+    """Run the configured ``reports`` (analyses after testing); return their metrics, prefixed ``test/``."""
+    metrics: dict[str, float] = {}
+    for name, report_cfg in (cfg.get("reports") or {}).items():
+        if report_cfg is None:
+            continue
+        report = instantiate(report_cfg)
+        values = report(trainer=trainer, model=model, datamodule=datamodule, output_dir=output_dir) or {}
+        metrics.update({f"test/{name}/{key}": float(value) for key, value in values.items()})
+    return metrics
+
+
+def write_test_outputs(
+    cfg: DictConfig,
+    trainer: pl.Trainer,
+    model: EmbeddingModule,
+    datamodule: Any,
+    output_dir: Any,
+    metrics: Mapping[str, float],
+) -> dict[str, float]:
+    """On rank 0 after testing: the test split's files, then the reports (their metrics added), then metrics.json."""
+    result = model.results["test"]
+    write_evaluation(output_dir, result.embeddings, result.fields, datamodule.label_field, datamodule.class_names)
+    metrics = {**metrics, **run_reports(cfg, trainer, model, datamodule, output_dir)}
+    write_metrics(output_dir, metrics)
+    return metrics
