@@ -13,7 +13,7 @@ from .test_training import RECALL_FLOOR
 @pytest.mark.parametrize("option", ["trainer.precision=bf16-mixed", "channels_last=true"])
 def test_speed_option_trains_multitask_to_the_float32_floor(tmp_path, option):
     # multitask: its parity head predicts from the collected embeddings, which must be float32 whatever the precision
-    metrics = run_training(tmp_path, "loss=multitask", "trainer.max_epochs=5", option)
+    metrics = run_training(tmp_path, "loss=digits_multitask", "trainer.max_epochs=5", option)
     assert metrics["test/recall@1"] >= RECALL_FLOOR
     assert metrics["test/accuracy_parity"] > 0.9
 
