@@ -252,3 +252,12 @@ def test_read_only_dirs_are_refused_before_training(tmp_path, where):
     assert_clean_failure(result, f"the {where} ", "is not writable", "hydra.run.dir")
     assert result.returncode == 2
     assert not (run / "config.yaml").exists()
+
+
+def test_a_run_dir_that_cannot_be_created_is_one_line(tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    result = run_cli("train.py", f"hydra.run.dir={blocker}/run", "logger=none")
+    assert_clean_failure(result, "cannot be created", "hydra.run.dir=")
+    assert result.returncode == 2
+    assert blocker.read_text() == "not a folder"

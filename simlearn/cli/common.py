@@ -7,6 +7,7 @@ import functools
 import logging
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import hydra
@@ -140,6 +141,22 @@ def check_overrides(config_name: str, argv: Sequence[str]) -> None:
         GlobalHydra.instance().clear()
 
 
+def check_run_dir_override(argv: Sequence[str]) -> None:
+    """A ``hydra.run.dir=DIR`` that cannot be a folder (under a file, on a read-only path) as one line, exit 2:
+    Hydra creates the dir before simlearn runs and would end with a traceback."""
+    for arg in argv:
+        if arg.startswith("hydra.run.dir="):
+            folder = Path(arg.split("=", 1)[1].strip("'\""))
+            try:
+                folder.mkdir(parents=True, exist_ok=True)
+            except OSError as error:
+                print_error(
+                    f"hydra.run.dir={folder} cannot be created ({error.strerror or error}); "
+                    f"give a folder path you can write to, e.g. hydra.run.dir=outputs/my_run."
+                )
+                sys.exit(2)
+
+
 def hydra_command(
     config_name: str, claims_run_dir: bool = True
 ) -> Callable[[Callable[[DictConfig], Any]], Callable[[], Any]]:
@@ -167,6 +184,7 @@ def hydra_command(
         @functools.wraps(task)
         def main() -> Any:
             check_overrides(config_name, sys.argv[1:])
+            check_run_dir_override(sys.argv[1:])
             return hydra_task()
 
         return main
