@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Mapping
 from typing import Any
 
 import lightning.pytorch as pl
 import torch
-from hydra.utils import instantiate
+from hydra.utils import get_object, instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from simlearn.data.base import EmbeddingDataModule
@@ -15,6 +16,7 @@ from simlearn.errors import UserError
 from simlearn.models import EmbeddingModule, Encoder
 from simlearn.models.backbones import Backbone
 from simlearn.schema import check_config as check_types
+from simlearn.schema import signature_hints
 
 #: The parts of a run's config a checkpoint needs to rebuild its model and data.
 MODEL_KEYS = (
@@ -35,14 +37,93 @@ MODEL_KEYS = (
 def check_config(cfg: DictConfig) -> None:
     """Reject values of the wrong type before anything is built, naming the key, the expected type and an example.
 
-    The types come from one schema, the signatures of the classes the config builds (:mod:`simlearn.schema`).
+    The types come from one schema, the signatures of the classes the config builds (:mod:`simlearn.schema`). First
+    the data keys left null for the model are filled in (:func:`fill_preprocessing`).
     """
+    fill_preprocessing(cfg)
     check_types(cfg)
     ks = OmegaConf.select(cfg, "evaluation.ks", default=None)
     if ks is not None and (not OmegaConf.is_list(ks) or not ks or not all(isinstance(k, int) and k >= 1 for k in ks)):
         raise UserError(
             f"evaluation.ks must be a non-empty list of integers ≥ 1, got {ks}; e.g. evaluation.ks=[1,5,10]."
         )
+
+
+#: Data keys that may be left null for the model to fill (:meth:`Backbone.preprocessing`).
+PREPROCESSING_KEYS = ("image_size", "mean", "std")
+#: Backbone keys that fetch pretrained weights, and their off values: a checkpoint's own weights replace them.
+FETCH_KEYS = {"pretrained": False, "checkpoint_path": None}
+#: Backbone keys that fetch or pin weights: off while a backbone is built only to ask what input it expects.
+WEIGHT_KEYS = {**FETCH_KEYS, "freeze": False}
+
+
+def fill_preprocessing(cfg: DictConfig, declared: Mapping[str, Any] | None = None) -> None:
+    """Set the data keys left null (``data.image_size``, ``data.mean``, ``data.std``) to what the model expects.
+
+    What it expects is ``declared`` when given, else the preprocessing a checkpoint's config stored (the model was
+    trained with it), else what the backbone declares (:meth:`Backbone.preprocessing`: a timm model's pretrained
+    config, torchvision's 224 pixels and ImageNet statistics). A key the data config sets is kept; a key nothing
+    declares keeps the data's own default (image size: the data class's default; mean/std: ImageNet's for image
+    files, measured on the training split for in-memory data, whose configs leave the keys out). A backbone whose
+    config reads ``data.image_size`` (small_cnn) follows the data and declares none.
+    """
+    data = cfg.get("data")
+    if not OmegaConf.is_dict(data) or "_target_" not in data:
+        return
+    open_keys = [key for key in PREPROCESSING_KEYS if key in data and data[key] is None]
+    if not open_keys:
+        return
+    if declared is None:
+        declared = cfg.get("preprocessing")  # a checkpoint's config: what its model was trained with
+    if declared is None:
+        backbone = cfg.get("backbone")
+        if (
+            "image_size" in open_keys
+            and OmegaConf.is_dict(backbone)
+            and "data.image_size" in OmegaConf.to_yaml(backbone)
+        ):
+            # the backbone takes its input size from the data (small_cnn): the data's default, before it is built
+            data.image_size = int(data_default(data, "image_size"))
+            open_keys.remove("image_size")
+        declared = backbone_preprocessing(cfg) if open_keys else {}
+    if "image_size" in open_keys:
+        size = declared.get("image_size")
+        if size is None:
+            size = data_default(data, "image_size")
+        data.image_size = int(size)
+    mean, std = declared.get("mean"), declared.get("std")
+    channels = data.get("channels")
+    # one value per channel, or RGB statistics for grey data (data.base.channel_stats averages them)
+    fits = mean is not None and std is not None and len(mean) == len(std) and channels in (len(mean), 1)
+    if "mean" in open_keys and "std" in open_keys and fits:
+        data.mean, data.std = [float(v) for v in mean], [float(v) for v in std]
+
+
+def backbone_preprocessing(cfg: DictConfig) -> dict[str, Any]:
+    """What the configured backbone declares of its input (:meth:`Backbone.preprocessing`), asked of a backbone
+    built without weights on the meta device (no memory, no download; on the CPU if an architecture cannot)."""
+    backbone_cfg = cfg.get("backbone")
+    if not OmegaConf.is_dict(backbone_cfg) or "_target_" not in backbone_cfg:
+        return {}
+    overrides = {key: value for key, value in WEIGHT_KEYS.items() if key in backbone_cfg}
+    try:
+        with torch.device("meta"):
+            backbone = instantiate(backbone_cfg, **overrides)
+    except Exception as error:
+        if isinstance(error, UserError) or isinstance(error.__cause__, UserError):
+            raise  # a bad backbone config (a misspelt timm name): said once, now
+        # an architecture whose construction reads tensor values, which meta tensors do not have
+        backbone = instantiate(backbone_cfg, **overrides)
+    return dict(backbone.preprocessing()) if isinstance(backbone, Backbone) else {}
+
+
+def data_default(data: DictConfig, key: str) -> Any:
+    """The default of ``key`` in the signature of the data class (``data._target_``)."""
+    hints = signature_hints(get_object(data._target_))
+    default = hints.get(key, (None, None))[1]
+    if default is None or default is inspect.Parameter.empty:
+        raise UserError(f"data.{key} is null and neither the backbone nor the data gives one; set data.{key}.")
+    return default
 
 
 def build_datamodule(data_cfg: DictConfig) -> EmbeddingDataModule:
@@ -65,10 +146,19 @@ def build_encoder(cfg: DictConfig | Mapping[str, Any]) -> Encoder:
     return Encoder(backbone, instantiate(cfg["head"], in_features=backbone.out_features))
 
 
-def build_model(cfg: DictConfig, datamodule: EmbeddingDataModule) -> EmbeddingModule:
-    """Encoder (backbone + head), loss and optimiser from the config, checked against the data's label fields."""
+def build_model(cfg: DictConfig, datamodule: EmbeddingDataModule, check_training: bool = True) -> EmbeddingModule:
+    """Encoder (backbone + head), loss and optimiser from the config, checked against the training split's label
+    fields (``check_training``; off to evaluate a checkpoint on other data: its classifier keeps the size it was
+    trained with, and classes it was never given are not scored)."""
+    if "num_classes" in cfg.data and cfg.data.num_classes is None:
+        # classifier-style losses (${data.num_classes}) are sized from the classes the training split holds
+        cfg.data.num_classes = datamodule.num_train_classes
+    encoder = build_encoder(cfg)
+    if "out_dim" in cfg.head and cfg.head.out_dim is None:
+        # head=identity: the embeddings are the backbone's features; losses sized by ${head.out_dim} read that size
+        cfg.head.out_dim = encoder.embedding_dim
     model = EmbeddingModule(
-        encoder=build_encoder(cfg),
+        encoder=encoder,
         loss=instantiate(cfg.loss),
         optimizer=instantiate(cfg.optimizer),
         scheduler=instantiate(cfg.scheduler) if cfg.get("scheduler") else None,
@@ -78,8 +168,9 @@ def build_model(cfg: DictConfig, datamodule: EmbeddingDataModule) -> EmbeddingMo
         config={key: resolved(cfg, key) for key in MODEL_KEYS if key in cfg},
     )
     model.config["preprocessing"] = datamodule.preprocessing()
-    train = datamodule.datasets["train"]
-    model.loss.check_fields({name: train.labels(name) for name in train.fields})
+    if check_training:
+        train = datamodule.datasets["train"]
+        model.loss.check_fields({name: train.labels(name) for name in train.fields})
     return model
 
 

@@ -1,8 +1,10 @@
 """Embed a dataset with a trained checkpoint: ``simlearn-embed ckpt_path=PATH [data=NAME ...]``.
 
 Every split is embedded with the evaluation transforms (no augmentation, also for train) and written as
-``<split>.npz``; with pyarrow installed all splits also go to one ``embeddings.parquet``. The npz files are galleries
-for ``simlearn-search`` and plain arrays for anything else (``numpy.load``).
+``<split>.npz``; with pyarrow installed all splits also go to one ``embeddings.parquet``; with ``db=PATH`` all splits
+also go into a LanceDB table (an embedded vector database, :mod:`simlearn.vectordb`). The npz files and the database
+are galleries for ``simlearn-search`` and ``simlearn-serve``; the npz files plain arrays for anything else
+(``numpy.load``).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from omegaconf import DictConfig
 from rich.console import Console
 from rich.table import Table
 
+from simlearn import vectordb
 from simlearn.checkpoints import LoadedEncoder, restore
 from simlearn.data.base import EmbeddingDataModule, Loader
 from simlearn.errors import UserError
@@ -41,12 +44,22 @@ def embed_splits(
     device: torch.device | str = "cpu",
     batch_size: int | None = None,
 ) -> dict[str, EmbeddingSet]:
-    """The embeddings of the named splits of a set-up data module (all of its splits when None)."""
+    """The embeddings of the named splits of a set-up data module (all of its splits that hold items when None: a
+    class split or ``val_fraction=0`` can leave val empty)."""
     available = list(datamodule.datasets)
-    splits = list(splits) if splits is not None else available
+    empty = [s for s in available if len(datamodule.datasets[s]) == 0]
+    if splits is None:
+        splits = [s for s in available if s not in empty]
+        if empty:
+            log.info("splits %s hold no items: nothing to embed for them", empty)
+    splits = list(splits)
     unknown = [s for s in splits if s not in available]
     if unknown:
         raise UserError(f"splits={unknown} are not splits of this data; valid: {available}, or splits=null for all.")
+    named_empty = [s for s in splits if s in empty]
+    if named_empty:
+        holding = [s for s in available if s not in empty]
+        raise UserError(f"splits={named_empty} hold no items in this data; splits with items: {holding}.")
     encoder.to(device)
     return {split: embed(encoder, split_loader(datamodule, split, batch_size), device) for split in splits}
 
@@ -141,6 +154,11 @@ def embed_dataset(cfg: DictConfig) -> dict[str, Path]:
             "parquet=true needs pyarrow, which is not installed; pip install 'simlearn[parquet]' (or pyarrow), "
             "or set parquet=auto to write npz files only."
         )
+    db_index = cfg.get("db_index")
+    if db_index is not None and str(db_index).upper() not in vectordb.INDEX_TYPES:
+        raise UserError(f"db_index={db_index!r} is not a LanceDB vector index; valid: {sorted(vectordb.INDEX_TYPES)}.")
+    if cfg.get("db"):  # a table already there fails now, not after embedding every split
+        _check_db_target(Path(str(cfg.db)).expanduser(), str(cfg.get("db_table") or vectordb.TABLE), cfg)
     splits = cfg.get("splits")
     if isinstance(splits, str):
         splits = [splits]
@@ -154,13 +172,44 @@ def embed_dataset(cfg: DictConfig) -> dict[str, Path]:
         paths["parquet"] = write_parquet(out_dir / "embeddings.parquet", per_split, cfg.ckpt_path)
     elif parquet == "auto":
         log.info("pyarrow is not installed: no embeddings.parquet (pip install 'simlearn[parquet]')")
+    db_note = ""
+    if cfg.get("db"):
+        table_name = str(cfg.get("db_table") or vectordb.TABLE)
+        table = vectordb.write_embeddings(
+            Path(str(cfg.db)).expanduser(), per_split, cfg.ckpt_path, table_name, bool(cfg.get("db_overwrite"))
+        )
+        paths["db"] = Path(str(cfg.db)).expanduser()
+        db_note = f"LanceDB table {table_name!r}"
+        if db_index is not None:
+            built = vectordb.create_index(
+                table, str(db_index), cfg.get("db_index_partitions"), cfg.get("db_index_sub_vectors")
+            )
+            db_note += f", {built} index"
     table = Table(title=f"simlearn-embed · {cfg.ckpt_path}", title_justify="left")
     for column in ("split", "items", "dim", "file"):
         table.add_column(column, justify="right" if column in ("items", "dim") else "left")
     for split, arrays in per_split.items():
         n, dim = arrays["embeddings"].shape
         table.add_row(split, str(n), str(dim), str(paths[split]))
+    total = str(sum(len(a["embeddings"]) for a in per_split.values()))
     if "parquet" in paths:
-        table.add_row("all", str(sum(len(a["embeddings"]) for a in per_split.values())), "", str(paths["parquet"]))
+        table.add_row("all", total, "", str(paths["parquet"]))
+    if "db" in paths:
+        table.add_row("all", total, "", f"{paths['db']} ({db_note})")
     Console().print(table)
     return paths
+
+
+def _check_db_target(db: Path, table: str, cfg: DictConfig) -> None:
+    """A database target that cannot be written, or holds the table already (without db_overwrite), as one line."""
+    if db.exists() and not db.is_dir():
+        raise UserError(f"db={str(db)!r} is a file; give a folder for the LanceDB database (e.g. embeddings.lancedb).")
+    if db.is_dir() and vectordb.is_database(db) and not cfg.get("db_overwrite"):
+        try:
+            _, _, existing = vectordb.open_table(db, table)
+        except UserError:
+            return  # no such table (or none at all): it will be created
+        raise UserError(
+            f"db={str(db)!r} already holds a table {existing!r}; write to another db_table=NAME or db=PATH, or "
+            f"replace it with db_overwrite=true."
+        )

@@ -10,7 +10,7 @@ from omegaconf import DictConfig
 from simlearn.build import build_trainer
 from simlearn.checkpoints import load_checkpoint, restore
 from simlearn.console import print_metrics
-from simlearn.reports.outputs import write_test_outputs
+from simlearn.reports.outputs import write_splits, write_test_outputs
 
 __all__ = ["evaluate", "load_checkpoint"]  # load_checkpoint lives in simlearn.checkpoints
 
@@ -25,6 +25,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     output_dir = Path(cfg.paths.output_dir)
     if not trainer.is_global_zero:  # other DDP ranks hold the same gathered results; one process writes files
         return metrics
+    write_splits(output_dir, datamodule)
     metrics = write_test_outputs(run_cfg, trainer, model, datamodule, output_dir, metrics)
     print_metrics(metrics, title=f"simlearn-eval · {cfg.ckpt_path}")
     return metrics

@@ -19,7 +19,7 @@ from simlearn.config import config_dir
 from simlearn.console import print_metrics
 from simlearn.errors import UserError
 from simlearn.loggers import finish_wandb
-from simlearn.reports.outputs import write_test_outputs
+from simlearn.reports.outputs import write_splits, write_test_outputs
 from simlearn.run_dir import check_writable, claim_run_dir, existing_results, save_unresolved_config
 
 log = logging.getLogger(__name__)
@@ -137,8 +137,14 @@ def train(cfg: DictConfig) -> dict[str, float]:
     """Train, test the best checkpoint, write the run's files; return the flat metric dict (val/…, test/…).
 
     The run dir is claimed first (:func:`~simlearn.run_dir.claim_run_dir`): one run at a time, never over another
-    run's results; a resume continues the run's saved config.
+    run's results; a resume continues the run's saved config. ``train=false`` skips the training and tests the model
+    as built (a pretrained backbone's zero-shot baseline), writing the same files.
     """
+    if not cfg.get("train", True) and cfg.get("ckpt_path"):
+        raise UserError(
+            f"train=false tests the model as the config builds it (no training), so it takes no "
+            f"ckpt_path={cfg.ckpt_path}; to test a checkpoint run simlearn-eval ckpt_path={cfg.ckpt_path}."
+        )
     output_dir = Path(cfg.paths.output_dir)
     resume = resolve_resume(output_dir, cfg.get("ckpt_path"))
     continues_this_dir = resume.source_dir is not None and resume.source_dir.resolve() == output_dir.resolve()
@@ -171,24 +177,17 @@ def _train(cfg: DictConfig, output_dir: Path, ckpt_path: str | None) -> dict[str
                 check_writable(Path(callback.dirpath), "the checkpoint folder")
         save_unresolved_config(output_dir, cfg)
         OmegaConf.save(cfg, output_dir / "config.yaml", resolve=True)
+        write_splits(output_dir, datamodule)
     if ckpt_path:
         step = checkpoint_step(ckpt_path)
         for logger in loggers:  # curves logged before the checkpoint are kept, later ones are about to be redone
             if hasattr(logger, "resume_at_step"):
                 logger.resume_at_step(step)
     try:
-        trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
-        metrics = {f"val/{k}": float(v) for k, v in model.metrics.get("val", {}).items()}
-        metrics.update(training_time(trainer, callbacks))
-        checkpoint = next((c for c in callbacks if isinstance(c, ModelCheckpoint) and c.monitor), None)
-        best_path = checkpoint.best_model_path if checkpoint is not None else ""
-        if checkpoint is not None:
-            best_key = checkpoint.monitor.replace("/", "/best_", 1)
-            if checkpoint.best_model_score is not None:
-                metrics[best_key] = float(checkpoint.best_model_score)
-            elif trainer.fast_dev_run and checkpoint.monitor in metrics:
-                # Lightning saves no checkpoint in a smoke run; its single validation is the best there is
-                metrics[best_key] = metrics[checkpoint.monitor]
+        if cfg.get("train", True):
+            metrics, best_path = _fit(trainer, model, datamodule, callbacks, ckpt_path)
+        else:  # train=false: the model as built (e.g. pretrained weights) is tested as it is, the zero-shot baseline
+            metrics, best_path = {"train/epochs": 0.0}, ""
         trainer.test(model, datamodule=datamodule, ckpt_path=best_path or None, verbose=False)
         metrics.update({f"test/{k}": float(v) for k, v in model.metrics["test"].items()})
         if not trainer.is_global_zero:  # other DDP ranks hold the same gathered results; one process writes files
@@ -202,9 +201,39 @@ def _train(cfg: DictConfig, output_dir: Path, ckpt_path: str | None) -> dict[str
     return metrics
 
 
+def _fit(
+    trainer: pl.Trainer,
+    model: pl.LightningModule,
+    datamodule: pl.LightningDataModule,
+    callbacks: list,
+    ckpt_path: str | None,
+) -> tuple[dict[str, float], str]:
+    """Train; return the validation metrics with the training time and the best validation score, and the path of
+    the best checkpoint ("" when none was saved)."""
+    trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
+    metrics = {f"val/{k}": float(v) for k, v in model.metrics.get("val", {}).items()}
+    metrics.update(training_time(trainer, callbacks))
+    checkpoint = next((c for c in callbacks if isinstance(c, ModelCheckpoint) and c.monitor), None)
+    best_path = checkpoint.best_model_path if checkpoint is not None else ""
+    if checkpoint is not None:
+        best_key = checkpoint.monitor.replace("/", "/best_", 1)
+        if checkpoint.best_model_score is not None:
+            metrics[best_key] = float(checkpoint.best_model_score)
+        elif trainer.fast_dev_run and checkpoint.monitor in metrics:
+            # Lightning saves no checkpoint in a smoke run; its single validation is the best there is
+            metrics[best_key] = metrics[checkpoint.monitor]
+    return metrics, best_path
+
+
 def optimized_value(cfg: DictConfig, metrics: dict[str, float]) -> float | None:
     """The value of ``cfg.optimized_metric`` in a run's metrics (what a Hydra sweeper optimises), or None."""
     optimized = cfg.get("optimized_metric")
+    if optimized and optimized.startswith("val/") and not any(k.startswith("val/") for k in metrics):
+        # a run without validation (no val items or classes): its results are written; only a sweep needs the value
+        log.warning(
+            "optimized_metric=%s: this run has no validation metrics; nothing is returned to a sweeper.", optimized
+        )
+        return None
     if optimized and optimized not in metrics:
         raise UserError(
             f"optimized_metric={optimized!r} is not a metric of this run; valid: {sorted(metrics)}. "

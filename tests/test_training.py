@@ -38,6 +38,8 @@ def test_run_dir_holds_metrics_embeddings_similarity_checkpoints_config(tmp_path
     for key in ("recall@1", "recall@5", "recall@10", "precision@1", "r_precision", "map@r"):
         assert 0.0 <= written[f"test/{key}"] <= 1.0
         assert f"val/{key}" in written
+    # every returned metric is written; metrics.json also says which test protocol ran
+    assert written.pop("test/protocol") == "leave-one-out"
     assert written == pytest.approx(metrics)
     assert written["test/precision@1"] == written["test/recall@1"]
     assert written["test/num_queries"] == 450 and written["test/num_lone_queries"] == 0

@@ -13,7 +13,15 @@ import torch
 from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from simlearn.build import build_datamodule, build_encoder, build_model, check_config, resolved
+from simlearn.build import (
+    FETCH_KEYS,
+    build_datamodule,
+    build_encoder,
+    build_model,
+    check_config,
+    fill_preprocessing,
+    resolved,
+)
 from simlearn.data.image_files import IMAGENET_MEAN, IMAGENET_STD, ImageFileDataModule
 from simlearn.errors import UserError
 from simlearn.models import EmbeddingModule, Encoder
@@ -58,6 +66,8 @@ def checkpoint_config(checkpoint: dict[str, Any], cfg: DictConfig | None = None)
     with open_dict(run_cfg):
         data = cfg.get("data")
         if data and "_target_" in data:
+            # data keys left null for the model take the preprocessing it was trained with (before resolving them)
+            fill_preprocessing(cfg, checkpoint["simlearn_config"].get("preprocessing"))
             run_cfg.data = resolved(cfg, "data")
             if cfg.get("evaluation") is None and "evaluation" in run_cfg and "label_field" in run_cfg.evaluation:
                 run_cfg.evaluation.label_field = run_cfg.data.label_field
@@ -91,8 +101,9 @@ def restore(cfg: DictConfig, with_loss: bool = True) -> Restored:
     checkpoint = load_checkpoint(cfg.ckpt_path)
     run_cfg = checkpoint_config(checkpoint, cfg)
     check_config(run_cfg)
-    if "pretrained" in run_cfg.backbone:  # the checkpoint's weights replace them: never fetch
-        run_cfg.backbone.pretrained = False
+    for key, off in FETCH_KEYS.items():  # the checkpoint's weights replace them: never fetch
+        if key in run_cfg.backbone:
+            run_cfg.backbone[key] = off
     if cfg.get("seed") is not None:
         pl.seed_everything(cfg.seed, workers=True)
     datamodule = build_datamodule(run_cfg.data)
@@ -100,7 +111,8 @@ def restore(cfg: DictConfig, with_loss: bool = True) -> Restored:
     if not with_loss:
         restored.encoder = encoder_of(checkpoint, cfg.ckpt_path)
         return restored
-    restored.model = build_model(run_cfg, datamodule)
+    # evaluated, not trained: a class-split checkpoint's classifier (sized for its training classes) tests any data
+    restored.model = build_model(run_cfg, datamodule, check_training=False)
     restored.model.load_state_dict(checkpoint["state_dict"])
     return restored
 
@@ -133,8 +145,9 @@ def encoder_of(checkpoint: dict[str, Any], path: str | Path, device: str | torch
         if key not in config:
             raise UserError(f"ckpt_path={str(path)!r} has no {key} config; it was written by an older simlearn.")
     backbone_cfg = OmegaConf.to_container(config.backbone, resolve=True)
-    if backbone_cfg.get("pretrained"):
-        backbone_cfg["pretrained"] = False
+    for key, off in FETCH_KEYS.items():
+        if key in backbone_cfg:
+            backbone_cfg[key] = off
     encoder = build_encoder({"backbone": backbone_cfg, "head": config.head})
     prefix = "encoder."
     state = {k[len(prefix) :]: v for k, v in checkpoint["state_dict"].items() if k.startswith(prefix)}

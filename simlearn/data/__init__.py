@@ -6,14 +6,22 @@ augments and serves its items the same way whatever they are: in-memory tensors 
 
 from simlearn.data.awa2 import AwA2DataModule
 from simlearn.data.base import EmbeddingDataModule, Items, SplitDataset
+from simlearn.data.benchmarks import BenchmarkDataModule
+from simlearn.data.cars196 import Cars196DataModule
+from simlearn.data.cub200 import CUB200DataModule
 from simlearn.data.digits import DigitsDataModule
 from simlearn.data.image_files import FileTable, ImageCSVDataModule, ImageFileDataModule, ImageFolderDataModule
 from simlearn.data.in_memory import ImageTensors, InMemoryImageDataModule, TensorImageDataset
+from simlearn.data.inshop import InShopDataModule
 from simlearn.data.mnist import MNISTDataModule
 from simlearn.data.pairs import PairsCSVDataModule, PairTable
+from simlearn.data.sop import SOPDataModule
 
 __all__ = [
     "AwA2DataModule",
+    "BenchmarkDataModule",
+    "CUB200DataModule",
+    "Cars196DataModule",
     "DigitsDataModule",
     "EmbeddingDataModule",
     "FileTable",
@@ -22,10 +30,12 @@ __all__ = [
     "ImageFolderDataModule",
     "ImageTensors",
     "InMemoryImageDataModule",
+    "InShopDataModule",
     "Items",
     "MNISTDataModule",
     "PairTable",
     "PairsCSVDataModule",
+    "SOPDataModule",
     "SplitDataset",
     "TensorImageDataset",
 ]

@@ -12,9 +12,16 @@ the codes, and optionally a split fixed per item. The base then does, for every 
   the other label fields keep the source's codes;
 * probe classes (``probe_classes``): kept out of train/val/test, labelled C, C+1, …, served by
   :meth:`~EmbeddingDataModule.probe_dataloader` (normalised like the training images);
-* the seeded per-class split (:func:`~simlearn.data.splits.stratified_split`; items with a fixed split keep it), the
-  warning about classes too small for val/test, the caps ``max_train``/``max_val``/``max_test`` and the check that
-  every split has two classes;
+* the split (``split_by``): ``item``, the seeded per-class split (:func:`~simlearn.data.splits.stratified_split`:
+  every class in every split, closed-set retrieval), or ``class``, whole classes to train / val / test
+  (:func:`~simlearn.data.splits.class_split`: seeded, or listed by ``train_classes``/``val_classes``/``test_classes``,
+  or the source's official split), so that the test classes are never trained on. With a class split the labels
+  are ordered train classes (0..T−1, what classifier losses are sized for: ``num_classes`` = T), then val, then
+  test classes. Items with a fixed split keep it; a source may fix "query" and "gallery" items (In-Shop): the test
+  split is then both, with a field ``is_gallery`` (1 gallery, 0 query, −1 other splits) that the evaluator
+  searches queries against the gallery by. Then the warning about classes too small for val/test, the caps
+  ``max_train``/``max_val``/``max_test`` and the checks that every split has two classes and every query a gallery
+  item of its class; :meth:`~EmbeddingDataModule.split_summary` (``splits.json``) says what each split holds;
 * loaders: shuffled by :class:`~simlearn.data.samplers.EpochSeededRandomSampler` or drawn by PML's
   ``MPerClassSampler`` (``m_per_class``) for training, in order for evaluation; ``on_device`` (in-memory data) draws
   batches from tensors on the training device instead of a DataLoader;
@@ -42,11 +49,14 @@ from torch.utils.data import DataLoader, Dataset, default_collate
 from simlearn.data.device_loader import DeviceBatchLoader
 from simlearn.data.samplers import EpochSeededRandomSampler
 from simlearn.data.splits import (
+    FIXED_SPLITS,
+    SPLIT_BY,
     SPLITS,
     cap_split,
     check_batches_and_fractions,
     check_m_per_class,
     check_split_classes,
+    class_split,
     m_per_class_sampler,
     some_names,
     stratified_split,
@@ -160,6 +170,8 @@ class Items:
 
     #: Whether the items are tensors in memory, which ``data.on_device`` can move to the training device.
     in_memory: ClassVar[bool] = False
+    #: Whether the label field names classes (``split_by=class`` splits them); pairs have none.
+    has_classes: ClassVar[bool] = True
     #: Whether training drops its incomplete last batch when there is a full one (a batch of one item breaks batch
     #: norm). In-memory data keeps it, as it always has, so that the digits and MNIST results stay the same.
     drop_incomplete_batch: ClassVar[bool] = True
@@ -207,6 +219,10 @@ class EmbeddingDataModule(pl.LightningDataModule):
         channels: int = 3,
         num_classes: int | None = None,
         classes: Sequence[str | int] | None = None,
+        split_by: str = "item",
+        train_classes: Sequence[str | int] | None = None,
+        val_classes: Sequence[str | int] | None = None,
+        test_classes: Sequence[str | int] | None = None,
         probe_classes: Sequence[str | int] | None = None,
         batch_size: int = 64,
         eval_batch_size: int = 128,
@@ -234,6 +250,22 @@ class EmbeddingDataModule(pl.LightningDataModule):
         self.channels = channels
         self.num_classes = num_classes
         self.classes = None if classes is None else [self.class_name(c) for c in classes]
+        if split_by not in SPLIT_BY:
+            raise UserError(
+                f"data.split_by must be one of {', '.join(SPLIT_BY)}, got {split_by!r}: item (every class in every "
+                f"split) or class (whole classes per split: test classes never trained on)."
+            )
+        self.split_by = split_by
+        listed = {"train": train_classes, "val": val_classes, "test": test_classes}
+        self.split_classes = {k: [self.class_name(c) for c in v] for k, v in listed.items() if v is not None}
+        empty = [f"data.{k}_classes" for k, v in listed.items() if v is not None and len(v) == 0]
+        if empty:
+            raise UserError(f"{empty[0]} is an empty list; list its classes, or leave it null (drawn, seeded).")
+        if self.split_classes and split_by != "class":
+            keys = " ".join(f"data.{k}_classes" for k in self.split_classes)
+            raise UserError(
+                f"{keys} list whole classes per split, which needs data.split_by=class (got split_by={split_by})."
+            )
         self.probe_classes = [self.class_name(c) for c in probe_classes or []]
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size
@@ -248,8 +280,15 @@ class EmbeddingDataModule(pl.LightningDataModule):
         self.mean = None if mean is None else list(mean)
         self.std = None if std is None else list(std)
         self._check_class_lists()
-        #: Names of the trained labels 0..C−1 of ``label_field`` (set by :meth:`setup`).
+        #: Names of the labels 0..C−1 of ``label_field`` (set by :meth:`setup`): every class of train/val/test; with
+        #: ``split_by=class`` the training classes first (0..T−1), then the val and the test classes.
         self.class_names: list[str] = []
+        #: Class names of each split (set by :meth:`setup`).
+        self.split_class_names: dict[str, list[str]] = {}
+        #: How many labels 0..T−1 the split gives to training classes (set by :meth:`setup`): every class with
+        #: ``split_by=item``, the training classes with ``split_by=class``, whether or not ``max_train`` left items of
+        #: each in the training split (the labels keep their values).
+        self._train_labels: int | None = None
         #: Names of the probe labels C, C+1, … (set by :meth:`setup`; empty without probe classes).
         self.probe_class_names: list[str] = []
         #: Split name → its items (set by :meth:`setup`).
@@ -275,7 +314,9 @@ class EmbeddingDataModule(pl.LightningDataModule):
 
     def check_splits(self, items: Items, labels: torch.Tensor, splits: Mapping[str, torch.Tensor]) -> None:
         """Reject splits that cannot be trained or evaluated: every split needs two classes."""
-        check_split_classes(labels, splits, self.label_names, self.name, self.val_fraction)
+        check_split_classes(
+            labels, splits, self.label_names, self.name, self.val_fraction, by_class=self.split_by == "class"
+        )
 
     # -- the interface callers use ----------------------------------------------------------------------------------
     @property
@@ -316,21 +357,53 @@ class EmbeddingDataModule(pl.LightningDataModule):
             )
         codes = items.fields[self.label_field]
         names = items.names_of(self.label_field)
-        labels = self._relabel(codes, names)
-        trained_count = len(self.class_names)
+        fixed = self._fixed_splits(items, len(codes))
+        order = self._selected(codes, names)
+        if self.split_by == "class":
+            if not items.has_classes:
+                raise UserError(
+                    f"data '{self.name}' holds pairs, not classes, so it cannot be split by class; use "
+                    f"data.split_by=item."
+                )
+            whole = self._class_fixed_splits(codes, names, fixed)
+            clash = [(n, split, whole[n]) for split, chosen in self.split_classes.items() for n in chosen
+                     if n in whole and whole[n] != split]  # fmt: skip
+            if clash:
+                name, split, official = clash[0]
+                raise UserError(
+                    f"data.{split}_classes lists {name!r}, but data '{self.name}' puts every item of it in {official} "
+                    f"(its official split or split column); {len(clash)} listed class(es) clash. Drop them from the "
+                    f"list, or set data.official_split=false where the data has that option."
+                )
+            roles = class_split(order, whole, self.split_classes, self.val_fraction, self.test_fraction, self.seed)
+            order = [name for split in SPLITS for name in roles[split]]
+        labels = self._relabel(codes, names, order)
         wanted = self.usable(items, labels >= 0)
-        trained, probe = wanted & (labels < trained_count), wanted & (labels >= trained_count)
-        # split by the source's codes: classes are visited in the source's order, as they always were, so that
-        # selecting classes does not change the split of in-memory data
-        splits = self._split(codes, trained, items.split, names)
+        probe = wanted & (labels >= len(self.class_names))
+        trained = wanted & (labels >= 0) & (labels < len(self.class_names))
+        if self.split_by == "class":
+            splits = self._split_by_class(labels, trained, fixed, roles)
+        else:
+            # split by the source's codes: classes are visited in the source's order, as they always were, so that
+            # selecting classes does not change the split of in-memory data
+            splits = self._split(codes, trained, fixed, names)
+        gallery = self._query_gallery(items, labels, splits, fixed)
+        self.split_class_names = {
+            split: [self.class_names[c] for c in labels[index].unique().tolist()] for split, index in splits.items()
+        }
+        self._train_labels = len(roles["train"]) if self.split_by == "class" else len(self.class_names)
         self.check_splits(items, labels, splits)
         if self.m_per_class:  # now, not when training starts
             check_m_per_class(labels[splits["train"]], self.m_per_class, self.batch_size)
+        trained_count = self.num_train_classes
         if self.num_classes is not None and self.num_classes != trained_count:
             raise UserError(
                 f"data.num_classes={self.num_classes} but data '{self.name}' trains on {trained_count} classes "
-                f"{some_names(self.class_names)}; set data.num_classes={trained_count}."
+                f"{some_names(self.class_names[:trained_count])}; set data.num_classes={trained_count} (or null: "
+                f"classifier losses are then sized from the training classes)."
             )
+        if gallery is not None:
+            items.fields = {**items.fields, "is_gallery": gallery}
         items.fields = {**items.fields, self.label_field: labels}
         if self.mean is None:
             mean, std = items.normalisation(splits["train"])
@@ -394,6 +467,47 @@ class EmbeddingDataModule(pl.LightningDataModule):
     def test_dataloader(self) -> Loader:
         return self.loader("test")
 
+    @property
+    def num_train_classes(self) -> int:
+        """How many labels 0..T−1 are training classes: what classifier-style losses are sized for. Every class of
+        an item split, the training classes of a class split; a class that ``data.max_train`` left without training
+        items keeps its label, so it still counts (the labels above it are unchanged)."""
+        return self._train_labels if self._train_labels is not None else len(self.class_names)
+
+    @property
+    def test_protocol(self) -> str:
+        """How the test split is evaluated: ``query-gallery`` (the source's queries searched against its gallery) or
+        ``leave-one-out`` (every test item a query against all the others)."""
+        return "query-gallery" if "is_gallery" in self.label_fields else "leave-one-out"
+
+    def split_summary(self) -> dict[str, Any]:
+        """What each split holds (``splits.json``): how items were split, the test protocol, and per split its
+        classes and item counts (per class too); for a query/gallery test, the query and gallery counts."""
+        summary: dict[str, Any] = {
+            "data": self.name,
+            "label_field": self.label_field,
+            "split_by": self.split_by,
+            "closed_set": self.split_by == "item",
+            "test_protocol": self.test_protocol,
+            "splits": {},
+        }
+        for split, dataset in self.datasets.items():
+            labels = dataset.labels(self.label_field)
+            values, counts = labels.unique(return_counts=True)
+            entry: dict[str, Any] = {
+                "num_items": len(dataset),
+                "num_classes": len(values),
+                "classes": [self.label_names[v] for v in values.tolist()],
+                "items_per_class": {
+                    self.label_names[v]: int(n) for v, n in zip(values.tolist(), counts.tolist(), strict=True)
+                },
+            }
+            if split == "test" and "is_gallery" in dataset.fields:
+                role = dataset.labels("is_gallery")
+                entry["num_queries"], entry["num_gallery"] = int((role == 0).sum()), int((role == 1).sum())
+            summary["splits"][split] = entry
+        return summary
+
     def probe_dataloader(self) -> Loader:
         """The probe classes' items (never trained on), in order, labelled C, C+1, … in ``label_field``."""
         if "probe" not in self.datasets:
@@ -415,10 +529,12 @@ class EmbeddingDataModule(pl.LightningDataModule):
                 f"data.probe_classes {overlap} are also in data.classes; a probe class must never be trained on."
             )
 
-    def _relabel(self, codes: torch.Tensor, names: list[str]) -> torch.Tensor:
-        """Labels 0..C−1 for the trained classes in the order of ``classes`` (null: the source's order), C, C+1, … for
-        the probe classes and −1 for the rest; sets ``class_names`` and ``probe_class_names``."""
-        for key, chosen in (("classes", self.classes or []), ("probe_classes", self.probe_classes)):
+    def _selected(self, codes: torch.Tensor, names: list[str]) -> list[str]:
+        """The classes to train and evaluate on, in the order of ``classes`` (null: the source's order, probe classes
+        left out), after checking every class the config names."""
+        lists = [("classes", self.classes or []), ("probe_classes", self.probe_classes)]
+        lists += [(f"{split}_classes", chosen) for split, chosen in self.split_classes.items()]
+        for key, chosen in lists:
             unknown = [c for c in chosen if c not in names]
             if unknown:
                 raise UserError(
@@ -426,6 +542,17 @@ class EmbeddingDataModule(pl.LightningDataModule):
                     f"valid: {some_names(names, 50)}."
                 )
         trained = self.classes if self.classes is not None else [n for n in names if n not in self.probe_classes]
+        listed = [name for chosen in self.split_classes.values() for name in chosen]
+        if len(set(listed)) != len(listed):
+            twice = sorted({n for n in listed if listed.count(n) > 1})
+            raise UserError(f"the classes {twice} are listed for two splits (data.<split>_classes); list each once.")
+        outside = [n for n in listed if n not in trained]
+        if outside:
+            raise UserError(
+                f"data.<split>_classes name {outside}, which are "
+                + ("probe classes" if set(outside) <= set(self.probe_classes) else "not in data.classes")
+                + "; a listed class must be one that is trained or evaluated on."
+            )
         code_of = {name: code for code, name in enumerate(names)}
         present = set(codes.unique().tolist())
         missing = [n for n in [*trained, *self.probe_classes] if code_of[n] not in present]
@@ -434,32 +561,133 @@ class EmbeddingDataModule(pl.LightningDataModule):
             raise UserError(
                 f"data '{self.name}' has no images of the classes {missing}; it has {some_names(have, 50)}."
             )
+        return list(trained)
+
+    def _relabel(self, codes: torch.Tensor, names: list[str], trained: list[str]) -> torch.Tensor:
+        """Labels 0..C−1 for the classes ``trained`` in their order, C, C+1, … for the probe classes and −1 for the
+        rest; sets ``class_names`` and ``probe_class_names``."""
+        code_of = {name: code for code, name in enumerate(names)}
         relabel = torch.full((len(names),), -1, dtype=torch.long)
         for label, name in enumerate([*trained, *self.probe_classes]):
             relabel[code_of[name]] = label
         self.class_names, self.probe_class_names = list(trained), list(self.probe_classes)
         return relabel[codes]
 
-    def _split(
-        self, codes: torch.Tensor, trained: torch.Tensor, given: Sequence[str | None] | None, names: Sequence[str]
-    ) -> dict[str, torch.Tensor]:
-        """The seeded per-class split of the trained items the source assigns to no split, plus those it assigns;
-        then the caps ``data.max_<split>``."""
-        fixed = np.array([s or "" for s in given]) if given is not None else np.full(len(codes), "")
-        unknown = sorted(set(fixed.tolist()) - {"", *SPLITS})
+    def _fixed_splits(self, items: Items, count: int) -> np.ndarray:
+        """The split the source fixes for each item ("" for none), checked."""
+        fixed = np.array([s or "" for s in items.split], dtype=object) if items.split is not None else None
+        fixed = fixed.astype(str) if fixed is not None else np.full(count, "", dtype="<U7")
+        unknown = sorted(set(fixed.tolist()) - {"", *FIXED_SPLITS})
         if unknown:
             raise UserError(
                 f"data '{self.name}' assigns items to the splits {unknown} (its split column); valid: "
-                f"{', '.join(SPLITS)}, or empty for the seeded split."
+                f"{', '.join(FIXED_SPLITS)}, or empty for the seeded split."
             )
+        present = set(fixed.tolist())
+        if ("query" in present) != ("gallery" in present):
+            raise UserError(
+                f"data '{self.name}' fixes {'query' if 'query' in present else 'gallery'} items but no "
+                f"{'gallery' if 'query' in present else 'query'} items; a query/gallery test needs both."
+            )
+        if {"query", "gallery"} <= present and "test" in present:
+            raise UserError(
+                f"data '{self.name}' fixes both test items and query/gallery items; its test is one or the other."
+            )
+        return fixed
+
+    def _class_fixed_splits(self, codes: torch.Tensor, names: list[str], fixed: np.ndarray) -> dict[str, str]:
+        """Classes whose every item the source fixes to one split (query and gallery count as test): they stay
+        there under ``split_by=class``. A class with items in several splits, or some left free (MNIST's official
+        test images), is split as a whole like any other class; but a class with query or gallery items must be all
+        query and gallery items (a test class): else they would be tested on and trained on."""
+        searched = np.isin(fixed, ["query", "gallery"])
+        roles = np.where(searched, "test", fixed)
+        out: dict[str, str] = {}
+        codes_np = codes.numpy()
+        for code in np.unique(codes_np).tolist():
+            mine = codes_np == code
+            kinds = set(roles[mine].tolist())
+            if searched[mine].any() and kinds != {"test"}:
+                others = sorted(kind or "no split" for kind in set(fixed[mine & ~searched].tolist()))
+                raise UserError(
+                    f"data '{self.name}': class {names[code]!r} has query/gallery items and items of {others}; with "
+                    f"data.split_by=class a query/gallery class is a test class, all its items query or gallery "
+                    f"items. Fix the data's split, or use data.split_by=item."
+                )
+            if len(kinds) == 1 and "" not in kinds:
+                out[names[code]] = kinds.pop()
+        return out
+
+    def _split_by_class(
+        self, labels: torch.Tensor, trained: torch.Tensor, fixed: np.ndarray, roles: Mapping[str, list[str]]
+    ) -> dict[str, torch.Tensor]:
+        """Every item of a class in its class's split (query/gallery items stay query/gallery); then the caps."""
+        label_of = {name: i for i, name in enumerate(self.class_names)}
+        # probe labels (C, C+1, …) index it too: they are in no split (``trained`` leaves them out)
+        split_of = torch.full((len(self.class_names) + len(self.probe_class_names),), -1, dtype=torch.long)
+        for i, split in enumerate(SPLITS):
+            for name in roles[split]:
+                split_of[label_of[name]] = i
+        role = torch.where(trained, split_of[labels.clamp(min=0)], -1)
+        splits = {split: torch.nonzero(role == i).flatten() for i, split in enumerate(SPLITS)}
+        splits = {**splits, **self._query_gallery_items(trained, fixed)}
+        return {split: cap_split(index, self.limits.get(split), self.seed, split) for split, index in splits.items()}
+
+    @staticmethod
+    def _query_gallery_items(trained: torch.Tensor, fixed: np.ndarray) -> dict[str, torch.Tensor]:
+        """The source's query and gallery items (none for most sources); they replace the test split."""
+        if "query" not in fixed:
+            return {}
+        out = {}
+        for split in ("query", "gallery"):
+            out[split] = torch.from_numpy(np.flatnonzero((fixed == split) & trained.numpy()))
+        return out
+
+    def _split(
+        self, codes: torch.Tensor, trained: torch.Tensor, fixed: np.ndarray, names: Sequence[str]
+    ) -> dict[str, torch.Tensor]:
+        """The seeded per-class split of the trained items the source assigns to no split, plus those it assigns;
+        then the caps ``data.max_<split>``."""
         free = trained & torch.from_numpy(fixed == "")
         splits = stratified_split(codes, free, self.val_fraction, self.test_fraction, self.seed)
         for split in SPLITS:
             assigned = torch.from_numpy(np.flatnonzero((fixed == split) & trained.numpy()))
             splits[split] = torch.cat([splits[split], assigned]).sort().values
+        splits = {**splits, **self._query_gallery_items(trained, fixed)}
         # before the caps: a class left out by data.max_<split> is the user's choice, one too small is not
         self.warn_small_classes(codes, free, splits, names)
-        return {split: cap_split(index, self.limits[split], self.seed, split) for split, index in splits.items()}
+        return {split: cap_split(index, self.limits.get(split), self.seed, split) for split, index in splits.items()}
+
+    def _query_gallery(
+        self, items: Items, labels: torch.Tensor, splits: dict[str, torch.Tensor], fixed: np.ndarray
+    ) -> torch.Tensor | None:
+        """With query and gallery items: make the test split both (in that order) and return the ``is_gallery`` field
+        (1 gallery, 0 query, −1 any other item); None without them. Queries need a gallery item of their class."""
+        if "query" not in splits:
+            return None
+        query, gallery = splits.pop("query"), splits.pop("gallery")
+        others = sorted(set(splits["test"].tolist()) - set(query.tolist()) - set(gallery.tolist()))
+        if others:  # the test split is the queries and the gallery: these would silently go untested
+            classes = sorted({self.class_names[int(labels[i])] for i in others})
+            given_by = "data.test_classes" if self.split_by == "class" else "data.test_fraction"
+            raise UserError(
+                f"data '{self.name}' has query and gallery items, which make its test split, but {given_by} also gives "
+                f"{len(others)} other items to test (classes {some_names(classes)}); they would go untested. Mark "
+                f"them query or gallery in the data, or "
+                + ("drop them from data.test_classes." if self.split_by == "class" else "set data.test_fraction=0.")
+            )
+        have = set(labels[gallery].tolist())
+        orphans = [int(i) for i in query.tolist() if int(labels[i]) not in have]
+        if orphans:
+            example = self.class_names[int(labels[orphans[0]])]
+            raise UserError(
+                f"data '{self.name}': {len(orphans)} of {len(query)} queries have no gallery item of their class "
+                f"(e.g. class {example!r}); every query needs one. Check the query/gallery list of the data."
+            )
+        splits["test"] = torch.cat([query, gallery])
+        role = torch.full((len(labels),), -1, dtype=torch.long)
+        role[query], role[gallery] = 0, 1
+        return role
 
     def _evaluation_dataset(self, split: str) -> SplitDataset:
         """The split's items without the training augmentation (embedding the training split reads it this way)."""

@@ -96,6 +96,8 @@ class PairTable(FileTable):
     label fields ``pair`` (the row) and ``similar``, and ``first_listed`` marks the first row of each pair (a repeat,
     in either order, is kept in the table so that ``pair`` stays the CSV row, but never used)."""
 
+    has_classes = False  # a pair is similar or not: there are no classes to split by
+
     second: list[str]
     first_listed: torch.Tensor
 

@@ -19,6 +19,11 @@ from simlearn.errors import UserError
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "test")
+#: The splits a source may fix per item: the three above, and the two halves of a query/gallery test (In-Shop).
+FIXED_SPLITS = (*SPLITS, "query", "gallery")
+#: How items are split: ``item`` (seeded per class: every class in every split, closed-set retrieval) or ``class``
+#: (whole classes to train / val / test: the test classes are never trained on, as the field's benchmarks measure).
+SPLIT_BY = ("item", "class")
 
 
 def check_batches_and_fractions(
@@ -142,19 +147,35 @@ def cap_split(index: torch.Tensor, limit: int | None, seed: int, split: str) -> 
 
 
 def check_split_classes(
-    labels: torch.Tensor, splits: Mapping[str, torch.Tensor], class_names: Sequence[str], name: str, val_fraction: float
+    labels: torch.Tensor,
+    splits: Mapping[str, torch.Tensor],
+    class_names: Sequence[str],
+    name: str,
+    val_fraction: float,
+    by_class: bool = False,
 ) -> None:
-    """Every split needs at least 2 classes (an empty val split is fine when ``val_fraction`` is 0)."""
+    """Every split needs at least 2 classes. An empty val split is fine when ``val_fraction`` is 0, and in a class
+    split (``by_class``: its training classes were too few, or all listed, to give val two of them: logged)."""
     for split, index in splits.items():
         present = labels[index].unique()
-        if split == "val" and len(index) == 0 and val_fraction == 0:
+        if split == "val" and len(index) == 0 and (val_fraction == 0 or by_class):
+            if val_fraction > 0:
+                log.warning(
+                    "data '%s': no val classes (too few unlisted training classes to give val two of them); training "
+                    "runs without validation and tests its last epoch. List some with data.val_classes.",
+                    name,
+                )
             continue
         if len(present) < 2:
             names = [class_names[i] for i in present.tolist()]
+            if by_class:  # whole classes per split: what gives a split classes is its list or its fraction
+                more = f"raise data.{split}_fraction" if split != "train" else "give val and test fewer classes"
+                fix = f"list at least 2 classes in data.{split}_classes (data.split_by=class) or {more}"
+            else:
+                fix = f"Select more classes (data.classes) or raise data.max_{split}"
             raise UserError(
                 f"the {split} split of data '{name}' has {len(index)} items in {len(present)} class(es) "
-                f"{names}; similarity learning and retrieval need at least 2 classes. Select more classes "
-                f"(data.classes) or raise data.max_{split}."
+                f"{names}; similarity learning and retrieval need at least 2 classes. {fix[0].upper()}{fix[1:]}."
             )
 
 
@@ -176,3 +197,59 @@ def m_per_class_sampler(labels: torch.Tensor, m: int, batch_size: int) -> Sample
 
     check_m_per_class(labels, m, batch_size)
     return MPerClassSampler(labels.numpy(), m=m, batch_size=batch_size, length_before_new_iter=len(labels))
+
+
+def split_class_count(available: int, fraction: float) -> int:
+    """How many of ``available`` classes a class split takes for a split of ``fraction``: ``round(n × fraction)``,
+    but never one (retrieval needs two classes): one becomes two when that leaves two classes to train on, else 0."""
+    n = round(available * fraction)
+    if n == 1:
+        n = 2 if available - 2 >= 2 else 0
+    return n
+
+
+def class_split(
+    names: Sequence[str],
+    fixed: Mapping[str, str],
+    listed: Mapping[str, Sequence[str]],
+    val_fraction: float,
+    test_fraction: float,
+    seed: int,
+) -> dict[str, list[str]]:
+    """Whole classes to train / val / test (``split_by=class``); returns each split's class names in ``names`` order.
+
+    ``names`` are the classes to split, in the source's order; ``fixed`` maps the classes whose every item a source
+    fixes to one split (an official split: CUB, Cars196, SOP) to it ("query"/"gallery" classes count as test);
+    ``listed`` holds the classes the config lists per split (``data.train_classes`` …). The other classes are free:
+    unless test classes are fixed or listed, ``round(C × test_fraction)`` of all C classes are drawn from them for
+    test; unless val classes are, ``round(T × val_fraction)`` of the T classes left for training are drawn for val
+    (so an official train/test split gets its val classes from its training classes); the rest train. A train list
+    is the whole training set: with it, the classes no list names go to test (to val when test is listed). Draws are
+    seeded (one permutation of the free classes, then of the training ones) and need no items, so the same classes
+    and seed give the same split everywhere.
+    """
+    role = {**fixed}
+    for split, chosen in listed.items():
+        role.update({name: split for name in chosen})
+    rng = np.random.default_rng(seed)
+    free = [n for n in names if n not in role]
+    if "train" in listed:
+        # a train list is the whole training set: the classes no list names are unseen, to test (to val when test
+        # is listed too), never trained on
+        rest = "val" if "test" in listed else "test"
+        role.update({name: rest for name in free})
+        free = []
+    if not any(r == "test" for r in role.values()):
+        count = min(split_class_count(len(names), test_fraction), len(free))
+        for name in rng.permutation(np.array(free, dtype=object))[:count] if count else []:
+            role[name] = "test"
+    for name in names:
+        role.setdefault(name, "train")
+    if not any(r == "val" for r in role.values()):
+        # val from the training classes that no source or list fixed (fixed train classes when there are none)
+        movable = [n for n in names if role[n] == "train" and n not in listed.get("train", ())]
+        pool = [n for n in movable if n not in fixed] or movable
+        count = min(split_class_count(sum(r == "train" for r in role.values()), val_fraction), len(pool))
+        for name in rng.permutation(np.array(pool, dtype=object))[:count] if count else []:
+            role[name] = "val"
+    return {split: [n for n in names if role[n] == split] for split in SPLITS}

@@ -7,16 +7,27 @@ from collections.abc import Mapping, Sequence
 from torch import Tensor
 
 from simlearn.errors import UserError
-from simlearn.evaluation.retrieval import retrieval_metrics
+from simlearn.evaluation.clustering import clustering_metrics
+from simlearn.evaluation.retrieval import per_class_metrics, retrieval_metrics
 
 __all__ = ["RetrievalEvaluator"]
 
+#: the label field that marks a query/gallery test (simlearn.data.base): 1 gallery item, 0 query, -1 neither
+GALLERY_FIELD = "is_gallery"
+#: when ``clustering`` computes NMI/AMI
+CLUSTERING = ("test", "all", None)
+
 
 class RetrievalEvaluator:
-    """Exact cosine retrieval on ``label_field``: each item of the split is a query against all the others.
+    """Exact cosine retrieval on ``label_field``: each item of the split is a query against all the others
+    (``leave-one-out``), or, when the data marks query and gallery items (field ``is_gallery``: In-Shop's test), each
+    query against the gallery (``query-gallery``; ``num_gallery`` says how many).
 
     ``knn_k`` adds ``knn_accuracy@<k>``: the accuracy of the majority vote of each item's k nearest other items
     (leave-one-out, :func:`~simlearn.evaluation.retrieval.knn_accuracy`), read off the same search; null: off.
+    ``clustering`` adds ``nmi`` and ``ami`` (:mod:`simlearn.evaluation.clustering`) of the queries: at test
+    (``test``, the default: k-means is too slow to repeat every validation on large data), every split (``all``), or
+    never (null).
     """
 
     main_metric = "recall@1"
@@ -28,7 +39,11 @@ class RetrievalEvaluator:
         chunk_size: int | None = None,
         knn_k: int | None = None,
         backend: str = "auto",
+        clustering: str | None = "test",
     ) -> None:
+        if clustering not in CLUSTERING:
+            raise UserError(f"evaluation.clustering must be test, all or null, got {clustering!r}.")
+        self.clustering = clustering
         if knn_k is not None and (isinstance(knn_k, bool) or not isinstance(knn_k, int) or knn_k < 1):
             raise UserError(f"evaluation.knn_k must be null or an integer ≥ 1, got {knn_k!r}; e.g. evaluation.knn_k=5.")
         self.label_field = label_field
@@ -37,16 +52,43 @@ class RetrievalEvaluator:
         self.backend = backend
         self.knn_k = knn_k
 
-    def __call__(self, embeddings: Tensor, fields: Mapping[str, Tensor]) -> dict[str, float]:
-        if self.label_field not in fields:
-            raise UserError(
-                f"evaluation.label_field={self.label_field!r} is not a field of the data; valid: {sorted(fields)}."
-            )
-        return retrieval_metrics(
-            embeddings,
-            fields[self.label_field],
+    def __call__(self, embeddings: Tensor, fields: Mapping[str, Tensor], split: str = "test") -> dict[str, float]:
+        queries, gallery = self._protocol(embeddings, fields)
+        metrics = retrieval_metrics(
+            *queries,
             self.ks,
+            *gallery,
             chunk_size=self.chunk_size,
             backend=self.backend,
             knn_k=self.knn_k,
         )
+        if gallery[0] is not None:
+            metrics["num_gallery"] = float(len(gallery[0]))
+        if self.clustering == "all" or (self.clustering == "test" and split == "test"):
+            metrics.update(clustering_metrics(*queries))
+        return metrics
+
+    def per_class(self, embeddings: Tensor, fields: Mapping[str, Tensor]) -> list[dict[str, float]]:
+        """recall@1 and MAP@R per query class, by the same protocol (:func:`~simlearn.evaluation.retrieval.
+        per_class_metrics`)."""
+        queries, gallery = self._protocol(embeddings, fields)
+        return per_class_metrics(*queries, *gallery, chunk_size=self.chunk_size, backend=self.backend)
+
+    @staticmethod
+    def protocol(fields: Mapping[str, Tensor]) -> str:
+        """``query-gallery`` when the items are marked as queries and gallery items, else ``leave-one-out``."""
+        role = fields.get(GALLERY_FIELD)
+        return "query-gallery" if role is not None and bool((role >= 0).any()) else "leave-one-out"
+
+    def _protocol(self, embeddings: Tensor, fields: Mapping[str, Tensor]) -> tuple[tuple, tuple]:
+        """((query embeddings, labels), (gallery embeddings, labels) or (None, None) for leave-one-out)."""
+        if self.label_field not in fields:
+            raise UserError(
+                f"evaluation.label_field={self.label_field!r} is not a field of the data; valid: {sorted(fields)}."
+            )
+        labels = fields[self.label_field]
+        if self.protocol(fields) == "leave-one-out":
+            return (embeddings, labels), (None, None)
+        role = fields[GALLERY_FIELD]
+        query, gallery = role == 0, role == 1
+        return (embeddings[query], labels[query]), (embeddings[gallery], labels[gallery])

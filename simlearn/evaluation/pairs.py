@@ -87,7 +87,7 @@ class PairEvaluator:
         self.pair_field = pair_field
         self.label_field = label_field
 
-    def __call__(self, embeddings: Tensor, fields: Mapping[str, Tensor]) -> dict[str, float]:
+    def __call__(self, embeddings: Tensor, fields: Mapping[str, Tensor], split: str = "test") -> dict[str, float]:
         missing = [f for f in (self.pair_field, self.label_field) if f not in fields]
         if missing:
             raise UserError(

@@ -35,7 +35,7 @@ import torch
 from simlearn.errors import UserError
 from simlearn.evaluation.neighbours import BACKENDS, QueryGallery, choose_backend, neighbour_chunks, query_gallery
 
-__all__ = ["BACKENDS", "choose_backend", "knn_accuracy", "retrieval_metrics"]
+__all__ = ["BACKENDS", "choose_backend", "knn_accuracy", "per_class_metrics", "retrieval_metrics"]
 
 
 def _check_ks(ks: Sequence[int]) -> list[int]:
@@ -72,11 +72,12 @@ def _knn_correct(data: QueryGallery, start: int, stop: int, idx: torch.Tensor, k
     return (predicted == data.query_classes[start:stop]).sum()
 
 
-def _retrieval_sums(
+def _retrieval_values(
     data: QueryGallery, start: int, stop: int, idx: torch.Tensor, ks: list[int], r_max: int
-) -> torch.Tensor:
-    """Per-metric sums over the chunk's scored queries: recall@k for each k, precision@1, R-precision, MAP@R;
-    ``r_max`` is the chunk's largest R_q (known on the host, so no device sync here)."""
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per scored query of the chunk: recall@k for each k, precision@1, R-precision, MAP@R (columns), and which
+    queries of the chunk were scored (R_q > 0); ``r_max`` is the chunk's largest R_q (known on the host, so no device
+    sync here)."""
     r = data.relevant[start:stop]
     keep = r > 0
     r = r[keep]
@@ -90,7 +91,7 @@ def _retrieval_sums(
     per_query.append(rel[:, 0].double())
     per_query.append(hits_r[:, -1].double() / r64)
     per_query.append((hits_r.double() / rank * rel_r).sum(dim=1) / r64)
-    return torch.stack([v.sum() for v in per_query])
+    return torch.stack(per_query, dim=1), keep
 
 
 def retrieval_metrics(
@@ -161,7 +162,7 @@ def retrieval_metrics(
         start, stop, idx, searched = chunk.start, chunk.stop, chunk.indices, chunk.data
         r_max = int(r_host[start:stop].max())
         if r_max > 0:  # else every query of the chunk is lone: searched for kNN accuracy only
-            sums = sums + _retrieval_sums(searched, start, stop, idx, ks, r_max)
+            sums = sums + _retrieval_values(searched, start, stop, idx, ks, r_max)[0].sum(dim=0)
         if knn_k is not None:
             correct = correct + _knn_correct(searched, start, stop, idx, knn_k)
 
@@ -198,3 +199,44 @@ def knn_accuracy(
     for chunk in neighbour_chunks(data, needed, backend, chunk_size, interchangeable="class"):
         correct = correct + _knn_correct(chunk.data, chunk.start, chunk.stop, chunk.indices, k)
     return int(correct) / len(data.queries)
+
+
+def per_class_metrics(
+    embeddings,
+    labels,
+    gallery_embeddings=None,
+    gallery_labels=None,
+    chunk_size: int | None = None,
+    backend: str = "auto",
+) -> list[dict[str, float]]:
+    """recall@1 and MAP@R per query class (the same search and definitions as :func:`retrieval_metrics`): one row
+    per class with scored queries, ``{"label", "num_queries", "recall@1", "map@r"}``, sorted by label. The means of
+    a class's rows weighted by ``num_queries`` give :func:`retrieval_metrics`' values; a class's lone queries are
+    left out as there."""
+    data = query_gallery(embeddings, labels, gallery_embeddings, gallery_labels)
+    r_all = data.relevant
+    r_host = r_all.cpu()
+    needed = torch.where(r_host > 0, r_host.clamp(min=1), 0)
+    values, classes = [], []
+    for chunk in neighbour_chunks(data, needed, backend, chunk_size, interchangeable="relevance"):
+        start, stop = chunk.start, chunk.stop
+        r_max = int(r_host[start:stop].max())
+        if r_max > 0:
+            v, keep = _retrieval_values(chunk.data, start, stop, chunk.indices, [1], r_max)
+            values.append(v[:, [0, 3]].cpu())
+            classes.append(chunk.data.query_classes[start:stop][keep].cpu())
+    if not values:
+        return []
+    v, c = torch.cat(values), data.labels.cpu()[torch.cat(classes)]
+    rows = []
+    for label in c.unique().tolist():
+        mine = v[c == label]
+        rows.append(
+            {
+                "label": label,
+                "num_queries": len(mine),
+                "recall@1": float(mine[:, 0].mean()),
+                "map@r": float(mine[:, 1].mean()),
+            }
+        )
+    return rows

@@ -21,6 +21,8 @@ class Task(nn.Module):
 
     #: True for tasks whose target is the input image (``batch["image"]``), not a label field.
     reads_image: bool = False
+    #: Learning rate of this task's own parameters (class weights, proxies) as a multiple of ``optimizer.lr``.
+    lr_multiplier: float = 1.0
 
     def __init__(self, field: str, weight: float = 1.0) -> None:
         super().__init__()
@@ -40,8 +42,16 @@ class Task(nn.Module):
 class MetricTask(Task):
     """A pytorch-metric-learning loss (and optional miner) on the embedding, with class labels from ``field``.
 
-    Classifier losses (``NormalizedSoftmaxLoss``, ``CosFaceLoss``, ``ArcFaceLoss``…) keep their class weights
-    in ``loss.W`` (embedding_dim × classes); for them :meth:`predict` gives the cosine classifier's decision.
+    Classifier losses (``NormalizedSoftmaxLoss``, ``CosFaceLoss``, ``ArcFaceLoss``, ``SubCenterArcFaceLoss``…)
+    keep their class weights in ``loss.W`` (embedding_dim × classes·sub_centres), proxy losses (``ProxyAnchorLoss``,
+    ``ProxyNCALoss``) their proxies in ``loss.proxies`` (classes × embedding_dim); for both, :meth:`predict` gives
+    the cosine classifier's decision (the nearest class weight, sub-centre or proxy) and :attr:`class_weights` one
+    direction per class. ``lr_multiplier`` scales ``optimizer.lr`` for the task's own parameters (proxies usually
+    learn 100× faster than the network: Proxy Anchor, Kim et al. 2020).
+
+    A loss wrapped in PML's ``CrossBatchMemory`` (XBM, Wang et al. 2020: pairs between the batch and the embeddings
+    of recent batches) mines with the wrapper's own miner, between the batch and its memory; a miner of the task
+    would mine within the batch only, so it is refused.
 
     ``distributed=True`` wraps loss and miner in PML's ``DistributedLossWrapper`` / ``DistributedMinerWrapper`` so
     that, under DDP, pairs and triplets are formed with the embeddings of all ranks (plain losses otherwise).
@@ -54,21 +64,47 @@ class MetricTask(Task):
         miner: nn.Module | None = None,
         weight: float = 1.0,
         distributed: bool = False,
+        lr_multiplier: float = 1.0,
     ) -> None:
         super().__init__(field, weight)
+        if not lr_multiplier > 0:
+            raise UserError(f"loss.lr_multiplier must be > 0, got {lr_multiplier}; e.g. loss.lr_multiplier=100.")
+        from pytorch_metric_learning.losses import CrossBatchMemory
+
+        if isinstance(loss, CrossBatchMemory):
+            _check_memory_miner(loss, miner)
         self.loss = loss
         self.miner = miner
         self.distributed = distributed
+        self.lr_multiplier = float(lr_multiplier)
         if distributed:
             from pytorch_metric_learning.utils.distributed import DistributedLossWrapper, DistributedMinerWrapper
 
             self.distributed_loss = DistributedLossWrapper(loss)
             self.distributed_miner = DistributedMinerWrapper(miner) if miner is not None else None
 
+    def _classifier(self) -> tuple[Tensor, int] | None:
+        """The loss's class weights as (embedding_dim, classes × sub-centres) and the number of sub-centres per class
+        (class c owns columns c·k … c·k+k−1, as in PML's ``SubCenterArcFaceLoss``); None for other losses."""
+        weights = getattr(self.loss, "W", None)
+        if isinstance(weights, Tensor) and weights.dim() == 2:
+            return weights, int(getattr(self.loss, "sub_centers", 1) or 1)
+        proxies = getattr(self.loss, "proxies", None)
+        if isinstance(proxies, Tensor) and proxies.dim() == 2:
+            return proxies.t(), 1
+        return None
+
     @property
     def class_weights(self) -> Tensor | None:
-        weights = getattr(self.loss, "W", None)
-        return weights if isinstance(weights, Tensor) and weights.dim() == 2 else None
+        """One direction per class, (embedding_dim, classes): the class weights or proxies (with sub-centres: the
+        mean of a class's unit sub-centres); None for losses without."""
+        classifier = self._classifier()
+        if classifier is None:
+            return None
+        weights, sub_centers = classifier
+        if sub_centers == 1:
+            return weights
+        return F.normalize(weights, dim=0).view(weights.shape[0], -1, sub_centers).mean(dim=2)
 
     def check_targets(self, targets: Tensor) -> None:
         if self.class_weights is not None and int(targets.max()) >= self.class_weights.shape[1]:
@@ -79,6 +115,13 @@ class MetricTask(Task):
 
     def forward(self, embeddings: Tensor, batch: Mapping[str, Tensor]) -> Tensor:
         labels = batch[self.field]
+        memory = getattr(self.loss, "embedding_memory", None)
+        if memory is not None and len(embeddings) > len(memory):
+            raise UserError(
+                f"CrossBatchMemory holds {len(memory)} embeddings, fewer than a batch ({len(embeddings)}); set "
+                f"loss.loss.memory_size to at least the batch size (a few batches or more: e.g. "
+                f"loss.loss.memory_size={4 * len(embeddings)}), or lower data.batch_size."
+            )
         across_ranks = self.distributed and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
         loss = self.distributed_loss if across_ranks else self.loss
         miner = self.distributed_miner if across_ranks else self.miner
@@ -86,9 +129,22 @@ class MetricTask(Task):
         return loss(embeddings, labels, indices)
 
     def predict(self, embeddings: Tensor) -> Tensor | None:
-        if self.class_weights is None:
+        classifier = self._classifier()
+        if classifier is None:
             return None
-        return (F.normalize(embeddings, dim=1) @ F.normalize(self.class_weights, dim=0)).argmax(dim=1)
+        weights, sub_centers = classifier
+        cos = F.normalize(embeddings, dim=1) @ F.normalize(weights, dim=0)
+        return cos.view(len(embeddings), -1, sub_centers).amax(dim=2).argmax(dim=1)
+
+
+def _check_memory_miner(memory: nn.Module, miner: nn.Module | None) -> None:
+    """Refuse a miner given to the task of a ``CrossBatchMemory`` loss: it must be the memory's own (``loss.miner``)
+    to mine between the batch and the memory. (PML itself refuses losses the memory cannot wrap.)"""
+    if miner is not None:
+        raise UserError(
+            "loss.miner is set but loss.loss is a CrossBatchMemory: give the miner to the memory (loss.loss.miner) "
+            "so that it mines between the batch and the memory, and set loss.miner=null (see configs/loss/xbm_*.yaml)."
+        )
 
 
 class RegressionTask(Task):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import logging
 import os
 import re
@@ -14,6 +15,7 @@ from urllib.parse import urlparse
 import torch
 from torch import Tensor, nn
 
+from simlearn.data.image_files import IMAGENET_MEAN, IMAGENET_STD
 from simlearn.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -32,8 +34,9 @@ class Backbone(nn.Module):
     out_features: int
 
     def preprocessing(self) -> dict[str, Any]:
-        """What the backbone expects of its input, for the keys the data config leaves open (``image_size``,
-        ``mean``, ``std``): e.g. the statistics its pretrained weights were trained with. Empty: nothing."""
+        """What the backbone expects of its input, for the keys the data config leaves null (``image_size``,
+        ``mean``, ``std``; filled before the data is built, :func:`simlearn.build.fill_preprocessing`): e.g. the size
+        and statistics its pretrained weights were trained with. Empty: nothing (the data's defaults apply)."""
         return {}
 
 
@@ -50,7 +53,8 @@ class SmallCNN(Backbone):
         super().__init__()
         if in_channels < 1 or image_size < 1:
             raise UserError(
-                f"backbone small_cnn needs positive in_channels and image_size, got {in_channels} and {image_size}."
+                f"backbone small_cnn needs positive in_channels and image_size (from data.channels and "
+                f"data.image_size), got {in_channels} and {image_size}; e.g. data.image_size=64."
             )
         if not widths or any(w < 1 for w in widths):
             raise UserError(f"backbone.widths must be a non-empty list of positive ints, got {list(widths)}.")
@@ -80,9 +84,36 @@ TORCHVISION_BACKBONES = {"resnet18": 512, "resnet34": 512, "resnet50": 2048, "re
 VGG_LAYOUTS = {"vgg16": "D"}
 #: Seconds a socket may wait (connect or read) while pretrained weights download; no network fails fast, not hangs.
 DOWNLOAD_TIMEOUT_S = 20.0
+#: Seconds to wait for a weights host to accept a connection before saying it cannot be reached.
+REACH_TIMEOUT_S = 5.0
 
 
-class TorchvisionBackbone(Backbone):
+class NetworkBackbone(Backbone):
+    """A backbone around a library network ``self.net`` (torchvision, timm) that can be frozen: ``freeze`` stops
+    training it (no gradients, batch-norm statistics kept), so only the head and the loss learn."""
+
+    net: nn.Module
+    freeze: bool = False
+
+    def _freeze(self, pretrained: bool) -> None:
+        if not self.freeze:
+            return
+        if not pretrained:
+            log.warning("backbone.freeze=true with backbone.pretrained=false freezes random weights.")
+        self.net.requires_grad_(False)
+        self.net.eval()
+
+    def train(self, mode: bool = True) -> NetworkBackbone:
+        super().train(mode)
+        if self.freeze:
+            self.net.eval()  # frozen batch norms keep their (pretrained) running statistics
+        return self
+
+    def forward(self, images: Tensor) -> Tensor:
+        return self.net(images)
+
+
+class TorchvisionBackbone(NetworkBackbone):
     """A torchvision ResNet or VGG without its classifier: images → globally average-pooled features.
 
     ``out_features`` is the pooled width (resnet18 512, resnet50 2048, vgg16 512: VGG keeps its convolutional part
@@ -91,7 +122,8 @@ class TorchvisionBackbone(Backbone):
     filters averaged over colour). ``pretrained`` is ``false`` (random init), ``true`` (the architecture's default
     ImageNet weights) or a weights name such as ``IMAGENET1K_V2``; they are read from torchvision's cache
     (``torch.hub.get_dir()/checkpoints``) and downloaded there when missing. ``freeze`` stops training the backbone
-    (no gradients, batch-norm statistics kept), so only the head and the loss learn.
+    (no gradients, batch-norm statistics kept), so only the head and the loss learn. :meth:`preprocessing`: 224
+    pixels and ImageNet's mean/std, what torchvision's weights were trained with.
     """
 
     def __init__(self, name: str, in_channels: int = 3, pretrained: bool | str = False, freeze: bool = False) -> None:
@@ -125,20 +157,229 @@ class TorchvisionBackbone(Backbone):
             features[0] = _with_in_channels(features[0], in_channels)
             self.net = nn.Sequential(features, nn.AdaptiveAvgPool2d(1), nn.Flatten())
         self.out_features = TORCHVISION_BACKBONES[name]
-        if self.freeze:
-            if not pretrained:
-                log.warning("backbone.freeze=true with backbone.pretrained=false freezes random weights.")
-            self.net.requires_grad_(False)
-            self.net.eval()
+        self._freeze(bool(pretrained))
 
-    def train(self, mode: bool = True) -> TorchvisionBackbone:
-        super().train(mode)
-        if self.freeze:
-            self.net.eval()  # frozen batch norms keep their (pretrained) running statistics
-        return self
+    def preprocessing(self) -> dict[str, Any]:
+        """torchvision's ImageNet weights: 224-pixel crops normalised with ImageNet's mean and std."""
+        return {"image_size": 224, "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)}
+
+
+class TimmBackbone(NetworkBackbone):
+    """Any `timm <https://github.com/huggingface/pytorch-image-models>`_ model by name, without its classifier
+    (``num_classes=0``): images → its pooled features, ``out_features`` = the model's ``num_features``.
+
+    ``name`` is a timm model name, optionally with a pretrained tag (``resnet50``, ``vit_base_patch14_dinov2.lvd142m``,
+    ``convnext_tiny.fb_in22k``; ``timm.list_models()`` lists them). ``in_channels`` other than 3 is timm's
+    ``in_chans`` (pretrained first convolutions are adapted by timm). ``pretrained=true`` loads the weights timm names
+    for it: from the Hugging Face cache (or torch hub's, for the few models still served by URL) when they are there,
+    with no network access at all; downloaded into it when not and the hub is reachable; otherwise one error says which
+    file to place where. ``checkpoint_path`` (with ``pretrained=true``) reads the weights from a local file instead
+    (timm's ``pretrained_cfg_overlay=dict(file=...)``: a ``.safetensors``/``.pth``/``.bin`` state dict of the model,
+    classifier and input channels adapted as for the hub weights). ``model_kwargs`` go to ``timm.create_model``
+    (e.g. ``{drop_path_rate: 0.1}``, or ``{img_size: 32}`` for a ViT on small images). ``freeze`` as for torchvision.
+
+    :meth:`preprocessing` is the model's pretrained config (``timm.data.resolve_model_data_config``): its input size
+    and the mean/std its weights were trained with; data keys left null take them (see ``simlearn.build``).
+    """
+
+    def __init__(
+        self,
+        name: str,
+        in_channels: int = 3,
+        pretrained: bool = False,
+        checkpoint_path: str | None = None,
+        freeze: bool = False,
+        model_kwargs: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        import timm
+
+        if not isinstance(in_channels, int) or in_channels < 1:
+            raise UserError(f"backbone.in_channels must be a positive integer, got {in_channels!r}.")
+        check_timm_name(name)
+        if checkpoint_path and not pretrained:
+            raise UserError(
+                f"backbone.checkpoint_path={checkpoint_path} is read only with pretrained weights; add "
+                f"backbone.pretrained=true (or drop backbone.checkpoint_path to start from random weights)."
+            )
+        self.name = name
+        self.freeze = bool(freeze)
+        self.model_kwargs = dict(model_kwargs or {})
+        overlay = None
+        if pretrained:
+            weights_file = checkpoint_path or cached_timm_weights(name)
+            if weights_file is not None:
+                if not Path(weights_file).is_file():
+                    raise UserError(
+                        f"backbone.checkpoint_path={weights_file} is not a file; give the path of a weights file of "
+                        f"{name} (.safetensors, .pth or .bin), or set backbone.pretrained=false."
+                    )
+                overlay = {"file": str(weights_file)}
+            else:
+                check_weights_reachable(name)
+        try:
+            self.net = timm.create_model(
+                name,
+                pretrained=bool(pretrained),
+                pretrained_cfg_overlay=overlay,
+                num_classes=0,
+                in_chans=in_channels,
+                **self.model_kwargs,
+            )
+        except TypeError as error:  # a keyword the architecture does not take
+            raise UserError(
+                f"backbone.model_kwargs={self.model_kwargs} do not fit timm model {name} ({error}); remove them."
+            ) from error
+        except (RuntimeError, OSError, ValueError, KeyError) as error:  # bad weights file, unknown tag, download
+            where = f"the weights file {overlay['file']}" if overlay else "its pretrained weights"
+            raise UserError(
+                f"backbone timm {name}: loading {where} failed ({type(error).__name__}: "
+                f"{str(error).splitlines()[0] if str(error) else ''}); check the file or the name, or set "
+                f"backbone.pretrained=false."
+            ) from error
+        self.out_features = int(self.net.num_features)
+        self._freeze(bool(pretrained))
 
     def forward(self, images: Tensor) -> Tensor:
-        return self.net(images)
+        try:
+            return self.net(images)
+        except (RuntimeError, AssertionError) as error:
+            message = str(error).splitlines()[0] if str(error) else type(error).__name__
+            if not any(word in message for word in ("size", "match model", "Input height", "Input width")):
+                raise
+            size = self.preprocessing()["image_size"]
+            raise UserError(
+                f"timm model {self.name} cannot take {images.shape[-2]}×{images.shape[-1]} images ({message}); it is "
+                f"built for {size}×{size}: set data.image_size={size} (data held in memory has a fixed size: pick a "
+                f"model that takes it, or a ViT with backbone.model_kwargs.img_size={images.shape[-1]})."
+            ) from error
+
+    def preprocessing(self) -> dict[str, Any]:
+        """The model's input size and normalisation from its pretrained config (``img_size`` in ``model_kwargs``
+        replaces the size)."""
+        from timm.data import resolve_model_data_config
+
+        config = resolve_model_data_config(self.net)
+        size = self.model_kwargs.get("img_size", config["input_size"][-1])
+        if isinstance(size, Sequence):
+            size = size[-1]
+        return {
+            "image_size": int(size),
+            "mean": [float(m) for m in config["mean"]],
+            "std": [float(s) for s in config["std"]],
+        }
+
+
+def check_timm_name(name: str) -> None:
+    """Raise one :class:`UserError` listing close matches when ``name`` is not a timm model."""
+    import timm
+
+    if not isinstance(name, str) or not name:
+        raise UserError(f"backbone.name must be a timm model name, got {name!r}; e.g. backbone.name=resnet50.")
+    if name.startswith(("hf-hub:", "hf_hub:", "local-dir:")):
+        return
+    architecture = name.split(".")[0]
+    if timm.is_model(name):
+        try:
+            timm.models.get_pretrained_cfg(name)
+        except RuntimeError:  # an architecture timm has, with a weights tag it does not
+            tags = timm.list_pretrained(f"{architecture}.*")
+            tag = name[len(architecture) + 1 :]
+            raise UserError(
+                f"backbone.name={name!r}: timm has {architecture} but not its weights tag {tag!r}; "
+                f"valid: {', '.join(tags[:12]) or architecture}{', …' if len(tags) > 12 else ''}."
+            ) from None
+        return
+    names = timm.list_models()
+    close = difflib.get_close_matches(architecture, names, n=6, cutoff=0.6)
+    hint = f"close matches: {', '.join(close)}" if close else "no close match"
+    raise UserError(
+        f"backbone.name={name!r} is not a timm model ({hint}); timm {timm.__version__} has {len(names)} models, "
+        f"listed by timm.list_models('*pattern*')."
+    )
+
+
+def timm_weights_source(name: str) -> tuple[str, str, list[str]]:
+    """Where timm gets ``name``'s pretrained weights: ``("hf", hub id, candidate files)`` or ``("url", url, [])``;
+    ``("", "", [])`` for a model without pretrained weights in timm."""
+    from timm.models import get_pretrained_cfg
+
+    if name.startswith(("hf-hub:", "hf_hub:")):
+        return "hf", name.split(":", 1)[1], ["open_clip_model.safetensors", "model.safetensors", "pytorch_model.bin"]
+    config = get_pretrained_cfg(name)
+    if config is None:
+        return "", "", []
+    if config.hf_hub_id:
+        files = [config.hf_hub_filename] if config.hf_hub_filename else ["model.safetensors", "pytorch_model.bin"]
+        return "hf", config.hf_hub_id, files
+    if config.url:
+        return "url", config.url, []
+    return "", "", []
+
+
+def cached_timm_weights(name: str) -> str | None:
+    """The local file of ``name``'s pretrained weights when it is already in the Hugging Face (or torch hub) cache,
+    so that loading it needs no network at all; None when it is not there."""
+    kind, where, files = timm_weights_source(name)
+    if kind == "hf":
+        from huggingface_hub import try_to_load_from_cache
+
+        repo, _, revision = where.partition("@")
+        for filename in files:
+            found = try_to_load_from_cache(repo, filename, revision=revision or None)
+            if isinstance(found, str):
+                return found
+    elif kind == "url":
+        path = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(urlparse(where).path)
+        if path.is_file():
+            return str(path)
+    return None
+
+
+def hub_reachable(host: str, timeout_s: float = REACH_TIMEOUT_S) -> str | None:
+    """None when a TCP connection to ``host``:443 opens within ``timeout_s``; else why not, in a few words (no DNS
+    answers at once, so a machine without network is told in milliseconds, not after the hub client's retries)."""
+    try:
+        with socket.create_connection((host, 443), timeout=timeout_s):
+            return None
+    except OSError as error:
+        return f"{host} cannot be reached ({type(error).__name__}: {error})"
+
+
+def check_weights_reachable(name: str) -> None:
+    """Raise one :class:`UserError` unless ``name``'s pretrained weights can be downloaded now: the model has
+    weights in timm, the hub is not switched off (``HF_HUB_OFFLINE``) and its host answers."""
+    from huggingface_hub import constants
+
+    kind, where, files = timm_weights_source(name)
+    if not kind:
+        raise UserError(
+            f"timm model {name} has no pretrained weights; set backbone.pretrained=false, or pick a model with "
+            f"weights (timm.list_models('{name.split('.')[0]}*', pretrained=True))."
+        )
+    if kind == "hf":
+        repo = where.partition("@")[0]
+        host = urlparse(constants.ENDPOINT).hostname or "huggingface.co"
+        offline = constants.HF_HUB_OFFLINE or os.environ.get("HF_HUB_OFFLINE", "").upper() in ("1", "ON", "YES", "TRUE")
+        why = "HF_HUB_OFFLINE is set" if offline else hub_reachable(host)
+        if why is None:
+            return
+        url = f"{constants.ENDPOINT}/{repo}/resolve/main/{files[0]}"
+        raise UserError(
+            f"backbone timm {name}: pretrained weights {repo} ({' or '.join(files)}) are not in the Hugging Face cache "
+            f"({constants.HF_HUB_CACHE}) and {why}. Fix: on a machine with network access run "
+            f"python -c \"import timm; timm.create_model('{name}', pretrained=True)\" and copy its Hugging Face cache "
+            f"here (HF_HOME or HF_HUB_CACHE point to it), or download {url} and set "
+            f"backbone.checkpoint_path=/path/to/{files[0]}; or set backbone.pretrained=false."
+        )
+    path = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(urlparse(where).path)
+    why = hub_reachable(urlparse(where).hostname or "")
+    if why is not None:
+        raise UserError(
+            f"backbone timm {name}: pretrained weights {where} are not in the torch hub cache ({path}) and {why}. "
+            f"Fix: download them on a machine with network access and place the file at {path} (TORCH_HOME moves "
+            f"it), or set backbone.checkpoint_path=/path/to/file; or set backbone.pretrained=false."
+        )
 
 
 def _load(module: nn.Module, state: dict[str, Tensor], name: str) -> None:

@@ -35,3 +35,24 @@ class ProjectionHead(nn.Module):
     def forward(self, features: Tensor) -> Tensor:
         embeddings = self.projection(features)
         return F.normalize(embeddings, dim=1) if self.normalize else embeddings
+
+
+class IdentityHead(nn.Module):
+    """The backbone's features themselves, L2-normalised: no parameters, ``out_dim`` = the backbone's
+    ``out_features``. What a pretrained backbone's zero-shot retrieval is measured with (``head=identity``
+    ``train=false``); trainable only through the backbone."""
+
+    def __init__(self, in_features: int, out_dim: int | None = None) -> None:
+        super().__init__()
+        if not isinstance(in_features, int) or isinstance(in_features, bool) or in_features < 1:
+            raise UserError(f"head=identity needs the backbone's out_features as an integer ≥ 1, got {in_features!r}.")
+        # out_dim only states the size for configs that read ${head.out_dim} (a softmax loss's embedding_size)
+        if out_dim is not None and out_dim != in_features:
+            raise UserError(
+                f"head=identity keeps the backbone's {in_features} features, but head.out_dim={out_dim}; set "
+                f"head.out_dim={in_features} (or null), or use head=projection to project to {out_dim}."
+            )
+        self.out_dim = in_features
+
+    def forward(self, features: Tensor) -> Tensor:
+        return F.normalize(features.flatten(1), dim=1)

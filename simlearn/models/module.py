@@ -24,11 +24,12 @@ class NonFiniteTrainingError(UserError):
 
 
 class Evaluator(Protocol):
-    """Metrics of one split: ``evaluator(embeddings, label_fields) -> {name: value}``."""
+    """Metrics of one split: ``evaluator(embeddings, label_fields, split) -> {name: value}`` (``split``: "val" or
+    "test", for metrics only worth computing at test)."""
 
     main_metric: str
 
-    def __call__(self, embeddings: Tensor, fields: Mapping[str, Tensor]) -> dict[str, float]: ...
+    def __call__(self, embeddings: Tensor, fields: Mapping[str, Tensor], split: str = "test") -> dict[str, float]: ...
 
 
 @dataclass
@@ -152,7 +153,7 @@ class EmbeddingModule(pl.LightningModule):
             # defensive: the metrics stay float32 whatever autocast context a caller or a Lightning version runs
             # this hook in
             with torch.autocast(embeddings.device.type, enabled=False):
-                metrics = {**self.evaluator(embeddings, outputs), **self._task_metrics(embeddings, outputs)}
+                metrics = {**self.evaluator(embeddings, outputs, split), **self._task_metrics(embeddings, outputs)}
         if self.trainer.world_size > 1:
             metrics = self.trainer.strategy.broadcast(metrics, src=0)
         self.metrics[split] = metrics
@@ -190,6 +191,9 @@ class EmbeddingModule(pl.LightningModule):
             if predicted is None or task.field not in fields:
                 continue
             target = fields[task.field]
+            weights = getattr(task, "class_weights", None)
+            if weights is not None and len(target) and int(target.max()) >= weights.shape[1]:
+                continue  # classes the classifier was never given (an unseen-class split): nothing to score
             if predicted.is_floating_point():
                 metrics[f"mae_{name}"] = (predicted - target.float()).abs().mean().item()
             else:
@@ -210,13 +214,29 @@ class EmbeddingModule(pl.LightningModule):
 
     # -- optimisation and checkpoints ----------------------------------------------------------------------
     def configure_optimizers(self) -> Any:
-        optimizer = self.optimizer_factory(params=self.parameters())
+        optimizer = self.optimizer_factory(params=self.parameter_groups())
+        for group in optimizer.param_groups:  # the optimiser filled in its lr; a task's own parameters scale it
+            group["lr"] *= group.get("lr_multiplier", 1.0)
         if self.scheduler_factory is None:
             return optimizer
         return {
             "optimizer": optimizer,
             "lr_scheduler": {"scheduler": self.scheduler_factory(optimizer=optimizer)},
         }
+
+    def parameter_groups(self) -> Iterable[Tensor] | list[dict[str, Any]]:
+        """Every parameter; or, when a loss task sets ``lr_multiplier`` (proxies, class weights), one parameter group
+        per such task, marked with its multiplier, and one for the rest (encoder and the other tasks)."""
+        scaled = [task for task in self.loss.tasks.values() if getattr(task, "lr_multiplier", 1.0) != 1.0]
+        if not scaled:
+            return self.parameters()
+        groups, taken = [], set()
+        for task in scaled:
+            params = [p for p in task.parameters() if id(p) not in taken]
+            taken.update(id(p) for p in params)
+            if params:
+                groups.append({"params": params, "lr_multiplier": float(task.lr_multiplier)})
+        return [{"params": [p for p in self.parameters() if id(p) not in taken]}, *groups]
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # never save a diverged state over a good checkpoint, whatever the callbacks' settings (save_on_exception,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -9,6 +10,7 @@ from typing import Any
 
 import lightning.pytorch as pl
 import numpy as np
+import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
@@ -35,10 +37,46 @@ def write_evaluation(
     return paths
 
 
-def write_metrics(output_dir: str | Path, metrics: Mapping[str, float]) -> Path:
-    """``metrics.json``: the flat metric dict (``val/…``, ``test/…``), sorted by key."""
+def write_metrics(output_dir: str | Path, metrics: Mapping[str, float | str]) -> Path:
+    """``metrics.json``: the flat metric dict (``val/…``, ``test/…``), sorted by key; numbers as floats, the few
+    descriptions (``test/protocol``) as text."""
     path = Path(output_dir) / "metrics.json"
-    path.write_text(json.dumps({key: float(metrics[key]) for key in sorted(metrics)}, indent=2) + "\n")
+    values = {key: metrics[key] if isinstance(metrics[key], str) else float(metrics[key]) for key in sorted(metrics)}
+    path.write_text(json.dumps(values, indent=2) + "\n")
+    return path
+
+
+def write_splits(output_dir: str | Path, datamodule: Any) -> Path | None:
+    """``splits.json``: how the data was split and what each split holds (classes, item counts), for every run,
+    closed-set or not (:meth:`~simlearn.data.base.EmbeddingDataModule.split_summary`)."""
+    if not hasattr(datamodule, "split_summary"):
+        return None
+    path = Path(output_dir) / "splits.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(datamodule.split_summary(), indent=2) + "\n")
+    return path
+
+
+def write_per_class(
+    output_dir: str | Path,
+    evaluator: Any,
+    embeddings: np.ndarray,
+    fields: Mapping[str, np.ndarray],
+    names: Sequence[str],
+) -> Path | None:
+    """``per_class.csv``: recall@1 and MAP@R of the test queries of each class (evaluators with ``per_class``), worst
+    first, so that the classes a model fails on are the first lines."""
+    if not hasattr(evaluator, "per_class"):
+        return None
+    rows = evaluator.per_class(torch.from_numpy(embeddings), {k: torch.from_numpy(v) for k, v in fields.items()})
+    path = Path(output_dir) / "per_class.csv"
+    with path.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["class", "label", "num_queries", "recall@1", "map@r"])
+        for row in sorted(rows, key=lambda r: (r["map@r"], r["label"])):
+            label = int(row["label"])
+            name = names[label] if 0 <= label < len(names) else str(label)
+            writer.writerow([name, label, row["num_queries"], f"{row['recall@1']:.6f}", f"{row['map@r']:.6f}"])
     return path
 
 
@@ -67,6 +105,10 @@ def write_test_outputs(
     """On rank 0 after testing: the test split's files, then the reports (their metrics added), then metrics.json."""
     result = model.results["test"]
     write_evaluation(output_dir, result.embeddings, result.fields, datamodule.label_field, datamodule.class_names)
+    write_per_class(output_dir, model.evaluator, result.embeddings, result.fields, datamodule.label_names)
     metrics = {**metrics, **run_reports(cfg, trainer, model, datamodule, output_dir)}
-    write_metrics(output_dir, metrics)
+    described: dict[str, float | str] = dict(metrics)
+    if hasattr(model.evaluator, "protocol"):
+        described["test/protocol"] = model.evaluator.protocol(result.fields)
+    write_metrics(output_dir, described)
     return metrics

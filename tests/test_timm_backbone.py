@@ -1,0 +1,230 @@
+"""backbone=timm: any timm model by name (timm's tiny test models, random weights: nothing is downloaded), its
+pretrained weights from the Hugging Face cache or a local file, one line offline or for a misspelt name, freezing,
+and the data's image size / mean / std taken from the backbone when the data config leaves them null."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import timm
+import torch
+from PIL import Image
+from safetensors.torch import save_file
+from sklearn.datasets import load_digits
+
+from simlearn.build import check_config
+from simlearn.checkpoints import load_encoder
+from simlearn.config import compose_config
+from simlearn.embed import embed_dataset
+from simlearn.errors import UserError
+from simlearn.models.backbones import TimmBackbone, hub_reachable
+from simlearn.search import search
+from simlearn.train import train
+
+HUB_ID = "timm/test_resnet.r160_in1k"  # test_resnet's pretrained weights on the hub (never fetched here)
+
+
+@pytest.fixture
+def hub_cache(tmp_path, monkeypatch):
+    """An empty Hugging Face cache in tmp_path, with the hub switched off (HF_HUB_OFFLINE), as on a machine without
+    network: nothing here may reach the network, whatever the machine that runs the tests has."""
+    from huggingface_hub import constants
+
+    cache = tmp_path / "hf_cache"
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    return cache
+
+
+def save_weights(path: Path) -> dict[str, torch.Tensor]:
+    """A test_resnet ImageNet-style state dict (classifier included, 3 input channels) as a safetensors file."""
+    state = {k: v.contiguous() for k, v in timm.create_model("test_resnet").state_dict().items()}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file(state, str(path))
+    return state
+
+
+def test_any_timm_model_without_its_classifier():
+    backbone = TimmBackbone("test_efficientnet", in_channels=1)
+    assert backbone.out_features == 256
+    assert backbone(torch.randn(2, 1, 32, 32)).shape == (2, 256)
+    assert backbone.preprocessing() == {"image_size": 160, "mean": pytest.approx([0.485, 0.456, 0.406]),
+                                        "std": pytest.approx([0.229, 0.224, 0.225])}  # fmt: skip
+    vit = TimmBackbone("test_vit", model_kwargs={"img_size": 32})  # a ViT is built for one size
+    assert vit(torch.randn(2, 3, 32, 32)).shape == (2, vit.out_features) and vit.preprocessing()["image_size"] == 32
+
+
+def test_freeze_keeps_the_backbone_fixed():
+    backbone = TimmBackbone("test_resnet", freeze=True)
+    backbone.train()
+    assert not any(p.requires_grad for p in backbone.parameters())
+    assert not backbone.net.training  # batch-norm statistics kept
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [
+        ("test_resnt", r"'test_resnt' is not a timm model \(close matches: test_resnet"),
+        ("resnt50", r"close matches: resnet50,"),
+        ("test_resnet.nope", r"not its weights tag 'nope'; valid: test_resnet\.r160_in1k"),
+    ],
+)
+def test_a_misspelt_name_lists_close_matches(name, expected):
+    with pytest.raises(UserError, match=expected) as error:
+        TimmBackbone(name)
+    assert "\n" not in str(error.value)
+
+
+def test_pretrained_offline_is_one_line_at_once(hub_cache):
+    start = time.perf_counter()
+    with pytest.raises(UserError) as error:
+        TimmBackbone("test_resnet", pretrained=True)
+    message = str(error.value)
+    assert time.perf_counter() - start < 5  # no retries against an unreachable hub
+    assert "\n" not in message
+    for part in (
+        HUB_ID,
+        "model.safetensors",
+        str(hub_cache),
+        "HF_HUB_OFFLINE",
+        "backbone.checkpoint_path=",
+        "pretrained=false",
+    ):
+        assert part in message, part
+    with pytest.raises(UserError, match="test_vit4 has no pretrained weights"):
+        TimmBackbone("test_vit4", pretrained=True)
+
+
+def test_an_unreachable_host_is_told_in_moments():
+    start = time.perf_counter()
+    assert "cannot be reached" in hub_reachable("weights.invalid")  # .invalid never resolves (RFC 2606)
+    assert time.perf_counter() - start < 15  # a DNS answer, not the hub client's 46 s of retries
+
+
+def test_pretrained_weights_in_the_hugging_face_cache_load_offline(hub_cache):
+    snapshot = hub_cache / f"models--{HUB_ID.replace('/', '--')}" / "snapshots" / "0123abcd"
+    state = save_weights(snapshot / "model.safetensors")
+    (hub_cache / f"models--{HUB_ID.replace('/', '--')}" / "refs").mkdir(parents=True)
+    (hub_cache / f"models--{HUB_ID.replace('/', '--')}" / "refs" / "main").write_text("0123abcd")
+    backbone = TimmBackbone("test_resnet", pretrained=True)
+    torch.testing.assert_close(backbone.net.state_dict()["layer1.0.conv1.weight"], state["layer1.0.conv1.weight"])
+    assert "fc.weight" not in backbone.net.state_dict()  # num_classes=0: the classifier is dropped
+
+
+def test_checkpoint_path_reads_a_local_weights_file(tmp_path, hub_cache):
+    state = save_weights(tmp_path / "weights.safetensors")
+    backbone = TimmBackbone(
+        "test_resnet", in_channels=1, pretrained=True, checkpoint_path=str(tmp_path / "weights.safetensors")
+    )
+    loaded = backbone.net.state_dict()
+    torch.testing.assert_close(loaded["layer2.0.conv1.weight"], state["layer2.0.conv1.weight"])
+    # one input channel: timm sums the RGB filters of the first convolution
+    first = next(k for k in loaded if k.endswith("weight") and loaded[k].dim() == 4)
+    torch.testing.assert_close(loaded[first], state[first].sum(dim=1, keepdim=True))
+    with pytest.raises(UserError, match=r"is not a file"):
+        TimmBackbone("test_resnet", pretrained=True, checkpoint_path=str(tmp_path / "missing.safetensors"))
+    with pytest.raises(UserError, match=r"add backbone\.pretrained=true"):
+        TimmBackbone("test_resnet", checkpoint_path=str(tmp_path / "weights.safetensors"))
+
+
+def test_a_model_too_big_for_the_images_is_one_line():
+    with pytest.raises(UserError, match=r"test_convnext cannot take 8×8 images .* set data\.image_size=160"):
+        TimmBackbone("test_convnext", in_channels=1)(torch.randn(2, 1, 8, 8))
+
+
+@pytest.mark.parametrize(
+    ("overrides", "size", "mean"),
+    [
+        (["backbone=timm", "backbone.name=test_vit"], 160, [0.5, 0.5, 0.5]),  # the model's pretrained config
+        (
+            [
+                "backbone=timm",
+                "backbone.name=test_vit",
+                "data.image_size=64",
+                "data.mean=[0.4,0.4,0.4]",
+                "data.std=[0.2,0.2,0.2]",
+            ],
+            64,
+            [0.4, 0.4, 0.4],
+        ),  # the data config says otherwise  # fmt: skip
+        (["backbone=resnet18"], 224, [0.485, 0.456, 0.406]),  # torchvision: as before the keys were null
+        (["backbone=small_cnn"], 224, None),  # declares nothing: the data's defaults (224; ImageNet's for files)
+    ],
+)
+def test_photo_data_takes_image_size_mean_and_std_from_the_backbone(tmp_path, overrides, size, mean):
+    cfg = compose_config(["data=image_folder", f"data.root={tmp_path}", *overrides], output_dir=tmp_path / "run")
+    check_config(cfg)
+    assert cfg.data.image_size == size and cfg.augment.transforms[0].size == size  # the crop follows
+    assert (cfg.data.mean is None and mean is None) or list(cfg.data.mean) == pytest.approx(mean)
+
+
+@pytest.fixture(scope="module")
+def timm_run(tmp_path_factory):
+    """One epoch of backbone=timm test_resnet on the 8×8 digits (one channel), with its checkpoint."""
+    root = tmp_path_factory.mktemp("timm_run")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the tiny model trains fastest on one thread
+    try:
+        overrides = ["logger=none", "reports.plots=null", "reports.structure=null", "trainer.max_epochs=1"]
+        metrics = train(
+            compose_config([*overrides, "backbone=timm", "backbone.name=test_resnet"], output_dir=root / "run")
+        )
+    finally:
+        torch.set_num_threads(threads)
+    ckpt = next((root / "run" / "checkpoints").glob("best-epoch*.ckpt"))
+    cfg = compose_config([f"ckpt_path={ckpt}", "device=cpu", "splits=[test]", "parquet=false"], config_name="embed",
+                         output_dir=root / "embed")  # fmt: skip
+    return root, metrics, ckpt, embed_dataset(cfg)["test"]
+
+
+def test_training_a_timm_backbone_on_digits_then_embed_and_search(timm_run, tmp_path):
+    root, metrics, ckpt, gallery = timm_run
+    assert metrics["test/recall@1"] > 0.5 and metrics["test/num_queries"] == 450
+    loaded = load_encoder(ckpt)
+    assert loaded.encoder.backbone.out_features == 96
+    assert loaded.preprocessing["image_size"] == 8 and loaded.preprocessing["channels"] == 1  # the digits', stored
+    test = np.load(gallery)  # simlearn-embed of the checkpoint's own test split: the run's test embeddings
+    np.testing.assert_allclose(test["embeddings"], np.load(root / "run" / "embeddings.npz")["embeddings"], atol=1e-5)
+    # search the test split with PNGs of three test digits: each finds itself first (cosine ≈ 1)
+    digits = load_digits()
+    for index in test["index"][:3]:
+        image = (digits.images[index] / 16 * 255).round().astype(np.uint8)
+        Image.fromarray(image).save(tmp_path / f"{index}.png")
+    search_cfg = compose_config(
+        [f"ckpt_path={ckpt}", f"query={tmp_path}", f"gallery={gallery}", "k=1", "device=cpu",
+         f"paths.log_dir={tmp_path / 'logs'}"],
+        config_name="search",
+        output_dir=tmp_path / "search",
+    )  # fmt: skip
+    results = search(search_cfg)
+    assert len(results) == 3
+    for result in results:
+        top = result["results"][0]
+        assert top["cos"] > 0.99 and int(test["index"][top["item"]]) == int(Path(result["query"]).stem), result
+
+
+def test_other_photo_data_is_prepared_as_the_checkpoint_was_trained(timm_run, tmp_path):
+    """simlearn-embed of an image folder that leaves data.image_size/mean/std null: they are the checkpoint's (8
+    pixels, the digits' grey statistics), so PNGs of test digits embed as the digits themselves did."""
+    _, _, ckpt, gallery = timm_run
+    run = np.load(gallery)
+    digits = load_digits()
+    wanted = {}
+    for row, index in enumerate(run["index"][:200]):
+        image = (digits.images[index] / 16 * 255).round().astype(np.uint8)
+        path = tmp_path / "pngs" / str(digits.target[index]) / f"{index}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(image).save(path)
+        wanted[int(index)] = run["embeddings"][row]
+    overrides = [f"ckpt_path={ckpt}", "data=image_folder", f"data.root={tmp_path / 'pngs'}", "data.channels=1",
+                 "data.num_workers=0", "parquet=false", "device=cpu"]  # fmt: skip
+    paths = embed_dataset(compose_config(overrides, config_name="embed", output_dir=tmp_path / "e"))
+    found = [np.load(paths[split]) for split in ("train", "val", "test")]
+    assert sum(len(f["paths"]) for f in found) == len(wanted)
+    for f in found:
+        for path, embedding in zip(f["paths"], f["embeddings"], strict=True):
+            np.testing.assert_allclose(embedding, wanted[int(Path(path).stem)], atol=2e-3)
