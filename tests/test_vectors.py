@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from simlearn.evaluation.vectors import angle_deg, row_norms, unit_rows
+from simlearn.evaluation.vectors import angle_deg, row_dots, row_norms, unit_rows
 
 
 def test_unit_rows_numpy_and_torch_agree_and_keep_their_kind():
@@ -52,3 +52,24 @@ def test_angle_deg_scalars_arrays_and_nan():
     np.testing.assert_allclose(angle_deg(np.array([1.0, 0.0, -1.0, np.nan])), [0.0, 90.0, 180.0, np.nan])
     np.testing.assert_allclose(angle_deg(torch.tensor([[0.5]])), [[60.0]])
     assert isinstance(angle_deg(np.float64(0.5)), float)
+
+
+@pytest.mark.parametrize("d", [1, 2, 3, 7, 64, 100, 512, 513, 1000])
+def test_equal_rows_give_bitwise_equal_dots_wherever_they_are(d):
+    """The tie rule needs it: two exact duplicates must get the same float64 cosine, whatever block, position or
+    memory alignment their rows come in, for numpy (einsum) and torch (pairwise sums) alike."""
+    rng = np.random.default_rng(d)
+    rows = np.repeat(rng.standard_normal((4, d)), 37, axis=0)  # 4 distinct rows, each 37 times in a row
+    other = np.repeat(rng.standard_normal((4, d)), 37, axis=0)
+    expected = row_dots(rows, other)
+    assert all(len(np.unique(expected[i * 37 : (i + 1) * 37])) == 1 for i in range(4))
+    buffer = np.zeros(rows.size + 8)
+    for shift in range(4):  # other memory alignments
+        view = buffer[shift : shift + rows.size].reshape(rows.shape)
+        view[:] = rows
+        np.testing.assert_array_equal(row_dots(view, other), expected)
+    for start in (0, 5, 36, 100):  # other blocks of rows
+        np.testing.assert_array_equal(row_dots(rows[start:], other[start:]), expected[start:])
+    as_tensors = row_dots(torch.from_numpy(rows), torch.from_numpy(other)).numpy()
+    assert all(len(np.unique(as_tensors[i * 37 : (i + 1) * 37])) == 1 for i in range(4))
+    np.testing.assert_allclose(as_tensors, expected, rtol=1e-12, atol=1e-12)

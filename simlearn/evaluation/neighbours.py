@@ -46,7 +46,7 @@ import numpy as np
 import torch
 
 from simlearn.errors import UserError
-from simlearn.evaluation.vectors import numpy_view, pairwise_row_sums, row_norms, unit_rows
+from simlearn.evaluation.vectors import numpy_view, row_dots, row_norms, unit_rows
 
 log = logging.getLogger(__name__)
 
@@ -57,11 +57,13 @@ __all__ = [
     "GalleryIndex",
     "NeighbourChunk",
     "Neighbours",
+    "PreparedGallery",
     "QueryGallery",
     "SearchData",
     "choose_backend",
     "gallery_index",
     "neighbour_chunks",
+    "prepare_gallery",
     "query_gallery",
     "score_error_bound",
     "search_data",
@@ -204,6 +206,30 @@ def search_data(queries: Any, gallery: Any = None, names: tuple[str, str] = ("qu
     return _with_gallery(_as_embeddings(queries, names[0], device), gallery, names, device)
 
 
+@dataclass(frozen=True)
+class PreparedGallery:
+    """A gallery checked and scaled to unit rows once (:func:`prepare_gallery`), to be searched many times (a
+    service answering one query at a time) without a pass over all of it per search: pass it as the gallery."""
+
+    raw: torch.Tensor
+    unit: torch.Tensor
+    norms: torch.Tensor
+
+    def __len__(self) -> int:
+        return len(self.raw)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.raw.shape)
+
+
+def prepare_gallery(gallery: Any, device: torch.device | str | None = None) -> PreparedGallery:
+    """Check ``gallery`` and compute its unit float32 rows (on ``device``, default: where it is, numpy on the CPU)
+    and float64 norms once; the caller's array is kept (read, never modified) for the float64 re-scoring."""
+    raw = _raw_tensor(gallery)
+    return PreparedGallery(*_as_embeddings(raw, "gallery", torch.device(device) if device else raw.device))
+
+
 def _with_gallery(
     checked_queries: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
     gallery: Any,
@@ -213,7 +239,10 @@ def _with_gallery(
     raw_q, q, q_norms = checked_queries
     if gallery is None:
         return SearchData(q, q, True, raw_q, raw_q, q_norms, q_norms)
-    raw_g, g, g_norms = _as_embeddings(gallery, names[1], device)
+    if isinstance(gallery, PreparedGallery):
+        raw_g, g, g_norms = gallery.raw, gallery.unit.to(device), gallery.norms
+    else:
+        raw_g, g, g_norms = _as_embeddings(gallery, names[1], device)
     if g.shape[1] != q.shape[1]:
         raise UserError(
             f"{names[1]} have dim {g.shape[1]} but {names[0]} have dim {q.shape[1]}; "
@@ -369,20 +398,25 @@ def _ieee_float32() -> Iterator[None]:
         torch.set_float32_matmul_precision(previous)
 
 
-#: ``search(rows, k) -> (scores, indices)``: the float32 scores (descending) and gallery rows of the k best
-#: candidates of the queries ``rows``, the query's own item left out in self-search
-Search = Callable[[torch.Tensor, int], tuple[torch.Tensor, torch.Tensor]]
+#: ``search(rows, k) -> (scores, indices)``: the float32 scores (descending) and gallery rows (int64) of the k best
+#: candidates of the queries ``rows`` (int64), the query's own item left out in self-search; numpy arrays on the host.
+#: The bookkeeping around the search runs in numpy: single-threaded, it does not stall on a busy machine, where
+#: torch's threaded small ops on these (queries x k) arrays were measured 10-30x slower (2 cores shared)
+Search = Callable[[np.ndarray, int], tuple[np.ndarray, np.ndarray]]
 
 
 def _torch_search(data: SearchData) -> Search:
     q, g = data.queries, data.gallery
 
-    def search(rows: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def search(rows: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        on_device = torch.from_numpy(rows).to(q.device)
+        contiguous = rows[-1] - rows[0] + 1 == len(rows)
         with _ieee_float32():
-            sims = q[rows] @ g.T
+            sims = (q[int(rows[0]) : int(rows[-1]) + 1] if contiguous else q[on_device]) @ g.T
         if data.self_search:
-            sims[torch.arange(len(rows), device=sims.device), rows] = float("-inf")
-        return _topk(sims, k)
+            sims[torch.arange(len(rows), device=sims.device), on_device] = float("-inf")
+        values, columns = _topk(sims, k)
+        return values.cpu().numpy(), columns.cpu().numpy()
 
     return search
 
@@ -391,26 +425,24 @@ def _faiss_search(data: SearchData, index: Any = None) -> Search:
     """faiss's exact inner-product search (the kernel of ``IndexFlatIP.search``, without copying the gallery into
     an index) on the unit float32 arrays on the CPU, or ``index.search`` of a given index; in self-search one extra
     candidate is asked for and the query's own item dropped (or the last one, when exact ties pushed the own item
-    out of the list)."""
-    faiss = _import_faiss()
+    out of the list). ``index`` may also be another candidate source with faiss's interface (:class:`GalleryIndex`)."""
+    faiss = _import_faiss() if index is None else None
     xb = data.gallery.contiguous().numpy()  # C order, so that faiss does not copy the gallery for every chunk
     xq = xb if data.queries is data.gallery else data.queries.contiguous().numpy()
 
-    def search(rows: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-        rows_np = rows.numpy()
-        contiguous = len(rows_np) > 0 and rows_np[-1] - rows_np[0] + 1 == len(rows_np)
-        block = xq[rows_np[0] : rows_np[-1] + 1] if contiguous else xq[rows_np]  # a view for a chunk's rows
+    def search(rows: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        contiguous = rows[-1] - rows[0] + 1 == len(rows)
+        block = xq[rows[0] : rows[-1] + 1] if contiguous else xq[rows]  # a view for a chunk's rows
         extra = int(data.self_search)
         if index is None:
             scores, found = faiss.knn(block, xb, k + extra, metric=faiss.METRIC_INNER_PRODUCT)
         else:
             scores, found = index.search(block, k + extra)
-        scores, found = torch.from_numpy(scores), torch.from_numpy(found)
         if data.self_search:
-            own = found == rows.unsqueeze(1)
-            own[~own.any(dim=1), -1] = True
-            scores, found = scores[~own].view(len(rows), k), found[~own].view(len(rows), k)
-        return scores, found
+            own = found == rows[:, None]
+            own[~own.any(axis=1), -1] = True
+            scores, found = scores[~own].reshape(len(rows), k), found[~own].reshape(len(rows), k)
+        return scores, found.astype(np.int64, copy=False)
 
     return search
 
@@ -418,56 +450,53 @@ def _faiss_search(data: SearchData, index: Any = None) -> Search:
 # ---------------------------------------------------------------- exact order
 
 
-def _cosines(data: SearchData, query_rows: torch.Tensor, gallery_rows: torch.Tensor) -> torch.Tensor:
-    """float64 cosines of the pairs (query_rows[i], gallery_rows[i]) from the caller's arrays, a·b / (|a| |b|),
-    computed in blocks of pairs (bounded memory for any number of pairs), on the device of the raw queries (through
-    numpy on the CPU: single-threaded, it does not stall on a busy machine); returned on the search device."""
-    device = data.raw_queries.device
+def _cosines(data: SearchData, query_rows: np.ndarray, gallery_rows: np.ndarray) -> np.ndarray:
+    """float64 cosines of the pairs (query_rows[i], gallery_rows[i]) from the caller's arrays, a·b / (|a| |b|), in
+    blocks of pairs (bounded memory for any number of pairs): through numpy for arrays on the CPU, with torch on the
+    device of the arrays otherwise. Equal pairs of rows give bitwise equal dot products (:func:`row_dots`), so exact
+    duplicates tie exactly."""
     raw_q, raw_g = numpy_view(data.raw_queries), numpy_view(data.raw_gallery)
+    out = np.empty(len(query_rows), dtype=np.float64)
     if raw_q is not None and raw_g is not None:
         query_norms, gallery_norms = data.query_norms.numpy(), data.gallery_norms.numpy()
-        qi_all, gi_all = query_rows.cpu().numpy(), gallery_rows.cpu().numpy()
-        out = np.empty(len(qi_all), dtype=np.float64)
         step = max(1, _RESCORE_FLOATS // raw_q.shape[1])
-        for i in range(0, len(qi_all), step):
-            qi, gi = qi_all[i : i + step], gi_all[i : i + step]
-            a = raw_q[qi].astype(np.float64)
-            a *= raw_g[gi]  # float32 x float32 products are exact in float64
-            dot = pairwise_row_sums(a)  # the same order for every pair: exact duplicates tie exactly
+        for i in range(0, len(query_rows), step):
+            qi, gi = query_rows[i : i + step], gallery_rows[i : i + step]
+            # float32 x float32 products are exact in float64; equal pairs give equal dots (row_dots)
+            dot = row_dots(raw_q[qi].astype(np.float64), raw_g[gi].astype(np.float64))
             out[i : i + step] = dot / np.maximum(query_norms[qi] * gallery_norms[gi], 1e-300)  # zero vector: 0
-        return torch.from_numpy(out).to(data.device)
-    query_rows, gallery_rows = query_rows.to(device), gallery_rows.to(device)
-    result = torch.empty(len(query_rows), dtype=torch.float64, device=device)
+        return out
+    device, g_device = data.raw_queries.device, data.raw_gallery.device
     step = max(1, _GPU_RESCORE_FLOATS // data.raw_queries.shape[1])
-    g_device = data.raw_gallery.device
     for i in range(0, len(query_rows), step):
-        qi, gi = query_rows[i : i + step], gallery_rows[i : i + step]
+        qi = torch.from_numpy(query_rows[i : i + step]).to(device)
+        gi = torch.from_numpy(gallery_rows[i : i + step]).to(g_device)
         a = data.raw_queries.index_select(0, qi).to(torch.float64)
-        b = data.raw_gallery.index_select(0, gi.to(g_device)).to(device=device, dtype=torch.float64)
-        dot = pairwise_row_sums(a.mul_(b))
-        norms = data.query_norms.to(device)[qi] * data.gallery_norms[gi.to(g_device)].to(device)
-        result[i : i + step] = dot / norms.clamp(min=1e-300)
-    return result.to(data.device)
+        b = data.raw_gallery.index_select(0, gi).to(device=device, dtype=torch.float64)
+        dot = row_dots(a, b)
+        norms = data.query_norms.to(device)[qi] * data.gallery_norms[gi].to(device)
+        out[i : i + step] = (dot / norms.clamp(min=1e-300)).cpu().numpy()
+    return out
 
 
 #: ``equivalent(query_rows, gallery_rows) -> keys``: a key per (query, candidate) pair such that candidates with
 #: equal keys are interchangeable for the caller (the metrics see only labels): a near-tie among them needs no
 #: re-scoring
-Equivalence = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+Equivalence = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
 
 def _ordered(
     data: SearchData,
-    scores: torch.Tensor,
-    found: torch.Tensor,
-    query_rows: torch.Tensor,
-    ks: torch.Tensor,
+    scores: np.ndarray,
+    found: np.ndarray,
+    query_rows: np.ndarray,
+    ks: np.ndarray,
     width: int,
     err: float,
     exact: bool,
     similarities: bool,
     equivalent: Equivalence | None = None,
-) -> tuple[torch.Tensor, torch.Tensor | None]:
+) -> tuple[np.ndarray, np.ndarray | None]:
     """The candidates ``found`` (float32 ``scores``, descending) in the exact order, by (-cos64, index), in their
     first ``ks[i]`` places for query i; returns the first ``width`` (<= the candidates) places, ``(indices, cos64 or
     None)``; places beyond a query's own k keep further candidates, in float32 order.
@@ -480,109 +509,104 @@ def _ordered(
     index): each query's candidates are one run, all re-scored. ``similarities``: the float64 cosines of the first
     k (every one re-scored) are returned too."""
     rows, count = scores.shape
-    device = scores.device
-    s = scores.to(torch.float64)
-    ks = ks.to(device).clamp(min=1, max=count)
-    first = torch.arange(count, device=device) < ks.unsqueeze(1)  # (B, K): among the query's first k
+    s = scores.astype(np.float64)
+    ks = np.clip(ks, 1, count)
+    first = np.arange(count) < ks[:, None]  # (B, K): among the query's first k
+    run = np.zeros((rows, count), dtype=np.int64)
     if exact:
         close = (s[:, :-1] - s[:, 1:]) <= 2 * err
-        run = torch.zeros((rows, count), dtype=torch.int64, device=device)
-        run[:, 1:] = torch.cumsum(~close, dim=1)  # run number of each place, counted along the row
-        need = torch.zeros((rows, count), dtype=torch.bool, device=device)
+        np.cumsum(~close, axis=1, out=run[:, 1:])  # run number of each place, counted along the row
+        need = np.zeros((rows, count), dtype=bool)
         need[:, :-1] |= close
         need[:, 1:] |= close
         # beyond the query's k only the run of its k-th candidate matters (it decides which enter the top k)
-        need &= first | (run == run.gather(1, (ks - 1).unsqueeze(1)))
+        need &= first | (run == np.take_along_axis(run, (ks - 1)[:, None], axis=1))
     else:
-        run = torch.zeros((rows, count), dtype=torch.int64, device=device)
         need = found >= 0  # an index may return -1 (fewer results than asked), which stay last
     if similarities:
         need |= first & (found >= 0)
-    row, place = need.nonzero(as_tuple=True)  # in row-major order: grouped by (row, run), as runs are contiguous
+    row, place = np.nonzero(need)  # in row-major order: grouped by (row, run), as runs are contiguous
+    group = row * count + run[row, place]
     if exact and equivalent is not None and not similarities and len(row):
-        row, place = _mixed_runs(
-            row, place, row * count + run[row, place], equivalent(query_rows[row], found[row, place])
-        )
+        keep = _mixed_runs(group, equivalent(query_rows[row], found[row, place]))
+        row, place, group = row[keep], place[keep], group[keep]
     if len(row) == 0:
         return found[:, :width], s[:, :width] if similarities else None
     index = found[row, place]
     cos = _cosines(data, query_rows[row], index)
     # sort the re-scored entries by (row, run, -cos, index): stable sorts, least significant key first
-    order = torch.argsort(index, stable=True)
-    order = order[torch.argsort(cos[order], descending=True, stable=True)]
-    group = row * count + run[row, place]
-    order = order[torch.argsort(group[order], stable=True)]
+    order = np.argsort(index, kind="stable")
+    order = order[np.argsort(-cos[order], kind="stable")]
+    order = order[np.argsort(group[order], kind="stable")]
     # each (row, run) group keeps its places, so the sorted entries fill the places in their original order
-    top, key = found.clone(), s.clone()
-    top[row, place], key[row, place] = index[order], cos[order]
-    return top[:, :width], key[:, :width] if similarities else None
+    top = found.copy()
+    top[row, place], s[row, place] = index[order], cos[order]
+    return top[:, :width], s[:, :width] if similarities else None
 
 
-def _mixed_runs(
-    row: torch.Tensor, place: torch.Tensor, group: torch.Tensor, keys: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """The entries ``(row, place)`` of the runs (``group``, contiguous) whose members do not all have one key: in a run
-    of one key any order gives the caller the same result, so it keeps its float32 order, unscored."""
-    _, inverse, counts = torch.unique_consecutive(group, return_inverse=True, return_counts=True)
-    starts = torch.cumsum(counts, 0) - counts
-    differs = keys != keys[starts[inverse]]
-    mixed = torch.zeros(len(counts), dtype=torch.bool, device=group.device)
-    mixed[inverse[differs]] = True
-    keep = mixed[inverse]
-    return row[keep], place[keep]
+def _mixed_runs(group: np.ndarray, keys: np.ndarray) -> np.ndarray:
+    """Which entries (grouped by run, ``group`` contiguous) belong to runs whose members do not all have one key: in
+    a run of one key any order gives the caller the same result, so it keeps its float32 order, unscored."""
+    starts = np.r_[True, group[1:] != group[:-1]]
+    run = np.cumsum(starts) - 1
+    differs = keys != keys[np.flatnonzero(starts)[run]]
+    mixed = np.zeros(int(run[-1]) + 1, dtype=bool)
+    mixed[run[differs]] = True
+    return mixed[run]
 
 
 def _search_rows(
     data: SearchData,
     search: Search,
-    rows: torch.Tensor,
-    ks: torch.Tensor,
+    rows: np.ndarray,
+    ks: np.ndarray,
     block_rows: Callable[[int], int],
     exact: bool = True,
     similarities: bool = False,
     fallback: Search | None = None,
     equivalent: Equivalence | None = None,
     width: int | None = None,
-) -> tuple[torch.Tensor, torch.Tensor | None]:
+    score_slack: float = 0.0,
+) -> tuple[np.ndarray, np.ndarray | None]:
     """The ``ks[i]`` nearest neighbours of each query ``rows[i]`` by the exact rule: ``(indices, cos64 or None)``,
-    (len(rows), ``width``: max ks unless given) on the search device; a query's places beyond its own k hold further
-    candidates in float32 order.
-    Queries whose top k the certainty test (module doc) cannot confirm are searched again with twice the candidates;
-    ``block_rows(K)`` bounds the queries searched at once for K candidates (memory). ``exact=False``: ``search`` is
-    approximate, its candidates are only re-ordered; queries for which it found fewer than k items are searched with
-    ``fallback`` (exact) instead."""
-    err = score_error_bound(data.queries.shape[1])
+    (len(rows), ``width``: max ks unless given); a query's places beyond its own k hold further candidates in
+    float32 order. Queries whose top k the certainty test (module doc) cannot confirm are searched again with twice
+    the candidates; ``block_rows(K)`` bounds the queries searched at once for K candidates (memory).
+    ``exact=False``: ``search`` is approximate, its candidates are only re-ordered; queries for which it found fewer
+    than k items are searched with ``fallback`` (exact) instead. ``score_slack``: how much further ``search``'s
+    scores may be from the float64 cosines than :func:`score_error_bound` (a candidate source's own rounding)."""
+    err = score_error_bound(data.queries.shape[1]) + score_slack
     total = data.num_candidates
-    ks = ks.to(rows.device).clamp(min=1, max=total)
+    ks = np.clip(ks, 1, total)
     width = min(int(ks.max()) if width is None else width, total)
-    out = torch.empty((len(rows), width), dtype=torch.int64, device=data.device)
-    out_cos = torch.empty((len(rows), width), dtype=torch.float64, device=data.device) if similarities else None
-    pending = torch.arange(len(rows), device=rows.device)
+    out = np.empty((len(rows), width), dtype=np.int64)
+    out_cos = np.empty((len(rows), width), dtype=np.float64) if similarities else None
+    pending = np.arange(len(rows))
     count = min(width + EXTRA_CANDIDATES, total)
     while len(pending):
         step, again = max(1, block_rows(count)), []
         for i in range(0, len(pending), step):
             part = pending[i : i + step]
             scores, found = search(rows[part], count)
-            part_ks = ks[part].to(scores.device)
+            part_ks = ks[part]
             if exact and count < total:  # certain: the k-th score beats the last candidate's by more than 2 err
-                kth = scores.gather(1, (part_ks - 1).unsqueeze(1)).squeeze(1).double()
-                sure = kth - scores[:, count - 1].double() > 2 * err
+                kth = scores[np.arange(len(part)), part_ks - 1].astype(np.float64)
+                sure = kth - scores[:, count - 1].astype(np.float64) > 2 * err
             elif not exact:
-                sure = ((found >= 0) | (torch.arange(count, device=found.device) >= part_ks.unsqueeze(1))).all(dim=1)
+                sure = ((found >= 0) | (np.arange(count) >= part_ks[:, None])).all(axis=1)
             else:
-                sure = torch.ones(len(part), dtype=torch.bool, device=scores.device)
-            if not bool(sure.all()):
-                again.append(part[~sure.to(part.device)])
-                part, scores, found, part_ks = part[sure.to(part.device)], scores[sure], found[sure], part_ks[sure]
+                sure = np.ones(len(part), dtype=bool)
+            if not sure.all():
+                again.append(part[~sure])
+                part, scores, found, part_ks = part[sure], scores[sure], found[sure], part_ks[sure]
             if len(part):
                 top, cos = _ordered(
                     data, scores, found, rows[part], part_ks, width, err, exact, similarities, equivalent
                 )
-                out[part] = top.to(out.device)
+                out[part] = top
                 if out_cos is not None:
-                    out_cos[part] = cos.to(out.device)
-        pending = torch.cat(again) if again else pending[:0]
+                    out_cos[part] = cos
+        pending = np.concatenate(again) if again else pending[:0]
         if len(pending) and not exact:  # the approximate index found too few: search those queries exactly
             top, cos = _search_rows(
                 data, fallback, rows[pending], ks[pending], block_rows, True, similarities, width=width
@@ -648,8 +672,8 @@ def neighbour_chunks(
     if index is not None:
         if index.index.ntotal != len(data.gallery) or index.index.d != data.gallery.shape[1]:
             raise UserError(
-                f"the faiss index holds {index.index.ntotal} vectors of dim {index.index.d}, but the gallery has "
-                f"{len(data.gallery)} of dim {data.gallery.shape[1]}; build the index from this gallery."
+                f"the {index.library} index holds {index.index.ntotal} vectors of dim {index.index.d}, but the gallery "
+                f"has {len(data.gallery)} of dim {data.gallery.shape[1]}; build the index from this gallery."
             )
         backend = "faiss"
     else:
@@ -657,12 +681,13 @@ def neighbour_chunks(
     if backend == "faiss" and data.device.type != "cpu":  # faiss searches on the CPU; everything follows it there
         data = data.cpu()
     # per-chunk k on the host: one transfer instead of a device sync per chunk
-    needed = needed.cpu().clamp(max=data.num_candidates)
+    needed = needed.cpu().clamp(max=data.num_candidates).numpy()
     most = int(needed.max()) if len(needed) else 0
     exact = index is None or index.exact
+    slack = 0.0 if index is None else index.score_slack
     if backend == "faiss":
         search = _faiss_search(data, None if index is None else index.index)
-        fallback = _faiss_search(data) if not exact else None
+        fallback = None if exact else _faiss_search(data) if _faiss_installed() else _torch_search(data)
 
         def block_rows(count: int) -> int:
             return min(_FAISS_MAX_CHUNK, _AUTO_CHUNK_FLOATS // (4 * max(1, count)))
@@ -681,9 +706,17 @@ def neighbour_chunks(
         stop = min(start + chunk_size, len(data.queries))
         ks = needed[start:stop]
         if int(ks.max()) > 0:
-            rows = torch.arange(start, stop, device=data.device)
-            top, cos = _search_rows(data, search, rows, ks, block_rows, exact, similarities, fallback, equivalent)
-            yield NeighbourChunk(start, stop, top, cos, data)
+            rows = np.arange(start, stop)
+            top, cos = _search_rows(
+                data, search, rows, ks, block_rows, exact, similarities, fallback, equivalent, score_slack=slack
+            )
+            yield NeighbourChunk(
+                start,
+                stop,
+                torch.from_numpy(top).to(data.device),
+                None if cos is None else torch.from_numpy(cos).to(data.device),
+                data,
+            )
 
 
 def _equivalence(data: SearchData, interchangeable: str | None) -> Equivalence | None:
@@ -691,9 +724,10 @@ def _equivalence(data: SearchData, interchangeable: str | None) -> Equivalence |
         return None
     if not isinstance(data, QueryGallery):
         raise ValueError("interchangeable needs labels: search a QueryGallery")
+    gallery_classes, query_classes = data.gallery_classes.cpu().numpy(), data.query_classes.cpu().numpy()
     if interchangeable == "class":
-        return lambda rows, found: data.gallery_classes[found]
-    return lambda rows, found: data.gallery_classes[found] == data.query_classes[rows]
+        return lambda rows, found: gallery_classes[found]
+    return lambda rows, found: gallery_classes[found] == query_classes[rows]
 
 
 def _auto_chunk_floats(device: torch.device) -> int:
@@ -726,7 +760,8 @@ def top_k(
     ``exclude_self``: the queries are searched against themselves (pass the same array as ``gallery``, or None) and
     item i is never query i's neighbour. k is capped at the candidates per query. ``backend``, ``chunk_size``: as for
     :func:`neighbour_chunks`; queries on a GPU are searched there. ``index``: a faiss index of ``gallery`` from
-    :func:`gallery_index` to search through (an approximate one makes the result approximate).
+    :func:`gallery_index` to search through (an approximate one makes the result approximate). ``gallery`` may be a
+    :class:`PreparedGallery` (:func:`prepare_gallery`): searched without checking and normalising it again.
     """
     if isinstance(k, bool) or not isinstance(k, int | np.integer) or k < 1:
         raise UserError(f"k must be an integer ≥ 1, got {k!r}.")
@@ -755,15 +790,28 @@ def top_k(
 @dataclass
 class GalleryIndex:
     """A faiss inner-product index of a gallery's unit embeddings, and where it came from (``how``: "reused PATH",
-    "built and saved PATH" or "built in memory")."""
+    "built and saved PATH" or "built in memory").
+
+    Another candidate source (``library``, e.g. a LanceDB table: :mod:`simlearn.vectordb`) plugs in with faiss's
+    interface: ``index.ntotal`` vectors of dim ``index.d``, and ``index.search(queries, k) -> (scores, ids)``, per
+    query the float32 inner products (descending) and int64 gallery rows of its k best candidates (-1 where it has
+    fewer), from the very unit rows the search uses. It says itself whether it is ``exhaustive`` (then the search
+    through it is exact) and how far its scores may be beyond :func:`score_error_bound` (``score_slack``)."""
 
     index: Any
     factory: str
     how: str
+    library: str = "faiss"
+    exhaustive: bool = False
+    score_slack: float = 0.0
+    #: how to search exactly instead, for the message of an approximate search
+    exact_hint: str = "faiss_index=Flat is exact"
 
     @property
     def exact(self) -> bool:
         """Whether searching it is exhaustive (a flat inner-product index): then the search through it is exact."""
+        if self.library != "faiss":
+            return self.exhaustive
         faiss = _import_faiss()
         return isinstance(faiss.downcast_index(self.index), faiss.IndexFlat) and (
             self.index.metric_type == faiss.METRIC_INNER_PRODUCT
@@ -772,10 +820,10 @@ class GalleryIndex:
     def describe(self) -> str:
         """How the search through it went, for people: whether exact, the factory string, and ``how``."""
         if self.exact:
-            return f"exact (faiss {self.factory} index, {self.how}; re-scored in float64)"
+            return f"exact ({self.library} {self.factory} index, {self.how}; re-scored in float64)"
         return (
-            f"APPROXIMATE (faiss {self.factory} index, {self.how}: its candidates re-scored in float64, but nearer "
-            f"items it did not visit can be missing; faiss_index=Flat is exact)"
+            f"APPROXIMATE ({self.library} {self.factory} index, {self.how}: its candidates re-scored in float64, but "
+            f"nearer items it did not visit can be missing; {self.exact_hint})"
         )
 
 
