@@ -1,8 +1,12 @@
-"""Export a checkpoint's encoder: ``simlearn-export ckpt_path=PATH format=onnx|torchscript [out=PATH]``.
+"""Export a checkpoint's encoder: ``simlearn-export ckpt_path=PATH format=onnx|torchscript|hf [out=PATH]``.
 
-The exported model takes the preprocessed image batch ``image`` (N, C, H, W), any N, and returns the unit-length
-embeddings ``embedding`` (N, d). ``<out>.json`` next to it says how to preprocess images (image_size, channels, mean,
-std: resize, scale to [0, 1], normalise) and the embedding dimension, so it can be used without simlearn.
+``format=hf`` writes a shareable model folder (safetensors weights, config, preprocessing, model card; optionally
+pushed to the Hugging Face Hub), see :mod:`simlearn.model_folder`.
+
+For ONNX and TorchScript, the exported model takes the preprocessed image batch ``image`` (N, C, H, W), any N, and
+returns the unit-length embeddings ``embedding`` (N, d). ``<out>.json`` next to it says how to preprocess images
+(image_size, channels, mean, std: resize, scale to [0, 1], normalise) and the embedding dimension, so it can be used
+without simlearn.
 """
 
 from __future__ import annotations
@@ -26,8 +30,8 @@ log = logging.getLogger(__name__)
 
 __all__ = ["FORMATS", "check_export", "export_encoder", "export_onnx", "export_torchscript", "run_exported"]
 
-#: format → default file name
-FORMATS = {"onnx": "encoder.onnx", "torchscript": "encoder.pt"}
+#: format → default file (or folder) name
+FORMATS = {"onnx": "encoder.onnx", "torchscript": "encoder.pt", "hf": "model"}
 #: largest |exported − PyTorch| embedding difference the check accepts
 TOLERANCE = 1e-4
 
@@ -74,7 +78,7 @@ def export_torchscript(encoder: nn.Module, example: torch.Tensor, path: Path) ->
 
 
 def export_encoder(encoder: nn.Module, example: torch.Tensor, path: Path, fmt: str, opset: int | None = None) -> Path:
-    if fmt not in FORMATS:
+    if fmt not in FORMATS or fmt == "hf":
         raise UserError(f"format={fmt!r} is not an export format; valid: {sorted(FORMATS)}.")
     encoder = encoder.eval().cpu()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -115,6 +119,8 @@ def export(cfg: DictConfig) -> Path:
     fmt = str(cfg.get("format", "onnx")).lower()
     if fmt not in FORMATS:
         raise UserError(f"format={fmt!r} is not an export format; valid: {sorted(FORMATS)}.")
+    if fmt == "hf":
+        return export_folder(cfg)
     loaded = load_encoder(cfg.ckpt_path)
     prep = loaded.preprocessing
     shape = (int(prep["channels"]), int(prep["image_size"]), int(prep["image_size"]))
@@ -149,3 +155,35 @@ def export(cfg: DictConfig) -> Path:
         else:
             console.print(f"check: embeddings of a batch of 3 match PyTorch's (max |Δ| = {difference:.1e})")
     return out
+
+
+def export_folder(cfg: DictConfig) -> Path:
+    """``format=hf``: the model folder (:func:`simlearn.model_folder.write_model_folder`), checked by loading it back
+    and comparing its embeddings with the checkpoint's, then pushed to the Hub when ``push_to_hub=REPO_ID``."""
+    from simlearn.model_folder import check_repo_id, load, push_to_hub, write_model_folder
+
+    repo_id = cfg.get("push_to_hub")
+    if repo_id:
+        check_repo_id(str(repo_id))  # a malformed id fails before anything is written
+    out = Path(cfg.get("out") or Path(cfg.paths.output_dir) / FORMATS["hf"])
+    folder = write_model_folder(cfg.ckpt_path, out, bool(cfg.get("overwrite")), cfg.get("license"), cfg.get("metrics"))
+    console = Console()
+    console.print(f"wrote the model folder {folder} (model.safetensors, config.json, preprocessing.json, README.md)")
+    if cfg.get("check", True):
+        loaded = load_encoder(cfg.ckpt_path)
+        prep = loaded.preprocessing
+        shape = (int(prep["channels"]), int(prep["image_size"]), int(prep["image_size"]))
+        images = torch.randn(3, *shape, generator=torch.Generator().manual_seed(0))
+        with torch.no_grad():
+            expected = loaded.encoder.eval()(images).numpy()
+        difference = float(np.abs(load(folder).embed(images) - expected).max())
+        if difference > 1e-6:
+            raise UserError(
+                f"the model folder's embeddings differ from the checkpoint's by up to {difference:.2e}; the export is "
+                f"not faithful, please report it with the checkpoint's backbone config."
+            )
+        console.print(f"check: simlearn.load({str(folder)!r}) embeds like the checkpoint (max |Δ| = {difference:.1e})")
+    if repo_id:
+        url = push_to_hub(folder, str(repo_id), bool(cfg.get("hub_private", True)))
+        console.print(f"pushed to {url}", highlight=False)
+    return folder

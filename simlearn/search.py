@@ -1,7 +1,8 @@
 """Reverse image search: ``simlearn-search ckpt_path=PATH query=IMAGE_OR_FOLDER gallery=FOLDER_OR_NPZ k=5``.
 
 The query images are embedded with the checkpoint's encoder and preprocessing; the gallery is a folder of images
-(embedded too, and cached) or an npz of embeddings written by ``simlearn-embed``. Each query's k most similar gallery
+(embedded too, and cached), an npz of embeddings written by ``simlearn-embed``, or a LanceDB table it wrote
+(``simlearn-embed db=PATH``, searched through LanceDB: :mod:`simlearn.vectordb`). Each query's k most similar gallery
 items are printed with their cosine similarity and angle, written to ``search.json`` and drawn in a grid.
 The search is the one of :mod:`simlearn.evaluation.neighbours`: exact, with cosines in float64 and ties to the lower
 gallery index. Galleries of at least ``faiss_threshold`` items are searched through a faiss inner-product index saved
@@ -14,6 +15,7 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,11 +24,14 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
+from simlearn import vectordb
 from simlearn.checkpoints import LoadedEncoder, load_encoder
 from simlearn.data.images import (
     DECODE_ERRORS,
+    EmbeddedFiles,
     ImageLoader,
     embed_files,
     find_images,
@@ -35,7 +40,7 @@ from simlearn.data.images import (
     thumbnail,
 )
 from simlearn.errors import UserError
-from simlearn.evaluation.neighbours import gallery_index, top_k
+from simlearn.evaluation.neighbours import GalleryIndex, PreparedGallery, gallery_index, prepare_gallery, top_k
 from simlearn.evaluation.vectors import angle_deg
 from simlearn.inference import pick_device
 from simlearn.reports.plots import GridTile, save_retrieval_grid
@@ -63,6 +68,18 @@ class Gallery:
     root: Path | None = None
     #: how to name items without files (e.g. ``test[17]``: split and dataset index of an npz from simlearn-embed)
     ids: list[str] | None = None
+    #: every label field of the items (name → (N,) or (N, m) values), when the gallery came from simlearn-embed
+    fields: dict[str, np.ndarray] = field(default_factory=dict)
+    #: a search of this gallery outside simlearn (a LanceDB table): :func:`run_search` searches through it
+    candidates: GalleryIndex | None = None
+    _prepared: PreparedGallery | None = field(default=None, init=False, repr=False)
+
+    def searchable(self) -> PreparedGallery:
+        """The embeddings checked and scaled to unit rows once (:func:`prepare_gallery`), so that searching one query
+        at a time (a service) costs no pass over the whole gallery per search."""
+        if self._prepared is None:
+            self._prepared = prepare_gallery(self.embeddings)
+        return self._prepared
 
     @property
     def classes(self) -> set[str]:
@@ -95,9 +112,12 @@ def _fingerprint(*parts: Any) -> str:
 
 # -- the gallery ---------------------------------------------------------------------------------------------------
 def load_gallery(spec: str | Path, loaded: LoadedEncoder, cfg: DictConfig, device: Any = "cpu") -> Gallery:
-    """The gallery named by ``spec``: an npz written by simlearn-embed, or a folder of images (embedded now, or
-    read from the cache when its files and the checkpoint are unchanged)."""
+    """The gallery named by ``spec``: an npz written by simlearn-embed, a LanceDB database (or table) it wrote
+    (``cfg.db_table``, ``cfg.db_search``, ``cfg.db_nprobes``, ``cfg.db_refine_factor``: :func:`gallery_from_database`),
+    or a folder of images (embedded now, or read from the cache when its files and the checkpoint are unchanged)."""
     path = Path(str(spec)).expanduser()
+    if vectordb.is_database(path):
+        return gallery_from_database(path, loaded, cfg)
     if path.is_dir():
         return gallery_from_folder(path, loaded, cfg, device)
     if path.is_file() and path.suffix.lower() == ".npz":
@@ -107,7 +127,10 @@ def load_gallery(spec: str | Path, loaded: LoadedEncoder, cfg: DictConfig, devic
             f"gallery={str(spec)!r} is a file but not an .npz; give a folder of images or an npz written by "
             f"simlearn-embed (e.g. gallery=outputs/embed/runs/<run>/test.npz)."
         )
-    raise UserError(f"gallery={str(spec)!r} does not exist; give a folder of images or an npz from simlearn-embed.")
+    raise UserError(
+        f"gallery={str(spec)!r} does not exist; give a folder of images, an npz from simlearn-embed or the LanceDB "
+        f"folder it wrote (simlearn-embed db=PATH)."
+    )
 
 
 #: The npz arrays of simlearn-embed that hold one entry per embedding row, and are read here.
@@ -191,6 +214,11 @@ def gallery_from_npz(path: Path, loaded: LoadedEncoder) -> Gallery:
                 f"class ids (named by 'class_names') or strings; {remake}."
             )
     paths = [str(p) for p in per_item["paths"].tolist()] if "paths" in per_item else None
+    label_fields = {
+        name: arrays[name]
+        for name in sorted(files - _NOT_FIELDS)
+        if arrays[name].ndim >= 1 and len(arrays[name]) == len(embeddings)
+    }
     ids = None
     if "index" in per_item:
         split = str(arrays["split"]) if "split" in files else ""
@@ -202,6 +230,49 @@ def gallery_from_npz(path: Path, loaded: LoadedEncoder) -> Gallery:
         source=path,
         index_path=path.with_suffix(".faiss"),
         ids=ids,
+        fields=label_fields,
+    )
+
+
+#: the arrays of an npz from simlearn-embed that are not label fields
+_NOT_FIELDS = {"embeddings", "index", "labels", "class_names", "label_field", "split", "paths", "ckpt_path"}
+
+
+def gallery_from_database(path: Path, loaded: LoadedEncoder, cfg: DictConfig) -> Gallery:
+    """The gallery of a LanceDB table written by ``simlearn-embed db=PATH`` (``path``: the database folder, its table
+    ``cfg.db_table`` or its only one, or a ``<table>.lance`` folder), searched through LanceDB as ``cfg.db_search``
+    says (:func:`simlearn.vectordb.candidates`: ``auto``, ``exact``, ``index`` or ``memory``)."""
+    contents = vectordb.read_table(path, cfg.get("db_table"))
+    where = f"gallery={str(path)!r} (LanceDB table {contents.name!r})"
+    remake = f"write it anew with simlearn-embed ckpt_path={loaded.path} db=PATH"
+    embeddings = contents.embeddings
+    if embeddings.shape[1] != loaded.embedding_dim:
+        raise UserError(
+            f"{where} holds {embeddings.shape[1]}-d embeddings but the checkpoint {loaded.path} makes "
+            f"{loaded.embedding_dim}-d ones: they come from different models. Embed the gallery with this checkpoint "
+            f"(simlearn-embed ckpt_path={loaded.path} db=PATH) or search with the checkpoint that made it."
+        )
+    bad = non_finite_rows(embeddings)
+    if len(bad):
+        raise UserError(
+            f"{where}: {len(bad)} of its {len(embeddings)} vectors are not finite (NaN or inf), rows "
+            f"{_first_rows(bad)}; {remake}."
+        )
+    if contents.ckpt_path and Path(contents.ckpt_path) != loaded.path.resolve():
+        log.warning("the gallery %s was embedded with %s, not with %s", path, contents.ckpt_path, loaded.path)
+    refine = cfg.get("db_refine_factor", 4)
+    source = vectordb.candidates(
+        contents, str(cfg.get("db_search") or "auto"), int(cfg.get("db_nprobes") or 20), refine
+    )
+    return Gallery(
+        embeddings=embeddings,
+        labels=contents.label_names,
+        paths=contents.paths,
+        source=path,
+        index_path=None,
+        ids=contents.ids,
+        fields=contents.fields,
+        candidates=source,
     )
 
 
@@ -223,21 +294,22 @@ def gallery_from_folder(folder: Path, loaded: LoadedEncoder, cfg: DictConfig, de
         )
     cache_file = None
     fingerprint = ""
+    stats: list[tuple[str, int, int]] = []
+    model_key: tuple[Any, ...] = ()
     if cfg.get("cache", True) and cfg.get("cache_dir"):
         key = _fingerprint(folder.resolve(), loaded.path.resolve())[:16]
         cache_file = Path(cfg.cache_dir) / f"gallery-{key}.npz"
         ckpt_stat = loaded.path.stat()
         stats = [(str(p.relative_to(folder)), p.stat().st_size, p.stat().st_mtime_ns) for p in files]
-        fingerprint = _fingerprint(
-            CACHE_VERSION, ckpt_stat.st_size, ckpt_stat.st_mtime_ns, json.dumps(loaded.preprocessing), stats
-        )
+        model_key = (CACHE_VERSION, ckpt_stat.st_size, ckpt_stat.st_mtime_ns, json.dumps(loaded.preprocessing))
+        fingerprint = _fingerprint(*model_key, stats)
         cached = _read_cache(cache_file, fingerprint)
         if cached is not None:
             paths, embeddings, skipped = cached
             log.info("gallery embeddings reused from %s", cache_file)
             return _folder_gallery(folder, paths, embeddings, skipped, cache_file, loaded)
-    embedded = embed_files(
-        loaded.encoder, files, ImageLoader(loaded.preprocessing), int(cfg.get("batch_size") or 256), device
+    embedded = _embed_gallery_files(
+        files, loaded, int(cfg.get("batch_size") or 256), device, cache_file, model_key, stats
     )
     if embedded.failed:
         examples = "; ".join(f"{p} ({why})" for p, why in embedded.failed[:3])
@@ -247,7 +319,108 @@ def gallery_from_folder(folder: Path, loaded: LoadedEncoder, cfg: DictConfig, de
     paths = [str(p) for p in embedded.paths]
     if cache_file is not None:
         _write_cache(cache_file, fingerprint, paths, embedded.embeddings, len(embedded.failed))
+        shutil.rmtree(_parts_dir(cache_file), ignore_errors=True)  # the whole cache replaces its parts
     return _folder_gallery(folder, paths, embedded.embeddings, len(embedded.failed), cache_file, loaded)
+
+
+#: A folder gallery is embedded in parts of this many files; with a cache, each part is saved as soon as it is done,
+#: so that a start that is interrupted (Ctrl-C, SIGTERM, a crash) resumes from the parts already saved.
+CACHE_PART_FILES = 2048
+
+
+def _parts_dir(cache_file: Path) -> Path:
+    return cache_file.with_name(f"{cache_file.stem}.parts")
+
+
+def _embed_gallery_files(
+    files: list[Path],
+    loaded: LoadedEncoder,
+    batch_size: int,
+    device: Any,
+    cache_file: Path | None,
+    model_key: tuple[Any, ...],
+    stats: list[tuple[str, int, int]],
+) -> EmbeddedFiles:
+    """Embed the gallery's files batch by batch with a progress bar (more than one batch) on stderr. With a cache,
+    the files go in parts of :data:`CACHE_PART_FILES`, each saved beside the cache (``<cache>.parts/``) under the
+    fingerprint of its own files and the checkpoint, and a part saved by an earlier, interrupted start is reused."""
+    loader = ImageLoader(loaded.preprocessing)
+    kept: list[Path] = []
+    failed: list[tuple[Path, str]] = []
+    arrays: list[np.ndarray] = []
+    resumed = 0
+    parts = _parts_dir(cache_file) if cache_file is not None else None
+    progress = Progress(
+        TextColumn("embedding the gallery"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=Console(stderr=True),
+        disable=len(files) <= batch_size,
+    )
+    with progress:
+        task = progress.add_task("embed", total=len(files))
+        for start in range(0, len(files), CACHE_PART_FILES):
+            chunk = files[start : start + CACHE_PART_FILES]
+            part_file = parts / f"{start // CACHE_PART_FILES:06d}.npz" if parts is not None else None
+            part_key = _fingerprint(*model_key, stats[start : start + len(chunk)]) if part_file is not None else ""
+            saved = _read_part(part_file, part_key) if part_file is not None else None
+            if saved is None:
+                done: list[EmbeddedFiles] = []
+                for b in range(0, len(chunk), batch_size):
+                    done.append(embed_files(loaded.encoder, chunk[b : b + batch_size], loader, batch_size, device))
+                    progress.advance(task, len(done[-1].paths) + len(done[-1].failed))
+                saved = EmbeddedFiles(
+                    [p for e in done for p in e.paths],
+                    np.concatenate([e.embeddings for e in done]),
+                    [f for e in done for f in e.failed],
+                )
+                if part_file is not None:
+                    _write_part(part_file, part_key, saved)
+            else:
+                resumed += len(chunk)
+                progress.advance(task, len(chunk))
+            kept += saved.paths
+            failed += saved.failed
+            arrays.append(saved.embeddings)
+    if resumed:
+        log.info("gallery: %d of %d files' embeddings resumed from %s", resumed, len(files), parts)
+    dim = int(getattr(loaded.encoder, "embedding_dim", 0))
+    embeddings = np.concatenate(arrays) if arrays else np.zeros((0, dim), dtype=np.float32)
+    return EmbeddedFiles(paths=kept, embeddings=embeddings.astype(np.float32, copy=False), failed=failed)
+
+
+def _read_part(path: Path, fingerprint: str) -> EmbeddedFiles | None:
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as arrays:
+            if str(arrays["fingerprint"]) != fingerprint:
+                return None
+            failed = list(zip(arrays["failed"].tolist(), arrays["why"].tolist(), strict=True))
+            return EmbeddedFiles(
+                [Path(p) for p in arrays["paths"].tolist()], arrays["embeddings"], [(Path(p), w) for p, w in failed]
+            )
+    except Exception as error:  # a part cut short by the interruption is embedded again
+        log.warning("embedding again the unreadable gallery cache part %s (%s)", path, error)
+        return None
+
+
+def _write_part(path: Path, fingerprint: str, part: EmbeddedFiles) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_name(f".{path.stem}.partial.npz")
+        np.savez(
+            partial,
+            fingerprint=np.array(fingerprint),
+            paths=np.array([str(p) for p in part.paths], dtype=str),
+            embeddings=part.embeddings.astype(np.float32),
+            failed=np.array([str(p) for p, _ in part.failed], dtype=str),
+            why=np.array([why for _, why in part.failed], dtype=str),
+        )
+        os.replace(partial, path)
+    except OSError as error:
+        log.warning("could not save a part of the gallery embeddings in %s (%s)", path, error)
 
 
 def _weights_finite(loaded: LoadedEncoder) -> bool:
@@ -379,8 +552,8 @@ def run_search(
     """Each query's top k gallery items: ``(cos, index, method)``, most similar first, by the one search of
     :func:`simlearn.evaluation.neighbours.top_k`: exact (float64 cosines, ties to the lower gallery index). Galleries
     of ``faiss_threshold`` items or more are searched through their saved faiss index (:func:`gallery_index`, built
-    once next to the gallery embeddings), which is exact for ``factory="Flat"``; ``method`` says when an approximate
-    one (e.g. HNSW32) was used."""
+    once next to the gallery embeddings), which is exact for ``factory="Flat"``; a LanceDB gallery through LanceDB
+    (``gallery.candidates``). ``method`` says when an approximate index (e.g. HNSW32, IVF_PQ) was used."""
     n = len(gallery.embeddings)
     bad = non_finite_rows(np.asarray(queries))
     if len(bad):
@@ -392,8 +565,8 @@ def run_search(
         raise UserError(f"k must be an integer ≥ 1, got {k!r}; e.g. k=5.")
     if k > n:
         raise UserError(f"k={k} but the gallery {gallery.source} has only {n} items; use k={n} or less.")
-    index = None
-    if faiss_threshold is not None and n >= faiss_threshold:
+    index = gallery.candidates
+    if index is None and faiss_threshold is not None and n >= faiss_threshold:
         try:
             import faiss  # noqa: F401
         except ImportError:
@@ -405,7 +578,7 @@ def run_search(
             )
         else:
             index = gallery_index(gallery.embeddings, gallery.index_path, factory or "Flat")
-    cos, idx = top_k(queries, gallery.embeddings, k, index=index)
+    cos, idx = top_k(queries, gallery.searchable(), k, index=index)
     method = index.describe() if index is not None else "exact (float64 cosines, ties to the lower gallery index)"
     return cos, idx, method
 

@@ -1,7 +1,14 @@
 import os
 from pathlib import Path
 
-import pytest
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # pytest-xdist runs one worker per core (README "Tests"): one thread each, here and in the commands the tests
+    # start, so that workers do not oversubscribe the cores (OpenMP threads spinning against each other made a
+    # 5 s training take minutes on a loaded 2-core machine). Set before torch is imported.
+    for _name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(_name, "1")
+
+import pytest  # noqa: E402  (after the thread settings above)
 
 REPO = Path(__file__).resolve().parents[1]
 #: Real MNIST (raw IDX files) lives beside the checkout on the project's machines and in CI.

@@ -56,3 +56,11 @@ def test_eval_rejects_missing_and_foreign_checkpoints(tmp_path):
     foreign.write_bytes(b"not a checkpoint")
     result = run_cli("-m", "simlearn.cli.eval", f"ckpt_path={foreign}", f"hydra.run.dir={tmp_path}/b")
     assert_clean_failure(result, "not a readable PyTorch checkpoint")
+
+
+def test_error_lines_keep_their_brackets(capsys):
+    """A message that quotes a list or an extra is text: rich markup would have eaten '[zebra]' and '[serve]'."""
+    from simlearn.cli.common import print_error
+
+    print_error("set data.probe_classes=[zebra] or pip install 'simlearn[serve]'.")
+    assert "data.probe_classes=[zebra] or pip install 'simlearn[serve]'." in capsys.readouterr().err

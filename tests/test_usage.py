@@ -222,7 +222,7 @@ def test_search_user_errors(trained, tmp_path):
         search(search_config(trained, tmp_path / "c", f"gallery={other}"))
     with pytest.raises(UserError, match="gallery has only"):
         search(search_config(trained, tmp_path / "d", "k=500"))
-    with pytest.raises(UserError, match="is not an export format; valid: \\['onnx', 'torchscript'\\]"):
+    with pytest.raises(UserError, match="is not an export format; valid: \\['hf', 'onnx', 'torchscript'\\]"):
         export(compose_config([f"ckpt_path={trained['ckpt']}", "format=tflite"], "export", tmp_path / "e"))
 
 

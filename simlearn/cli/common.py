@@ -19,6 +19,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, MissingMandatoryValue
 from rich.console import Console
+from rich.markup import escape
 
 from simlearn.config import config_dir
 from simlearn.errors import UserError
@@ -34,7 +35,8 @@ def _user_error(error: BaseException) -> UserError | None:
 
 
 def print_error(message: str) -> None:
-    Console(stderr=True).print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    # escaped: a message quoting brackets (pip install 'simlearn[serve]', data.classes=[cat]) is text, not markup
+    Console(stderr=True).print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
 
 
 def in_multirun() -> bool:

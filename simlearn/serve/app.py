@@ -1,0 +1,331 @@
+"""The HTTP API and the web page of ``simlearn-serve`` (FastAPI), around one :class:`SearchService`.
+
+Routes: ``POST /search`` (an uploaded image, or a gallery item id), ``GET /items/{id}`` (the item's image),
+``GET /items/{id}/neighbours``, ``GET /map``, ``GET /info``, ``GET /health``, the page at ``/`` (its files under
+``/static``) and the OpenAPI docs at ``/docs`` (Swagger UI, its files served by this process: no CDN). Every
+refusal is a 4xx whose JSON body is ``{"detail": "<one line>"}``.
+
+With an ``auth_token`` every route needs ``Authorization: Bearer <token>``, except ``/health`` and what holds no
+data of the gallery: the page and its static files (its script sends the token, which it asks for) and the API's
+description (``/docs``, ``/openapi.json``).
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+import mimetypes
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
+from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from simlearn.serve.service import BadRequest, NotFound, SearchService, TooLarge
+
+log = logging.getLogger(__name__)
+
+__all__ = ["STATIC_DIR", "create_app"]
+
+#: The page's files (plain HTML, CSS and JavaScript: no build step, nothing fetched from elsewhere).
+STATIC_DIR = Path(__file__).parent / "static"
+#: Where Swagger UI's script, style and icon are served from (this process: /docs needs no CDN).
+DOCS_ASSETS = "/docs-assets"
+#: Routes that answer without the token: they hold nothing of the gallery.
+PUBLIC_PATHS = frozenset({"/health", "/", "/docs", "/openapi.json", "/favicon.ico"})
+#: Room for the multipart headers and the small form fields around an upload of the largest allowed size.
+FORM_OVERHEAD_BYTES = 64 * 1024
+#: The page may load only its own files (and the blob: URLs of the images it fetched with the token).
+PAGE_POLICY = (
+    "default-src 'self'; img-src 'self' blob: data:; style-src 'self'; script-src 'self'; connect-src 'self'; "
+    "object-src 'none'; base-uri 'none'; frame-ancestors 'none'"
+)
+#: The API page loads Swagger UI from this process only (its one inline script starts it; it styles inline).
+DOCS_POLICY = (
+    "default-src 'self'; script-src 'self' 'unsafe-inline'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; "
+    "connect-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'"
+)
+
+SEARCH_BODY = {
+    "required": True,
+    "content": {
+        "multipart/form-data": {
+            "schema": {
+                "type": "object",
+                "properties": {
+                    "image": {"type": "string", "format": "binary", "description": "an image file to search with"},
+                    "id": {"type": "integer", "description": "or: a gallery item id to search from"},
+                    "k": {"type": "integer", "description": "how many results (default: the service's k)"},
+                    "label": {"type": "string", "description": "the uploaded image's label, to mark results"},
+                },
+            }
+        },
+        "application/json": {
+            "schema": {
+                "type": "object",
+                "properties": {"id": {"type": "integer"}, "k": {"type": "integer"}},
+                "required": ["id"],
+            }
+        },
+    },
+}
+
+
+def _one_line(text: Any) -> str:
+    return " ".join(str(text).split())
+
+
+class Guard:
+    """ASGI middleware in front of every route: the bearer token (when set) and the size of request bodies.
+
+    A body announced larger than allowed is refused before it is read; one without a length is counted while it is
+    read and refused as soon as it passes the limit (never spooled to disk in full)."""
+
+    def __init__(self, app: ASGIApp, token: str | None, max_body: int) -> None:
+        self.app = app
+        self.token = token.encode() if token else None
+        self.max_body = max_body
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = {k.decode("latin-1").lower(): v for k, v in scope["headers"]}
+        if self.token is not None and not _public(scope["path"]) and not self._authorised(headers):
+            response = JSONResponse(
+                {"detail": "this service needs its access token: send the header 'Authorization: Bearer <token>'."},
+                status_code=401,
+                headers={"WWW-Authenticate": "Bearer"},
+            )
+            await response(scope, receive, send)
+            return
+        length = headers.get("content-length")
+        if length is not None and length.strip().isdigit() and int(length) > self.max_body:
+            response = JSONResponse({"detail": _too_large(int(length), self.max_body)}, status_code=413)
+            await response(scope, receive, send)
+            return
+        await self.app(scope, _counted(receive, self.max_body), send)
+
+    def _authorised(self, headers: dict[str, bytes]) -> bool:
+        scheme, _, given = headers.get("authorization", b"").partition(b" ")
+        return scheme.lower() == b"bearer" and hmac.compare_digest(given.strip(), self.token or b"")
+
+
+def _public(path: str) -> bool:
+    return path in PUBLIC_PATHS or path.startswith(("/static/", f"{DOCS_ASSETS}/"))
+
+
+def swagger_assets() -> Path | None:
+    """The folder of Swagger UI's files as the ``fastapi-offline`` package ships them (``swagger-ui-bundle.js``,
+    ``swagger-ui.css``, ``favicon.png``), or None when it is not installed."""
+    try:
+        import fastapi_offline
+    except ImportError:
+        return None
+    folder = Path(fastapi_offline.__file__).parent / "static"
+    return folder if (folder / "swagger-ui-bundle.js").is_file() and (folder / "swagger-ui.css").is_file() else None
+
+
+def _too_large(size: int, limit: int) -> str:
+    return (
+        f"the request has {size / 2**20:.1f} MB, more than this service takes ({limit / 2**20:.1f} MB with "
+        f"max_upload_mb); send a smaller image."
+    )
+
+
+def _counted(receive: Receive, limit: int) -> Receive:
+    seen = 0
+
+    async def counted() -> Message:
+        nonlocal seen
+        message = await receive()
+        if message["type"] == "http.request":
+            seen += len(message.get("body", b""))
+            if seen > limit:
+                raise TooLarge(_too_large(seen, limit))
+        return message
+
+    return counted
+
+
+def create_app(service: SearchService, auth_token: str | None = None) -> FastAPI:
+    """The FastAPI app of ``service``; with ``auth_token``, clients must send it as a bearer token."""
+    app = FastAPI(
+        title="simlearn-serve",
+        summary="Image similarity search with a trained simlearn model",
+        description=(
+            "Search a gallery by an uploaded image or by one of its items; cosine similarity and angle per result. "
+            'Items are named by `id` (0 … N-1). Errors are `{"detail": "<one line>"}`.'
+        ),
+        version="1",
+        docs_url=None,  # FastAPI's own page loads Swagger UI from a CDN: blank offline. Served from here below
+        redoc_url=None,
+    )
+    app.add_middleware(Guard, token=auth_token, max_body=service.limits.max_upload_bytes + FORM_OVERHEAD_BYTES)
+    _error_handlers(app)
+
+    @app.get("/", include_in_schema=False)
+    def page() -> FileResponse:
+        return FileResponse(
+            STATIC_DIR / "index.html",
+            headers={"Content-Security-Policy": PAGE_POLICY, "Cache-Control": "no-cache"},
+        )
+
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+    _api_page(app)
+
+    @app.get("/health", summary="Liveness: always answers, without the token")
+    def health() -> dict[str, Any]:
+        return {"status": "ok", "items": service.size}
+
+    @app.get("/info", summary="The gallery, the model and the limits")
+    def info() -> dict[str, Any]:
+        return service.info()
+
+    @app.post(
+        "/search",
+        summary="The top k of an uploaded image or of a gallery item",
+        openapi_extra={"requestBody": SEARCH_BODY},
+    )
+    async def search(request: Request) -> dict[str, Any]:
+        fields = await _search_fields(request)
+        image, item = fields.get("image"), fields.get("id")
+        k = fields.get("k", request.query_params.get("k"))
+        if image is not None and item not in (None, ""):
+            raise BadRequest("give either an image or an id to search with, not both.")
+        if isinstance(image, UploadFile):
+            try:
+                data = await image.read(service.limits.max_upload_bytes + 1)
+            finally:
+                await image.close()
+            if len(data) > service.limits.max_upload_bytes:
+                raise TooLarge(service.too_large_message(len(data)))
+            label = fields.get("label")
+            return await run_in_threadpool(service.search_upload, data, k, label if isinstance(label, str) else None)
+        if image is not None:
+            raise BadRequest("'image' must be a file sent as multipart/form-data (e.g. curl -F image=@photo.png).")
+        if item not in (None, ""):
+            return await run_in_threadpool(service.neighbours, item, k)
+        raise BadRequest(
+            "nothing to search with: send an image file as multipart field 'image' (curl -F image=@photo.png "
+            'URL/search), or a gallery item as field \'id\' (JSON {"id": 3, "k": 5}).'
+        )
+
+    @app.get(
+        "/items/{item_id}",
+        summary="The image of a gallery item: its file, or a PNG of its pixels (in-memory data)",
+        response_class=Response,
+    )
+    def item_image(item_id: str) -> Response:
+        image = service.item_image(item_id)
+        headers = {"X-Content-Type-Options": "nosniff", "Cache-Control": "private, max-age=3600"}
+        if isinstance(image, bytes):
+            return Response(image, media_type="image/png", headers=headers)
+        media_type = mimetypes.guess_type(image.name)[0] or "application/octet-stream"
+        return FileResponse(image, media_type=media_type, headers=headers)
+
+    @app.get("/items/{item_id}/neighbours", summary="The top k of a gallery item (itself left out)")
+    def item_neighbours(item_id: str, k: str | None = None) -> dict[str, Any]:
+        return service.neighbours(item_id, k)
+
+    @app.get("/map", summary="2-D coordinates of the gallery's embeddings, with labels")
+    def gallery_map() -> dict[str, Any]:
+        return service.map()
+
+    return app
+
+
+def _api_page(app: FastAPI) -> None:
+    """``/docs``: Swagger UI with its script and style served by this process (from the ``fastapi-offline``
+    package), so that it works without network access; without that package, a one-line 404 that points to
+    ``/openapi.json``."""
+    assets = swagger_assets()
+    if assets is not None:
+        app.mount(DOCS_ASSETS, StaticFiles(directory=assets), name="docs-assets")
+
+    @app.get("/docs", include_in_schema=False)
+    def api_page() -> HTMLResponse:
+        if assets is None:
+            raise NotFound(
+                "the interactive API page needs the fastapi-offline package (pip install 'simlearn[serve]'); the API "
+                "is described at /openapi.json."
+            )
+        page = get_swagger_ui_html(
+            openapi_url=app.openapi_url or "/openapi.json",
+            title=f"{app.title} · API",
+            swagger_js_url=f"{DOCS_ASSETS}/swagger-ui-bundle.js",
+            swagger_css_url=f"{DOCS_ASSETS}/swagger-ui.css",
+            swagger_favicon_url=f"{DOCS_ASSETS}/favicon.png",
+            # no validator badge: Swagger UI would send the API description to validator.swagger.io
+            swagger_ui_parameters={"validatorUrl": None},
+        )
+        page.headers["Content-Security-Policy"] = DOCS_POLICY
+        page.headers["Cache-Control"] = "no-cache"
+        return page
+
+
+async def _search_fields(request: Request) -> dict[str, Any]:
+    """The fields of a search request: a multipart or url-encoded form, or a JSON object."""
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if content_type in ("multipart/form-data", "application/x-www-form-urlencoded"):
+        form = await request.form(max_files=1, max_fields=10)
+        return {key: form.get(key) for key in form}
+    if content_type == "application/json" or not content_type:
+        body = await request.body()
+        if not body:
+            return {}
+        if not content_type:
+            raise BadRequest("the body has no content type; send multipart/form-data or application/json.")
+        try:
+            fields = json.loads(body)
+        except ValueError as error:
+            raise BadRequest(f'the body is not valid JSON ({error}); send e.g. {{"id": 3, "k": 5}}.') from error
+        if not isinstance(fields, dict):
+            raise BadRequest('the JSON body must be an object such as {"id": 3, "k": 5}.')
+        return fields
+    raise BadRequest(
+        f"unsupported content type {content_type!r}: send multipart/form-data with an 'image' file, or JSON "
+        f'{{"id": …, "k": …}}.'
+    )
+
+
+def _error_handlers(app: FastAPI) -> None:
+    """Every refusal as ``{"detail": "<one line>"}`` with its 4xx status; an unexpected error as a 500 (logged), after
+    which the service keeps serving."""
+
+    @app.exception_handler(BadRequest)
+    async def bad_request(request: Request, error: BadRequest) -> JSONResponse:
+        return JSONResponse({"detail": _one_line(error)}, status_code=error.status)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, error: StarletteHTTPException) -> JSONResponse:
+        detail = error.detail
+        if error.status_code == 404 and detail == "Not Found":
+            detail = f"no such page or route: {request.url.path[:80]}; the API is described at /docs."
+        elif error.status_code == 405:
+            detail = f"{request.method} is not allowed on {request.url.path[:80]}; see /docs."
+        return JSONResponse({"detail": _one_line(detail)}, status_code=error.status_code, headers=error.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, error: RequestValidationError) -> JSONResponse:
+        problems = [
+            f"{'.'.join(str(part) for part in problem.get('loc', ())[1:]) or 'request'}: {problem.get('msg')}"
+            for problem in error.errors()[:3]
+        ]
+        return JSONResponse({"detail": _one_line("; ".join(problems))}, status_code=422)
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, error: Exception) -> JSONResponse:
+        log.exception("error while answering %s %s", request.method, request.url.path)
+        return JSONResponse(
+            {"detail": f"internal error ({type(error).__name__}); the service logged it and keeps serving."},
+            status_code=500,
+        )

@@ -1,0 +1,460 @@
+"""What the search service knows and does, without HTTP: the model, the gallery, searches and the gallery's map.
+
+Every search goes through :func:`simlearn.evaluation.neighbours.top_k` (exact: float64 cosines, ties to the lower
+gallery index), through the gallery's faiss index for galleries of ``faiss_threshold`` items or more, as
+``simlearn-search`` does. Items are named by their row in the gallery (``id`` 0 … N-1) and nothing else: a client
+never names a file.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import re
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, open_dict
+from PIL import Image
+
+from simlearn.checkpoints import LoadedEncoder, load_encoder
+from simlearn.data.images import DECODE_ERRORS, ImageLoader, is_image_name
+from simlearn.errors import UserError
+from simlearn.evaluation.neighbours import GalleryIndex, gallery_index, prepare_gallery, top_k
+from simlearn.evaluation.vectors import angle_deg
+from simlearn.inference import pick_device
+from simlearn.search import Gallery, load_gallery, non_finite_rows
+from simlearn.serve.split_gallery import ItemImages, gallery_split, split_gallery
+
+log = logging.getLogger(__name__)
+
+__all__ = ["BadRequest", "NotFound", "SearchService", "ServiceLimits", "checkpoint_path", "open_service"]
+
+#: The image formats an upload may have: decoded by Pillow itself (never by an outside program, as EPS would be).
+UPLOAD_FORMATS = ("PNG", "JPEG", "BMP", "GIF", "WEBP", "TIFF")
+
+
+class BadRequest(UserError):
+    """A request the service refuses (HTTP 4xx): the message is one line that says what was wrong and what is valid."""
+
+    status = 400
+
+
+class NotFound(BadRequest):
+    """A request for something the service does not have (HTTP 404)."""
+
+    status = 404
+
+
+class TooLarge(BadRequest):
+    """An upload over the size limit (HTTP 413)."""
+
+    status = 413
+
+
+class NotAnImage(BadRequest):
+    """An upload that does not decode as an image (HTTP 415)."""
+
+    status = 415
+
+
+@dataclass(frozen=True)
+class ServiceLimits:
+    """What a client may ask for: the default and largest ``k``, the largest upload, the points of the map."""
+
+    k: int = 10
+    max_k: int = 100
+    max_upload_mb: float = 10.0
+    #: a small file can hold a huge image (a blank PNG of 20000 × 20000 pixels has a few hundred KB): decoding
+    #: one would take gigabytes, so images are refused by their size in pixels before they are decoded
+    max_image_megapixels: float = 50.0
+    map_max_points: int = 20000
+
+    @property
+    def max_upload_bytes(self) -> int:
+        return int(self.max_upload_mb * 2**20)
+
+
+class SearchService:
+    """A trained encoder and a gallery, searched on request; safe to call from many threads at once.
+
+    The model runs on ``device`` (one forward pass at a time: concurrent requests queue for it, and the searches
+    themselves run in parallel); the gallery's embeddings are kept on that device too when it is a GPU.
+    """
+
+    def __init__(
+        self,
+        loaded: LoadedEncoder,
+        gallery: Gallery,
+        device: torch.device,
+        limits: ServiceLimits | None = None,
+        index: GalleryIndex | None = None,
+        images: ItemImages | None = None,
+        source: str | None = None,
+    ) -> None:
+        self.loaded = loaded
+        self.gallery = gallery
+        self.device = torch.device(device)
+        self.limits = limits or ServiceLimits()
+        self.index = index
+        self.loader = ImageLoader(loaded.preprocessing)
+        #: the images of items without files (a split of in-memory data), served as PNG
+        self.images = images
+        #: what the gallery is, for people (the page, the start message)
+        self.source = source or gallery.source.name
+        # on a GPU the gallery is searched where the queries are embedded (the exact search runs on the device of
+        # its queries); with a faiss index, or on the CPU, it stays a numpy array
+        # prepared once (checked, unit rows, norms): a search then costs no pass over the whole gallery
+        self._searched = (
+            prepare_gallery(gallery.embeddings, self.device)
+            if self.device.type != "cpu" and index is None
+            else gallery.searchable()
+        )
+        #: whether the service can send the items' images: rendered from their pixels, or image files (a folder; an
+        #: npz or a split that names image files)
+        self.has_images = images is not None or (
+            gallery.paths is not None and any(is_image_name(Path(p)) for p in gallery.paths[:100])
+        )
+        self._model_lock = threading.Lock()
+        self._map_lock = threading.Lock()
+        self._map: dict[str, Any] | None = None
+        self.method = (
+            index.describe() if index is not None else "exact (float64 cosines, ties to the lower gallery index)"
+        )
+
+    # -- facts -----------------------------------------------------------------------------------------------------
+    @property
+    def size(self) -> int:
+        return len(self.gallery.embeddings)
+
+    def info(self) -> dict[str, Any]:
+        """What the page shows about the service: the gallery, the model and the limits."""
+        return {
+            "gallery": {
+                "source": self.source,
+                "items": self.size,
+                "dim": int(self.gallery.embeddings.shape[1]),
+                "classes": sorted(self.gallery.classes),
+                "has_images": self.has_images,
+                "has_labels": self.gallery.labels is not None,
+                "fields": sorted(self.gallery.fields),
+                "skipped": self.gallery.skipped,
+            },
+            "model": {"checkpoint": self.loaded.path.name, "device": str(self.device)},
+            "search": self.method,
+            "k": min(self.limits.k, self.size),
+            "max_k": self.max_k(),
+            "max_upload_mb": self.limits.max_upload_mb,
+        }
+
+    def max_k(self, exclude_one: bool = False) -> int:
+        return max(1, min(self.limits.max_k, self.size - int(exclude_one)))
+
+    # -- checks ----------------------------------------------------------------------------------------------------
+    def item(self, value: Any) -> int:
+        """The gallery row that ``value`` names (an integer id, also given as text), or :class:`NotFound`."""
+        text = str(value).strip()
+        if isinstance(value, bool) or not re.fullmatch(r"[0-9]{1,18}", text) or int(text) >= self.size:
+            shown = text if len(text) <= 40 else text[:40] + "…"
+            raise NotFound(
+                f"no gallery item {shown!r}: ids are the integers 0 to {self.size - 1} (each result's 'id')."
+            )
+        return int(text)
+
+    def check_k(self, value: Any, exclude_one: bool = False) -> int:
+        """``k`` as an int within 1 … :meth:`max_k` (the default when None or empty), or :class:`BadRequest`."""
+        if value is None or (isinstance(value, str) and not value.strip()):
+            return min(self.limits.k, self.max_k(exclude_one))
+        text = str(value).strip()
+        largest = self.max_k(exclude_one)
+        if isinstance(value, bool) or not re.fullmatch(r"-?[0-9]{1,18}", text) or not 1 <= int(text) <= largest:
+            shown = text if len(text) <= 20 else text[:20] + "…"
+            raise BadRequest(
+                f"k must be an integer from 1 to {largest} (the gallery has {self.size} items, max_k="
+                f"{self.limits.max_k}), got {shown!r}."
+            )
+        return int(text)
+
+    # -- embedding and searching -----------------------------------------------------------------------------------
+    def embed_image(self, data: bytes) -> np.ndarray:
+        """The embedding (d,) of an uploaded image file, prepared as the checkpoint says."""
+        if not data:
+            raise BadRequest("the uploaded image is empty (0 bytes); send an image file (png, jpg, …) as 'image'.")
+        if len(data) > self.limits.max_upload_bytes:
+            raise TooLarge(self.too_large_message(len(data)))
+        try:
+            with Image.open(io.BytesIO(data), formats=UPLOAD_FORMATS) as header:  # reads the header only
+                width, height = header.size
+        except DECODE_ERRORS as error:
+            raise self._not_an_image(error) from error
+        if width * height > self.limits.max_image_megapixels * 1e6:
+            raise TooLarge(
+                f"the image has {width} × {height} pixels, more than max_image_megapixels="
+                f"{self.limits.max_image_megapixels:g} million; send a smaller image."
+            )
+        try:
+            image = self.loader(io.BytesIO(data))
+        except DECODE_ERRORS as error:  # a header that promised an image, and a body that is none
+            raise self._not_an_image(error) from error
+        with self._model_lock, torch.inference_mode():
+            vector = self.loaded.encoder(image.unsqueeze(0).to(self.device)).float().cpu().numpy()[0]
+        if len(non_finite_rows(vector[None])):
+            raise BadRequest("the model embeds this image to NaN or inf; its checkpoint is broken, try another model.")
+        return vector
+
+    @staticmethod
+    def _not_an_image(error: BaseException) -> NotAnImage:
+        return NotAnImage(
+            f"the upload is not an image that can be read ({type(error).__name__}); send a png, jpg, bmp, gif, "
+            f"webp or tiff file as 'image'."
+        )
+
+    def too_large_message(self, size: int) -> str:
+        return (
+            f"the upload has {size / 2**20:.1f} MB, more than max_upload_mb={self.limits.max_upload_mb:g}; send a "
+            f"smaller image (or start the service with a larger max_upload_mb)."
+        )
+
+    def search_vector(
+        self, vector: np.ndarray, k: int, exclude: int | None = None, label: str | None = None
+    ) -> list[dict[str, Any]]:
+        """The ``k`` gallery items most similar to ``vector``, most similar first (``exclude``: a row left out, the
+        query's own item); ``label``: the query's, to mark each result as of the same label or another."""
+        want = k + int(exclude is not None)
+        query = torch.as_tensor(vector[None]).to(self.device) if self.device.type != "cpu" else vector[None]
+        cos, idx = top_k(query, self._searched, min(want, self.size), index=self.index)
+        rows = [(int(i), float(c)) for i, c in zip(idx[0].tolist(), cos[0].tolist(), strict=True) if i != exclude]
+        return [self.result(rank, i, c, label) for rank, (i, c) in enumerate(rows[:k], start=1)]
+
+    def result(self, rank: int, i: int, cos: float, query_label: str | None) -> dict[str, Any]:
+        label = self.label(i)
+        return {
+            "rank": rank,
+            "id": i,
+            "name": self.gallery.name(i),
+            "label": label,
+            "path": self.gallery.name(i) if self.gallery.paths is not None else None,
+            "cosine": round(cos, 6),
+            "angle": round(angle_deg(cos), 3),
+            "same_label": (label == query_label) if label is not None and query_label is not None else None,
+            "image": f"/items/{i}" if self.has_images else None,
+            "fields": self.fields(i),
+        }
+
+    def label(self, i: int) -> str | None:
+        return self.gallery.labels[i] if self.gallery.labels is not None else None
+
+    def fields(self, i: int) -> dict[str, Any] | None:
+        """Every label field of item ``i`` (e.g. digit, parity, magnitude: the values simlearn-embed wrote, the label
+        field's value being the label's id), None for a gallery without them; a non-finite number is null."""
+        if not self.gallery.fields:
+            return None
+        return {name: _json_value(values[i]) for name, values in sorted(self.gallery.fields.items())}
+
+    def search_upload(self, data: bytes, k: Any = None, label: str | None = None) -> dict[str, Any]:
+        """``POST /search`` with an image: its top k."""
+        k = self.check_k(k)
+        vector = self.embed_image(data)
+        label = label or None
+        return {
+            "query": {"id": None, "label": label},
+            "k": k,
+            "search": self.method,
+            "results": self.search_vector(vector, k, label=label),
+        }
+
+    def neighbours(self, item: Any, k: Any = None) -> dict[str, Any]:
+        """The top k of a gallery item (itself left out): ``POST /search`` with an id, ``/items/{id}/neighbours``."""
+        i = self.item(item)
+        k = self.check_k(k, exclude_one=True)
+        label = self.label(i)
+        vector = self.gallery.embeddings[i]
+        return {
+            "query": {
+                "id": i,
+                "name": self.gallery.name(i),
+                "label": label,
+                "image": f"/items/{i}" if self.has_images else None,
+                "fields": self.fields(i),
+            },
+            "k": k,
+            "search": self.method,
+            "results": self.search_vector(np.asarray(vector), k, exclude=i, label=label),
+        }
+
+    def item_image(self, item: Any) -> Path | bytes:
+        """The image of a gallery item, looked up by id (never by a client path): one of the gallery's own files,
+        or a PNG rendered from the item's pixels (items of in-memory data)."""
+        i = self.item(item)
+        if not self.has_images:
+            raise NotFound(f"this gallery ({self.source}) holds embeddings without image files; items have no image.")
+        if self.images is not None:
+            return self.images.png(i)
+        path = Path(self.gallery.paths[i])
+        if not (is_image_name(path) and path.is_file()):
+            raise NotFound(f"the image of item {i} ({self.gallery.name(i)}) is no longer there.")
+        return path
+
+    # -- the map -----------------------------------------------------------------------------------------------------
+    def map(self) -> dict[str, Any]:
+        """2-D coordinates of the gallery's embeddings (as they are when 2-D, else their first two principal
+        components), computed once; at most ``map_max_points`` items (a fixed random sample of larger galleries)."""
+        with self._map_lock:
+            if self._map is None:
+                self._map = gallery_map(self.gallery, self.limits.map_max_points)
+            return self._map
+
+
+def gallery_map(gallery: Gallery, max_points: int) -> dict[str, Any]:
+    """The map of :meth:`SearchService.map`: ``x``, ``y``, ``ids`` and ``labels`` (an index into ``classes``, -1:
+    none) of the items shown, and how they were projected."""
+    embeddings = gallery.embeddings
+    n, dim = embeddings.shape
+    rows = np.arange(n)
+    if n > max_points:  # a fixed sample: the same map on every start
+        rows = np.sort(np.random.default_rng(0).choice(n, size=max_points, replace=False))
+    if dim <= 2:
+        xy = np.zeros((len(rows), 2))
+        xy[:, :dim] = embeddings[rows]
+        projection, explained = "as is (the embeddings are 2-D)", None
+    else:
+        mean, components, explained = _principal_axes(embeddings, 2)
+        xy = (embeddings[rows].astype(np.float64) - mean) @ components
+        projection = "PCA (the first two principal components of the embeddings)"
+    classes = sorted(gallery.classes)
+    code = {name: c for c, name in enumerate(classes)}
+    labels = [code.get(gallery.labels[i], -1) for i in rows.tolist()] if gallery.labels is not None else None
+    return {
+        "projection": projection,
+        "explained_variance_ratio": explained,
+        "total": n,
+        "shown": len(rows),
+        "ids": rows.tolist(),
+        "x": np.round(xy[:, 0], 6).tolist(),
+        "y": np.round(xy[:, 1], 6).tolist(),
+        "labels": labels,
+        "classes": classes,
+    }
+
+
+def _json_value(value: Any) -> Any:
+    """A label field's value (a numpy scalar or row) as JSON: numbers, lists of them; NaN and inf as null."""
+    value = np.asarray(value).tolist()
+    if isinstance(value, list):
+        return [_json_value(v) for v in value]
+    if isinstance(value, float) and not np.isfinite(value):
+        return None
+    return value
+
+
+def _principal_axes(x: np.ndarray, count: int, block: int = 65536) -> tuple[np.ndarray, np.ndarray, list[float]]:
+    """Mean, the first ``count`` principal axes (d, count) and their shares of the variance, from the d × d
+    covariance accumulated in float64 over blocks of rows (no copy of a large gallery)."""
+    n, dim = x.shape
+    mean = np.zeros(dim)
+    for start in range(0, n, block):
+        mean += x[start : start + block].astype(np.float64).sum(axis=0)
+    mean /= n
+    cov = np.zeros((dim, dim))
+    for start in range(0, n, block):
+        centred = x[start : start + block].astype(np.float64) - mean
+        cov += centred.T @ centred
+    values, vectors = np.linalg.eigh(cov / max(1, n - 1))
+    order = np.argsort(values)[::-1][:count]
+    axes = vectors[:, order]
+    # a fixed sign per axis (its largest entry positive), so the map does not flip between runs
+    axes *= np.where(axes[np.abs(axes).argmax(axis=0), np.arange(count)] < 0, -1.0, 1.0)
+    total = float(values.clip(min=0).sum())
+    shares = [round(float(values[i]) / total, 4) if total > 0 else 0.0 for i in order]
+    return mean, axes, shares
+
+
+def checkpoint_path(ckpt_path: Any, run_dir: Any) -> Path:
+    """The checkpoint to serve: ``ckpt_path``, or the best checkpoint of the training run ``run_dir``
+    (``checkpoints/best-*.ckpt``: best validation recall@1), else its ``checkpoints/last.ckpt``."""
+    if ckpt_path and run_dir:
+        raise UserError(
+            f"give either ckpt_path= or run_dir=, not both (ckpt_path={ckpt_path}, run_dir={run_dir}); run_dir=RUN "
+            f"serves the run's best checkpoint."
+        )
+    if ckpt_path:
+        return Path(str(ckpt_path)).expanduser()
+    if not run_dir:
+        raise UserError(
+            "no model: give ckpt_path=<run>/checkpoints/last.ckpt (a checkpoint written by training) or run_dir=<run> "
+            "(a training run dir: its best checkpoint), e.g. simlearn-serve run_dir=outputs/train/runs/<run>."
+        )
+    folder = Path(str(run_dir)).expanduser()
+    if not folder.is_dir():
+        raise UserError(
+            f"run_dir={str(run_dir)!r} is not a folder; give a training run dir (outputs/train/runs/<run>)."
+        )
+    best = sorted((folder / "checkpoints").glob("best-*.ckpt"))
+    if len(best) > 1:
+        names = ", ".join(p.name for p in best[:4])
+        raise UserError(
+            f"run_dir={str(run_dir)!r} holds {len(best)} best checkpoints ({names}); choose one with "
+            f"ckpt_path={folder / 'checkpoints'}/<file>.ckpt."
+        )
+    last = folder / "checkpoints" / "last.ckpt"
+    if best or last.is_file():
+        return best[0] if best else last
+    raise UserError(
+        f"run_dir={str(run_dir)!r} has no checkpoints/best-*.ckpt nor checkpoints/last.ckpt; give a training run dir "
+        f"(outputs/train/runs/<run>) or ckpt_path=PATH."
+    )
+
+
+def open_service(cfg: DictConfig) -> SearchService:
+    """Load the checkpoint's encoder on ``cfg.device`` (auto: the GPU when there is one), the gallery ``cfg.gallery``
+    and how it is searched: through LanceDB for a LanceDB gallery, through its saved faiss index when it has
+    ``faiss_threshold`` items or more.
+
+    The checkpoint is ``cfg.ckpt_path`` or the best one of ``cfg.run_dir``. The gallery is a split of the checkpoint's
+    own data (no gallery, or ``split:<name>``; :func:`~simlearn.serve.split_gallery.split_gallery`) or a folder, an
+    npz or a LanceDB database (:func:`simlearn.search.load_gallery`); either is embedded now or read from the cache.
+    """
+    defaults = ServiceLimits()  # a mistake in these is one line before anything is loaded
+    limits = ServiceLimits(
+        **{name: _positive(cfg, name, getattr(defaults, name)) for name in ServiceLimits.__dataclass_fields__}
+    )
+    split = gallery_split(cfg.get("gallery"))
+    ckpt = checkpoint_path(cfg.get("ckpt_path"), cfg.get("run_dir"))
+    if str(cfg.get("ckpt_path") or "") != str(ckpt):
+        cfg = cfg.copy()  # the caller's config stays as it was given
+        with open_dict(cfg):  # a split's data is rebuilt from cfg.ckpt_path (simlearn.embed.rebuild)
+            cfg.ckpt_path, cfg.run_dir = str(ckpt), None
+    device = pick_device(cfg.get("device"))
+    loaded = load_encoder(ckpt, device)
+    images, source = None, None
+    if split is not None:
+        served = split_gallery(split, loaded, cfg, device)
+        gallery, images, source = served.gallery, served.images, served.description
+    else:
+        gallery = load_gallery(cfg.gallery, loaded, cfg, device)
+    # as simlearn-search: a LanceDB gallery is searched through LanceDB, a large one through its saved faiss index
+    index = gallery.candidates
+    threshold = cfg.get("faiss_threshold")
+    if index is None and threshold is not None and len(gallery.embeddings) >= int(threshold):
+        index = gallery_index(gallery.embeddings, gallery.index_path, cfg.get("faiss_index") or "Flat")
+    return SearchService(loaded, gallery, device, limits, index, images, source)
+
+
+def _positive(cfg: DictConfig, name: str, default: float) -> Any:
+    """``cfg[name]`` as a positive number of the type of ``default`` (``default`` when absent), or a UserError."""
+    value = cfg.get(name, default)
+    value = default if value is None else value
+    try:
+        number = type(default)(value)
+    except (TypeError, ValueError):
+        number = None
+    if isinstance(value, bool) or number is None or number <= 0 or (isinstance(default, int) and number != value):
+        raise UserError(
+            f"{name}={value!r} must be a positive {'integer' if isinstance(default, int) else 'number'}; "
+            f"e.g. {name}={default}."
+        )
+    return number

@@ -1,0 +1,210 @@
+"""A split of the checkpoint's own data as the gallery (``gallery=split:test``, the default of ``simlearn-serve``).
+
+The data is rebuilt from the checkpoint's config and embedded as ``simlearn-embed`` does it (the same functions:
+:func:`simlearn.embed.rebuild`, :func:`~simlearn.embed.embed_splits`, :func:`~simlearn.embed.split_arrays`), so the
+gallery holds exactly the arrays of that split's ``<split>.npz``: the embeddings, each item's label and label name,
+every label field, and the files of data read from files; it is read back by
+:func:`simlearn.search.gallery_from_npz`. It is embedded once and cached in ``cache_dir``, keyed by the checkpoint
+and the split (a cache is reused while the checkpoint file is unchanged). Items of in-memory data (digits, MNIST)
+have no files: their pixels are cached beside the embeddings (uint8, read memory-mapped) and served as PNG
+(:class:`ItemImages`).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import math
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from omegaconf import DictConfig
+from PIL import Image
+
+from simlearn.checkpoints import LoadedEncoder
+from simlearn.data.in_memory import TensorImageDataset
+from simlearn.embed import embed_splits, rebuild, split_arrays
+from simlearn.errors import UserError
+from simlearn.search import CACHE_VERSION, Gallery, _fingerprint, gallery_from_npz
+
+log = logging.getLogger(__name__)
+
+__all__ = ["SPLIT_PREFIX", "ItemImages", "SplitGallery", "gallery_split", "split_gallery"]
+
+#: ``gallery=split:<name>``: a split of the checkpoint's own data.
+SPLIT_PREFIX = "split:"
+#: The splits a data module can have (``probe``: the probe classes, where the data has them).
+SPLIT_NAMES = ("train", "val", "test", "probe")
+#: The split served when no gallery is given.
+DEFAULT_SPLIT = "test"
+#: Images smaller than this (in pixels, their longer side) are scaled up by a whole factor, nearest neighbour, so
+#: that an 8 × 8 digit is a visible 64 × 64 thumbnail with sharp pixels.
+MIN_THUMBNAIL_PX = 64
+
+
+def gallery_split(spec: Any) -> str | None:
+    """The split that ``gallery=spec`` names: :data:`DEFAULT_SPLIT` for no gallery, ``<name>`` for
+    ``split:<name>``, None for anything else (a folder, an npz or a database); a bad split name is a UserError."""
+    if spec is None or not str(spec).strip():
+        return DEFAULT_SPLIT
+    text = str(spec).strip()
+    if not text.startswith(SPLIT_PREFIX):
+        return None
+    name = text[len(SPLIT_PREFIX) :].strip()
+    if name not in SPLIT_NAMES:
+        raise UserError(
+            f"gallery={text!r} names no split; valid: {', '.join(SPLIT_PREFIX + s for s in SPLIT_NAMES)} (a split of "
+            f"the checkpoint's own data), or a folder of images, an npz from simlearn-embed or its LanceDB folder."
+        )
+    return name
+
+
+@dataclass
+class ItemImages:
+    """The pixels of in-memory items, (N, H, W, C) uint8 with C = 1 or 3 (e.g. read memory-mapped from the cache),
+    served as PNG files: un-normalised, and scaled up by a whole factor (nearest neighbour) when smaller than
+    :data:`MIN_THUMBNAIL_PX`."""
+
+    pixels: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.pixels)
+
+    @property
+    def factor(self) -> int:
+        height, width = self.pixels.shape[1:3]
+        return max(1, math.ceil(MIN_THUMBNAIL_PX / max(height, width, 1)))
+
+    def png(self, i: int) -> bytes:
+        """Item ``i`` as a PNG file (grey for one channel, RGB for three)."""
+        pixels = np.asarray(self.pixels[i])
+        image = Image.fromarray(
+            pixels[..., 0] if pixels.shape[-1] == 1 else pixels, "L" if pixels.shape[-1] == 1 else "RGB"
+        )
+        if self.factor > 1:
+            image = image.resize((image.width * self.factor, image.height * self.factor), Image.Resampling.NEAREST)
+        buffer = io.BytesIO()
+        image.save(buffer, format="PNG")
+        return buffer.getvalue()
+
+
+@dataclass
+class SplitGallery:
+    """A split of the checkpoint's data as a gallery, the images of its in-memory items (None for data read from
+    files: the gallery's ``paths`` are its images) and a description for people."""
+
+    gallery: Gallery
+    images: ItemImages | None
+    description: str
+
+
+def split_gallery(split: str, loaded: LoadedEncoder, cfg: DictConfig, device: Any = "cpu") -> SplitGallery:
+    """The ``split`` of ``cfg.ckpt_path``'s own data, embedded with ``loaded`` (read from the cache when the
+    checkpoint is unchanged, ``cfg.cache``/``cfg.cache_dir``)."""
+    ckpt = loaded.path.resolve()
+    data_name = _data_name(loaded)
+    description = f"the {split} split of the checkpoint's data ({data_name})"
+    cache_dir = Path(cfg.cache_dir) if cfg.get("cache", True) and cfg.get("cache_dir") else None
+    stat = ckpt.stat()
+    fingerprint = _fingerprint(
+        CACHE_VERSION, "split", split, ckpt, stat.st_size, stat.st_mtime_ns, json.dumps(loaded.preprocessing)
+    )
+    if cache_dir is not None:
+        npz = cache_dir / f"split-{_fingerprint(ckpt, split)[:16]}.npz"
+        cached = _read_cache(npz, fingerprint, loaded)
+        if cached is not None:
+            log.info("gallery embeddings of the %s split reused from %s", split, npz)
+            return SplitGallery(cached[0], cached[1], description)
+    arrays, pixels = _embed_split(split, loaded, cfg, device, data_name)
+    if cache_dir is None:  # read back as any npz of simlearn-embed, from a file that is gone afterwards
+        with tempfile.TemporaryDirectory() as folder:
+            npz = Path(folder) / f"{split}.npz"
+            _write(npz, arrays, fingerprint, ckpt, pixels is not None)
+            gallery = gallery_from_npz(npz, loaded)  # reads every array it keeps into memory
+        gallery.index_path = None  # a faiss index, if any, is built in memory
+        return SplitGallery(gallery, ItemImages(pixels) if pixels is not None else None, description)
+    if pixels is not None:  # the pixels first: a cache is used only when its npz is there, which comes last
+        _atomic(_pixels_file(npz), lambda f: np.save(f, pixels))
+    _write(npz, arrays, fingerprint, ckpt, pixels is not None)
+    gallery = gallery_from_npz(npz, loaded)
+    images = ItemImages(np.load(_pixels_file(npz), mmap_mode="r")) if pixels is not None else None
+    return SplitGallery(gallery, images, description)
+
+
+def _data_name(loaded: LoadedEncoder) -> str:
+    target = str((loaded.config.get("data") or {}).get("_target_", "") or "")
+    return target.rsplit(".", 1)[-1].removesuffix("DataModule").lower() or "unknown"
+
+
+def _embed_split(
+    split: str, loaded: LoadedEncoder, cfg: DictConfig, device: Any, data_name: str
+) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
+    """The arrays of ``<split>.npz`` as simlearn-embed writes them and, for in-memory data, the items' pixels."""
+    datamodule, _ = rebuild(cfg)
+    if split not in datamodule.datasets:
+        raise UserError(
+            f"gallery=split:{split}: the checkpoint's data ({data_name}) has no {split!r} split; it has "
+            f"{', '.join(SPLIT_PREFIX + s for s in datamodule.datasets)}."
+        )
+    if len(datamodule.datasets[split]) == 0:
+        raise UserError(
+            f"gallery=split:{split}: the {split} split of the checkpoint's data ({data_name}) holds no items; "
+            f"serve another split, e.g. gallery=split:{DEFAULT_SPLIT}."
+        )
+    log.info("embedding the %s split of %s (%d items)", split, data_name, len(datamodule.datasets[split]))
+    result = embed_splits(loaded.encoder, datamodule, [split], device, cfg.get("batch_size"))[split]
+    arrays = split_arrays(result, datamodule, split)
+    dataset = datamodule.datasets[split]
+    pixels = None
+    if isinstance(dataset, TensorImageDataset):
+        images = dataset.images[torch.as_tensor(result.index, dtype=torch.long)].float().cpu() / dataset.scale
+        pixels = (images * 255).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    return arrays, pixels
+
+
+def _pixels_file(npz: Path) -> Path:
+    return npz.with_name(f"{npz.stem}.pixels.npy")
+
+
+def _atomic(path: Path, write: Any) -> None:
+    """``write(file)`` into a temporary file beside ``path``, then renamed over it: never a half-written cache."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(temporary, "wb") as file:
+            write(file)
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
+def _write(npz: Path, arrays: dict[str, np.ndarray], fingerprint: str, ckpt: Path, has_pixels: bool) -> None:
+    # simlearn-embed's arrays and ckpt_path (simlearn.embed.write_npz), with the cache's fingerprint
+    extra = {"ckpt_path": np.array(str(ckpt)), "cache_fingerprint": np.array(fingerprint)}
+    _atomic(npz, lambda f: np.savez(f, **arrays, **extra, cache_pixels=np.array(has_pixels)))
+
+
+def _read_cache(npz: Path, fingerprint: str, loaded: LoadedEncoder) -> tuple[Gallery, ItemImages | None] | None:
+    """The cached gallery (and pixels) when the cache is of this checkpoint file; None when there is none, it is
+    stale or unreadable (it is then embedded again)."""
+    if not npz.is_file():
+        return None
+    try:
+        with np.load(npz, allow_pickle=False) as arrays:
+            if "cache_fingerprint" not in arrays.files or str(arrays["cache_fingerprint"]) != fingerprint:
+                return None
+            has_pixels = "cache_pixels" in arrays.files and bool(arrays["cache_pixels"])
+        images = ItemImages(np.load(_pixels_file(npz), mmap_mode="r")) if has_pixels else None
+        gallery = gallery_from_npz(npz, loaded)
+    except (OSError, ValueError, KeyError, UserError) as error:  # e.g. its pixels file removed
+        log.warning("the cached gallery %s cannot be read (%s); embedding it again", npz, error)
+        return None
+    if images is not None and len(images) != len(gallery.embeddings):
+        return None
+    return gallery, images

@@ -1,0 +1,216 @@
+"""simlearn-serve's page in a real headless Chromium (Debian's chromium + chromium-driver, driven by selenium), served
+as the one command after training serves it (a checkpoint, its test split as the gallery, thumbnails rendered from
+the digits' pixels): upload a digit, see k results, browse from a result to its neighbours, click a point of the map,
+go back; the page with an access token; the API page (Swagger UI) rendered with nothing from the network. No browser
+is downloaded: the test fails, not skips, when Chromium is missing (.ci/run installs it)."""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+from simlearn.serve import SearchService, ServiceLimits, create_app, open_service
+
+from .test_serve_api import TOKEN, live_server, serve_config, write_digit_gallery
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMEDRIVER = Path("/usr/bin/chromedriver")
+K = 6
+#: set to a path to keep the screenshot of the page with results (docs/serve.png is made this way)
+SCREENSHOT_ENV = "SIMLEARN_SERVE_SCREENSHOT"
+
+
+@pytest.fixture(scope="module")
+def browser():
+    missing = [str(p) for p in (CHROMIUM, CHROMEDRIVER) if not p.exists()]
+    assert not missing, (
+        f"the page test needs Debian's Chromium and its driver, missing: {missing}; install them with "
+        f"`apt-get install -y chromium chromium-driver` (.ci/run does)"
+    )
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    os.environ["SE_OFFLINE"] = "true"  # selenium-manager must never download a browser or driver
+    options = webdriver.ChromeOptions()
+    options.binary_location = str(CHROMIUM)
+    for argument in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-dev-shm-usage",
+        "--disable-gpu",
+        "--window-size=1360,1000",
+        "--force-device-scale-factor=1",
+        "--no-first-run",
+        "--disable-extensions",
+    ):
+        options.add_argument(argument)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
+    driver.set_page_load_timeout(30)
+    yield driver
+    driver.quit()
+
+
+@pytest.fixture(scope="module")
+def page_service(trained_run, tmp_path_factory) -> tuple[SearchService, Path]:
+    """The service of ``simlearn-serve ckpt_path=<run>/checkpoints/last.ckpt`` (no gallery: the test split), k=6."""
+    root = tmp_path_factory.mktemp("serve_page")
+    query = write_digit_gallery(root / "queries", per_class=1, offset=40)[7]  # a 7
+    service = open_service(serve_config(trained_run / "checkpoints" / "last.ckpt", None, root / "cache"))
+    limited = SearchService(
+        service.loaded,
+        service.gallery,
+        service.device,
+        ServiceLimits(k=K),
+        images=service.images,
+        source=service.source,
+    )
+    return limited, query
+
+
+def wait_for(driver, condition, what: str, timeout: float = 20):
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    return WebDriverWait(driver, timeout, poll_frequency=0.05).until(lambda d: condition(d), message=what)
+
+
+def shown_ids(driver) -> list[int]:
+    from selenium.webdriver.common.by import By
+
+    return [int(card.get_attribute("data-id")) for card in driver.find_elements(By.CSS_SELECTOR, "#results .card")]
+
+
+def query_id(driver) -> str:
+    return driver.find_element("id", "query").get_attribute("data-id") or ""
+
+
+def images_loaded(driver) -> bool:
+    return driver.execute_script(
+        "return [...document.querySelectorAll('#results img, #query img')]"
+        ".every(img => img.complete && img.naturalWidth > 0)"
+    )
+
+
+def test_upload_browse_and_map_in_a_real_browser(browser, page_service, tmp_path):
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+
+    service, query = page_service
+    with live_server(create_app(service)) as url:
+        api = httpx.Client(base_url=url, timeout=30)
+        browser.get(url + "/")
+        wait_for(browser, lambda d: "gallery items" in d.find_element(By.ID, "about").text, "the page's gallery info")
+        wait_for(browser, lambda d: d.find_element(By.ID, "map-note").text, "the map")
+        assert browser.find_element(By.ID, "hint").text.startswith("Drop an image")
+        assert browser.find_element(By.ID, "k").get_attribute("value") == str(K)
+
+        # upload a digit: k results, those of the API, in its order
+        browser.find_element(By.ID, "file").send_keys(str(query))
+        wait_for(browser, lambda d: len(shown_ids(d)) == K, f"{K} results of the upload")
+        expected = api.post("/search", files={"image": (query.name, query.read_bytes(), "image/png")}).json()
+        assert shown_ids(browser) == [r["id"] for r in expected["results"]]
+        cards = browser.find_elements(By.CSS_SELECTOR, "#results .card")
+        assert f"{expected['results'][0]['cosine']:.3f}" in cards[0].text and "°" in cards[0].text
+
+        # click a result: its neighbours, framed same label / other label
+        chosen = expected["results"][2]["id"]
+        cards[2].click()
+        wait_for(browser, lambda d: query_id(d) == str(chosen), "the clicked result as the query")
+        neighbours = api.get(f"/items/{chosen}/neighbours", params={"k": K}).json()["results"]
+        wait_for(browser, lambda d: shown_ids(d) == [r["id"] for r in neighbours], "the neighbours of the result")
+        frames = [
+            ("same" if "same" in c.get_attribute("class") else "other" if "other" in c.get_attribute("class") else None)
+            for c in browser.find_elements(By.CSS_SELECTOR, "#results .card")
+        ]
+        assert frames == [{True: "same", False: "other", None: None}[r["same_label"]] for r in neighbours]
+        wait_for(browser, images_loaded, "the thumbnails")
+        sizes = browser.execute_script(
+            "return [...document.querySelectorAll('#results img')].map(img => [img.naturalWidth, img.naturalHeight])"
+        )
+        assert sizes == [[64, 64]] * K  # the 8 × 8 digits, rendered from their pixels and scaled up
+        browser.save_screenshot(str(tmp_path / "serve.png"))
+        if os.environ.get(SCREENSHOT_ENV):
+            shutil.copyfile(tmp_path / "serve.png", os.environ[SCREENSHOT_ENV])
+
+        # click a point of the map: the item drawn farthest from any other, so that the click names it alone
+        target = _isolated_item(browser)
+        canvas = browser.find_element(By.ID, "map")
+        position = browser.execute_script("return window.simlearn.pointPosition(arguments[0])", target)
+        size = canvas.size
+        ActionChains(browser).move_to_element_with_offset(
+            canvas, round(position["x"] - size["width"] / 2), round(position["y"] - size["height"] / 2)
+        ).click().perform()
+        wait_for(browser, lambda d: query_id(d) == str(target), f"item {target} from the map")
+        neighbours = api.get(f"/items/{target}/neighbours", params={"k": K}).json()["results"]
+        wait_for(browser, lambda d: shown_ids(d) == [r["id"] for r in neighbours], "the neighbours of the map point")
+
+        # Back: the previous query again
+        browser.find_element(By.ID, "back").click()
+        wait_for(browser, lambda d: query_id(d) == str(chosen), "the previous query after Back")
+        # a file that is not an image: one line on the page, and the page goes on working
+        not_image = tmp_path / "notes.png"
+        not_image.write_text("not an image")
+        browser.find_element(By.ID, "file").send_keys(str(not_image))
+        status = browser.find_element(By.ID, "status")
+        wait_for(browser, lambda d: "not an image" in status.text, "the error line")
+        assert "error" in status.get_attribute("class")
+        # no script error on the way (refused requests are logged by the browser as failed resources)
+        errors = [
+            e for e in browser.get_log("browser") if e["level"] == "SEVERE" and "Failed to load" not in e["message"]
+        ]
+        assert errors == []
+
+
+def _isolated_item(browser) -> int:
+    points = browser.execute_script(
+        "const m = window.simlearn.state.map; return m.ids.map((id, i) => [id, m.px[i], m.py[i]]);"
+    )
+    xy = np.array([p[1:] for p in points])
+    distances = np.sqrt(((xy[:, None] - xy[None]) ** 2).sum(-1))
+    np.fill_diagonal(distances, math.inf)
+    best = int(distances.min(axis=1).argmax())
+    assert distances[best].min() > 3, "no map point is clear of the others"
+    return int(points[best][0])
+
+
+def test_the_page_with_an_access_token(browser, page_service):
+    """?token= is taken (and dropped from the address bar), sent on every call, images included; without it the
+    page asks for the token."""
+    from selenium.webdriver.common.by import By
+
+    service, query = page_service
+    with live_server(create_app(service, auth_token=TOKEN)) as url:
+        browser.get(url + "/")
+        browser.execute_script("sessionStorage.clear()")
+        browser.get(url + "/")
+        wait_for(browser, lambda d: d.find_element(By.ID, "token-box").is_displayed(), "the token prompt")
+        browser.get(f"{url}/?token={TOKEN}")
+        wait_for(browser, lambda d: "gallery items" in d.find_element(By.ID, "about").text, "the gallery info")
+        assert "token" not in browser.current_url
+        browser.find_element(By.ID, "file").send_keys(str(query))
+        wait_for(browser, lambda d: len(shown_ids(d)) == K, "the results with the token")
+        wait_for(browser, images_loaded, "the thumbnails fetched with the token")
+        browser.execute_script("sessionStorage.clear()")
+
+
+def test_the_api_page_renders_without_network(browser, page_service):
+    """/docs: Swagger UI drawn from the files the service itself serves; every resource the page loaded came from the
+    service, and the browser logged no error (a blocked or missing script would)."""
+    from selenium.webdriver.common.by import By
+
+    service, _ = page_service
+    with live_server(create_app(service)) as url:
+        browser.get_log("browser")  # forget earlier pages' entries
+        browser.get(url + "/docs")
+        wait_for(browser, lambda d: len(d.find_elements(By.CSS_SELECTOR, ".opblock")) >= 6, "the API's operations")
+        assert "simlearn-serve" in browser.find_element(By.CSS_SELECTOR, ".info .title").text
+        loaded = browser.execute_script("return performance.getEntriesByType('resource').map(e => e.name)")
+        assert any(name.endswith("/openapi.json") for name in loaded)
+        assert loaded and all(name.startswith(url + "/") for name in loaded), loaded
+        assert [e for e in browser.get_log("browser") if e["level"] == "SEVERE"] == []
