@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import resource
 import subprocess
 import sys
+
+import numpy as np
 
 
 def measure_in_subprocess(script: str, spec: dict, timeout: float) -> dict:
@@ -25,3 +28,33 @@ def measure_in_subprocess(script: str, spec: dict, timeout: float) -> dict:
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
         return {"error": f"exit {proc.returncode}: " + " | ".join(tail)}
     return json.loads(lines[-1])
+
+
+def peak_rss_bytes() -> int:
+    """Peak resident set size of this process so far (ru_maxrss is KiB on Linux, bytes on macOS)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak if sys.platform == "darwin" else peak * 1024
+
+
+def clustered_vectors(
+    n: int, d: int, per_class: int, seed: int, noise: float, unit_centres: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
+    """n L2-normalised float32 vectors around n // per_class Gaussian class centres (unit length with
+    ``unit_centres``) plus Gaussian noise of ``noise`` per coordinate, and their labels; built in blocks so that
+    nothing but the result is ever held in memory. The same arguments give the same data."""
+    rng = np.random.default_rng([seed, n, d])
+    classes = max(2, n // per_class)
+    labels = rng.integers(0, classes, n)
+    centres = rng.standard_normal((classes, d), dtype=np.float32)
+    if unit_centres:
+        centres /= np.linalg.norm(centres, axis=1, keepdims=True)
+    scale = np.float32(noise)
+    x = np.empty((n, d), dtype=np.float32)
+    for start in range(0, n, 65536):
+        stop = min(start + 65536, n)
+        block = rng.standard_normal((stop - start, d), dtype=np.float32)
+        block *= scale
+        block += centres[labels[start:stop]]
+        block /= np.linalg.norm(block, axis=1, keepdims=True)
+        x[start:stop] = block
+    return x, labels

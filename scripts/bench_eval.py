@@ -26,40 +26,20 @@ import argparse
 import json
 import math
 import os
-import resource
 import sys
 import time
 
 import numpy as np
-from bench_common import measure_in_subprocess
+from bench_common import clustered_vectors, measure_in_subprocess, peak_rss_bytes
 
 GEMM_TILE = 4096
 PML_METRICS = {"precision@1": "precision_at_1", "r_precision": "r_precision", "map@r": "mean_average_precision_at_r"}
 
 
-def peak_rss_bytes() -> int:
-    """Peak resident set size of this process so far (ru_maxrss is KiB on Linux, bytes on macOS)."""
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak if sys.platform == "darwin" else peak * 1024
-
-
 def make_data(n: int, d: int, per_class: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """n L2-normalised float32 embeddings around n // per_class Gaussian class centres, built in blocks so that
-    nothing but the result is ever held in memory. The noise grows with d so that MAP@R stays well inside (0, 1)."""
-    rng = np.random.default_rng([seed, n, d])
-    classes = max(2, n // per_class)
-    labels = rng.integers(0, classes, n)
-    centres = rng.standard_normal((classes, d), dtype=np.float32)
-    noise = np.float32(math.sqrt(max(0.25, math.sqrt(d) / 3 - 1)))
-    x = np.empty((n, d), dtype=np.float32)
-    for start in range(0, n, 65536):
-        stop = min(start + 65536, n)
-        block = rng.standard_normal((stop - start, d), dtype=np.float32)
-        block *= noise
-        block += centres[labels[start:stop]]
-        block /= np.linalg.norm(block, axis=1, keepdims=True)
-        x[start:stop] = block
-    return x, labels
+    """n L2-normalised float32 embeddings around n // per_class Gaussian class centres. The noise grows with d so
+    that MAP@R stays well inside (0, 1)."""
+    return clustered_vectors(n, d, per_class, seed, math.sqrt(max(0.25, math.sqrt(d) / 3 - 1)))
 
 
 def num_queries(n: int, max_pairs: float) -> int:

@@ -30,7 +30,6 @@ import argparse
 import json
 import math
 import os
-import resource
 import shutil
 import sys
 import tempfile
@@ -38,35 +37,16 @@ import time
 from pathlib import Path
 
 import numpy as np
-from bench_common import measure_in_subprocess
+from bench_common import clustered_vectors, measure_in_subprocess, peak_rss_bytes
 
 K = 10
-
-
-def peak_rss_bytes() -> int:
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak if sys.platform == "darwin" else peak * 1024
 
 
 def make_data(n: int, d: int, per_class: int, noise: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """n unit float32 vectors around n // per_class random unit class centres (their labels), each the centre plus
     Gaussian noise of norm about ``noise``, normalised: two items of a class have a cosine of about
-    1 / (1 + noise**2), items of different classes about 0. Built in blocks."""
-    rng = np.random.default_rng([seed, n, d])
-    classes = max(2, n // per_class)
-    labels = rng.integers(0, classes, n)
-    centres = rng.standard_normal((classes, d), dtype=np.float32)
-    centres /= np.linalg.norm(centres, axis=1, keepdims=True)
-    noise = np.float32(noise / math.sqrt(d))
-    x = np.empty((n, d), dtype=np.float32)
-    for start in range(0, n, 65536):
-        stop = min(start + 65536, n)
-        block = rng.standard_normal((stop - start, d), dtype=np.float32)
-        block *= noise
-        block += centres[labels[start:stop]]
-        block /= np.linalg.norm(block, axis=1, keepdims=True)
-        x[start:stop] = block
-    return x, labels
+    1 / (1 + noise**2), items of different classes about 0."""
+    return clustered_vectors(n, d, per_class, seed, noise / math.sqrt(d), unit_centres=True)
 
 
 def rss_bytes() -> int:
