@@ -390,20 +390,29 @@ def _embed_gallery_files(
     return EmbeddedFiles(paths=kept, embeddings=embeddings.astype(np.float32, copy=False), failed=failed)
 
 
-def _read_part(path: Path, fingerprint: str) -> EmbeddedFiles | None:
+def _load_fingerprinted(path: Path, fingerprint: str, keys: tuple[str, ...], what: str) -> dict[str, Any] | None:
+    """The arrays ``keys`` of an npz cache file written for ``fingerprint``; None when it is absent, was written for
+    other files or another model, or cannot be read (a file cut short by an interruption: logged, then rebuilt)."""
     if not path.is_file():
         return None
     try:
         with np.load(path, allow_pickle=False) as arrays:
             if str(arrays["fingerprint"]) != fingerprint:
                 return None
-            failed = list(zip(arrays["failed"].tolist(), arrays["why"].tolist(), strict=True))
-            return EmbeddedFiles(
-                [Path(p) for p in arrays["paths"].tolist()], arrays["embeddings"], [(Path(p), w) for p, w in failed]
-            )
-    except Exception as error:  # a part cut short by the interruption is embedded again
-        log.warning("embedding again the unreadable gallery cache part %s (%s)", path, error)
+            return {key: arrays[key] for key in keys}
+    except Exception as error:
+        log.warning("embedding again: the %s %s cannot be read (%s)", what, path, error)
         return None
+
+
+def _read_part(path: Path, fingerprint: str) -> EmbeddedFiles | None:
+    arrays = _load_fingerprinted(path, fingerprint, ("paths", "embeddings", "failed", "why"), "gallery cache part")
+    if arrays is None:
+        return None
+    failed = zip(arrays["failed"].tolist(), arrays["why"].tolist(), strict=True)
+    return EmbeddedFiles(
+        [Path(p) for p in arrays["paths"].tolist()], arrays["embeddings"], [(Path(p), w) for p, w in failed]
+    )
 
 
 def _write_part(path: Path, fingerprint: str, part: EmbeddedFiles) -> None:
@@ -469,16 +478,10 @@ def _folder_gallery(
 
 
 def _read_cache(path: Path, fingerprint: str) -> tuple[list[str], np.ndarray, int] | None:
-    if not path.is_file():
+    arrays = _load_fingerprinted(path, fingerprint, ("paths", "embeddings", "skipped"), "gallery cache")
+    if arrays is None:
         return None
-    try:
-        with np.load(path, allow_pickle=False) as arrays:
-            if str(arrays["fingerprint"]) != fingerprint:
-                return None
-            return arrays["paths"].tolist(), arrays["embeddings"], int(arrays["skipped"])
-    except Exception as error:  # a broken cache file is rebuilt
-        log.warning("ignoring the unreadable gallery cache %s (%s)", path, error)
-        return None
+    return arrays["paths"].tolist(), arrays["embeddings"], int(arrays["skipped"])
 
 
 def _write_cache(path: Path, fingerprint: str, paths: list[str], embeddings: np.ndarray, skipped: int) -> None:

@@ -739,7 +739,8 @@ def test_the_command_serves_and_stops_cleanly_on_sigterm(trained_run, split_serv
         env={**os.environ, "SIMLEARN_SERVE_TOKEN": ""},
     )
     try:
-        deadline = time.monotonic() + 120
+        # a bound for a hang, not a speed target: start-up is mostly importing torch, minutes on a loaded machine
+        deadline = time.monotonic() + 300
         while True:
             assert process.poll() is None, process.communicate()[1][-2000:]
             assert time.monotonic() < deadline, "simlearn-serve did not answer /health in time"
@@ -753,9 +754,9 @@ def test_the_command_serves_and_stops_cleanly_on_sigterm(trained_run, split_serv
         assert image.status_code == 200 and image.content == split_service.item_image(5)
         started = time.monotonic()
         process.send_signal(signal.SIGTERM)
-        out, err = process.communicate(timeout=15)
+        out, err = process.communicate(timeout=60)
         assert process.returncode == 0, err[-2000:]
-        assert time.monotonic() - started < 10
+        assert time.monotonic() - started < 30  # graceful: uvicorn closes its connections and returns
         assert "http://127.0.0.1:" in out and "stopped" in out and "Traceback" not in err
         assert "450 gallery items of the test split of the checkpoint's data (digits)" in " ".join(out.split())
     finally:
