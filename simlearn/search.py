@@ -415,21 +415,28 @@ def _read_part(path: Path, fingerprint: str) -> EmbeddedFiles | None:
     )
 
 
-def _write_part(path: Path, fingerprint: str, part: EmbeddedFiles) -> None:
+def _save_fingerprinted(path: Path, fingerprint: str, what: str, **arrays: np.ndarray) -> None:
+    """Write an npz cache file for ``fingerprint`` atomically (a partial file, then a rename: an interruption never
+    leaves a half-written cache); a folder that cannot be written only costs embedding again next time (logged)."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         partial = path.with_name(f".{path.stem}.partial.npz")
-        np.savez(
-            partial,
-            fingerprint=np.array(fingerprint),
-            paths=np.array([str(p) for p in part.paths], dtype=str),
-            embeddings=part.embeddings.astype(np.float32),
-            failed=np.array([str(p) for p, _ in part.failed], dtype=str),
-            why=np.array([why for _, why in part.failed], dtype=str),
-        )
+        np.savez(partial, fingerprint=np.array(fingerprint), **arrays)
         os.replace(partial, path)
     except OSError as error:
-        log.warning("could not save a part of the gallery embeddings in %s (%s)", path, error)
+        log.warning("could not save the %s in %s (%s)", what, path, error)
+
+
+def _write_part(path: Path, fingerprint: str, part: EmbeddedFiles) -> None:
+    _save_fingerprinted(
+        path,
+        fingerprint,
+        "part of the gallery embeddings",
+        paths=np.array([str(p) for p in part.paths], dtype=str),
+        embeddings=part.embeddings.astype(np.float32),
+        failed=np.array([str(p) for p, _ in part.failed], dtype=str),
+        why=np.array([why for _, why in part.failed], dtype=str),
+    )
 
 
 def _weights_finite(loaded: LoadedEncoder) -> bool:
@@ -485,19 +492,14 @@ def _read_cache(path: Path, fingerprint: str) -> tuple[list[str], np.ndarray, in
 
 
 def _write_cache(path: Path, fingerprint: str, paths: list[str], embeddings: np.ndarray, skipped: int) -> None:
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        partial = path.with_name(f".{path.stem}.partial.npz")
-        np.savez(
-            partial,
-            fingerprint=np.array(fingerprint),
-            paths=np.array(paths, dtype=str),
-            embeddings=embeddings.astype(np.float32),
-            skipped=np.array(skipped),
-        )
-        os.replace(partial, path)
-    except OSError as error:
-        log.warning("could not cache the gallery embeddings in %s (%s)", path, error)
+    _save_fingerprinted(
+        path,
+        fingerprint,
+        "gallery embeddings",
+        paths=np.array(paths, dtype=str),
+        embeddings=embeddings.astype(np.float32),
+        skipped=np.array(skipped),
+    )
 
 
 # -- the queries ---------------------------------------------------------------------------------------------------
