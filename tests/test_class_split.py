@@ -332,3 +332,17 @@ def test_num_train_classes_counts_the_training_labels_even_when_max_train_drops_
     assert len(train_labels.unique()) < expected and datamodule.num_train_classes == expected
     assert int(train_labels.max()) < datamodule.num_train_classes
     assert digits(split_by=split_by, max_train=4, num_classes=expected).num_train_classes == expected
+
+
+def test_a_class_split_that_leaves_a_class_with_one_item_is_refused():
+    labels = [0, 0, 0, 1, 1, 1, 2, 2, 2, 3, 3, 4]  # class 4 has a single item
+    module = QueryGalleryModule([None] * len(labels), labels, split_by="class", train_classes=[0, 1, 2],
+                                test_classes=[3, 4])  # fmt: skip
+    with pytest.raises(UserError, match=r"1 class\(es\) with a single item in test \(\['4'\]\)") as error:
+        module.setup()
+    assert "\n" not in str(error.value)
+    ok = QueryGalleryModule(
+        [None] * len(labels), labels, split_by="class", train_classes=[0, 1, 4], test_classes=[2, 3]
+    )
+    ok.setup()  # the single item trains
+    assert sorted(ok.split_summary()["splits"]["test"]["classes"]) == ["2", "3"]

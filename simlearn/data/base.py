@@ -630,6 +630,16 @@ class EmbeddingDataModule(pl.LightningDataModule):
                 split_of[label_of[name]] = i
         role = torch.where(trained, split_of[labels.clamp(min=0)], -1)
         splits = {split: torch.nonzero(role == i).flatten() for i, split in enumerate(SPLITS)}
+        for split in ("val", "test"):
+            # a class evaluated on its own items: with one item, its only query has nothing to find
+            values, counts = labels[splits[split]].unique(return_counts=True)
+            lone = [self.class_names[v] for v in values[counts == 1].tolist()]
+            if lone:
+                raise UserError(
+                    f"data '{self.name}': the class split puts {len(lone)} class(es) with a single item in {split} "
+                    f"({some_names(lone)}); a class needs ≥ 2 items to be searched for. Leave them out with "
+                    f"data.classes, or list them in data.train_classes."
+                )
         splits = {**splits, **self._query_gallery_items(trained, fixed)}
         return {split: cap_split(index, self.limits.get(split), self.seed, split) for split, index in splits.items()}
 
