@@ -754,9 +754,11 @@ def test_the_command_serves_and_stops_cleanly_on_sigterm(trained_run, split_serv
         assert image.status_code == 200 and image.content == split_service.item_image(5)
         started = time.monotonic()
         process.send_signal(signal.SIGTERM)
-        out, err = process.communicate(timeout=60)
+        # graceful: uvicorn answers what is in flight (shutdown_timeout, 5 s) and the command returns; the bound is
+        # for a hang: the interpreter's exit took 39 s once on a 2-core machine loaded by other jobs
+        out, err = process.communicate(timeout=180)
         assert process.returncode == 0, err[-2000:]
-        assert time.monotonic() - started < 30  # graceful: uvicorn closes its connections and returns
+        assert time.monotonic() - started < 120
         assert "http://127.0.0.1:" in out and "stopped" in out and "Traceback" not in err
         assert "450 gallery items of the test split of the checkpoint's data (digits)" in " ".join(out.split())
     finally:
