@@ -283,8 +283,6 @@ class EmbeddingDataModule(pl.LightningDataModule):
         #: Names of the labels 0..C−1 of ``label_field`` (set by :meth:`setup`): every class of train/val/test; with
         #: ``split_by=class`` the training classes first (0..T−1), then the val and the test classes.
         self.class_names: list[str] = []
-        #: Class names of each split (set by :meth:`setup`).
-        self.split_class_names: dict[str, list[str]] = {}
         #: How many labels 0..T−1 the split gives to training classes (set by :meth:`setup`): every class with
         #: ``split_by=item``, the training classes with ``split_by=class``, whether or not ``max_train`` left items of
         #: each in the training split (the labels keep their values).
@@ -388,9 +386,6 @@ class EmbeddingDataModule(pl.LightningDataModule):
             # selecting classes does not change the split of in-memory data
             splits = self._split(codes, trained, fixed, names)
         gallery = self._query_gallery(items, labels, splits, fixed)
-        self.split_class_names = {
-            split: [self.class_names[c] for c in labels[index].unique().tolist()] for split, index in splits.items()
-        }
         self._train_labels = len(roles["train"]) if self.split_by == "class" else len(self.class_names)
         self.check_splits(items, labels, splits)
         if self.m_per_class:  # now, not when training starts
@@ -575,8 +570,7 @@ class EmbeddingDataModule(pl.LightningDataModule):
 
     def _fixed_splits(self, items: Items, count: int) -> np.ndarray:
         """The split the source fixes for each item ("" for none), checked."""
-        fixed = np.array([s or "" for s in items.split], dtype=object) if items.split is not None else None
-        fixed = fixed.astype(str) if fixed is not None else np.full(count, "", dtype="<U7")
+        fixed = np.array([s or "" for s in items.split] if items.split is not None else [""] * count, dtype=str)
         unknown = sorted(set(fixed.tolist()) - {"", *FIXED_SPLITS})
         if unknown:
             raise UserError(
