@@ -16,7 +16,8 @@ the mean training wall time (``train/wall_s``: the training loop, start-up exclu
 network with no training (``train=false``), the floor every loss must beat.
 
 Runs already done (``OUT/<protocol>/<loss>/seed<k>/metrics.json``) are read, not trained again, so an interrupted
-comparison goes on where it stopped; delete a run dir to redo it. The table is printed and written to
+comparison goes on where it stopped (the run it was in, left without metrics, is trained again from the start);
+delete a run dir to redo it. The table is printed and written to
 ``OUT/table.md``.
 """
 
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import statistics
 import sys
 import time
@@ -86,6 +88,9 @@ def run(args: argparse.Namespace, protocol: str, loss: str, seed: int) -> dict[s
     done = out / "metrics.json"
     if done.is_file():
         return json.loads(done.read_text())
+    if out.exists():  # a run killed before its metrics (a short run): trained again from the start
+        print(f"{protocol:7s} {loss:18s} seed {seed}: {out} has no metrics.json (interrupted); training it again")
+        shutil.rmtree(out)
     started = time.perf_counter()
     metrics = train(compose_config(overrides(args, protocol, loss, seed), output_dir=out))
     print(f"{protocol:7s} {loss:18s} seed {seed}: map@r {metrics['test/map@r']:.4f} "
