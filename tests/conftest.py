@@ -19,6 +19,9 @@ MNIST_ROOT = Path(os.environ.get("SIMLEARN_TEST_MNIST_ROOT", REPO.parent / "shar
 def _offline_wandb(tmp_path_factory, monkeypatch):
     """wandb never reaches the network in tests and writes only into a temp dir."""
     monkeypatch.setenv("WANDB_MODE", "offline")
+    # nor does its error reporting (Sentry): a run whose online start failed reported it to sentry.io at exit, which
+    # held the test 22 s on a machine without internet
+    monkeypatch.setenv("WANDB_ERROR_REPORTING", "false")
     monkeypatch.setenv("WANDB_DIR", str(tmp_path_factory.mktemp("wandb")))
     monkeypatch.setenv("WANDB_SILENT", "true")
 

@@ -13,7 +13,8 @@ from simlearn.sweeps import collect
 
 from .helpers import run_cli
 
-FAST = ["trainer.max_epochs=2", "logger=none", "trainer.accelerator=cpu"]
+# one short epoch per job: what is tested is the sweep machinery (each job's process, results, failures), not training
+FAST = ["trainer.max_epochs=1", "data.max_train=300", "logger=none", "reports.plots=null", "trainer.accelerator=cpu"]
 
 
 def test_optuna_sweep_optimises_the_returned_validation_recall(tmp_path):

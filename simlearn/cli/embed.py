@@ -5,11 +5,12 @@ from __future__ import annotations
 from omegaconf import DictConfig
 
 from simlearn.cli.common import hydra_command
-from simlearn.embed import embed_dataset
 
 
 @hydra_command("embed")
 def main(cfg: DictConfig) -> None:
+    from simlearn.embed import embed_dataset  # after the config checks: see hydra_command
+
     embed_dataset(cfg)
 
 

@@ -5,11 +5,12 @@ from __future__ import annotations
 from omegaconf import DictConfig
 
 from simlearn.cli.common import hydra_command
-from simlearn.eval import evaluate
 
 
 @hydra_command("eval")
 def main(cfg: DictConfig) -> None:
+    from simlearn.eval import evaluate  # after the config checks: see hydra_command
+
     evaluate(cfg)
 
 

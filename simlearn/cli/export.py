@@ -5,11 +5,12 @@ from __future__ import annotations
 from omegaconf import DictConfig
 
 from simlearn.cli.common import hydra_command
-from simlearn.export import export
 
 
 @hydra_command("export")
 def main(cfg: DictConfig) -> None:
+    from simlearn.export import export  # after the config checks: see hydra_command
+
     export(cfg)
 
 

@@ -5,11 +5,12 @@ from __future__ import annotations
 from omegaconf import DictConfig
 
 from simlearn.cli.common import hydra_command
-from simlearn.search import search
 
 
 @hydra_command("search")
 def main(cfg: DictConfig) -> None:
+    from simlearn.search import search  # after the config checks: see hydra_command
+
     search(cfg)
 
 

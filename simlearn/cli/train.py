@@ -5,11 +5,12 @@ from __future__ import annotations
 from omegaconf import DictConfig
 
 from simlearn.cli.common import hydra_command
-from simlearn.train import optimized_value, train
 
 
 @hydra_command("train", claims_run_dir=False)
 def main(cfg: DictConfig) -> float | None:
+    from simlearn.train import optimized_value, train  # after the config checks: see hydra_command
+
     return optimized_value(cfg, train(cfg))  # what a Hydra sweeper optimises
 
 
