@@ -2,7 +2,7 @@
 
 import pytest
 
-from .helpers import run_cli
+from .helpers import run_cli, run_main
 
 
 def assert_clean_failure(result, *fragments: str) -> None:
@@ -32,29 +32,32 @@ def test_unknown_group_option(tmp_path):
     ],
     ids=["wrong-type", "embedding-dim-0", "single-class", "missing-data-dir", "unknown-label-field", "bad-sampler"],
 )
-def test_user_mistakes_exit_with_one_message(tmp_path, overrides, fragments):
-    result = run_cli("train.py", *overrides, f"hydra.run.dir={tmp_path}", "logger=none")
+def test_user_mistakes_exit_with_one_message(tmp_path, overrides, fragments, capfd):
+    result = run_main("simlearn.cli.train", *overrides, f"hydra.run.dir={tmp_path}", "logger=none", capfd=capfd)
     assert_clean_failure(result, "error:", *fragments)
     assert result.returncode == 2
     assert not (tmp_path / "checkpoints").exists()
 
 
-def test_existing_checkpoints_are_not_overwritten(tmp_path):
+def test_existing_checkpoints_are_not_overwritten(tmp_path, capfd):
     checkpoints = tmp_path / "checkpoints"
     checkpoints.mkdir(parents=True)
     (checkpoints / "last.ckpt").write_bytes(b"precious")
-    result = run_cli("train.py", f"hydra.run.dir={tmp_path}", "logger=none", "trainer.max_epochs=1")
+    result = run_main(
+        "simlearn.cli.train", f"hydra.run.dir={tmp_path}", "logger=none", "trainer.max_epochs=1", capfd=capfd
+    )
     assert_clean_failure(result, "already holds the results of another run", "last.ckpt", "ckpt_path=last")
     assert (checkpoints / "last.ckpt").read_bytes() == b"precious"
     assert sorted(p.name for p in checkpoints.iterdir()) == ["last.ckpt"]
 
 
-def test_eval_rejects_missing_and_foreign_checkpoints(tmp_path):
-    result = run_cli("-m", "simlearn.cli.eval", f"ckpt_path={tmp_path}/missing.ckpt", f"hydra.run.dir={tmp_path}/a")
+def test_eval_rejects_missing_and_foreign_checkpoints(tmp_path, capfd):
+    missing = f"ckpt_path={tmp_path}/missing.ckpt"
+    result = run_main("simlearn.cli.eval", missing, f"hydra.run.dir={tmp_path}/a", capfd=capfd)
     assert_clean_failure(result, "is not a file")
     foreign = tmp_path / "foreign.ckpt"
     foreign.write_bytes(b"not a checkpoint")
-    result = run_cli("-m", "simlearn.cli.eval", f"ckpt_path={foreign}", f"hydra.run.dir={tmp_path}/b")
+    result = run_main("simlearn.cli.eval", f"ckpt_path={foreign}", f"hydra.run.dir={tmp_path}/b", capfd=capfd)
     assert_clean_failure(result, "not a readable PyTorch checkpoint")
 
 

@@ -20,7 +20,7 @@ from simlearn.config import compose_config
 from simlearn.errors import UserError
 from simlearn.run_dir import claim_run_dir
 
-from .helpers import REPO, run_cli
+from .helpers import REPO, run_cli, run_main
 from .test_errors import assert_clean_failure
 
 
@@ -58,10 +58,10 @@ def test_eval_never_writes_into_a_training_run_dir(trained_run, tmp_path):
     assert snapshot(run) == before
 
 
-def test_a_refused_training_run_leaves_the_dir_as_it_was(trained_run, tmp_path):
+def test_a_refused_training_run_leaves_the_dir_as_it_was(trained_run, tmp_path, capfd):
     run = copy_run(trained_run, tmp_path / "run")
     before = snapshot(run)
-    result = run_cli("train.py", f"hydra.run.dir={run}", "trainer.max_epochs=7", "seed=3")
+    result = run_main("simlearn.cli.train", f"hydra.run.dir={run}", "trainer.max_epochs=7", "seed=3", capfd=capfd)
     assert_clean_failure(result, "already holds the results", "ckpt_path=last")
     assert snapshot(run) == before, "the refused run rewrote files of the run it was refused from (.hydra/, log)"
 
@@ -114,11 +114,11 @@ def test_resume_continues_the_saved_config_with_explicit_overrides_on_top(traine
     ]
 
 
-def test_resume_refuses_to_change_what_the_run_trains(trained_run, tmp_path):
+def test_resume_refuses_to_change_what_the_run_trains(trained_run, tmp_path, capfd):
     run = copy_run(trained_run, tmp_path / "run")
     before = snapshot(run)
     for change in ("loss=triplet", "head.out_dim=8"):
-        result = run_cli("train.py", f"hydra.run.dir={run}", "ckpt_path=last", change)
+        result = run_main("simlearn.cli.train", f"hydra.run.dir={run}", "ckpt_path=last", change, capfd=capfd)
         assert_clean_failure(result, change, "would change what the resumed run trains", "hydra.run.dir")
     assert snapshot(run) == before
 
@@ -240,7 +240,7 @@ def unwritable_dir(tmp_path: Path) -> Path:
 
 
 @pytest.mark.parametrize("where", ["run dir", "checkpoint folder"])
-def test_read_only_dirs_are_refused_before_training(tmp_path, where):
+def test_read_only_dirs_are_refused_before_training(tmp_path, where, capfd):
     read_only = unwritable_dir(tmp_path)
     run = tmp_path / "run"
     if where == "run dir":
@@ -248,7 +248,7 @@ def test_read_only_dirs_are_refused_before_training(tmp_path, where):
     else:
         run.mkdir()
         (run / "checkpoints").symlink_to(read_only)
-    result = run_cli("train.py", f"hydra.run.dir={run}", "logger=none", "trainer.max_epochs=1")
+    result = run_main("simlearn.cli.train", f"hydra.run.dir={run}", "logger=none", "trainer.max_epochs=1", capfd=capfd)
     assert_clean_failure(result, f"the {where} ", "is not writable", "hydra.run.dir")
     assert result.returncode == 2
     assert not (run / "config.yaml").exists()

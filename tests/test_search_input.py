@@ -24,7 +24,7 @@ from simlearn.evaluation import retrieval_metrics
 from simlearn.search import gallery_from_npz, run_search, search
 from simlearn.train import train
 
-from .helpers import run_cli
+from .helpers import run_cli, run_main
 from .test_neighbours import reference_order
 
 
@@ -75,17 +75,14 @@ def search_config(trained: dict[str, Path], out: Path, *overrides: str):
     )
 
 
-def search_cli(trained: dict[str, Path], tmp_path: Path, gallery: Path):
-    return run_cli(
-        "-m",
-        "simlearn.cli.search",
-        f"ckpt_path={trained['ckpt']}",
-        f"query={trained['query']}",
-        f"gallery={gallery}",
-        "device=cpu",
-        f"hydra.run.dir={tmp_path / 'run'}",
-        env={"SIMLEARN_LOG_DIR": str(tmp_path / "outputs"), "COLUMNS": "300"},
-    )
+def search_cli(trained: dict[str, Path], tmp_path: Path, gallery: Path, capfd=None):
+    """``simlearn-search`` on ``gallery``: in a new process, or in this one (:func:`run_main`) given ``capfd``."""
+    args = [f"ckpt_path={trained['ckpt']}", f"query={trained['query']}", f"gallery={gallery}", "device=cpu"]
+    args.append(f"hydra.run.dir={tmp_path / 'run'}")
+    env = {"SIMLEARN_LOG_DIR": str(tmp_path / "outputs"), "COLUMNS": "300"}
+    if capfd is not None:
+        return run_main("simlearn.cli.search", *args, capfd=capfd, env=env)
+    return run_cli("-m", "simlearn.cli.search", *args, env=env)
 
 
 def assert_one_clean_error(result, *fragments: str) -> str:
@@ -100,10 +97,10 @@ def assert_one_clean_error(result, *fragments: str) -> str:
 
 
 # -- item counts that disagree ------------------------------------------------------------------------------------
-def test_npz_with_fewer_labels_than_embeddings_is_refused_in_one_line(trained, tmp_path):
+def test_npz_with_fewer_labels_than_embeddings_is_refused_in_one_line(trained, tmp_path, capfd):
     labels = np.load(trained["npz"])["labels"]
     npz = altered_npz(trained, tmp_path / "short.npz", labels=labels[:10])
-    result = search_cli(trained, tmp_path, npz)
+    result = search_cli(trained, tmp_path, npz, capfd)
     message = assert_one_clean_error(result, "'labels' has 10", "'embeddings' has 450", "simlearn-embed")
     assert "IndexError" not in message
 

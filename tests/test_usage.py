@@ -21,7 +21,7 @@ from simlearn.export import export
 from simlearn.search import gallery_from_npz, run_search, search
 from simlearn.train import train
 
-from .helpers import run_cli
+from .helpers import run_main
 
 
 def save_digit(path, image: np.ndarray) -> None:
@@ -227,7 +227,7 @@ def test_search_user_errors(trained, tmp_path):
 
 
 @pytest.mark.parametrize("case", ["query-not-an-image", "gallery-of-another-model"])
-def test_cli_user_errors_exit_2_without_traceback(trained, tmp_path, case):
+def test_cli_user_errors_exit_2_without_traceback(trained, tmp_path, case, capfd):
     not_image = tmp_path / "photo.jpg"
     not_image.write_text("not an image")
     other = tmp_path / "other.npz"
@@ -235,15 +235,16 @@ def test_cli_user_errors_exit_2_without_traceback(trained, tmp_path, case):
     common = [f"ckpt_path={trained['ckpt']}", f"hydra.run.dir={tmp_path / 'run'}"]
     args, fragment = {
         "query-not-an-image": (
-            ["-m", "simlearn.cli.search", *common, f"query={not_image}", f"gallery={trained['gallery']}"],
+            [*common, f"query={not_image}", f"gallery={trained['gallery']}"],
             "is not an image that can be read",
         ),
         "gallery-of-another-model": (
-            ["-m", "simlearn.cli.search", *common, f"query={trained['query']}", f"gallery={other}"],
+            [*common, f"query={trained['query']}", f"gallery={other}"],
             "holds 2-d embeddings but the checkpoint",
         ),
     }[case]
-    result = run_cli(*args, env={"SIMLEARN_LOG_DIR": str(tmp_path / "outputs"), "COLUMNS": "200"})
+    env = {"SIMLEARN_LOG_DIR": str(tmp_path / "outputs"), "COLUMNS": "200"}
+    result = run_main("simlearn.cli.search", *args, capfd=capfd, env=env)
     assert result.returncode == 2, result.stderr
     assert "Traceback" not in result.stdout + result.stderr
     assert "error:" in result.stderr and fragment in result.stderr.replace("\n", " ")

@@ -22,7 +22,7 @@ from simlearn.evaluation.neighbours import prepare_gallery, top_k
 from simlearn.evaluation.vectors import unit_rows
 from simlearn.search import load_gallery, search
 
-from .helpers import run_cli
+from .helpers import run_cli, run_main
 
 
 @pytest.fixture(scope="module")
@@ -246,16 +246,16 @@ def test_bad_databases_are_one_clear_error(embedded, tmp_path):
         embed_dataset(bad_index)
 
 
-def test_cli_refuses_a_database_of_another_model_in_one_line(embedded, tmp_path):
+def test_cli_refuses_a_database_of_another_model_in_one_line(embedded, tmp_path, capfd):
     other = tmp_path / "other.lancedb"
     vectordb.write_embeddings(other, {"test": {"embeddings": np.eye(3, dtype=np.float32)}})
-    result = run_cli(
-        "-m",
+    result = run_main(
         "simlearn.cli.search",
         f"ckpt_path={embedded['ckpt']}",
         f"query={embedded['query']}",
         f"gallery={other}",
         f"hydra.run.dir={tmp_path / 'run'}",
+        capfd=capfd,
         env={"COLUMNS": "400"},
     )
     assert result.returncode == 2
