@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from .helpers import REPO, run_cli, run_training
+from .helpers import REPO, run_cli, run_main, run_training
 
 
 @pytest.fixture(scope="module")
@@ -20,10 +20,10 @@ def checkpoint(tmp_path_factory):
     return run_dir / "checkpoints" / "last.ckpt"
 
 
-def test_two_process_evaluation_equals_one_process(checkpoint, tmp_path):
+def test_two_process_evaluation_equals_one_process(checkpoint, tmp_path, capfd):
     # 449 test items: DistributedSampler pads the 2 shards to 225 each, repeating one item.
     common = [f"ckpt_path={checkpoint}", "+data.max_test=449", "trainer.accelerator=cpu"]
-    one = run_cli("-m", "simlearn.cli.eval", *common, f"hydra.run.dir={tmp_path / 'one'}")
+    one = run_main("simlearn.cli.eval", *common, f"hydra.run.dir={tmp_path / 'one'}", capfd=capfd)
     two = run_cli(
         "-m", "simlearn.cli.eval", *common, "trainer=ddp", "trainer.devices=2", f"hydra.run.dir={tmp_path / 'two'}"
     )

@@ -10,7 +10,7 @@ import torch
 from simlearn.build import build_datamodule, build_model
 from simlearn.errors import UserError
 
-from .helpers import run_cli, run_training, train_config
+from .helpers import run_cli, run_main, run_training, train_config
 
 
 def test_exploding_learning_rate_stops_at_the_first_non_finite_loss_with_one_line(tmp_path):
@@ -53,7 +53,7 @@ def _with_learning_rate(checkpoint: dict, lr: float) -> dict:
     return checkpoint
 
 
-def test_divergence_after_resuming_keeps_the_last_good_checkpoint(tmp_path):
+def test_divergence_after_resuming_keeps_the_last_good_checkpoint(tmp_path, capfd):
     run_training(tmp_path, "trainer.max_epochs=1")
     last = tmp_path / "checkpoints" / "last.ckpt"
     # epoch 0 as trained, but with an exploding learning rate for what follows
@@ -62,13 +62,14 @@ def test_divergence_after_resuming_keeps_the_last_good_checkpoint(tmp_path):
 
     # no validation in epoch 1 and last.ckpt written at every training epoch end: without the check, the NaN state
     # of epoch 1 would be saved over last.ckpt before any validation could notice
-    result = run_cli(
-        "train.py",
+    result = run_main(
+        "simlearn.cli.train",
         "ckpt_path=last",
         "trainer.max_epochs=3",
         "trainer.check_val_every_n_epoch=3",
         "+callbacks.last_checkpoint.save_on_train_epoch_end=true",
         f"hydra.run.dir={tmp_path}",
+        capfd=capfd,
     )
     assert result.returncode == 2, result.stderr[-3000:]
     assert "Traceback" not in result.stdout + result.stderr

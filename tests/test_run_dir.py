@@ -92,16 +92,17 @@ def test_two_commands_started_at_once_never_share_a_dir(tmp_path):
 
 
 # -- resume ----------------------------------------------------------------------------------------------------------
-def test_resume_continues_the_saved_config_with_explicit_overrides_on_top(trained_run, tmp_path):
+def test_resume_continues_the_saved_config_with_explicit_overrides_on_top(trained_run, tmp_path, capfd):
     run = copy_run(trained_run, tmp_path / "run")
-    result = run_cli("train.py", f"hydra.run.dir={run}", "ckpt_path=last", "reports.plots=null")
+    result = run_main("simlearn.cli.train", f"hydra.run.dir={run}", "ckpt_path=last", "reports.plots=null", capfd=capfd)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "overrides on top: reports.plots=null" in result.stdout + result.stderr
     config = yaml.safe_load((run / "config.yaml").read_text())
     assert config["trainer"]["max_epochs"] == 2, "resuming must not fall back to the default 30 epochs"
     assert yaml.safe_load((run / "metrics.json").read_text())["train/epochs"] == 2
 
-    result = run_cli("train.py", f"hydra.run.dir={run}", "ckpt_path=last", "trainer.max_epochs=3", "reports.plots=null")
+    overrides = ["ckpt_path=last", "trainer.max_epochs=3", "reports.plots=null"]
+    result = run_main("simlearn.cli.train", f"hydra.run.dir={run}", *overrides, capfd=capfd)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "overrides on top: trainer.max_epochs=3 reports.plots=null" in result.stdout + result.stderr
     assert yaml.safe_load((run / "config.yaml").read_text())["trainer"]["max_epochs"] == 3
@@ -123,12 +124,11 @@ def test_resume_refuses_to_change_what_the_run_trains(trained_run, tmp_path, cap
     assert snapshot(run) == before
 
 
-def test_resume_from_a_moved_run_dir_behaves_as_in_place(trained_run, tmp_path):
+def test_resume_from_a_moved_run_dir_behaves_as_in_place(trained_run, tmp_path, capfd):
     moved = copy_run(trained_run, tmp_path / "elsewhere" / "moved")
     original_best = best_state(trained_run / "checkpoints" / "last.ckpt")
-    result = run_cli(
-        "train.py", f"hydra.run.dir={moved}", "ckpt_path=last", "trainer.max_epochs=4", "reports.plots=null"
-    )
+    overrides = ["ckpt_path=last", "trainer.max_epochs=4", "reports.plots=null"]
+    result = run_main("simlearn.cli.train", f"hydra.run.dir={moved}", *overrides, capfd=capfd)
     assert result.returncode == 0, result.stderr[-3000:]
     names = sorted(p.name for p in (moved / "checkpoints").iterdir())
     assert "last.ckpt" in names and not any("-v" in name for name in names), names
@@ -172,17 +172,18 @@ def test_resume_after_kill_keeps_the_curves_from_before(tmp_path):
 
 
 # -- smoke runs, strategies, required values, unknown keys, read-only dirs ---------------------------------------------
-def test_smoke_run_succeeds(tmp_path):
-    result = run_cli("train.py", "++trainer.fast_dev_run=true", f"hydra.run.dir={tmp_path}", "reports.plots=null")
+def test_smoke_run_succeeds(tmp_path, capfd):
+    overrides = ["++trainer.fast_dev_run=true", f"hydra.run.dir={tmp_path}", "reports.plots=null"]
+    result = run_main("simlearn.cli.train", *overrides, capfd=capfd)
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = yaml.safe_load((tmp_path / "metrics.json").read_text())
     assert metrics["val/best_recall@1"] == metrics["val/recall@1"]
 
 
-def test_smoke_sweep_succeeds(tmp_path):
-    result = run_cli(
-        "train.py", "-m", "hparams_search=optuna", "++trainer.fast_dev_run=true", "hydra.sweeper.n_trials=2",
-        f"hydra.sweep.dir={tmp_path}", "reports.plots=null", "logger=none", timeout=300,
+def test_smoke_sweep_succeeds(tmp_path, capfd):
+    result = run_main(
+        "simlearn.cli.train", "-m", "hparams_search=optuna", "++trainer.fast_dev_run=true", "hydra.sweeper.n_trials=2",
+        f"hydra.sweep.dir={tmp_path}", "reports.plots=null", "logger=none", capfd=capfd,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     assert len(list(tmp_path.glob("*/metrics.json"))) == 2
