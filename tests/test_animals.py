@@ -95,6 +95,7 @@ def test_missing_awa2_root_or_class_is_one_clear_error(tmp_path, awa2_root):
     assert AWA2_URL in str(error.value) and "zebra" in str(error.value)
 
 
+@pytest.mark.slow
 def test_missing_awa2_from_the_command_line_has_no_traceback(tmp_path):
     result = run_cli(
         "train.py", "experiment=animals_2d", f"data.root={tmp_path}/nowhere", f"hydra.run.dir={tmp_path}/run"

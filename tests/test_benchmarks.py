@@ -9,6 +9,7 @@ from tests.helpers import run_cli
 pytest.importorskip("faiss")
 
 
+@pytest.mark.slow
 def test_bench_eval_backends_agree_with_pml_and_report_the_gemm_floor():
     done = run_cli(
         "scripts/bench_eval.py", "--sizes", "3000", "--dims", "16", "--per-class", "30", "--backends", "torch", "faiss"
@@ -21,6 +22,7 @@ def test_bench_eval_backends_agree_with_pml_and_report_the_gemm_floor():
     assert all(c not in ("failed", "skipped") for c in cells)  # PML and the GEMM floor ran too
 
 
+@pytest.mark.slow
 def test_bench_train_measures_every_loop(mnist_root):
     done = run_cli(
         "scripts/bench_train.py",

@@ -234,6 +234,7 @@ def test_image_folder_without_images_says_where_images_belong(tmp_path, layout):
         assert "3 images directly in it" in message
 
 
+@pytest.mark.slow
 def test_train_on_an_empty_image_folder_fails_cleanly(tmp_path):
     (tmp_path / "empty").mkdir()
     result = run_cli(

@@ -61,6 +61,7 @@ def test_m_per_class_batches_on_device():
     assert set(counts[counts > 0].tolist()) == {8}
 
 
+@pytest.mark.slow
 def test_on_device_training_matches_the_dataloader_path(tmp_path):
     plain = run_training(tmp_path / "plain", "trainer.max_epochs=2")
     on_device = run_training(tmp_path / "device", "trainer.max_epochs=2", "data.on_device=true")

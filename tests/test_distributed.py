@@ -20,6 +20,7 @@ def checkpoint(tmp_path_factory):
     return run_dir / "checkpoints" / "last.ckpt"
 
 
+@pytest.mark.slow
 def test_two_process_evaluation_equals_one_process(checkpoint, tmp_path, capfd):
     # 449 test items: DistributedSampler pads the 2 shards to 225 each, repeating one item.
     common = [f"ckpt_path={checkpoint}", "+data.max_test=449", "trainer.accelerator=cpu"]
@@ -45,6 +46,7 @@ def _last_epoch(path):
         return -1
 
 
+@pytest.mark.slow
 def test_resume_after_sigkill_gives_the_uninterrupted_result(tmp_path):
     overrides = ["trainer.max_epochs=6", "logger=none", "trainer.deterministic=true", "data.batch_size=32"]
     reference = run_training(tmp_path / "reference", *overrides)
@@ -73,6 +75,7 @@ def test_resume_after_sigkill_gives_the_uninterrupted_result(tmp_path):
         assert resumed[key] == reference[key], key
 
 
+@pytest.mark.slow
 def test_ddp_training_with_negatives_from_all_ranks(tmp_path):
     result = run_cli(
         "train.py",

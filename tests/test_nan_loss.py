@@ -13,6 +13,7 @@ from simlearn.errors import UserError
 from .helpers import run_cli, run_main, run_training, train_config
 
 
+@pytest.mark.slow
 def test_exploding_learning_rate_stops_at_the_first_non_finite_loss_with_one_line(tmp_path):
     result = run_cli(
         "train.py",

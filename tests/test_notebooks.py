@@ -30,6 +30,7 @@ def run_dir(log_dir: Path, prefix: str) -> Path:
     return found
 
 
+@pytest.mark.slow
 def test_mnist_multitask_notebook(tmp_path, monkeypatch, mnist_root):
     monkeypatch.setenv("SIMLEARN_DATA_DIR", str(mnist_root))
     monkeypatch.setenv("SIMLEARN_LOG_DIR", str(tmp_path / "outputs"))
@@ -42,6 +43,7 @@ def test_mnist_multitask_notebook(tmp_path, monkeypatch, mnist_root):
     assert "same_parity_near" in tables and "| **9** |" in tables
 
 
+@pytest.mark.slow
 def test_animals_2d_notebook(tmp_path, monkeypatch):
     monkeypatch.setenv("SIMLEARN_LOG_DIR", str(tmp_path / "outputs"))
     monkeypatch.delenv("SIMLEARN_NOTEBOOK_RUN_DIR", raising=False)

@@ -66,6 +66,7 @@ def test_a_refused_training_run_leaves_the_dir_as_it_was(trained_run, tmp_path, 
     assert snapshot(run) == before, "the refused run rewrote files of the run it was refused from (.hydra/, log)"
 
 
+@pytest.mark.slow
 def test_a_second_run_into_a_dir_in_use_stops_with_one_line(tmp_path):
     with claim_run_dir(tmp_path, "train"):  # this process holds the dir, as a running training would
         result = run_cli("train.py", f"hydra.run.dir={tmp_path}", "trainer.max_epochs=1", "logger=none")
@@ -74,6 +75,7 @@ def test_a_second_run_into_a_dir_in_use_stops_with_one_line(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == [".simlearn.lock"]
 
 
+@pytest.mark.slow
 def test_two_commands_started_at_once_never_share_a_dir(tmp_path):
     command = [sys.executable, "train.py", f"hydra.run.dir={tmp_path}", "trainer.max_epochs=2", "logger=none"]
     processes = [
@@ -141,6 +143,7 @@ def test_resume_from_a_moved_run_dir_behaves_as_in_place(trained_run, tmp_path, 
     assert sorted(p.name for p in (trained_run / "checkpoints").iterdir()) == ["best-epoch001.ckpt", "last.ckpt"]
 
 
+@pytest.mark.slow
 def test_resume_after_kill_keeps_the_curves_from_before(tmp_path):
     run = tmp_path / "run"
     command = [sys.executable, "train.py", f"hydra.run.dir={run}", "trainer.max_epochs=8", "reports.plots=null",

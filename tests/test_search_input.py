@@ -143,6 +143,7 @@ def test_npz_without_rows_is_refused(trained, tmp_path):
 
 
 # -- non-finite embeddings ----------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_npz_with_nan_embeddings_is_refused_naming_the_rows(trained, tmp_path):
     embeddings = np.load(trained["npz"])["embeddings"].copy()
     embeddings[[3, 17, 200, 201, 202, 449]] = np.nan

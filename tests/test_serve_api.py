@@ -716,6 +716,7 @@ def test_concurrent_clients_get_only_correct_answers(service, client, queries_di
     assert problems == []
 
 
+@pytest.mark.slow
 def test_the_command_serves_and_stops_cleanly_on_sigterm(trained_run, split_service, tmp_path):
     """The one command after training, ``simlearn-serve ckpt_path=…/last.ckpt`` (on a free port): it serves the test
     split with item images; then SIGTERM → exit status 0 within seconds."""

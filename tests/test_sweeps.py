@@ -2,6 +2,7 @@
 
 import json
 
+import pytest
 import yaml
 from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
@@ -17,6 +18,7 @@ from .helpers import run_cli
 FAST = ["trainer.max_epochs=1", "data.max_train=300", "logger=none", "reports.plots=null", "trainer.accelerator=cpu"]
 
 
+@pytest.mark.slow
 def test_optuna_sweep_optimises_the_returned_validation_recall(tmp_path):
     result = run_cli(
         "train.py",
@@ -34,6 +36,7 @@ def test_optuna_sweep_optimises_the_returned_validation_recall(tmp_path):
     assert set(best["best_params"]) == {"optimizer.lr", "optimizer.weight_decay", "head.out_dim"}
 
 
+@pytest.mark.slow
 def test_submitit_local_launcher_runs_each_job_in_its_own_process(tmp_path):
     result = run_cli(
         "train.py",
@@ -51,6 +54,7 @@ def test_submitit_local_launcher_runs_each_job_in_its_own_process(tmp_path):
     assert list(tmp_path.glob(".submitit/*/*_log.out")), "jobs did not run through submitit"
 
 
+@pytest.mark.slow
 def test_a_failed_job_keeps_the_finished_results_and_is_reported(tmp_path, capsys):
     result = run_cli("train.py", "-m", "head.out_dim=16,0", *FAST, f"hydra.sweep.dir={tmp_path}", timeout=300)
     assert result.returncode != 0

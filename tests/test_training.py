@@ -74,6 +74,7 @@ TWO_D_EPOCHS = 20
 TWO_D_FLOOR = 0.5
 
 
+@pytest.mark.slow
 def test_two_dimensional_embeddings_train(tmp_path):
     overrides = ("head.out_dim=2", f"trainer.max_epochs={TWO_D_EPOCHS}")
     before = untrained_metrics(train_config(tmp_path, *overrides))

@@ -150,6 +150,7 @@ def test_exact_search_through_lancedb_equals_simlearns_exact_search(tmp_path):
     assert loo_db.indices[0, :3].tolist() == [50, 51, 52]
 
 
+@pytest.mark.slow
 def test_search_command_on_a_database_equals_the_in_memory_search(embedded, tmp_path):
     through_db = search(search_cfg(embedded, tmp_path / "a", "k=7", "db_search=exact"))
     in_memory = search(search_cfg(embedded, tmp_path / "b", "k=7", "db_search=memory"))

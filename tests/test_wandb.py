@@ -55,6 +55,7 @@ def silent_server() -> Iterator[str]:
         yield f"http://127.0.0.1:{server.getsockname()[1]}"
 
 
+@pytest.mark.slow
 def test_no_credentials_means_offline_with_a_sync_hint(tmp_path: Path, silent_server: str, monkeypatch):
     env = isolated_env(tmp_path, monkeypatch, silent_server)
     overrides = ["logger=wandb", "trainer.max_epochs=1", "data.max_train=300", "reports.plots=null"]
@@ -87,6 +88,7 @@ def run_timed(*args: str, env: dict[str, str], timeout: float) -> tuple[int, lis
         timer.cancel()
 
 
+@pytest.mark.slow
 def test_a_key_without_a_reachable_server_falls_back_to_offline_within_a_bound(
     tmp_path: Path, silent_server: str, monkeypatch
 ):
