@@ -72,7 +72,8 @@ def run_main(module: str, *args: str, capfd, env: dict | None = None) -> subproc
             main()
         code = 0
     except SystemExit as exit_:
-        code = exit_.code if isinstance(exit_.code, int) else 1
+        # as the interpreter maps it: sys.exit() is 0, an integer itself, anything else (a message) 1
+        code = 0 if exit_.code is None else exit_.code if isinstance(exit_.code, int) else 1
     finally:
         for handler in root.handlers:
             if handler not in handlers:
