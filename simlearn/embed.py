@@ -64,22 +64,20 @@ def embed_splits(
     return {split: embed(encoder, split_loader(datamodule, split, batch_size), device) for split in splits}
 
 
-def class_names_of(datamodule: EmbeddingDataModule) -> list[str]:
-    """Names of labels 0, 1, …: the trained classes, then any probe classes."""
-    return datamodule.label_names
-
-
 def split_arrays(result: EmbeddingSet, datamodule: EmbeddingDataModule, split: str) -> dict[str, np.ndarray]:
-    """The arrays of one split's npz: embeddings, labels, index, label fields, class names, and file paths."""
+    """The arrays of one split's npz: embeddings, labels, index, label fields, class names, and file paths. The
+    label fields hold the dataset's own values (:meth:`~simlearn.data.base.EmbeddingDataModule.dataset_fields`),
+    ``labels`` those of the label field and ``class_names[labels[i]]`` names item i's class, under any split."""
     label_field = datamodule.label_field
+    fields = datamodule.dataset_fields(result.fields)
     arrays: dict[str, np.ndarray] = {
         "embeddings": result.embeddings.astype(np.float32),
         "index": result.index,
-        **{name: values for name, values in result.fields.items() if name not in ("embeddings", "index")},
+        **{name: values for name, values in fields.items() if name not in ("embeddings", "index")},
     }
-    if label_field in result.fields:
-        arrays["labels"] = result.fields[label_field]
-    arrays["class_names"] = np.array(class_names_of(datamodule), dtype=str)
+    if label_field in fields:
+        arrays["labels"] = fields[label_field]
+    arrays["class_names"] = np.array(datamodule.dataset_class_names, dtype=str)
     arrays["label_field"] = np.array(label_field)
     arrays["split"] = np.array(split)
     paths = datamodule.datasets[split].paths_of(result.index)

@@ -200,9 +200,11 @@ def unseen_run(tmp_path_factory):
     metrics = run_training(
         out,
         "data.split_by=class",
+        # val and test classes out of the source's order: their training labels (train, val, then test classes:
+        # 5, 6 for 8, 9 and 7, 8, 9 for 5, 6, 7) differ from the digits, which the files must carry
         "data.train_classes=[0,1,2,3,4]",
-        "data.val_classes=[5,6]",
-        "data.test_classes=[7,8,9]",
+        "data.val_classes=[8,9]",
+        "data.test_classes=[5,6,7]",
         "trainer.max_epochs=3",
         "reports.plots=null",
     )
@@ -214,7 +216,7 @@ def test_an_unseen_class_run_writes_its_splits_per_class_metrics_and_clustering(
     splits = json.loads((out / "splits.json").read_text())
     assert splits["split_by"] == "class" and splits["closed_set"] is False
     assert splits["splits"]["train"]["classes"] == list("01234")
-    assert splits["splits"]["test"]["classes"] == list("789")
+    assert splits["splits"]["test"]["classes"] == list("567")
     assert sum(splits["splits"]["test"]["items_per_class"].values()) == splits["splits"]["test"]["num_items"]
     saved = json.loads((out / "metrics.json").read_text())
     assert saved["test/protocol"] == "leave-one-out"
@@ -224,7 +226,14 @@ def test_an_unseen_class_run_writes_its_splits_per_class_metrics_and_clustering(
     assert "num_classes: 5" in config and "test/accuracy_digit" not in saved
     with (out / "per_class.csv").open() as f:
         rows = list(csv.DictReader(f))
-    assert sorted(r["class"] for r in rows) == list("789")
+    assert sorted(r["class"] for r in rows) == list("567")
+    assert all(int(r["label"]) == int(r["class"]) for r in rows)  # the digit's own code, as in embeddings.npz
+    # embeddings.npz holds the dataset's values: every test item's digit is its magnitude (its value) and its class
+    # name (class_names[labels]) a test class of splits.json
+    saved_npz = np.load(out / "embeddings.npz")
+    assert (saved_npz["digit"] == saved_npz["magnitude"]).all() and (saved_npz["labels"] == saved_npz["digit"]).all()
+    assert set(saved_npz["class_names"][saved_npz["labels"]].tolist()) == set(splits["splits"]["test"]["classes"])
+    assert (saved_npz["parity"] == saved_npz["magnitude"] % 2).all()
     weighted = sum(float(r["map@r"]) * int(r["num_queries"]) for r in rows) / sum(int(r["num_queries"]) for r in rows)
     assert weighted == pytest.approx(saved["test/map@r"], abs=1e-5)
     assert metrics["test/recall@1"] == saved["test/recall@1"]

@@ -30,6 +30,7 @@ the codes, and optionally a split fixed per item. The base then does, for every 
   given; ImageNet's for image files unless given).
 
 Callers use the interface declared here (``datasets``, ``class_names``, ``probe_class_names``, ``label_names``,
+``dataset_fields()`` and ``dataset_class_names`` (the source's own label values, for every file that carries labels),
 ``label_field``, ``label_fields``, ``preprocessing()``, ``loader()``, ``probe_dataloader()``, and
 :meth:`SplitDataset.paths_of` for the files of items) rather than probing attributes.
 """
@@ -52,6 +53,7 @@ from simlearn.data.splits import (
     FIXED_SPLITS,
     SPLIT_BY,
     SPLITS,
+    cap_query_gallery,
     cap_split,
     check_batches_and_fractions,
     check_m_per_class,
@@ -289,6 +291,11 @@ class EmbeddingDataModule(pl.LightningDataModule):
         self._train_labels: int | None = None
         #: Names of the probe labels C, C+1, … (set by :meth:`setup`; empty without probe classes).
         self.probe_class_names: list[str] = []
+        #: The source's names of the codes 0, 1, … of ``label_field`` (set by :meth:`setup`): what the label arrays
+        #: of written files hold (:meth:`dataset_fields`), whatever the split or class selection.
+        self.dataset_class_names: list[str] = []
+        #: The source's code of each training label 0, 1, … (trained, then probe classes; set by :meth:`setup`).
+        self._code_of_label: np.ndarray = np.zeros(0, dtype=np.int64)
         #: Split name → its items (set by :meth:`setup`).
         self.datasets: dict[str, SplitDataset] = {}
         self._items: Items | None = None
@@ -321,6 +328,25 @@ class EmbeddingDataModule(pl.LightningDataModule):
     def label_names(self) -> list[str]:
         """Names of the labels 0, 1, … of ``label_field``: the trained classes, then the probe classes."""
         return [*self.class_names, *self.probe_class_names]
+
+    def dataset_fields(self, fields: Mapping[str, Any]) -> dict[str, np.ndarray]:
+        """The label fields of a batch or an embedded split as the dataset holds them, for every file that carries
+        labels: ``label_field`` mapped back from the training labels (0..C−1 in the trained classes' order, probes
+        C, C+1, …) to the source's codes, which :attr:`dataset_class_names` names; the other fields unchanged (they
+        are never relabelled). The training labels are the classifier's internal indices: under ``split_by=class``
+        or a ``classes`` selection they differ from the source's codes (the digit 5 is trained as label 8)."""
+        arrays = {
+            name: np.asarray(values.cpu() if torch.is_tensor(values) else values) for name, values in fields.items()
+        }
+        if self.label_field in arrays:
+            labels = arrays[self.label_field].astype(np.int64)
+            if len(labels) and (labels.min() < 0 or labels.max() >= len(self._code_of_label)):
+                raise ValueError(
+                    f"labels of {self.label_field!r} range over {labels.min()}..{labels.max()}, but this data has "
+                    f"{len(self._code_of_label)} training labels; were these fields made by this data module?"
+                )
+            arrays[self.label_field] = self._code_of_label[labels]
+        return arrays
 
     @property
     def label_fields(self) -> list[str]:
@@ -563,9 +589,12 @@ class EmbeddingDataModule(pl.LightningDataModule):
         rest; sets ``class_names`` and ``probe_class_names``."""
         code_of = {name: code for code, name in enumerate(names)}
         relabel = torch.full((len(names),), -1, dtype=torch.long)
-        for label, name in enumerate([*trained, *self.probe_classes]):
+        labelled = [*trained, *self.probe_classes]
+        for label, name in enumerate(labelled):
             relabel[code_of[name]] = label
         self.class_names, self.probe_class_names = list(trained), list(self.probe_classes)
+        self.dataset_class_names = list(names)
+        self._code_of_label = np.array([code_of[name] for name in labelled], dtype=np.int64)
         return relabel[codes]
 
     def _fixed_splits(self, items: Items, count: int) -> np.ndarray:
@@ -688,6 +717,8 @@ class EmbeddingDataModule(pl.LightningDataModule):
                 f"data '{self.name}': {len(orphans)} of {len(query)} queries have no gallery item of their class "
                 f"(e.g. class {example!r}); every query needs one. Check the query/gallery list of the data."
             )
+        # data.max_test caps the queries and the gallery together, keeping a gallery item for each kept query
+        query, gallery = cap_query_gallery(query, gallery, labels, self.limits["test"], self.seed)
         splits["test"] = torch.cat([query, gallery])
         role = torch.full((len(labels),), -1, dtype=torch.long)
         role[query], role[gallery] = 0, 1

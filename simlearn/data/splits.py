@@ -45,7 +45,7 @@ def check_batches_and_fractions(
 
 def split_generator(seed: int, split: str) -> torch.Generator:
     """The generator that draws the capped subset (``data.max_<split>``) of one split."""
-    return torch.Generator().manual_seed(seed * 1000 + SPLITS.index(split))
+    return torch.Generator().manual_seed(seed * 1000 + FIXED_SPLITS.index(split))
 
 
 def stratified_split(
@@ -144,6 +144,28 @@ def cap_split(index: torch.Tensor, limit: int | None, seed: int, split: str) -> 
     if limit is None:
         return index
     return index[torch.randperm(len(index), generator=split_generator(seed, split))[:limit]].sort().values
+
+
+def cap_query_gallery(
+    query: torch.Tensor, gallery: torch.Tensor, labels: torch.Tensor, limit: int | None, seed: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``data.max_test`` for a query/gallery test: at most about ``limit`` items in all, queries and gallery in the
+    proportion the data has them (seeded), and every kept query keeps at least one gallery item of its class (so a
+    kept query always has something to find; the gallery can exceed its share by those). Unchanged when the test
+    holds ``limit`` items or fewer, or ``limit`` is None."""
+    if limit is None or len(query) + len(gallery) <= limit:
+        return query, gallery
+    queries = max(1, round(limit * len(query) / (len(query) + len(gallery))))
+    query = cap_split(query, queries, seed, "query")
+    order = gallery[torch.randperm(len(gallery), generator=split_generator(seed, "gallery"))]
+    wanted = set(labels[query].tolist())
+    first = {}  # the first gallery item (in the seeded order) of each kept query's class
+    for i, label in zip(order.tolist(), labels[order].tolist(), strict=True):
+        if label in wanted and label not in first:
+            first[label] = i
+    kept = set(first.values())
+    rest = [i for i in order.tolist() if i not in kept][: max(0, limit - queries - len(kept))]
+    return query, torch.tensor(sorted([*kept, *rest]), dtype=torch.long)
 
 
 def check_split_classes(

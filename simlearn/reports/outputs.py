@@ -24,13 +24,29 @@ def write_evaluation(
     fields: Mapping[str, np.ndarray],
     label_field: str,
     class_names: Sequence[str],
+    dataset_fields: Mapping[str, np.ndarray] | None = None,
+    dataset_class_names: Sequence[str] | None = None,
 ) -> dict[str, Path]:
-    """Write ``embeddings.npz`` (``embeddings``, ``labels`` and one array per label field), ``similarity.json`` and
-    ``similarity.png`` (class-to-class heatmap annotated with cosine and angle); return their paths."""
+    """Write ``embeddings.npz``, ``similarity.json`` and ``similarity.png`` (class-to-class heatmap annotated with
+    cosine and angle); return their paths.
+
+    ``fields`` hold the training labels (``class_names`` names them), which the heatmap is drawn in. The npz holds
+    the dataset's own values (``dataset_fields``, named by ``dataset_class_names``; the data module's
+    :meth:`~simlearn.data.base.EmbeddingDataModule.dataset_fields`): ``embeddings``, ``labels`` (the codes of
+    ``label_field``), ``class_names`` (``class_names[labels[i]]`` is item i's class) and one array per label field.
+    Without them the training labels are written, named by ``class_names``."""
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     paths = {name: output_dir / name for name in ("embeddings.npz", "similarity.json", "similarity.png")}
-    np.savez_compressed(paths["embeddings.npz"], embeddings=embeddings, labels=fields[label_field], **dict(fields))
+    written = dict(fields if dataset_fields is None else dataset_fields)
+    names = class_names if dataset_class_names is None else dataset_class_names
+    np.savez_compressed(
+        paths["embeddings.npz"],
+        embeddings=embeddings,
+        labels=written[label_field],
+        class_names=np.array([str(n) for n in names], dtype=str),
+        **written,
+    )
     similarity = class_similarity(embeddings, fields[label_field], class_names=list(class_names))
     similarity.save_json(paths["similarity.json"])
     similarity.save_heatmap(paths["similarity.png"], title=f"Mean cosine similarity between {label_field} classes")
@@ -63,9 +79,12 @@ def write_per_class(
     embeddings: np.ndarray,
     fields: Mapping[str, np.ndarray],
     names: Sequence[str],
+    dataset_code: Sequence[int] | None = None,
 ) -> Path | None:
     """``per_class.csv``: recall@1 and MAP@R of the test queries of each class (evaluators with ``per_class``), worst
-    first, so that the classes a model fails on are the first lines."""
+    first, so that the classes a model fails on are the first lines. ``fields`` hold the training labels, which
+    ``names`` names; the ``label`` column is the dataset's own code of the class (``dataset_code[label]``), as in
+    ``embeddings.npz``."""
     if not hasattr(evaluator, "per_class"):
         return None
     rows = evaluator.per_class(torch.from_numpy(embeddings), {k: torch.from_numpy(v) for k, v in fields.items()})
@@ -76,7 +95,8 @@ def write_per_class(
         for row in sorted(rows, key=lambda r: (r["map@r"], r["label"])):
             label = int(row["label"])
             name = names[label] if 0 <= label < len(names) else str(label)
-            writer.writerow([name, label, row["num_queries"], f"{row['recall@1']:.6f}", f"{row['map@r']:.6f}"])
+            code = int(dataset_code[label]) if dataset_code is not None and 0 <= label < len(dataset_code) else label
+            writer.writerow([name, code, row["num_queries"], f"{row['recall@1']:.6f}", f"{row['map@r']:.6f}"])
     return path
 
 
@@ -104,8 +124,24 @@ def write_test_outputs(
 ) -> dict[str, float]:
     """On rank 0 after testing: the test split's files, then the reports (their metrics added), then metrics.json."""
     result = model.results["test"]
-    write_evaluation(output_dir, result.embeddings, result.fields, datamodule.label_field, datamodule.class_names)
-    write_per_class(output_dir, model.evaluator, result.embeddings, result.fields, datamodule.label_names)
+    write_evaluation(
+        output_dir,
+        result.embeddings,
+        result.fields,
+        datamodule.label_field,
+        datamodule.class_names,
+        dataset_fields=datamodule.dataset_fields(result.fields),
+        dataset_class_names=datamodule.dataset_class_names,
+    )
+    codes = datamodule.dataset_fields({datamodule.label_field: np.arange(len(datamodule.label_names))})
+    write_per_class(
+        output_dir,
+        model.evaluator,
+        result.embeddings,
+        result.fields,
+        datamodule.label_names,
+        dataset_code=codes[datamodule.label_field],
+    )
     metrics = {**metrics, **run_reports(cfg, trainer, model, datamodule, output_dir)}
     described: dict[str, float | str] = dict(metrics)
     if hasattr(model.evaluator, "protocol"):
