@@ -36,12 +36,14 @@ def run(overrides: Sequence[str] | DictConfig = (), output_dir: str | os.PathLik
     ``paths.output_dir``).
 
     Returns the :class:`~simlearn.build.Run`: ``cfg`` (filled), ``datamodule``, ``model``, ``trainer``,
-    ``metrics`` (the flat dict of ``metrics.json``), ``best_path``, ``output_dir``. A mistake in the config raises
-    :class:`simlearn.errors.UserError`, with the message the command prints.
+    ``metrics`` (the flat dict of ``metrics.json``), ``best_path``, ``output_dir``. A mistake in a value of the config
+    raises :class:`simlearn.errors.UserError`, with the message the command prints (an override of a key the config
+    lacks: Hydra's ``ConfigCompositionException``).
     """
     from omegaconf import OmegaConf, open_dict  # torch & co. only when used: `import simlearn` stays cheap
 
     from simlearn.config import compose_config
+    from simlearn.errors import user_errors_unwrapped
     from simlearn.train import train_run
 
     if OmegaConf.is_config(overrides):
@@ -52,4 +54,5 @@ def run(overrides: Sequence[str] | DictConfig = (), output_dir: str | os.PathLik
     else:
         given = [str(override) for override in overrides]
         cfg = compose_config(given, output_dir=output_dir)
-    return train_run(cfg, overrides=given)
+    with user_errors_unwrapped():  # a data or backbone class's refusal, not Hydra's InstantiationException around it
+        return train_run(cfg, overrides=given)

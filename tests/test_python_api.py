@@ -100,6 +100,14 @@ def test_a_run_without_a_run_dir_is_refused_in_one_line(tmp_path, monkeypatch):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_run_raises_the_user_error_itself(tmp_path):
+    """What a _target_ refuses reaches the caller as the UserError the command prints, not Hydra's
+    InstantiationException around it (the CLI unwraps it the same way)."""
+    with pytest.raises(UserError, match=r"^loss.lr_multiplier must be > 0, got 0") as error:
+        simlearn.run(["loss=proxy_anchor", "loss.lr_multiplier=0", "logger=none"], output_dir=tmp_path / "run")
+    one_line(error)
+
+
 @pytest.fixture
 def photos_config(tmp_path):
     root = tmp_path / "photos"
