@@ -1,9 +1,13 @@
-"""Turning a composed config into objects: model, datamodule, callbacks, loggers, trainer."""
+"""Turning a composed config into objects: model, datamodule, callbacks, loggers, trainer; all of them at once,
+every placeholder filled, by :func:`build_run`."""
 
 from __future__ import annotations
 
 import inspect
-from collections.abc import Mapping
+import re
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
@@ -126,8 +130,41 @@ def data_default(data: DictConfig, key: str) -> Any:
     return default
 
 
+#: Config keys a composed config leaves null for a builder to fill, and what fills each: a builder that meets one
+#: still null says so (:func:`unfilled`) instead of failing deep inside torchvision or PML.
+PLACEHOLDERS = {
+    "data.image_size": "simlearn.build.fill_preprocessing(cfg) (from the backbone; simlearn.build.check_config "
+    "calls it)",
+    "data.num_classes": "simlearn.build.build_model(cfg, datamodule) (the training split's classes, "
+    "datamodule.num_train_classes)",
+    "head.out_dim": "simlearn.build.build_model(cfg, datamodule) (the encoder's embedding size: the backbone's "
+    "out_features under head=identity)",
+}
+#: Loss arguments that size its parameters: null is never a valid value, whatever the config reads them from.
+LOSS_SIZE_KEYS = ("num_classes", "embedding_size", "embedding_dim")
+
+
+def unfilled(key: str, builder: str, placeholder: str | None = None) -> UserError:
+    """The one-line refusal of ``builder`` to build while ``key`` is null. ``placeholder``: the key of
+    :data:`PLACEHOLDERS` that ``key`` reads (``key`` itself when it is one)."""
+    placeholder = placeholder or (key if key in PLACEHOLDERS else None)
+    if placeholder is None:  # a size set to null in the config itself: nothing fills it
+        return UserError(f"{key} is null and {builder} needs a number; set {key}=N in the config.")
+    reads = f" (it reads {placeholder})" if placeholder != key else ""
+    return UserError(
+        f"{key} is null{reads} and {builder} needs a value; {placeholder} is filled by {PLACEHOLDERS[placeholder]}. "
+        f"Build through simlearn.build.build_run(cfg) or simlearn.run(...), which fill every placeholder in order, "
+        f"or set {placeholder}=VALUE."
+    )
+
+
 def build_datamodule(data_cfg: DictConfig) -> EmbeddingDataModule:
-    """Instantiate and set up the data now, so that data errors appear before any training starts."""
+    """Instantiate and set up the data now, so that data errors appear before any training starts.
+
+    ``data.image_size`` left null (the photo datasets' default) must have been filled first
+    (:func:`fill_preprocessing`, or :func:`build_run`); it is refused here otherwise."""
+    if "image_size" in data_cfg and data_cfg.image_size is None:
+        raise unfilled("data.image_size", "simlearn.build.build_datamodule")
     datamodule = instantiate(data_cfg)
     datamodule.prepare_data()
     datamodule.setup("fit")
@@ -159,7 +196,7 @@ def build_model(cfg: DictConfig, datamodule: EmbeddingDataModule, check_training
         cfg.head.out_dim = encoder.embedding_dim
     model = EmbeddingModule(
         encoder=encoder,
-        loss=instantiate(cfg.loss),
+        loss=build_loss(cfg),
         optimizer=instantiate(cfg.optimizer),
         scheduler=instantiate(cfg.scheduler) if cfg.get("scheduler") else None,
         evaluator=instantiate(cfg.evaluation),
@@ -172,6 +209,40 @@ def build_model(cfg: DictConfig, datamodule: EmbeddingDataModule, check_training
         train = datamodule.datasets["train"]
         model.loss.check_fields({name: train.labels(name) for name in train.fields})
     return model
+
+
+def build_loss(cfg: DictConfig) -> Any:
+    """The loss of ``cfg.loss``, refused in one line while a size it needs is null: ``data.num_classes`` and
+    ``head.out_dim`` are filled by :func:`build_model`, which builds the loss through here once they are."""
+    for key, placeholder in _null_sizes(cfg, cfg.loss, "loss"):
+        raise unfilled(key, "simlearn.build.build_loss", placeholder)
+    return instantiate(cfg.loss)
+
+
+#: ``${key}``: an argument that is exactly another key's value.
+_INTERPOLATION = re.compile(r"^\$\{([\w.]+)\}$")
+
+
+def _null_sizes(cfg: DictConfig, node: Any, path: str) -> Iterator[tuple[str, str | None]]:
+    """Each key under ``node`` that is null and should not be: one that reads a placeholder of
+    :data:`PLACEHOLDERS` still null (with that placeholder), or a size argument (:data:`LOSS_SIZE_KEYS`) set to
+    null (with None)."""
+    if OmegaConf.is_dict(node):
+        keys = [key for key in node if isinstance(key, str)]
+    elif OmegaConf.is_list(node):
+        keys = list(range(len(node)))
+    else:
+        return
+    for key in keys:
+        key_path = f"{path}.{key}" if isinstance(key, str) else f"{path}[{key}]"
+        raw = node._get_node(key)._value()  # the value as written: an interpolation stays "${...}"
+        match = _INTERPOLATION.match(raw) if isinstance(raw, str) else None
+        if match and match.group(1) in PLACEHOLDERS and OmegaConf.select(cfg, match.group(1)) is None:
+            yield key_path, match.group(1)
+        elif raw is None and key in LOSS_SIZE_KEYS:
+            yield key_path, None
+        elif OmegaConf.is_config(node[key]):
+            yield from _null_sizes(cfg, node[key], key_path)
 
 
 def resolved(cfg: DictConfig, key: str) -> Any:
@@ -203,3 +274,51 @@ def build_trainer(cfg: DictConfig, callbacks: list[Any], loggers: list[Any]) -> 
             f"trainer=ddp trainer.accelerator=cpu trainer.devices=2)."
         )
     return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+
+
+def run_output_dir(cfg: DictConfig) -> Path:
+    """The run dir, ``paths.output_dir``: Hydra's run dir under a command, given by the caller outside one."""
+    output_dir = OmegaConf.select(cfg, "paths.output_dir", throw_on_resolution_failure=False)
+    if not output_dir:
+        raise UserError(
+            "paths.output_dir is unset: it is Hydra's run dir, and no Hydra run is active here; give the run dir "
+            "yourself: simlearn.run(..., output_dir=DIR), compose_config(..., output_dir=DIR) or paths.output_dir=DIR."
+        )
+    return Path(output_dir)
+
+
+@dataclass
+class Run:
+    """A training run's objects, built from one config with every placeholder filled (:func:`build_run`).
+
+    ``metrics`` is the flat metric dict of a finished run (``val/…``, ``test/…``, ``train/…``, as in its
+    ``metrics.json``) and ``best_path`` its best checkpoint: empty until it is trained and tested
+    (:func:`simlearn.train.train_run`, :func:`simlearn.run`).
+    """
+
+    cfg: DictConfig
+    output_dir: Path
+    datamodule: EmbeddingDataModule
+    model: EmbeddingModule
+    trainer: pl.Trainer
+    callbacks: list[Any]
+    loggers: list[Any]
+    metrics: dict[str, float] = field(default_factory=dict)
+    best_path: str = ""
+
+
+def build_run(cfg: DictConfig) -> Run:
+    """Everything a training run needs, from one composed config, in the order that fills its placeholders: the
+    data keys from the backbone (:func:`check_config`), the data, the model (``data.num_classes``,
+    ``head.out_dim``), callbacks, loggers and trainer. Seeds everything with ``cfg.seed`` first; writes nothing.
+    ``cfg`` is filled in place. This is what ``python train.py`` builds (:func:`simlearn.train.train_run`)."""
+    output_dir = run_output_dir(cfg)
+    check_config(cfg)
+    if cfg.get("seed") is not None:
+        pl.seed_everything(cfg.seed, workers=True)
+    datamodule = build_datamodule(cfg.data)
+    model = build_model(cfg, datamodule)
+    callbacks = build_list(cfg.get("callbacks"))
+    loggers = build_list(cfg.get("logger"))
+    trainer = build_trainer(cfg, callbacks, loggers)
+    return Run(cfg, output_dir, datamodule, model, trainer, callbacks, loggers)

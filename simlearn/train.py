@@ -14,7 +14,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from lightning.pytorch.callbacks import ModelCheckpoint, Timer
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from simlearn.build import build_datamodule, build_list, build_model, build_trainer, check_config
+from simlearn.build import Run, build_run, run_output_dir
 from simlearn.config import config_dir
 from simlearn.console import print_metrics
 from simlearn.errors import UserError
@@ -135,23 +135,31 @@ def training_time(trainer: pl.Trainer, callbacks: list) -> dict[str, float]:
 
 def train(cfg: DictConfig) -> dict[str, float]:
     """Train, test the best checkpoint, write the run's files; return the flat metric dict (val/…, test/…).
+    :func:`train_run` does it and returns the run's objects with the metrics."""
+    return train_run(cfg).metrics
+
+
+def train_run(cfg: DictConfig, overrides: Sequence[str] | None = None) -> Run:
+    """Train, test the best checkpoint, write the run's files; return the :class:`~simlearn.build.Run`: the config
+    with every placeholder filled, the datamodule, model, trainer, and the flat metric dict (val/…, test/…).
 
     The run dir is claimed first (:func:`~simlearn.run_dir.claim_run_dir`): one run at a time, never over another
     run's results; a resume continues the run's saved config. ``train=false`` skips the training and tests the model
-    as built (a pretrained backbone's zero-shot baseline), writing the same files.
+    as built (a pretrained backbone's zero-shot baseline), writing the same files. ``overrides``: the ``key=value``
+    overrides a resume applies on top of the run's saved config (default: this command line's).
     """
     if not cfg.get("train", True) and cfg.get("ckpt_path"):
         raise UserError(
             f"train=false tests the model as the config builds it (no training), so it takes no "
             f"ckpt_path={cfg.ckpt_path}; to test a checkpoint run simlearn-eval ckpt_path={cfg.ckpt_path}."
         )
-    output_dir = Path(cfg.paths.output_dir)
+    output_dir = run_output_dir(cfg)
     resume = resolve_resume(output_dir, cfg.get("ckpt_path"))
     continues_this_dir = resume.source_dir is not None and resume.source_dir.resolve() == output_dir.resolve()
     # a requeued job with ckpt_path=last that died before its first checkpoint may start again over its config.yaml
     restart = cfg.get("ckpt_path") == "last" and existing_results(output_dir) == ["config.yaml"]
     if resume.source_dir is not None:  # reads only: a refused resume must leave the dir as it was
-        cfg = resumed_config(cfg, resume.source_dir, command_line_overrides())
+        cfg = resumed_config(cfg, resume.source_dir, command_line_overrides() if overrides is None else overrides)
     with claim_run_dir(
         output_dir,
         "train",
@@ -161,16 +169,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
         return _train(cfg, output_dir, resume.ckpt_path)
 
 
-def _train(cfg: DictConfig, output_dir: Path, ckpt_path: str | None) -> dict[str, float]:
-    check_config(cfg)
-    if cfg.get("seed") is not None:
-        pl.seed_everything(cfg.seed, workers=True)
-
-    datamodule = build_datamodule(cfg.data)
-    model = build_model(cfg, datamodule)
-    callbacks = build_list(cfg.get("callbacks"))
-    loggers = build_list(cfg.get("logger"))
-    trainer = build_trainer(cfg, callbacks, loggers)
+def _train(cfg: DictConfig, output_dir: Path, ckpt_path: str | None) -> Run:
+    run = build_run(cfg)
+    datamodule, model, trainer, callbacks, loggers = run.datamodule, run.model, run.trainer, run.callbacks, run.loggers
     if trainer.is_global_zero:
         for callback in callbacks:  # Lightning would fail only after an epoch, with a misleading FileNotFoundError
             if isinstance(callback, ModelCheckpoint) and callback.dirpath:
@@ -190,15 +191,16 @@ def _train(cfg: DictConfig, output_dir: Path, ckpt_path: str | None) -> dict[str
             metrics, best_path = {"train/epochs": 0.0}, ""
         trainer.test(model, datamodule=datamodule, ckpt_path=best_path or None, verbose=False)
         metrics.update({f"test/{k}": float(v) for k, v in model.metrics["test"].items()})
+        run.metrics, run.best_path = metrics, best_path
         if not trainer.is_global_zero:  # other DDP ranks hold the same gathered results; one process writes files
-            return metrics
-        metrics = write_test_outputs(cfg, trainer, model, datamodule, output_dir, metrics)
+            return run
+        run.metrics = write_test_outputs(cfg, trainer, model, datamodule, output_dir, metrics)
     finally:
         finish_wandb(loggers)
-    print_metrics(metrics, title=f"simlearn · {output_dir}")
+    print_metrics(run.metrics, title=f"simlearn · {output_dir}")
     if best_path:
         log.info("best checkpoint: %s", best_path)
-    return metrics
+    return run
 
 
 def _fit(

@@ -23,15 +23,8 @@ from rich.markup import escape
 
 from simlearn.config import config_dir
 from simlearn.errors import UserError
+from simlearn.errors import find_user_error as _user_error
 from simlearn.run_dir import claim_run_dir
-
-
-def _user_error(error: BaseException) -> UserError | None:
-    while error is not None:
-        if isinstance(error, UserError):
-            return error
-        error = error.__cause__ or error.__context__
-    return None
 
 
 def print_error(message: str) -> None:
