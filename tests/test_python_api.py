@@ -26,9 +26,14 @@ def readme_section_code(title: str) -> list[str]:
     readme = (REPO / "README.md").read_text(encoding="utf-8")
     start = re.search(rf"^#+ {re.escape(title)}\n", readme, flags=re.MULTILINE)
     assert start is not None, f"README.md has no section {title!r}"
-    rest = readme[start.end() :]
-    end = re.search(r"^#+ ", rest, flags=re.MULTILINE)
-    return re.findall(r"^```python\n(.*?)^```", rest[: end.start() if end else None], flags=re.MULTILINE | re.DOTALL)
+    section, fenced = [], False
+    for line in readme[start.end() :].splitlines(keepends=True):
+        if line.startswith("```"):
+            fenced = not fenced
+        elif not fenced and line.startswith("#"):  # the next heading (a "# comment" inside code is not one)
+            break
+        section.append(line)
+    return re.findall(r"^```python\n(.*?)^```", "".join(section), flags=re.MULTILINE | re.DOTALL)
 
 
 def written_metrics(run_dir: Path) -> dict[str, float]:
