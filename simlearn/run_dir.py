@@ -78,7 +78,8 @@ class RunLogHandler(logging.FileHandler):
 
     MAX_PENDING = 10_000
 
-    def __init__(self, filename: str, mode: str = "a", encoding: str | None = None, delay: bool = True) -> None:
+    def __init__(self, filename: str, mode: str = "a", encoding: str | None = None) -> None:
+        # always delayed (no ``delay`` argument): the file is opened by open_log, never before the claim
         super().__init__(filename, mode=mode, encoding=encoding, delay=True)
         self.pending: list[logging.LogRecord] | None = []
 
