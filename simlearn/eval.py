@@ -8,11 +8,11 @@ from lightning.pytorch.callbacks import RichProgressBar
 from omegaconf import DictConfig
 
 from simlearn.build import build_trainer
-from simlearn.checkpoints import load_checkpoint, restore
+from simlearn.checkpoints import restore
 from simlearn.console import print_metrics
 from simlearn.reports.outputs import write_splits, write_test_outputs
 
-__all__ = ["evaluate", "load_checkpoint"]  # load_checkpoint lives in simlearn.checkpoints
+__all__ = ["evaluate"]
 
 
 def evaluate(cfg: DictConfig) -> dict[str, float]:

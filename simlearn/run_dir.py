@@ -1,10 +1,10 @@
 """A run dir belongs to one run: claimed before anything is written, locked while the run lives.
 
 Every command writes its files into a run dir (``hydra.run.dir``). Before it writes anything there it *claims* the
-dir: it checks that the dir is writable, takes an exclusive lock (a second process that wants the same dir stops
-with one line), and refuses a dir that holds the results of another run unless it is resuming that run. Only then
-are Hydra's copies of the config (``.hydra/``) and the run's log file written, so a refused run leaves the dir as it
-found it.
+dir: it checks that the dir is writable, takes an exclusive lock (``.simlearn.lock``, removed when the run ends; a
+second process that wants the same dir stops with one line), and refuses a dir that holds the results of another
+run unless it is resuming that run. Only then are Hydra's copies of the config (``.hydra/``) and the run's log file
+written, so a refused run leaves the dir as it found it.
 """
 
 from __future__ import annotations
@@ -78,7 +78,8 @@ class RunLogHandler(logging.FileHandler):
 
     MAX_PENDING = 10_000
 
-    def __init__(self, filename: str, mode: str = "a", encoding: str | None = None, delay: bool = True) -> None:
+    def __init__(self, filename: str, mode: str = "a", encoding: str | None = None) -> None:
+        # always delayed (no ``delay`` argument): the file is opened by open_log, never before the claim
         super().__init__(filename, mode=mode, encoding=encoding, delay=True)
         self.pending: list[logging.LogRecord] | None = []
 
@@ -151,17 +152,9 @@ def claim_run_dir(
         yield output_dir
         return
     check_writable(output_dir, "the run dir")
-    lock_file: IO[str] = open(output_dir / LOCK_NAME, "a+")  # noqa: SIM115 (held open for the whole run)
+    lock_path = output_dir / LOCK_NAME
+    lock_file = _lock(lock_path, output_dir)
     try:
-        try:
-            fcntl.flock(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as error:
-            lock_file.seek(0)
-            holder = lock_file.read().strip() or "another process"
-            raise UserError(
-                f"the run dir {str(output_dir)!r} is in use by another simlearn run ({holder}); two runs must never "
-                f"write into one dir. Wait for it to finish, or choose another hydra.run.dir=DIR."
-            ) from error
         if not allow_results:
             found = existing_results(output_dir)
             if found:
@@ -179,4 +172,39 @@ def claim_run_dir(
             handler.open_log()
         yield output_dir
     finally:
+        # removed while still locked, and only while the path is still this lock's file: a lock file that another
+        # process put there is never deleted
+        with contextlib.suppress(OSError):
+            if _is_file_at(lock_file, lock_path):
+                lock_path.unlink()
         lock_file.close()  # releases the lock
+
+
+def _is_file_at(handle: IO[str], path: Path) -> bool:
+    """Whether ``path`` still names the file ``handle`` has open."""
+    try:
+        here, there = os.fstat(handle.fileno()), os.stat(path)
+    except OSError:
+        return False
+    return (here.st_dev, here.st_ino) == (there.st_dev, there.st_ino)
+
+
+def _lock(lock_path: Path, output_dir: Path) -> IO[str]:
+    """The run dir's lock file, opened (created if needed) and exclusively locked; a UserError when another process
+    holds it. A run removes its lock file when it ends: a process that opened that file just before and locked it
+    after holds a lock on a file no longer in the dir, so it opens the one at the path again."""
+    while True:
+        lock_file: IO[str] = open(lock_path, "a+")  # noqa: SIM115 (held open for the whole run)
+        try:
+            fcntl.flock(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as error:
+            lock_file.seek(0)
+            holder = lock_file.read().strip() or "another process"
+            lock_file.close()
+            raise UserError(
+                f"the run dir {str(output_dir)!r} is in use by another simlearn run ({holder}); two runs must never "
+                f"write into one dir. Wait for it to finish, or choose another hydra.run.dir=DIR."
+            ) from error
+        if _is_file_at(lock_file, lock_path):
+            return lock_file
+        lock_file.close()

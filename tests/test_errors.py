@@ -13,8 +13,11 @@ def assert_clean_failure(result, *fragments: str) -> None:
 
 
 def test_unknown_group_option(tmp_path):
+    """End to end (a real process, before torch loads: about a second): one line, exit 2."""
     result = run_cli("train.py", "loss=nonexistent", f"hydra.run.dir={tmp_path}")
-    assert_clean_failure(result, "loss/nonexistent", "contrastive", "multitask", "softmax", "triplet")
+    assert_clean_failure(result, "loss=nonexistent", "config group loss", "contrastive", "multitask", "softmax")
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [line for line in result.stderr.splitlines() if line.strip()][-1:]
 
 
 @pytest.mark.parametrize(
@@ -67,3 +70,36 @@ def test_error_lines_keep_their_brackets(capsys):
 
     print_error("set data.probe_classes=[zebra] or pip install 'simlearn[serve]'.")
     assert "data.probe_classes=[zebra] or pip install 'simlearn[serve]'." in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "module,override,closest,valid",
+    [
+        ("simlearn.cli.train", "loss=tripplet", "loss=triplet", ["softmax", "xbm_triplet"]),
+        ("simlearn.cli.train", "data=digts", "data=digits", ["mnist", "cub200"]),
+        ("simlearn.cli.train", "hparams_search=optunna", "hparams_search=optuna", ["optuna_triplet"]),
+        ("simlearn.cli.train", "hydra/launcher=locl", "hydra/launcher=local", ["slurm", "basic"]),
+        ("simlearn.cli.eval", "data=mnst", "data=mnist", ["digits"]),
+        ("simlearn.cli.eval", "evaluation=retreival", "evaluation=retrieval", ["pairs"]),
+        ("simlearn.cli.embed", "data=image_foldr", "data=image_folder", ["image_csv"]),
+        ("simlearn.cli.search", "paths=defualt", "paths=default", []),
+        ("simlearn.cli.export", "paths=defalt", "paths=default", []),
+        ("simlearn.cli.serve", "paths=dfault", "paths=default", []),
+    ],
+)
+def test_a_misspelt_group_option_is_one_line_with_the_closest_and_valid_options(
+    tmp_path, capfd, module, override, closest, valid
+):
+    result = run_main(module, override, f"hydra.run.dir={tmp_path}", capfd=capfd)
+    assert result.returncode == 2
+    assert_clean_failure(result, f"error: {override}:", f"did you mean {closest}", "Valid options:", *valid)
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert "Config search path" not in result.stderr
+
+
+def test_a_misspelt_option_of_a_sweep_is_one_line(tmp_path, capfd):
+    result = run_main("simlearn.cli.train", "-m", "loss=triplet,tripplet", f"hydra.sweep.dir={tmp_path}", capfd=capfd)
+    assert result.returncode == 2
+    assert_clean_failure(result, "error: loss=triplet,tripplet: 'tripplet' is not an option", "loss=triplet")
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert not list(tmp_path.iterdir()), "no job may start"

@@ -33,7 +33,7 @@ def test_exploding_learning_rate_stops_at_the_first_non_finite_loss_with_one_lin
     assert found, message
     step = int(found.group(3))
     assert "optimizer.lr=0.0003" not in message, "the suggestion must follow the configured learning rate"
-    assert "optimizer.lr=100000" in message and "trainer.gradient_clip_val=1.0" in message
+    assert "optimizer.lr=0.001" in message and "trainer.gradient_clip_val=1.0" in message
 
     # it stopped at that batch: every logged loss is finite, and the last one is the step before
     with open(tmp_path / "csv" / "metrics.csv") as file:
@@ -94,3 +94,20 @@ def test_a_checkpoint_of_non_finite_weights_or_statistics_is_refused(tmp_path):
     with pytest.raises(UserError, match=r"the weights hold NaN or inf \(encoder\.[\w.]+running_var\)") as error:
         model.on_save_checkpoint({})
     assert "optimizer.lr=0.0003" in str(error.value) and "\n" not in str(error.value)
+
+
+@pytest.mark.parametrize(
+    "overrides,suggested",
+    [
+        (["optimizer.lr=1e6"], "optimizer.lr=0.001"),  # AdamW: its usual range, not 1e5
+        (["optimizer._target_=torch.optim.SGD", "optimizer.lr=1e6"], "optimizer.lr=0.1"),
+        (["optimizer._target_=torch.optim.SGD", "optimizer.lr=0.5"], "optimizer.lr=0.05"),  # a tenth at most
+        (["optimizer.lr=0.003"], "optimizer.lr=0.0003"),
+    ],
+    ids=["adamw-1e6", "sgd-1e6", "sgd-0.5", "adamw-0.003"],
+)
+def test_the_divergence_hint_suggests_a_learning_rate_a_user_would_try(tmp_path, overrides, suggested):
+    cfg = train_config(tmp_path, *overrides)
+    model = build_model(cfg, build_datamodule(cfg.data))
+    advice = model._divergence_advice()
+    assert f"{suggested}," in advice, advice

@@ -4,7 +4,9 @@ coincide), 3-D and 64-D, self-search and query/gallery, with exact duplicate vec
 
 from __future__ import annotations
 
+import concurrent.futures
 import functools
+import threading
 
 import numpy as np
 import pytest
@@ -266,6 +268,59 @@ def test_reduced_precision_matmuls_are_turned_off_for_the_search_and_restored():
     finally:
         torch.set_float32_matmul_precision(before)
     assert metrics == pytest.approx(expected, abs=1e-12, rel=0)
+
+
+def test_a_search_ending_never_lowers_the_precision_under_another_search_still_running():
+    """simlearn-serve searches on several threads; the precision is one setting of the whole process."""
+    before = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("medium")
+    b_started, a_ended = threading.Event(), threading.Event()
+    seen_by_b = []
+
+    def search_b():
+        with neighbours._ieee_float32():
+            b_started.set()
+            a_ended.wait(10)
+            seen_by_b.append(torch.get_float32_matmul_precision())  # where B's matrix product runs
+
+    try:
+        search_a = neighbours._ieee_float32()
+        search_a.__enter__()
+        thread = threading.Thread(target=search_b)
+        thread.start()
+        assert b_started.wait(10)
+        search_a.__exit__(None, None, None)
+        a_ended.set()
+        thread.join(10)
+        assert seen_by_b == ["highest"], "search A restored the lower precision while search B was running"
+        assert torch.get_float32_matmul_precision() == "medium", "the last search must restore the setting"
+    finally:
+        torch.set_float32_matmul_precision(before)
+
+
+def test_concurrent_searches_all_multiply_in_ieee_float32_and_agree_with_one_at_a_time(monkeypatch):
+    x, _ = tie_data(2, False)
+    queries = [x[i * 40 : (i + 1) * 40] for i in range(8)]
+    expected = [neighbours.top_k(q, x, 5)[1] for q in queries]
+    seen = []
+    matmul = torch.Tensor.__matmul__
+
+    def spy(a, b):
+        seen.append(torch.get_float32_matmul_precision())
+        return matmul(a, b)
+
+    before = torch.get_float32_matmul_precision()
+    monkeypatch.setattr(torch.Tensor, "__matmul__", spy)
+    torch.set_float32_matmul_precision("medium")
+    try:
+        with concurrent.futures.ThreadPoolExecutor(8) as pool:
+            found = list(pool.map(lambda i: neighbours.top_k(queries[i % 8], x, 5)[1], range(64)))
+        assert torch.get_float32_matmul_precision() == "medium"
+    finally:
+        torch.set_float32_matmul_precision(before)
+    assert seen and set(seen) == {"highest"}
+    for i, indices in enumerate(found):
+        np.testing.assert_array_equal(indices, expected[i % 8])
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import os
 import shutil
 import signal
 import subprocess
@@ -72,7 +73,7 @@ def test_a_second_run_into_a_dir_in_use_stops_with_one_line(tmp_path):
         result = run_cli("train.py", f"hydra.run.dir={tmp_path}", "trainer.max_epochs=1", "logger=none")
     assert_clean_failure(result, "is in use by another simlearn run", f"pid {__import__('os').getpid()}")
     assert result.returncode == 2
-    assert sorted(p.name for p in tmp_path.iterdir()) == [".simlearn.lock"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [], "the holder's lock goes when it ends, nothing else is left"
 
 
 @pytest.mark.slow
@@ -91,6 +92,61 @@ def test_two_commands_started_at_once_never_share_a_dir(tmp_path):
     assert len(names) == 2 and "last.ckpt" in names and names[0].startswith("best-epoch"), names
     winner_seed = yaml.safe_load((tmp_path / "config.yaml").read_text())["seed"]
     assert yaml.safe_load((tmp_path / ".hydra" / "overrides.yaml").read_text()).count(f"seed={winner_seed}") == 1
+
+
+def test_the_lock_file_is_removed_when_the_run_ends(trained_run, tmp_path):
+    assert not (trained_run / ".simlearn.lock").exists(), "a finished training run left its lock"
+    lock = tmp_path / ".simlearn.lock"
+    with claim_run_dir(tmp_path, "eval"):
+        assert "simlearn-eval, pid" in lock.read_text()
+    assert not lock.exists()
+    with pytest.raises(RuntimeError), claim_run_dir(tmp_path, "eval"):
+        raise RuntimeError("the run failed")
+    assert not lock.exists(), "a failed run left its lock"
+    (tmp_path / "metrics.json").write_text("{}")
+    with pytest.raises(UserError, match="already holds the results"), claim_run_dir(tmp_path, "eval"):
+        pass
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["metrics.json"], "a refused run left its lock"
+
+
+def test_a_run_removes_only_the_lock_file_it_holds(tmp_path):
+    lock = tmp_path / ".simlearn.lock"
+    with claim_run_dir(tmp_path, "eval"):
+        lock.unlink()  # someone removed this run's lock and another process made its own
+        lock.write_text("simlearn-train, pid 1 on elsewhere")
+    assert lock.read_text() == "simlearn-train, pid 1 on elsewhere"
+
+
+def test_a_process_that_locked_a_removed_lock_file_locks_the_new_one(tmp_path):
+    """A claimant that opened the lock file just before its run removed it holds a lock on a file no longer in the
+    dir: it must lock the file at the path instead, or two runs would own the dir."""
+    import fcntl
+
+    from simlearn.run_dir import _lock
+
+    lock = tmp_path / ".simlearn.lock"
+    lock.write_text("")
+    opened = open(lock, "a+")  # noqa: SIM115 (the other claimant's handle on the old file)
+    lock.unlink()
+    real_open = open
+
+    def stale_first(path, mode="r", *args, **kwargs):
+        # the first open returns the handle on the removed file, as if opened just before the removal
+        nonlocal opened
+        if opened is not None and Path(path) == lock:
+            handle, opened = opened, None
+            return handle
+        return real_open(path, mode, *args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr("builtins.open", stale_first)
+        handle = _lock(lock, tmp_path)
+    try:
+        assert lock.exists() and os.fstat(handle.fileno()).st_ino == os.stat(lock).st_ino
+        with real_open(lock, "a+") as other, pytest.raises(OSError):
+            fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    finally:
+        handle.close()
 
 
 # -- resume ----------------------------------------------------------------------------------------------------------

@@ -27,8 +27,14 @@ def test_speed_option_trains_multitask_to_the_float32_floor(tmp_path, option):
 
 
 def test_compiled_encoder_trains_and_its_checkpoint_loads_uncompiled(tmp_path):
+    from torch._dynamo.utils import counters
+
+    counters.clear()
     metrics = run_training(tmp_path, "compile=true", "trainer.max_epochs=1", "data.max_train=256")
     assert 0.0 < metrics["test/recall@1"] <= 1.0
+    # the encoder's forward really went through torch.compile: dynamo captured and compiled its frames
+    assert counters["stats"]["unique_graphs"] >= 1, dict(counters["stats"])
+    assert counters["frames"]["ok"] >= 1, dict(counters["frames"])
     state = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
     assert not any("_orig_mod" in key for key in state)  # compiled in place: the same parameter names
     encoder = load_encoder(tmp_path / "checkpoints" / "last.ckpt").encoder

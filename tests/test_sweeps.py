@@ -1,6 +1,7 @@
 """Hydra multiruns on the digits: Optuna search, submitit (local) launcher, failures, the sweep table, wandb groups."""
 
 import json
+import os
 
 import pytest
 import yaml
@@ -12,7 +13,7 @@ from simlearn.config import config_dir
 from simlearn.loggers import sweep_group
 from simlearn.sweeps import collect
 
-from .helpers import run_cli
+from .helpers import run_cli, run_main
 
 # one short epoch per job: what is tested is the sweep machinery (each job's process, results, failures), not training
 FAST = ["trainer.max_epochs=1", "data.max_train=300", "logger=none", "reports.plots=null", "trainer.accelerator=cpu"]
@@ -82,3 +83,51 @@ def test_sweep_jobs_share_a_wandb_group(tmp_path):
         assert sweep_group() == "train-2026-01-01_10-00-00"
     finally:
         HydraConfig.instance().cfg = None
+
+
+def test_an_unknown_key_of_a_sweep_gets_the_closest_keys_as_a_single_run_does(tmp_path, capfd):
+    result = run_main("simlearn.cli.train", "-m", "trainer.max_epoch=1,2", f"hydra.sweep.dir={tmp_path}", capfd=capfd)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("error: trainer.max_epoch=1,2: 'trainer.max_epoch' is not a key of the train config")
+    assert "did you mean trainer.max_epochs" in lines[0] and "not in struct" not in result.stderr
+    assert not list(tmp_path.iterdir()), "no job may start"
+
+
+def test_every_value_of_a_sweep_is_checked_before_any_job_starts(tmp_path, capfd):
+    # the mistake only in the third value of the second swept key: one single-run check per value finds it
+    result = run_main(
+        "simlearn.cli.train",
+        "-m",
+        "head.out_dim=8,16",
+        "data=digits,mnist,digts",
+        f"hydra.sweep.dir={tmp_path}",
+        capfd=capfd,
+    )
+    assert result.returncode == 2
+    assert "error: data=digits,mnist,digts: 'digts' is not an option of the config group data" in result.stderr
+    assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.slow
+def test_a_sweep_with_a_failed_job_ends_with_one_line_naming_it(tmp_path, capfd):
+    result = run_main(
+        "simlearn.cli.train",
+        "-m",
+        "data=digits,cub200",
+        "++trainer.fast_dev_run=true",
+        "logger=none",
+        "reports.plots=null",
+        f"hydra.sweep.dir={tmp_path}",
+        capfd=capfd,
+        env={"SIMLEARN_DATA_DIR": str(tmp_path / "nowhere")},
+    )
+    assert result.returncode == 2
+    assert "Traceback" not in result.stdout + result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: 1 of 2 jobs of the sweep failed: #1 (data=cub200 "), result.stderr[-3000:]
+    assert f"log {tmp_path / '1' / 'train.log'}" in last
+    assert "CUB-200-2011 not found" in (tmp_path / "1" / "train.log").read_text()
+    assert (tmp_path / "0" / "metrics.json").is_file(), "the finished job's results are kept"
+    assert "HYDRA_FULL_ERROR" not in os.environ, "the sweep must leave the environment as it was"

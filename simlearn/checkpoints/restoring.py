@@ -10,7 +10,6 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
-from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from simlearn.build import (
@@ -22,7 +21,6 @@ from simlearn.build import (
     fill_preprocessing,
     resolved,
 )
-from simlearn.data.image_files import IMAGENET_MEAN, IMAGENET_STD, ImageFileDataModule
 from simlearn.errors import UserError
 from simlearn.models import EmbeddingModule, Encoder
 
@@ -160,24 +158,11 @@ def encoder_of(checkpoint: dict[str, Any], path: str | Path, device: str | torch
 
 
 def preprocessing_of(config: DictConfig, path: str | Path = "checkpoint") -> dict[str, Any]:
-    """The image preprocessing a checkpoint's model expects: stored by training (``preprocessing``), else, for data
-    read from image files, the data config's ``image_size``, ``channels``, ``mean`` and ``std``."""
+    """The image preprocessing a checkpoint's model expects, as training stored it (``preprocessing``)."""
     stored = config.get("preprocessing")
     if stored:
         prep = OmegaConf.to_container(stored, resolve=True) if OmegaConf.is_config(stored) else dict(stored)
         return {key: prep[key] for key in ("image_size", "channels", "mean", "std")}
-    data = config.get("data") or {}
-    try:
-        from_files = issubclass(get_class(data.get("_target_", "")), ImageFileDataModule)
-    except Exception:
-        from_files = False
-    if from_files and data.get("image_size") and data.get("channels"):
-        return {
-            "image_size": int(data.image_size),
-            "channels": int(data.channels),
-            "mean": list(data.get("mean") or IMAGENET_MEAN),
-            "std": list(data.get("std") or IMAGENET_STD),
-        }
     raise UserError(
         f"{path} does not say how to prepare images for its model (no 'preprocessing' in it: it was written before "
         f"simlearn stored it). Train the model again with this version of simlearn."

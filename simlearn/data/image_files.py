@@ -454,13 +454,9 @@ class ImageCSVDataModule(ImageFileDataModule):
         )
 
 
-def read_csv(path: Path, required: Sequence[str], what: str) -> list[dict[str, str]]:
-    """The rows of a CSV file with a header that has the ``required`` columns (one clear error otherwise)."""
-    return read_csv_lines(path, required, what)[0]
-
-
 def read_csv_lines(path: Path, required: Sequence[str], what: str) -> tuple[list[dict[str, str]], list[int]]:
-    """:func:`read_csv`'s rows and the line of the file each ends on (the header is line 1), for messages."""
+    """The rows of a CSV file with a header that has the ``required`` columns (one clear error otherwise), and the
+    line of the file each ends on (the header is line 1), for messages."""
     if not path.is_file():
         raise UserError(f"{what}={str(path)!r} is not a file; give the path of a CSV with columns {list(required)}.")
     with path.open(newline="") as file:

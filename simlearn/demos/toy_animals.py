@@ -63,10 +63,6 @@ def _ellipse(x: np.ndarray, y: np.ndarray, cx: float, cy: float, a: float, b: fl
     return ((x - cx) / a) ** 2 + ((y - cy) / b) ** 2 <= 1.0
 
 
-def _box(x: np.ndarray, y: np.ndarray, x0: float, x1: float, y0: float, y1: float) -> np.ndarray:
-    return (x >= x0) & (x <= x1) & (y >= y0) & (y <= y1)
-
-
 def _segment(x: np.ndarray, y: np.ndarray, p: tuple[float, float], q: tuple[float, float], width: float) -> np.ndarray:
     """Points within ``width / 2`` of the segment p–q."""
     px, py = p

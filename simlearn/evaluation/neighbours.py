@@ -36,6 +36,7 @@ import importlib.util
 import json
 import logging
 import os
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -383,19 +384,41 @@ def _topk(sims: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     return top.values, columns.gather(1, top.indices)
 
 
-@contextmanager
-def _ieee_float32() -> Iterator[None]:
-    """float32 matrix products in IEEE float32 (no TF32 / bf16 shortcuts) for the duration: the error bound of
-    :func:`score_error_bound` assumes it. A no-op unless someone lowered ``torch.set_float32_matmul_precision``."""
-    previous = torch.get_float32_matmul_precision()
-    if previous == "highest":
-        yield
-        return
-    torch.set_float32_matmul_precision("highest")
-    try:
-        yield
-    finally:
-        torch.set_float32_matmul_precision(previous)
+class _IeeeFloat32:
+    """The process-wide switch to IEEE float32 matrix products, shared by every search in progress.
+
+    ``torch.set_float32_matmul_precision`` is one setting for the whole process, while ``simlearn-serve`` answers
+    requests on several threads: a search that set it and restored the old value at its end would lower it under a
+    search still running in another thread. So the first search to start sets "highest", and the last one to end
+    restores what was set before; any other thread's float32 products meanwhile also run in IEEE float32, exact
+    and only slower.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._running = 0
+        self._before = "highest"
+
+    @contextmanager
+    def __call__(self) -> Iterator[None]:
+        with self._lock:
+            if self._running == 0:
+                self._before = torch.get_float32_matmul_precision()
+                if self._before != "highest":
+                    torch.set_float32_matmul_precision("highest")
+            self._running += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._running -= 1
+                if self._running == 0 and self._before != "highest":
+                    torch.set_float32_matmul_precision(self._before)
+
+
+#: float32 matrix products in IEEE float32 (no TF32 / bf16 shortcuts) while a search runs: the error bound of
+#: :func:`score_error_bound` assumes it. A no-op unless someone lowered ``torch.set_float32_matmul_precision``.
+_ieee_float32 = _IeeeFloat32()
 
 
 #: ``search(rows, k) -> (scores, indices)``: the float32 scores (descending) and gallery rows (int64) of the k best

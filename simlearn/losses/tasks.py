@@ -178,7 +178,7 @@ class MultiTaskLoss(nn.Module):
     def __init__(self, tasks: Mapping[str, Task]) -> None:
         super().__init__()
         if not tasks:
-            raise UserError("loss.tasks is empty: give at least one task (see configs/loss/multitask.yaml).")
+            raise UserError("loss.tasks is empty: give at least one task (see configs/loss/digits_multitask.yaml).")
         self.tasks = nn.ModuleDict(dict(tasks))
 
     @classmethod

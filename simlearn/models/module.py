@@ -23,6 +23,17 @@ class NonFiniteTrainingError(UserError):
     so the checkpoints of earlier epochs stay as they were."""
 
 
+#: Learning rates users usually start from, by optimiser (class name); others: 1e-3.
+USUAL_LEARNING_RATES = {"SGD": 0.1, "Adagrad": 0.01, "Adadelta": 1.0, "LBFGS": 1.0}
+
+
+def suggested_learning_rate(optimizer: str, diverged: float) -> float:
+    """A learning rate to try after ``diverged`` made the loss NaN or inf: the optimiser's usual one (Adam and AdamW
+    1e-3, SGD 0.1), never more than a tenth of what diverged. ``optimizer``: its class name or ``_target_``."""
+    usual = USUAL_LEARNING_RATES.get(optimizer.rpartition(".")[2], 1e-3)
+    return min(usual, float(f"{diverged / 10:.2g}"))
+
+
 class Evaluator(Protocol):
     """Metrics of one split: ``evaluator(embeddings, label_fields, split) -> {name: value}`` (``split``: "val" or
     "test", for metrics only worth computing at test)."""
@@ -123,12 +134,15 @@ class EmbeddingModule(pl.LightningModule):
         trainer = self._trainer
         optimizer = trainer.optimizers[0] if trainer is not None and trainer.optimizers else None
         now = optimizer.param_groups[0]["lr"] if optimizer is not None else None
-        configured = (self.config.get("optimizer") or {}).get("lr", now)
+        optimizer_config = self.config.get("optimizer") or {}
+        configured = optimizer_config.get("lr", now)
         advice = "The learning rate is likely too high"
         if now is not None:
             advice += f" (now {now:g})"
-        if isinstance(configured, int | float):
-            advice += f": lower optimizer.lr, e.g. optimizer.lr={configured / 10:g}"
+        diverged = [lr for lr in (configured, now) if isinstance(lr, int | float) and lr > 0]
+        if diverged:
+            name = type(optimizer).__name__ if optimizer is not None else str(optimizer_config.get("_target_", ""))
+            advice += f": lower optimizer.lr, e.g. optimizer.lr={suggested_learning_rate(name, min(diverged)):g}"
         else:
             advice += ": lower optimizer.lr"
         advice += ", or clip gradients with trainer.gradient_clip_val=1.0"
