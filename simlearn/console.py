@@ -13,8 +13,9 @@ from rich.table import Table
 #: The loggers Lightning gives a console handler of its own at import: ``lightning`` always, ``lightning.pytorch``
 #: and ``lightning.fabric`` when the root logger had none yet.
 LIGHTNING_LOGGERS = ("lightning", "lightning.pytorch", "lightning.fabric")
-#: The start of Lightning's advertisement, printed by every Trainer that has no LitLogger.
-LITLOGGER_TIP = "💡 Tip: For seamless cloud logging"
+#: How Lightning's advertisements start: every Trainer without a LitLogger recommends litlogger, one without a
+#: checkpoint callback of its own (simlearn-eval's) litmodels.
+LIGHTNING_TIP = "💡 Tip: "
 
 
 def is_count(key: str) -> bool:
@@ -44,9 +45,9 @@ def print_metrics(metrics: Mapping[str, float], title: str) -> None:
     console.print(table)
 
 
-class _DropLitLoggerTip(logging.Filter):
+class _DropLightningTips(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
-        return not str(record.msg).startswith(LITLOGGER_TIP)
+        return not str(record.msg).startswith(LIGHTNING_TIP)
 
 
 def quiet_console() -> None:
@@ -58,7 +59,8 @@ def quiet_console() -> None:
       records also reach the root logger's handlers (Hydra's console and the run's log file): every Lightning
       message was printed twice. When the root logger has handlers, Lightning's own are dropped and its records go
       to the root's only, so they are printed once and kept in the log file.
-    * Lightning's tip to install litlogger, printed by every Trainer without one: an advertisement, not about the run.
+    * Lightning's tips to install litlogger and litmodels (its cloud services), printed by every Trainer without
+      them: advertisements, nothing about the run.
     * The FutureWarning that torch raises inside Lightning's own pytree helper (``isinstance(treespec, LeafSpec)``
       is deprecated): nothing in simlearn calls it and the user cannot act on it; Lightning has to move.
 
@@ -74,8 +76,8 @@ def quiet_console() -> None:
                     logger.removeHandler(handler)
             logger.propagate = True
     rank_zero = logging.getLogger("lightning.pytorch.utilities.rank_zero")
-    if not any(isinstance(f, _DropLitLoggerTip) for f in rank_zero.filters):
-        rank_zero.addFilter(_DropLitLoggerTip())
+    if not any(isinstance(f, _DropLightningTips) for f in rank_zero.filters):
+        rank_zero.addFilter(_DropLightningTips())
     warnings.filterwarnings(
         "ignore",
         message=r"`isinstance\(treespec, LeafSpec\)` is deprecated",

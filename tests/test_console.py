@@ -45,6 +45,7 @@ def test_a_run_prints_each_message_once(trained_run_console):
         "Loading faiss",
         "Traceback",
         "litlogger",
+        "litmodels",
         "LeafSpec",
         "worker processes in total",  # PyTorch: more DataLoader workers than cores
         "WARNING clustering",  # faiss k-means on a small split
@@ -99,6 +100,7 @@ def test_only_the_known_harmless_messages_are_filtered(caplog):
     rank_zero = logging.getLogger("lightning.pytorch.utilities.rank_zero")
     with caplog.at_level(logging.INFO, logger="lightning.pytorch.utilities.rank_zero"):
         rank_zero.info("💡 Tip: For seamless cloud logging and experiment tracking, try installing litlogger")
+        rank_zero.info("💡 Tip: For seamless cloud uploads and versioning, try installing litmodels")
         rank_zero.info("GPU available: False, used: False")
     assert [r.getMessage() for r in caplog.records] == ["GPU available: False, used: False"]
     with warnings.catch_warnings(record=True) as caught:
