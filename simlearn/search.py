@@ -40,10 +40,17 @@ from simlearn.data.images import (
     thumbnail,
 )
 from simlearn.errors import UserError
-from simlearn.evaluation.neighbours import GalleryIndex, PreparedGallery, gallery_index, prepare_gallery, top_k
+from simlearn.evaluation.neighbours import (
+    GalleryIndex,
+    PreparedGallery,
+    _faiss_installed,
+    gallery_index,
+    prepare_gallery,
+    top_k,
+)
 from simlearn.evaluation.vectors import angle_deg
 from simlearn.inference import pick_device
-from simlearn.reports.plots import GridTile, save_retrieval_grid
+from simlearn.reports.plots import GridTile, save_retrieval_grid, similarity_captions
 
 log = logging.getLogger(__name__)
 
@@ -572,9 +579,7 @@ def run_search(
         raise UserError(f"k={k} but the gallery {gallery.source} has only {n} items; use k={n} or less.")
     index = gallery.candidates
     if index is None and faiss_threshold is not None and n >= faiss_threshold:
-        try:
-            import faiss  # noqa: F401
-        except ImportError:
+        if not _faiss_installed():  # not imported here: gallery_index imports it, without faiss's loader lines
             log.warning(
                 "the gallery has %d items (faiss_threshold=%d) but faiss is not installed (pip install "
                 "'simlearn[faiss]'); searching exactly without it",
@@ -669,11 +674,10 @@ def _grid(path: Path, results: list[dict[str, Any]], loaded: LoadedEncoder, max_
     for result in results[:max_queries]:
         label = f"\n{result['label']}" if result["label"] else ""
         row = [GridTile(thumbnail(result["query"], channels), f"query{label}")]
-        for item in result["results"]:
+        similarities = similarity_captions([item["cos"] for item in result["results"]])  # decimals to tell apart
+        for item, similarity in zip(result["results"], similarities, strict=True):
             image = thumbnail(item["path"], channels) if item["path"] and is_image_name(Path(item["path"])) else None
-            caption = (
-                f"#{item['rank']} {item['label'] or item['name']}\ncos {item['cos']:.2f} · {item['angle_deg']:.0f}°"
-            )
+            caption = f"#{item['rank']} {item['label'] or item['name']}\n{similarity}"
             row.append(GridTile(image, caption, item["hit"]))
         rows.append(row)
     shown = f" (first {max_queries} of {len(results)} queries)" if len(results) > max_queries else ""

@@ -43,6 +43,7 @@ def mnist_root() -> Path:
 @pytest.fixture(scope="session")
 def trained_run(tmp_path_factory) -> Path:
     """A finished two-epoch digits run made by the command line (run dir with .hydra/, csv curves, checkpoints).
+    What the command printed is beside the run dir, in ``stdout.txt`` and ``stderr.txt`` (``trained_run_console``).
 
     Read-only for tests: copy it (``shutil.copytree``) before resuming or writing into it.
     """
@@ -51,4 +52,12 @@ def trained_run(tmp_path_factory) -> Path:
     run_dir = tmp_path_factory.mktemp("trained") / "run"
     result = run_cli("train.py", f"hydra.run.dir={run_dir}", "trainer.max_epochs=2", "reports.plots=null")
     assert result.returncode == 0, result.stderr[-3000:]
+    (run_dir.parent / "stdout.txt").write_text(result.stdout)
+    (run_dir.parent / "stderr.txt").write_text(result.stderr)
     return run_dir
+
+
+@pytest.fixture(scope="session")
+def trained_run_console(trained_run) -> tuple[str, str]:
+    """``(stdout, stderr)`` of the command that made ``trained_run``: what a user reads in the console."""
+    return (trained_run.parent / "stdout.txt").read_text(), (trained_run.parent / "stderr.txt").read_text()

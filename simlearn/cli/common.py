@@ -33,6 +33,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from simlearn.config import config_dir
+from simlearn.console import quiet_console
 from simlearn.errors import UserError
 from simlearn.errors import find_user_error as _user_error
 from simlearn.run_dir import claim_run_dir
@@ -362,9 +363,13 @@ def hydra_command(
         def owned(cfg: DictConfig) -> Any:
             check_required(cfg)
             if not claims_run_dir:
-                return task(cfg)
+                return quiet_task(cfg)
             with claim_run_dir(cfg.paths.output_dir, config_name):
-                return task(cfg)
+                return quiet_task(cfg)
+
+        def quiet_task(cfg: DictConfig) -> Any:
+            quiet_console()  # Hydra has configured logging by now: each message once (simlearn.console)
+            return task(cfg)
 
         hydra_task = hydra.main(version_base="1.3", config_path=str(config_dir()), config_name=config_name)(
             exit_on_user_error(owned)

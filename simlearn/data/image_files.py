@@ -35,6 +35,18 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 #: Unreadable images met while loading batches, per process (each DataLoader worker counts its own).
 DECODE_FAILURES = {"count": 0}
+#: the most DataLoader workers that ``num_workers=null`` (the photo datasets' default) starts
+DEFAULT_MAX_WORKERS = 4
+
+
+def default_num_workers() -> int:
+    """One DataLoader worker per core this process may use, at most :data:`DEFAULT_MAX_WORKERS`: a fixed 4 made
+    PyTorch warn on every 2-core machine that the workers exceed the cores (and may be slow or freeze)."""
+    try:
+        cores = len(os.sched_getaffinity(0))  # what PyTorch's DataLoader compares num_workers with
+    except AttributeError:  # macOS, Windows
+        cores = os.cpu_count() or 1
+    return max(1, min(DEFAULT_MAX_WORKERS, cores))
 
 
 # -- decoding and transforms -----------------------------------------------------------------------------------------
@@ -207,14 +219,15 @@ class FileTable(Items):
 class ImageFileDataModule(EmbeddingDataModule):
     """What the sources of image files share on top of the one base: they implement :meth:`scan` (the files and their
     labels, a :class:`FileTable`, or :meth:`no_images` when there are none); ``verify_files`` opens every wanted file's
-    header at setup and skips the unreadable ones; workers decode (``num_workers`` 4 by default). ``augment`` is the
-    list of training transforms (configs/augment/); evaluation only resizes and centre-crops.
+    header at setup and skips the unreadable ones; workers decode (``num_workers``; None: one per core, at most 4,
+    :func:`default_num_workers`). ``augment`` is the list of training transforms (configs/augment/); evaluation only
+    resizes and centre-crops.
     """
 
     name = "image_files"
 
-    def __init__(self, verify_files: bool = True, num_workers: int = 4, **kwargs: Any) -> None:
-        super().__init__(num_workers=num_workers, **kwargs)
+    def __init__(self, verify_files: bool = True, num_workers: int | None = None, **kwargs: Any) -> None:
+        super().__init__(num_workers=default_num_workers() if num_workers is None else num_workers, **kwargs)
         image_mode(self.channels)
         self.verify_files = verify_files
 

@@ -16,6 +16,8 @@ import numpy as np
 import torch
 from sklearn.metrics import adjusted_mutual_info_score, normalized_mutual_info_score
 
+from simlearn.evaluation.neighbours import _faiss_installed, _import_faiss
+
 log = logging.getLogger(__name__)
 
 #: PML's AccuracyCalculator runs ``faiss.Kmeans(niter=20)`` (faiss's own default is 25) with faiss's default seed;
@@ -26,14 +28,18 @@ KMEANS_SEED = 1234
 
 def kmeans_labels(x: np.ndarray, k: int) -> np.ndarray:
     """The k-means cluster id of every row of ``x`` (float32, C order)."""
-    try:
-        import faiss
-    except ImportError:
+    if not _faiss_installed():
         from sklearn.cluster import KMeans
 
         model = KMeans(n_clusters=k, n_init=1, max_iter=KMEANS_ITERATIONS, random_state=KMEANS_SEED)
         return model.fit_predict(x)
-    kmeans = faiss.Kmeans(x.shape[1], k, niter=KMEANS_ITERATIONS, seed=KMEANS_SEED, verbose=False)
+    faiss = _import_faiss()  # simlearn's one import of faiss: without the loader's lines that read as errors
+    # min_points_per_centroid only decides when faiss prints "WARNING clustering 24 points to 4 centroids: please
+    # provide at least 156 training points" (it subsamples by max_points_per_centroid, left at PML's default): on a
+    # small test split k = its number of classes is fixed, so the user cannot act on it, and the values are the same
+    kmeans = faiss.Kmeans(
+        x.shape[1], k, niter=KMEANS_ITERATIONS, seed=KMEANS_SEED, verbose=False, min_points_per_centroid=1
+    )
     kmeans.train(x)
     _, assigned = kmeans.index.search(x, 1)
     return assigned[:, 0]

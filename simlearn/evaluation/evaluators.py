@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 from torch import Tensor
 
@@ -75,10 +76,19 @@ class RetrievalEvaluator:
         return per_class_metrics(*queries, *gallery, chunk_size=self.chunk_size, backend=self.backend)
 
     @staticmethod
-    def protocol(fields: Mapping[str, Tensor]) -> str:
+    def protocol(fields: Mapping[str, Any]) -> str:
         """``query-gallery`` when the items are marked as queries and gallery items, else ``leave-one-out``."""
         role = fields.get(GALLERY_FIELD)
         return "query-gallery" if role is not None and bool((role >= 0).any()) else "leave-one-out"
+
+    @classmethod
+    def roles(cls, fields: Mapping[str, Any]) -> tuple[Any, Any] | None:
+        """Boolean masks (of the field's type: tensors or arrays) of the queries and of the gallery items, or None
+        for leave-one-out (every item a query against all the others): what the metrics search, and the plots."""
+        if cls.protocol(fields) == "leave-one-out":
+            return None
+        role = fields[GALLERY_FIELD]
+        return role == 0, role == 1
 
     def _protocol(self, embeddings: Tensor, fields: Mapping[str, Tensor]) -> tuple[tuple, tuple]:
         """((query embeddings, labels), (gallery embeddings, labels) or (None, None) for leave-one-out)."""
@@ -87,8 +97,8 @@ class RetrievalEvaluator:
                 f"evaluation.label_field={self.label_field!r} is not a field of the data; valid: {sorted(fields)}."
             )
         labels = fields[self.label_field]
-        if self.protocol(fields) == "leave-one-out":
+        roles = self.roles(fields)
+        if roles is None:
             return (embeddings, labels), (None, None)
-        role = fields[GALLERY_FIELD]
-        query, gallery = role == 0, role == 1
+        query, gallery = roles
         return (embeddings[query], labels[query]), (embeddings[gallery], labels[gallery])

@@ -14,6 +14,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
+from simlearn.console import is_count
 from simlearn.models import EmbeddingModule
 from simlearn.reports.similarity import class_similarity
 
@@ -54,10 +55,16 @@ def write_evaluation(
 
 
 def write_metrics(output_dir: str | Path, metrics: Mapping[str, float | str]) -> Path:
-    """``metrics.json``: the flat metric dict (``val/…``, ``test/…``), sorted by key; numbers as floats, the few
-    descriptions (``test/protocol``) as text."""
+    """``metrics.json``: the flat metric dict (``val/…``, ``test/…``), sorted by key; counts (``num_…``,
+    ``train/epochs``: :func:`~simlearn.console.is_count`) as integers, other numbers as floats, the few descriptions
+    (``test/protocol``) as text."""
     path = Path(output_dir) / "metrics.json"
-    values = {key: metrics[key] if isinstance(metrics[key], str) else float(metrics[key]) for key in sorted(metrics)}
+
+    def value(key: str) -> float | int | str:
+        number = metrics[key]
+        return number if isinstance(number, str) else round(float(number)) if is_count(key) else float(number)
+
+    values = {key: value(key) for key in sorted(metrics)}
     path.write_text(json.dumps(values, indent=2) + "\n")
     return path
 

@@ -21,13 +21,21 @@ from matplotlib.figure import Figure
 from simlearn.data.base import EmbeddingDataModule, SplitDataset
 from simlearn.data.images import thumbnail
 from simlearn.errors import UserError
+from simlearn.evaluation.evaluators import RetrievalEvaluator
 from simlearn.evaluation.neighbours import top_k
 from simlearn.evaluation.vectors import angle_deg, unit_rows
 from simlearn.reports.similarity import class_similarity
 
 log = logging.getLogger(__name__)
 
-__all__ = ["GridTile", "PlotsReport", "save_embedding_scatter", "save_retrieval_grid"]
+__all__ = [
+    "GridTile",
+    "PlotsReport",
+    "distinct_queries",
+    "save_embedding_scatter",
+    "save_retrieval_grid",
+    "similarity_captions",
+]
 
 HIT_COLOR = "#1a9850"
 MISS_COLOR = "#d73027"
@@ -41,6 +49,59 @@ class GridTile:
     image: np.ndarray | None
     caption: str
     hit: bool | None = None
+
+
+def _decimals_apart(values: Sequence[float], least: int, most: int) -> int:
+    """The fewest decimals, at least ``least``, at which the values that differ at ``most`` decimals print apart."""
+    distinct = {f"{v:.{most}f}": v for v in values}  # one value per printed value at the most decimals
+    for decimals in range(least, most):
+        if len({f"{v:.{decimals}f}" for v in distinct.values()}) == len(distinct):
+            return decimals
+    return most
+
+
+def similarity_captions(cosines: Sequence[float]) -> list[str]:
+    """The similarity line of each result tile of one query, ``cos 0.87 · 30°``: with as many decimals as it takes to
+    tell results of different similarity apart (at least 2 for the cosine, at most 6; 0 to 3 for the angle), so that
+    five near-duplicates read ``cos 0.9998 · 1.1°``, ``cos 0.9995 · 1.8°``, … and not five times ``cos 1.00 · 1°``."""
+    cosines = [float(c) for c in cosines]
+    angles = [angle_deg(c) for c in cosines]
+    cos_decimals, angle_decimals = _decimals_apart(cosines, 2, 6), _decimals_apart(angles, 0, 3)
+    return [f"cos {c:.{cos_decimals}f} · {a:.{angle_decimals}f}°" for c, a in zip(cosines, angles, strict=True)]
+
+
+def distinct_queries(
+    ranked: Sequence[int],
+    items: np.ndarray,
+    neighbours: np.ndarray,
+    labels: np.ndarray,
+    count: int,
+    shown: Sequence[int] = (),
+) -> list[int]:
+    """Up to ``count`` queries to show, taken from ``ranked`` (query rows, best first), each showing something the
+    others do not: none is among another shown query's results or has one among its own (two near-identical images,
+    each other's nearest neighbour, filled two rows of a grid with the same pictures), and each is of a class not
+    shown yet, while ``ranked`` has such queries, then of any class.
+
+    Row ``r`` is the query item ``items[r]``, of class ``labels[r]``, with the result items ``neighbours[r]``;
+    ``shown``: rows already on the grid (the best ones, when choosing the worst), never chosen again nor related to.
+    """
+    results = [set(row.tolist()) for row in np.asarray(neighbours)]
+    chosen: list[int] = []
+
+    def related(r: int, s: int) -> bool:
+        return r == s or int(items[r]) in results[s] or int(items[s]) in results[r]
+
+    for new_classes_only in (True, False):
+        for r in (int(r) for r in ranked):
+            if len(chosen) >= count:
+                return chosen
+            if any(related(r, s) for s in [*shown, *chosen]):
+                continue
+            if new_classes_only and any(labels[s] == labels[r] for s in chosen):
+                continue
+            chosen.append(r)
+    return chosen
 
 
 def _tile_pixels(image: np.ndarray | None, size: int) -> np.ndarray:
@@ -291,30 +352,39 @@ class PlotsReport:
         return True
 
     def _grid(self, path: Path, result: Any, labels: np.ndarray, class_names: list[str], images: SplitImages) -> Path:
-        cos, neighbours = top_k(result.embeddings, result.embeddings, self.k, exclude_self=True)
-        hits = labels[neighbours] == labels[:, None]
+        # the protocol of the test metrics: queries against the gallery where the data marks them, else every item
+        # against all the others
+        roles = RetrievalEvaluator.roles(result.fields)
+        every = np.arange(len(labels))
+        queries, gallery = (every, every) if roles is None else (np.flatnonzero(roles[0]), np.flatnonzero(roles[1]))
+        if len(queries) == 0 or len(gallery) == 0:
+            raise UserError(f"the test split has {len(queries)} queries and {len(gallery)} gallery items.")
+        embeddings = np.asarray(result.embeddings)
+        cos, columns = top_k(embeddings[queries], embeddings[gallery], self.k, exclude_self=roles is None)
+        neighbours = gallery[columns]  # items of the split, as the queries
+        hits = labels[neighbours] == labels[queries][:, None]
         precision = hits.mean(axis=1)
         confidence = cos[:, 0]
-        best = np.lexsort((-confidence, -precision))[: self.best]
-        worst = [i for i in np.lexsort((-confidence, precision)) if i not in set(best.tolist())][: self.worst]
+        best = distinct_queries(np.lexsort((-confidence, -precision)), queries, neighbours, labels[queries], self.best)
+        worst = distinct_queries(
+            np.lexsort((-confidence, precision)), queries, neighbours, labels[queries], self.worst, shown=best
+        )
 
         def name(label: int) -> str:
             return class_names[int(label)] if 0 <= int(label) < len(class_names) else str(int(label))
 
         rows = []
-        for kind, queries in (("worst", worst), ("best", best)):
-            for q in queries:
-                row = [
-                    GridTile(
-                        images(result.index[q]),
-                        f"{kind} query\n{name(labels[q])} · P@{self.k} {precision[q]:.1f}",
-                    )
-                ]
-                for rank, (n, c) in enumerate(zip(neighbours[q], cos[q], strict=True), start=1):
-                    caption = f"#{rank} {name(labels[n])}\ncos {c:.2f} · {angle_deg(c):.0f}°"
-                    row.append(GridTile(images(result.index[n]), caption, bool(labels[n] == labels[q])))
+        k = columns.shape[1]
+        for kind, shown in (("worst", worst), ("best", best)):
+            for r in shown:
+                q = queries[r]
+                row = [GridTile(images(result.index[q]), f"{kind} query\n{name(labels[q])} · P@{k} {precision[r]:.1f}")]
+                captions = similarity_captions(cos[r])
+                for rank, (n, caption) in enumerate(zip(neighbours[r], captions, strict=True), start=1):
+                    hit = bool(labels[n] == labels[q])
+                    row.append(GridTile(images(result.index[n]), f"#{rank} {name(labels[n])}\n{caption}", hit))
                 rows.append(row)
-        return save_retrieval_grid(path, rows, title=f"Worst and best test queries and their top {self.k}")
+        return save_retrieval_grid(path, rows, title=f"Worst and best test queries and their top {k}")
 
 
 def _is_wandb(logger: Any) -> bool:
