@@ -45,6 +45,28 @@ def print_metrics(metrics: Mapping[str, float], title: str) -> None:
     console.print(table)
 
 
+def _is_console_handler(handler: logging.Handler) -> bool:
+    """Lightning's console handlers are plain StreamHandlers; never a file handler (a subclass) nor Hydra's."""
+    return type(handler) is logging.StreamHandler
+
+
+def _refuse_console_handlers(logger: logging.Logger) -> None:
+    """Make ``logger`` ignore console handlers added to it while the root logger has handlers: ``import lightning``
+    adds one to the ``lightning`` logger unconditionally (its ``lightning.pytorch`` and ``lightning.fabric`` ones
+    only when the root has none), and the logger exists before that import, so the refusal holds for it."""
+    if getattr(logger.addHandler, "_simlearn_refuses_console", False):
+        return
+    add = logger.addHandler
+
+    def add_handler(handler: logging.Handler) -> None:
+        if _is_console_handler(handler) and logging.getLogger().handlers:
+            return
+        add(handler)
+
+    add_handler._simlearn_refuses_console = True  # type: ignore[attr-defined]
+    logger.addHandler = add_handler  # type: ignore[method-assign]
+
+
 class _DropLightningTips(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         return not str(record.msg).startswith(LIGHTNING_TIP)
@@ -65,15 +87,18 @@ def quiet_console() -> None:
       is deprecated): nothing in simlearn calls it and the user cannot act on it; Lightning has to move.
 
     Only these are filtered, by logger and message: every other warning is shown as before. Safe to call again.
-    """
-    import lightning  # noqa: F401 (its import adds the handlers dropped below)
 
+    Lightning is not imported here: a command that stops with a one-line error before it needs Lightning answers in
+    a second, not after 5-15 s of imports. When Lightning is imported later its console handlers are refused as
+    they are added (:func:`_refuse_console_handlers`).
+    """
     if logging.getLogger().handlers:
         for name in LIGHTNING_LOGGERS:
             logger = logging.getLogger(name)
             for handler in logger.handlers[:]:
-                if type(handler) is logging.StreamHandler:  # Lightning's console handlers; never a file handler
+                if _is_console_handler(handler):
                     logger.removeHandler(handler)
+            _refuse_console_handlers(logger)
             logger.propagate = True
     rank_zero = logging.getLogger("lightning.pytorch.utilities.rank_zero")
     if not any(isinstance(f, _DropLightningTips) for f in rank_zero.filters):
