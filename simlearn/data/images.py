@@ -2,25 +2,40 @@
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 from torch import nn
 
-from simlearn.data.image_files import IMAGE_EXTENSIONS, image_transform, read_image
+from simlearn.data.image_files import IMAGE_EXTENSIONS, image_mode, image_transform
 
 log = logging.getLogger(__name__)
 
-__all__ = ["EmbeddedFiles", "ImageLoader", "embed_files", "find_images", "folder_label", "thumbnail"]
+__all__ = [
+    "EmbeddedFiles",
+    "ImageLoader",
+    "decode_reduced",
+    "embed_files",
+    "find_images",
+    "folder_label",
+    "release_memory",
+    "thumbnail",
+]
 
 #: Errors PIL raises for a file that is not a (complete) image.
 DECODE_ERRORS = (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError)
+#: Modes that :meth:`PIL.Image.Image.reduce` averages directly (a palette or 1-bit image is converted first).
+_REDUCIBLE_MODES = frozenset({"L", "LA", "RGB", "RGBA", "RGBX", "CMYK", "I", "F", "I;16"})
+#: An image decoded at more pixels than this is followed by :func:`release_memory`: its buffers are tens of MB.
+LARGE_DECODE_PIXELS = 4_000_000
 
 
 def is_image_name(path: Path) -> bool:
@@ -54,9 +69,57 @@ class ImageLoader:
             self.image_size, self.channels, list(preprocessing["mean"]), list(preprocessing["std"])
         )
 
-    def __call__(self, path: str | Path) -> torch.Tensor:
+    def __call__(self, path: str | Path | IO[bytes]) -> torch.Tensor:
         """The model input for one file; raises a decoding error (see ``DECODE_ERRORS``) when it is no image."""
-        return self.transform(read_image(path, self.channels, 2 * self.image_size))
+        image, decoded = decode_reduced(path, self.channels, 2 * self.image_size)
+        tensor = self.transform(image)
+        del image
+        if decoded > LARGE_DECODE_PIXELS:
+            release_memory()
+        return tensor
+
+
+def decode_reduced(source: str | Path | IO[bytes], channels: int, min_side: int) -> tuple[Image.Image, int]:
+    """Decode an image as RGB (``channels=3``) or grey (1), already shrunk by a whole factor as long as its shorter
+    side keeps at least ``min_side`` pixels; also the number of pixels that were decoded.
+
+    A large image is never turned into a float tensor at full size (4 bytes × channels per pixel, then resized):
+    JPEGs are decoded at 1/2 … 1/8 scale (PIL's draft mode), other formats are decoded once and box-averaged in
+    uint8 (:meth:`~PIL.Image.Image.reduce`) before the conversion to the model's mode, so that a 7000 × 7000 PNG costs
+    its decoded size (≈ 150 MB) once rather than a gigabyte. The antialiased resize to the model's size follows on
+    the small image, as before (a whole-factor box average first changes the result only by rounding)."""
+    mode = image_mode(channels)
+    with Image.open(source) as image:
+        image.draft(mode, (min_side, min_side))  # JPEG only: a no-op for other formats
+        image.load()
+        decoded = image.width * image.height
+        factor = min(image.size) // max(1, min_side)
+        if factor >= 2:
+            reducible = image if image.mode in _REDUCIBLE_MODES else image.convert(mode)
+            reduced = reducible.reduce(factor)
+            del reducible
+            return reduced.convert(mode), decoded
+        return image.convert(mode), decoded
+
+
+def _malloc_trim() -> Any:
+    name = ctypes.util.find_library("c")
+    try:
+        return ctypes.CDLL(name).malloc_trim if name else None
+    except (OSError, AttributeError):  # not glibc (musl, macOS): nothing to call, the allocator decides
+        return None
+
+
+_TRIM = _malloc_trim()
+
+
+def release_memory() -> None:
+    """Hand the C heap's free memory back to the system (glibc's ``malloc_trim``; nothing elsewhere).
+
+    The buffers of a large decoded image are freed to glibc's arenas, which keep them: after a burst of large
+    uploads the service would otherwise stay gigabytes larger than it needs to be."""
+    if _TRIM is not None:
+        _TRIM(0)
 
 
 @dataclass
