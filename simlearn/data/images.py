@@ -22,7 +22,7 @@ log = logging.getLogger(__name__)
 __all__ = [
     "EmbeddedFiles",
     "ImageLoader",
-    "decode_reduced",
+    "decode_image",
     "embed_files",
     "find_images",
     "folder_label",
@@ -32,8 +32,6 @@ __all__ = [
 
 #: Errors PIL raises for a file that is not a (complete) image.
 DECODE_ERRORS = (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError)
-#: Modes that :meth:`PIL.Image.Image.reduce` averages directly (a palette or 1-bit image is converted first).
-_REDUCIBLE_MODES = frozenset({"L", "LA", "RGB", "RGBA", "RGBX", "CMYK", "I", "F", "I;16"})
 #: An image decoded at more pixels than this is followed by :func:`release_memory`: its buffers are tens of MB.
 LARGE_DECODE_PIXELS = 4_000_000
 
@@ -71,7 +69,7 @@ class ImageLoader:
 
     def __call__(self, path: str | Path | IO[bytes]) -> torch.Tensor:
         """The model input for one file; raises a decoding error (see ``DECODE_ERRORS``) when it is no image."""
-        image, decoded = decode_reduced(path, self.channels, 2 * self.image_size)
+        image, decoded = decode_image(path, self.channels, self.image_size)
         tensor = self.transform(image)
         del image
         if decoded > LARGE_DECODE_PIXELS:
@@ -79,27 +77,30 @@ class ImageLoader:
         return tensor
 
 
-def decode_reduced(source: str | Path | IO[bytes], channels: int, min_side: int) -> tuple[Image.Image, int]:
-    """Decode an image as RGB (``channels=3``) or grey (1), already shrunk by a whole factor as long as its shorter
-    side keeps at least ``min_side`` pixels; also the number of pixels that were decoded.
+def decode_image(source: str | Path | IO[bytes], channels: int, image_size: int) -> tuple[Image.Image, int]:
+    """Decode an image as RGB (``channels=3``) or grey (1), already resized to the model's input size when it is
+    larger (its shorter side to ``image_size``, as the transform's resize would), and the number of pixels decoded.
 
-    A large image is never turned into a float tensor at full size (4 bytes × channels per pixel, then resized):
-    JPEGs are decoded at 1/2 … 1/8 scale (PIL's draft mode), other formats are decoded once and box-averaged in
-    uint8 (:meth:`~PIL.Image.Image.reduce`) before the conversion to the model's mode, so that a 7000 × 7000 PNG costs
-    its decoded size (≈ 150 MB) once rather than a gigabyte. The antialiased resize to the model's size follows on
-    the small image, as before (a whole-factor box average first changes the result only by rounding)."""
+    A large image is never turned into a float tensor at full size (4 bytes × channels per pixel, resized from there:
+    a gigabyte for a 7000 × 7000 upload): JPEGs are decoded at 1/2 … 1/8 scale where that leaves twice the size
+    (PIL's draft mode), and every format is resized in uint8 by Pillow's antialiased bilinear filter, whose passes
+    need memory of the order of the output only. The result is the old float path's to within uint8 rounding (0.006
+    after normalisation here); images smaller than the model's size are left to the transform, as before."""
     mode = image_mode(channels)
     with Image.open(source) as image:
-        image.draft(mode, (min_side, min_side))  # JPEG only: a no-op for other formats
+        image.draft(mode, (2 * image_size, 2 * image_size))  # JPEG only: a no-op for other formats
         image.load()
         decoded = image.width * image.height
-        factor = min(image.size) // max(1, min_side)
-        if factor >= 2:
-            reducible = image if image.mode in _REDUCIBLE_MODES else image.convert(mode)
-            reduced = reducible.reduce(factor)
-            del reducible
-            return reduced.convert(mode), decoded
-        return image.convert(mode), decoded
+        # palette, 1-bit, CMYK, 16-bit …: converted first (Pillow resizes "P" and "1" nearest-neighbour only)
+        converted = image if image.mode == mode else image.convert(mode)
+        width, height = converted.size
+        short, long = min(width, height), max(width, height)
+        if short <= image_size:  # the file's own image is closed on leaving: a copy of it
+            return (converted.copy() if converted is image else converted), decoded
+        # torchvision's Resize(image_size): the shorter side to image_size, the longer one scaled and truncated
+        other = int(image_size * long / short)
+        size = (image_size, other) if width <= height else (other, image_size)
+        return converted.resize(size, Image.Resampling.BILINEAR), decoded
 
 
 def _malloc_trim() -> Any:
