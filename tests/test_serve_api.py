@@ -344,9 +344,12 @@ def test_items_of_in_memory_data_are_pngs_of_their_pixels(split_service, split_c
         assert 400 <= split_client.get(target).status_code < 500
 
 
-def test_a_split_gallery_is_embedded_once_per_checkpoint_and_split(trained_run, split_service, tmp_path, monkeypatch):
-    """The second start reads the cache (no embedding, the same gallery and images); another split or a rewritten
-    checkpoint is embedded anew; cache=false writes nothing; run_dir=RUN serves the run's best checkpoint."""
+def test_a_split_gallery_is_embedded_once_per_checkpoint_split_and_data(
+    trained_run, split_service, tmp_path, monkeypatch
+):
+    """The second start reads the cache (no embedding, the same gallery and images); another split, a rewritten
+    checkpoint or changed data is embedded anew; cache=false writes nothing; run_dir=RUN serves the run's best
+    checkpoint."""
     ckpt = tmp_path / "model.ckpt"
     ckpt.write_bytes((trained_run / "checkpoints" / "last.ckpt").read_bytes())
     cache = tmp_path / "cache"
@@ -370,6 +373,26 @@ def test_a_split_gallery_is_embedded_once_per_checkpoint_and_split(trained_run, 
     os.utime(ckpt, ns=(time.time_ns(), time.time_ns() + 10**9))  # the checkpoint rewritten: its cache is stale
     open_service(serve_config(ckpt, "split:test", cache))
     assert embedded == ["test", "val", "test"]
+    # the data changed under the same checkpoint (the digits' pixels, here): the cache is stale, the new pixels are
+    # embedded and shown; the same data again reads the cache
+    import simlearn.data.digits as digits_module
+
+    real_digits = digits_module.load_digits
+
+    def inverted():
+        bunch = real_digits()
+        bunch.images = 16.0 - bunch.images
+        bunch.data = 16.0 - bunch.data
+        return bunch
+
+    monkeypatch.setattr(digits_module, "load_digits", inverted)
+    changed = open_service(serve_config(ckpt, "split:test", cache))
+    assert embedded == ["test", "val", "test", "test"]
+    assert not np.allclose(changed.gallery.embeddings, first.gallery.embeddings, atol=1e-3)
+    assert changed.item_image(7) != first.item_image(7)
+    open_service(serve_config(ckpt, "split:test", cache))
+    assert embedded == ["test", "val", "test", "test"]
+    monkeypatch.setattr(digits_module, "load_digits", real_digits)
     uncached = open_service(serve_config(ckpt, None, tmp_path / "none", "cache=false"))
     assert not (tmp_path / "none").exists() and uncached.item_image(7) == first.item_image(7)
     np.testing.assert_array_equal(uncached.gallery.embeddings, first.gallery.embeddings)
@@ -380,6 +403,33 @@ def test_a_split_gallery_is_embedded_once_per_checkpoint_and_split(trained_run, 
     (tmp_path / "run" / "checkpoints" / "last.ckpt").write_bytes(b"")
     assert checkpoint_path(None, str(tmp_path / "run")) == tmp_path / "run" / "checkpoints" / "last.ckpt"
     assert checkpoint_path(ckpt, None) == ckpt
+
+
+def test_a_split_of_files_is_keyed_by_its_files_as_the_folder_cache(gallery_dir):
+    """For data read from files, the split's key holds each file's name, size and modification time (the folder
+    cache's simlearn.search.file_stats): a file rewritten changes it, the same files give the same key."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from simlearn.data.image_files import ImageFileDataset
+
+    files = sorted(gallery_dir.rglob("*.png"))[:6]
+    copies = []
+    for n, path in enumerate(files):
+        copies.append(gallery_dir.parent / "split_files" / f"{n}.png")
+        copies[-1].parent.mkdir(exist_ok=True)
+        copies[-1].write_bytes(path.read_bytes())
+    fields = {"label": torch.arange(6) % 2}
+    dataset = ImageFileDataset([str(p) for p in copies], fields, torch.arange(1, 5), transform=None, channels=1)
+    datamodule = SimpleNamespace(datasets={"test": dataset}, label_names=["a", "b"])
+    key = split_module._data_key(datamodule, "test")
+    assert split_module._data_key(datamodule, "test") == key
+    copies[2].write_bytes(files[5].read_bytes() + b"\0")  # a file of the split rewritten
+    assert split_module._data_key(datamodule, "test") != key
+    key = split_module._data_key(datamodule, "test")
+    copies[0].write_bytes(b"changed")  # not in the split (indices 1 … 4)
+    assert split_module._data_key(datamodule, "test") == key
 
 
 def test_bad_splits_and_models_are_refused_in_one_line(trained_run, tmp_path):
