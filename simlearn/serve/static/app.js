@@ -7,7 +7,8 @@ const TOKEN_KEY = "simlearn-serve-token";
 const PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
   "#bcbd22", "#17becf"];
 const MAX_CACHED_IMAGES = 2000;
-// a result's name is shortened to this many characters, in the middle: the end (…_0017.png) tells files apart
+// a result's name too long for its card is cut in the middle (the end, …_0017.png, tells files apart); to this many
+// characters where its width is unknown
 const MAX_NAME_CHARS = 22;
 
 const state = {
@@ -30,12 +31,33 @@ function setStatus(text, isError = false) {
   status.classList.toggle("error", isError);
 }
 
-// "a-very-long-file-name_0017.png" -> "a-very-lon…_0017.png": the start and the end, which tell files apart
-function middleEllipsis(text, max = MAX_NAME_CHARS) {
+// "a-very-long-file-name_0017.png" -> "a-very-lo…_0017.png": the start and the end, which tell files apart
+function cutMiddle(chars, keep) {
+  if (chars.length <= keep) return chars.join("");
+  const tail = Math.ceil(keep / 2);
+  return chars.slice(0, keep - tail).join("") + "…" + chars.slice(chars.length - tail).join("");
+}
+
+// the name in its element, cut in the middle to the most characters that fit its width
+function fitName(element, text) {
   const chars = [...String(text)];
-  if (chars.length <= max) return chars.join("");
-  const tail = Math.ceil((max - 1) / 2);
-  return chars.slice(0, max - 1 - tail).join("") + "…" + chars.slice(chars.length - tail).join("");
+  element.textContent = chars.join("");
+  if (!element.clientWidth) { // not laid out (hidden): a fixed length
+    element.textContent = cutMiddle(chars, MAX_NAME_CHARS);
+    return;
+  }
+  if (element.scrollWidth <= element.clientWidth) return;
+  let fits = 1, tooMany = chars.length; // characters kept besides the "…"
+  while (tooMany - fits > 1) {
+    const keep = Math.floor((fits + tooMany) / 2);
+    element.textContent = cutMiddle(chars, keep);
+    if (element.scrollWidth <= element.clientWidth) fits = keep; else tooMany = keep;
+  }
+  element.textContent = cutMiddle(chars, fits);
+}
+
+function fitNames() {
+  for (const name of document.querySelectorAll("#results .card .name")) fitName(name, name.title);
 }
 
 class ApiError extends Error {}
@@ -211,7 +233,6 @@ function showResults(answer) {
     rank.textContent = `#${item.rank}` + (item.label !== null ? ` · ${item.label}` : "");
     const name = document.createElement("span");
     name.className = "name";
-    name.textContent = middleEllipsis(item.name);
     name.title = item.name;
     const score = document.createElement("span");
     score.className = "score";
@@ -219,6 +240,7 @@ function showResults(answer) {
     card.append(imageElement(item.id, `item ${item.id}`), rank, name, score);
     card.addEventListener("click", () => searchItem(item.id));
     grid.append(card);
+    fitName(name, item.name); // once in the page: its width is known
   }
   $("frame-legend").hidden = !framed;
   $("results-title").textContent = `Top ${answer.results.length} (cosine similarity · angle)`;
@@ -393,7 +415,10 @@ function setUp() {
     const m = state.map;
     canvas.title = i < 0 ? "" : `item ${m.ids[i]}` + (m.labels && m.labels[i] >= 0 ? ` · ${m.classes[m.labels[i]]}` : "");
   });
-  window.addEventListener("resize", () => { if (state.map) { layoutMap(); drawMap(); } });
+  window.addEventListener("resize", () => {
+    fitNames();
+    if (state.map) { layoutMap(); drawMap(); }
+  });
   load();
 }
 
