@@ -610,6 +610,8 @@ def test_messages_name_what_the_client_sent(client, service):
     assert "smaller image" in detail
     detail = one_line_error(client.post("/search", files={"image": ("x.png", b"not an image", "image/png")}), 415)
     assert not re.search(r"[A-Z][a-z]+(Error|Exception)", detail), detail
+    detail = one_line_error(client.post("/search", data={"id": "3"}, files={"k": ("k.txt", b"5", "text/plain")}), 400)
+    assert "got a file" in detail, detail
 
 
 def test_a_full_decode_queue_is_answered_503_before_the_body_is_read(service, queries_dir):

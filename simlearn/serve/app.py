@@ -384,6 +384,7 @@ def _error_handlers(app: FastAPI) -> None:
     async def unexpected(request: Request, error: Exception) -> JSONResponse:
         log.exception("error while answering %s %s", request.method, request.url.path)
         return JSONResponse(
-            {"detail": f"internal error ({type(error).__name__}); the service logged it and keeps serving."},
+            # the exception's name is for the log, not for the client (the page shows this line as it is)
+            {"detail": "internal error while answering this request; the service logged it and keeps serving."},
             status_code=500,
         )

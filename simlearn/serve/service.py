@@ -87,10 +87,12 @@ def _shown(value: Any, limit: int) -> str:
     if isinstance(value, str):
         text = value.strip()
         return repr(text if len(text) <= limit else text[:limit] + "…")
+    if hasattr(value, "filename") and hasattr(value, "read"):  # a form field sent as a file
+        return "a file"
     try:
         text = json.dumps(value)
     except (TypeError, ValueError, RecursionError):  # RecursionError: arrays nested hundreds deep
-        text = type(value).__name__
+        text = "a value nested too deeply" if isinstance(value, list | dict) else "a value that is not JSON"
     return text if len(text) <= limit else text[:limit] + "…"
 
 
