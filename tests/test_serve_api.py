@@ -614,7 +614,7 @@ def test_messages_name_what_the_client_sent(client, service):
     assert "got a file" in detail, detail
 
 
-def test_a_full_decode_queue_is_answered_503_before_the_body_is_read(service, queries_dir):
+def test_a_full_decode_queue_is_answered_503(service, queries_dir):
     """max_decodes + max_waiting_uploads uploads in progress: one more is 503 with one line and Retry-After; id
     searches are not queued; once a place is free, uploads are searched again."""
     busy = SearchService(

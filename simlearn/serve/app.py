@@ -228,7 +228,7 @@ def create_app(service: SearchService, auth_token: str | None = None) -> FastAPI
             raise BadRequest("give either an image or an id to search with, not both.")
         if isinstance(image, UploadFile):
             try:
-                with service.upload_slot():  # 503 when the decodes and their queue are full, before reading it
+                with service.upload_slot():  # 503 when decodes and queue are full, before reading it in
                     data = await image.read(service.limits.max_upload_bytes + 1)
                     if len(data) > service.limits.max_upload_bytes:
                         raise TooLarge(service.too_large_message(len(data)))

@@ -108,9 +108,9 @@ class ServiceLimits:
     max_image_megapixels: float = 50.0
     map_max_points: int = 20000
     #: uploads decoded at the same time: decoding holds the whole image in memory (a 50-megapixel RGB image is
-    #: 150 MB), so this bounds the memory that uploads can take
+    #: 200 MB in Pillow, 4 bytes a pixel), so this bounds the memory that uploads can take
     max_decodes: int = 2
-    #: uploads that may wait for a decode; one more is refused (HTTP 503) before its body is read
+    #: uploads that may wait for a decode; one more is refused (HTTP 503) before its file is read into memory
     max_waiting_uploads: int = 8
 
     @property
@@ -232,8 +232,9 @@ class SearchService:
     @contextmanager
     def upload_slot(self) -> Iterator[None]:
         """A place among the uploads being decoded or waiting for it, held for the whole upload, or :class:`Busy`
-        when they are all taken (``max_decodes`` + ``max_waiting_uploads``): entered before the body is read, so
-        that a burst of uploads costs neither their bodies' memory nor a queue without end."""
+        when they are all taken (``max_decodes`` + ``max_waiting_uploads``): entered before the uploaded file is
+        read into memory (the form parser keeps at most 1 MB of it in memory, the rest in a temporary file), so that
+        a burst of uploads costs neither their files' memory nor a queue without end."""
         capacity = self.limits.max_decodes + self.limits.max_waiting_uploads
         with self._admission:
             if self._admitted >= capacity:
