@@ -986,8 +986,9 @@ def test_the_command_serves_and_stops_cleanly_on_sigterm(trained_run, split_serv
 
 
 #: Bounds of the server's memory above its idle size, for 16 concurrent uploads of a 7000 × 7000 RGB PNG: measured
-#: here (2-core Xeon, tests/test_serve_api.py's digits model) +442 MB at the peak and +91 MB after, with the decodes
-#: bounded (max_decodes=2) and resized as they are decoded; without that +2592 MB and +721 MB.
+#: here (2-core Xeon, this file's digits model) +442 MB at the peak and +91 MB after, with the decodes bounded
+#: (max_decodes=2), resized as they are decoded and the heap trimmed; without any of that +2592 MB and +721 MB, without
+#: the trim alone +1597 MB and +1551 MB.
 PEAK_MB, AFTER_MB = 1000, 300
 
 
