@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import shutil
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -54,7 +55,7 @@ from simlearn.reports.plots import GridTile, save_retrieval_grid, similarity_cap
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Gallery", "Queries", "load_gallery", "load_queries", "run_search", "search"]
+__all__ = ["Gallery", "Queries", "file_stats", "load_gallery", "load_queries", "run_search", "search"]
 
 #: Bumped when the cache file layout changes, so that old caches are rebuilt rather than misread.
 CACHE_VERSION = 1
@@ -107,6 +108,21 @@ class Queries:
     embeddings: np.ndarray
     labels: list[str | None]
     skipped: list[tuple[Path, str]] = field(default_factory=list)
+
+
+def file_stats(files: Sequence[Path], root: Path | None = None) -> list[tuple[str, int, int]]:
+    """What a cache of embedded files is keyed by (with the model): each file's name (relative to ``root``), size and
+    modification time, so that a file changed, added, removed or renamed makes the cache stale; a file that is gone
+    counts as size and time -1."""
+    stats = []
+    for path in files:
+        try:
+            stat = Path(path).stat()
+            size, mtime = stat.st_size, stat.st_mtime_ns
+        except OSError:
+            size, mtime = -1, -1
+        stats.append((str(Path(path).relative_to(root)) if root is not None else str(path), size, mtime))
+    return stats
 
 
 def _fingerprint(*parts: Any) -> str:
@@ -307,7 +323,7 @@ def gallery_from_folder(folder: Path, loaded: LoadedEncoder, cfg: DictConfig, de
         key = _fingerprint(folder.resolve(), loaded.path.resolve())[:16]
         cache_file = Path(cfg.cache_dir) / f"gallery-{key}.npz"
         ckpt_stat = loaded.path.stat()
-        stats = [(str(p.relative_to(folder)), p.stat().st_size, p.stat().st_mtime_ns) for p in files]
+        stats = file_stats(files, folder)
         model_key = (CACHE_VERSION, ckpt_stat.st_size, ckpt_stat.st_mtime_ns, json.dumps(loaded.preprocessing))
         fingerprint = _fingerprint(*model_key, stats)
         cached = _read_cache(cache_file, fingerprint)

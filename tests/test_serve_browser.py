@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -15,6 +16,7 @@ import httpx
 import numpy as np
 import pytest
 
+from simlearn.search import Gallery
 from simlearn.serve import SearchService, ServiceLimits, create_app, open_service
 
 from .test_serve_api import TOKEN, live_server, serve_config, write_digit_gallery
@@ -214,3 +216,93 @@ def test_the_api_page_renders_without_network(browser, page_service):
         assert any(name.endswith("/openapi.json") for name in loaded)
         assert loaded and all(name.startswith(url + "/") for name in loaded), loaded
         assert [e for e in browser.get_log("browser") if e["level"] == "SEVERE"] == []
+
+
+def _top(driver, selector: str) -> float:
+    return driver.execute_script(f"return document.querySelector('{selector}').getBoundingClientRect().top")
+
+
+def _set_k(driver, text: str) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    box = driver.find_element(By.ID, "k")
+    box.send_keys(Keys.CONTROL, "a")
+    box.send_keys(Keys.BACKSPACE)
+    box.send_keys(*([text] if text else []), Keys.TAB)  # TAB: the change event, as a user leaving the box
+
+
+def test_a_bad_k_or_image_is_one_line_that_moves_nothing(browser, page_service, tmp_path):
+    """k empty, 0 or past max_k: one error line, no search, the box back to the k of the results shown (which stay);
+    a refused upload: a line that names no Python class; neither line moves the page (the status keeps its room,
+    also on a narrow window where the line wraps)."""
+    from selenium.webdriver.common.by import By
+
+    service, query = page_service
+    browser.set_window_size(800, 1000)
+    try:
+        with live_server(create_app(service)) as url:
+            browser.get(url + "/")
+            wait_for(browser, lambda d: "gallery items" in d.find_element(By.ID, "about").text, "the gallery info")
+            browser.find_element(By.ID, "file").send_keys(str(query))
+            wait_for(browser, lambda d: len(shown_ids(d)) == K, f"{K} results of the upload")
+            shown, top = shown_ids(browser), _top(browser, "main")
+            status = browser.find_element(By.ID, "status")
+            for typed, expected in (("", "k is empty"), ("0", "from 1 to"), (str(service.max_k() + 1), "from 1 to")):
+                _set_k(browser, typed)
+                wait_for(browser, lambda d, e=expected: e in status.text, f"the refusal of k={typed!r}")
+                assert "error" in status.get_attribute("class")
+                assert browser.find_element(By.ID, "k").get_attribute("value") == str(K), typed
+                assert shown_ids(browser) == shown and _top(browser, "main") == top, typed
+            _set_k(browser, "3")  # a valid k searches again
+            wait_for(browser, lambda d: len(shown_ids(d)) == 3, "3 results")
+            not_image = tmp_path / "notes.png"
+            not_image.write_text("not an image")
+            browser.find_element(By.ID, "file").send_keys(str(not_image))
+            wait_for(browser, lambda d: "not an image" in status.text, "the error line")
+            assert not re.search(r"[A-Z][a-z]+(Error|Exception)\b", status.text), status.text
+            assert browser.find_element(By.ID, "k").get_attribute("value") == "3"
+            assert _top(browser, "main") == top
+    finally:
+        browser.set_window_size(1360, 1000)
+
+
+def test_long_names_are_cut_in_the_middle(browser, page_service):
+    """A result's name too long for its card keeps its start and its end (what tells files apart), the whole name in
+    its tooltip."""
+    from selenium.webdriver.common.by import By
+
+    service, query = page_service
+    names = [f"holiday-photos-2026/camera-roll/IMG_{i:05d}.png" for i in range(service.size)]
+    gallery = Gallery(service.gallery.embeddings, service.gallery.labels, None, service.gallery.source, None, ids=names)
+    named = SearchService(
+        service.loaded, gallery, service.device, ServiceLimits(k=K), images=service.images, source="long names"
+    )
+    with live_server(create_app(named)) as url:
+        browser.get(url + "/")
+        wait_for(browser, lambda d: "gallery items" in d.find_element(By.ID, "about").text, "the gallery info")
+        browser.find_element(By.ID, "file").send_keys(str(query))
+        wait_for(browser, lambda d: len(shown_ids(d)) == K, f"{K} results")
+        for card in browser.find_elements(By.CSS_SELECTOR, "#results .card"):
+            name = card.find_element(By.CSS_SELECTOR, ".name")
+            full = names[int(card.get_attribute("data-id"))]
+            assert name.get_attribute("title") == full
+            start, _, end = name.text.partition("…")
+            number = full.rsplit("_", 1)[1]  # 00017.png: what tells these files apart
+            assert _ == "…" and full.startswith(start) and full.endswith(end) and end.endswith(number), name.text
+            assert len(start) >= 4, name.text
+            width = browser.execute_script("return [arguments[0].scrollWidth, arguments[0].clientWidth]", name)
+            assert width[0] <= width[1], (name.text, width)  # all of it is shown: nothing cut off at the end
+
+
+def test_the_api_page_has_an_authorize_button_with_a_token(browser, page_service):
+    """With a token, Swagger UI offers Authorize (the bearer scheme is declared), so "Try it out" can send it."""
+    from selenium.webdriver.common.by import By
+
+    service, _ = page_service
+    with live_server(create_app(service, auth_token=TOKEN)) as url:
+        browser.get(url + "/docs")
+        wait_for(browser, lambda d: len(d.find_elements(By.CSS_SELECTOR, ".opblock")) >= 6, "the API's operations")
+        assert browser.find_elements(By.CSS_SELECTOR, ".btn.authorize")
+        browser.find_element(By.CSS_SELECTOR, ".btn.authorize").click()
+        wait_for(browser, lambda d: d.find_elements(By.CSS_SELECTOR, ".auth-container input"), "the token field")

@@ -15,15 +15,18 @@ SERVE_EXTRA = {"fastapi", "uvicorn", "starlette", "multipart", "python_multipart
 # no run dir (the gallery cache goes to cache_dir, as for simlearn-search).
 @hydra_command("serve", claims_run_dir=False)
 def main(cfg: DictConfig) -> None:
-    try:  # imported here: without the serve extra the command says so in one line, not with a traceback
-        from simlearn.serve import serve
+    # serve() checks the address and the token before it imports torch and FastAPI (a refused host=0.0.0.0 is
+    # answered at once); without the serve extra, that import is one line, not a traceback
+    from simlearn.serve.server import serve
+
+    try:
+        serve(cfg)
     except ModuleNotFoundError as error:
         if (error.name or "").split(".")[0] not in SERVE_EXTRA:
             raise
         raise UserError(
             f"simlearn-serve needs the serve extra, and {error.name} is not installed: pip install 'simlearn[serve]'."
         ) from None
-    serve(cfg)
 
 
 if __name__ == "__main__":

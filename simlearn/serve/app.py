@@ -41,6 +41,8 @@ STATIC_DIR = Path(__file__).parent / "static"
 DOCS_ASSETS = "/docs-assets"
 #: Routes that answer without the token: they hold nothing of the gallery.
 PUBLIC_PATHS = frozenset({"/health", "/", "/docs", "/openapi.json", "/favicon.ico"})
+#: The name of the bearer token's security scheme in the OpenAPI description.
+BEARER_SCHEME = "bearerToken"
 #: Room for the multipart headers and the small form fields around an upload of the largest allowed size.
 FORM_OVERHEAD_BYTES = 64 * 1024
 #: The page may load only its own files (and the blob: URLs of the images it fetched with the token).
@@ -99,24 +101,34 @@ class Guard:
             await self.app(scope, receive, send)
             return
         headers = {k.decode("latin-1").lower(): v for k, v in scope["headers"]}
-        if self.token is not None and not _public(scope["path"]) and not self._authorised(headers):
-            response = JSONResponse(
-                {"detail": "this service needs its access token: send the header 'Authorization: Bearer <token>'."},
-                status_code=401,
-                headers={"WWW-Authenticate": "Bearer"},
-            )
+        refused = self._refusal(headers) if self.token is not None and not _public(scope["path"]) else None
+        if refused is not None:
+            response = JSONResponse({"detail": refused}, status_code=401, headers={"WWW-Authenticate": "Bearer"})
             await response(scope, receive, send)
             return
         length = headers.get("content-length")
+        kind = _body_kind(headers)
         if length is not None and length.strip().isdigit() and int(length) > self.max_body:
-            response = JSONResponse({"detail": _too_large(int(length), self.max_body)}, status_code=413)
+            response = JSONResponse({"detail": _too_large(int(length), self.max_body, kind)}, status_code=413)
             await response(scope, receive, send)
             return
-        await self.app(scope, _counted(receive, self.max_body), send)
+        await self.app(scope, _counted(receive, self.max_body, kind), send)
 
-    def _authorised(self, headers: dict[str, bytes]) -> bool:
-        scheme, _, given = headers.get("authorization", b"").partition(b" ")
-        return scheme.lower() == b"bearer" and hmac.compare_digest(given.strip(), self.token or b"")
+    def _refusal(self, headers: dict[str, bytes]) -> str | None:
+        """Why the request is refused (one line: no token sent, another scheme, a wrong token), None when it holds
+        the token."""
+        given = headers.get("authorization")
+        if not given or not given.strip():
+            return "this service needs its access token: send the header 'Authorization: Bearer <token>'."
+        scheme, _, token = given.strip().partition(b" ")
+        if scheme.lower() != b"bearer" or not token.strip():
+            return "the Authorization header must be 'Bearer <token>' (the word Bearer, a space, the access token)."
+        if not hmac.compare_digest(token.strip(), self.token or b""):
+            return (
+                "token refused: the access token sent is not this service's; send the token the service was started "
+                "with (auth_token / SIMLEARN_SERVE_TOKEN)."
+            )
+        return None
 
 
 def _public(path: str) -> bool:
@@ -134,14 +146,25 @@ def swagger_assets() -> Path | None:
     return folder if (folder / "swagger-ui-bundle.js").is_file() and (folder / "swagger-ui.css").is_file() else None
 
 
-def _too_large(size: int, limit: int) -> str:
+def _body_kind(headers: dict[str, bytes]) -> str:
+    """What a request body is, for the message that refuses it: an upload (a form) or a JSON body."""
+    content_type = headers.get("content-type", b"").split(b";")[0].strip().lower()
+    return "upload" if content_type in (b"multipart/form-data", b"application/x-www-form-urlencoded") else "body"
+
+
+def _too_large(size: int, limit: int, kind: str = "upload") -> str:
+    fix = (
+        "send a smaller image (or start the service with a larger max_upload_mb)"
+        if kind == "upload"
+        else 'a search by id needs a few bytes of JSON, e.g. {"id": 3, "k": 5}'
+    )
     return (
         f"the request has {size / 2**20:.1f} MB, more than this service takes ({limit / 2**20:.1f} MB with "
-        f"max_upload_mb); send a smaller image."
+        f"max_upload_mb); {fix}."
     )
 
 
-def _counted(receive: Receive, limit: int) -> Receive:
+def _counted(receive: Receive, limit: int, kind: str) -> Receive:
     seen = 0
 
     async def counted() -> Message:
@@ -150,7 +173,7 @@ def _counted(receive: Receive, limit: int) -> Receive:
         if message["type"] == "http.request":
             seen += len(message.get("body", b""))
             if seen > limit:
-                raise TooLarge(_too_large(seen, limit))
+                raise TooLarge(_too_large(seen, limit, kind))
         return message
 
     return counted
@@ -171,6 +194,8 @@ def create_app(service: SearchService, auth_token: str | None = None) -> FastAPI
     )
     app.add_middleware(Guard, token=auth_token, max_body=service.limits.max_upload_bytes + FORM_OVERHEAD_BYTES)
     _error_handlers(app)
+    if auth_token:
+        _declare_bearer(app)
 
     @app.get("/", include_in_schema=False)
     def page() -> FileResponse:
@@ -203,13 +228,15 @@ def create_app(service: SearchService, auth_token: str | None = None) -> FastAPI
             raise BadRequest("give either an image or an id to search with, not both.")
         if isinstance(image, UploadFile):
             try:
-                data = await image.read(service.limits.max_upload_bytes + 1)
+                with service.upload_slot():  # 503 when decodes and queue are full, before reading it in
+                    data = await image.read(service.limits.max_upload_bytes + 1)
+                    if len(data) > service.limits.max_upload_bytes:
+                        raise TooLarge(service.too_large_message(len(data)))
+                    label = fields.get("label")
+                    label = label if isinstance(label, str) else None
+                    return await run_in_threadpool(service.search_upload, data, k, label)
             finally:
                 await image.close()
-            if len(data) > service.limits.max_upload_bytes:
-                raise TooLarge(service.too_large_message(len(data)))
-            label = fields.get("label")
-            return await run_in_threadpool(service.search_upload, data, k, label if isinstance(label, str) else None)
         if image is not None:
             raise BadRequest("'image' must be a file sent as multipart/form-data (e.g. curl -F image=@photo.png).")
         if item not in (None, ""):
@@ -241,6 +268,31 @@ def create_app(service: SearchService, auth_token: str | None = None) -> FastAPI
         return service.map()
 
     return app
+
+
+def _declare_bearer(app: FastAPI) -> None:
+    """The bearer token in the API's description (``components.securitySchemes``, and ``security`` on each route
+    that needs it), so that Swagger UI on /docs shows its Authorize button and sends the token with "Try it out"."""
+    describe = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = describe()
+            schema.setdefault("components", {})["securitySchemes"] = {
+                BEARER_SCHEME: {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "the service's access token (auth_token / SIMLEARN_SERVE_TOKEN)",
+                }
+            }
+            for path, operations in schema.get("paths", {}).items():
+                if not _public(path):
+                    for operation in operations.values():
+                        operation["security"] = [{BEARER_SCHEME: []}]
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 def _api_page(app: FastAPI) -> None:
@@ -286,6 +338,10 @@ async def _search_fields(request: Request) -> dict[str, Any]:
             raise BadRequest("the body has no content type; send multipart/form-data or application/json.")
         try:
             fields = json.loads(body)
+        except RecursionError as error:  # arrays or objects nested hundreds deep: Python's parser gives up
+            raise BadRequest(
+                'the JSON body is nested too deeply; send a flat object such as {"id": 3, "k": 5}.'
+            ) from error
         except ValueError as error:
             raise BadRequest(f'the body is not valid JSON ({error}); send e.g. {{"id": 3, "k": 5}}.') from error
         if not isinstance(fields, dict):
@@ -303,7 +359,9 @@ def _error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(BadRequest)
     async def bad_request(request: Request, error: BadRequest) -> JSONResponse:
-        return JSONResponse({"detail": _one_line(error)}, status_code=error.status)
+        return JSONResponse(
+            {"detail": _one_line(error)}, status_code=error.status, headers=getattr(error, "headers", None)
+        )
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, error: StarletteHTTPException) -> JSONResponse:
@@ -326,6 +384,7 @@ def _error_handlers(app: FastAPI) -> None:
     async def unexpected(request: Request, error: Exception) -> JSONResponse:
         log.exception("error while answering %s %s", request.method, request.url.path)
         return JSONResponse(
-            {"detail": f"internal error ({type(error).__name__}); the service logged it and keeps serving."},
+            # the exception's name is for the log, not for the client (the page shows this line as it is)
+            {"detail": "internal error while answering this request; the service logged it and keeps serving."},
             status_code=500,
         )

@@ -1,8 +1,10 @@
 """The ``simlearn-serve`` command as a library function: check the address and token, bind, load, serve.
 
-The socket is bound before the gallery is embedded, so that a port in use fails in one line at once rather than
-after minutes of embedding. SIGTERM and Ctrl-C stop the server gracefully (requests in flight are answered, for at
-most ``shutdown_timeout`` seconds) and the command then returns normally: exit status 0.
+The address and the token are checked, and the socket is bound, before torch is imported and the gallery embedded,
+so that a refused address or a port in use fails in one line at once rather than after seconds of imports or
+minutes of embedding (this module imports neither torch nor the service at its top). SIGTERM and Ctrl-C stop the
+server gracefully (requests in flight are answered, for at most ``shutdown_timeout`` seconds) and the command then
+returns normally: exit status 0.
 """
 
 from __future__ import annotations
@@ -14,19 +16,19 @@ import socket
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import uvicorn
 from omegaconf import DictConfig
 from rich.console import Console
 
 from simlearn.errors import UserError
-from simlearn.serve.app import create_app
-from simlearn.serve.service import open_service
+
+if TYPE_CHECKING:
+    import uvicorn
 
 log = logging.getLogger(__name__)
 
-__all__ = ["bind", "check_address", "is_loopback", "make_server", "run_server", "serve"]
+__all__ = ["bind", "check_address", "is_loopback", "make_server", "open_lines", "run_server", "serve"]
 
 #: The shortest bearer token accepted: 16 characters of ``secrets.token_urlsafe`` are 96 bits.
 MIN_TOKEN_CHARS = 16
@@ -125,6 +127,8 @@ def make_server(
     app: Any, log_level: str = "warning", access_log: bool = False, shutdown_timeout: float = 5.0
 ) -> uvicorn.Server:
     """A uvicorn server for ``app``: run it with :func:`run_server`, stop it with ``server.should_exit = True``."""
+    import uvicorn
+
     config = uvicorn.Config(
         app,
         log_level=log_level,
@@ -142,12 +146,32 @@ def run_server(server: uvicorn.Server, sock: socket.socket) -> None:
         server.run(sockets=[sock])
 
 
+def open_lines(host: str, port: int) -> str:
+    """Where to open the page, for the start-up line: the address itself, or for an address of every interface
+    (0.0.0.0, ::), which no browser can open, this machine's loopback and the form to use from other machines."""
+    try:
+        unspecified = ipaddress.ip_address(host.strip("[]")).is_unspecified
+    except ValueError:
+        unspecified = False
+    if not unspecified:
+        shown = f"[{host}]" if ":" in host else host
+        return f"open http://{shown}:{port}/ in a browser"
+    local = "[::1]" if ":" in host else "127.0.0.1"
+    return (
+        f"open http://{local}:{port}/ in a browser on this machine, or from another machine http://<this host>:{port}/"
+    )
+
+
 def serve(cfg: DictConfig) -> None:
     """The whole command: check, bind, load the model and the gallery, serve until stopped."""
     token = cfg.get("auth_token") or None
     token = str(token) if token is not None else None
     host = str(cfg.get("host") or "127.0.0.1")
     port = check_address(host, cfg.get("port", 8000), token)
+    # torch, FastAPI and the model only now: a refused address is answered before seconds of imports
+    from simlearn.serve.app import create_app
+    from simlearn.serve.service import open_service
+
     sock = bind(host, port)
     try:
         try:
@@ -161,7 +185,6 @@ def serve(cfg: DictConfig) -> None:
             return
         app = create_app(service, token)
         bound_host, bound_port = sock.getsockname()[:2]
-        shown_host = f"[{bound_host}]" if ":" in bound_host else bound_host
         gallery = service.gallery
         skipped = f", {gallery.skipped} unreadable file(s) skipped" if gallery.skipped else ""
         console = Console()
@@ -173,8 +196,7 @@ def serve(cfg: DictConfig) -> None:
         )
         auth = " (access token required)" if token else ""
         console.print(
-            f"open http://{shown_host}:{bound_port}/ in a browser{auth}; API docs at /docs; stop with Ctrl-C or "
-            f"SIGTERM",
+            f"{open_lines(bound_host, bound_port)}{auth}; API docs at /docs; stop with Ctrl-C or SIGTERM",
             highlight=False,
             soft_wrap=True,
         )

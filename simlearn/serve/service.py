@@ -9,9 +9,12 @@ never names a file.
 from __future__ import annotations
 
 import io
+import json
 import logging
 import re
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,7 +35,16 @@ from simlearn.serve.split_gallery import ItemImages, gallery_split, split_galler
 
 log = logging.getLogger(__name__)
 
-__all__ = ["BadRequest", "NotFound", "SearchService", "ServiceLimits", "checkpoint_path", "open_service"]
+__all__ = [
+    "BadRequest",
+    "Busy",
+    "NotFound",
+    "SearchService",
+    "ServiceLimits",
+    "TooLarge",
+    "checkpoint_path",
+    "open_service",
+]
 
 #: The image formats an upload may have: decoded by Pillow itself (never by an outside program, as EPS would be).
 UPLOAD_FORMATS = ("PNG", "JPEG", "BMP", "GIF", "WEBP", "TIFF")
@@ -62,6 +74,28 @@ class NotAnImage(BadRequest):
     status = 415
 
 
+class Busy(BadRequest):
+    """An upload refused because as many as the service decodes at once are decoding and its queue is full (HTTP 503,
+    with ``Retry-After``)."""
+
+    status = 503
+    headers = {"Retry-After": "2"}
+
+
+def _shown(value: Any, limit: int) -> str:
+    """A client's value as the client wrote it: a string quoted, anything else as JSON (``true``, not ``True``)."""
+    if isinstance(value, str):
+        text = value.strip()
+        return repr(text if len(text) <= limit else text[:limit] + "…")
+    if hasattr(value, "filename") and hasattr(value, "read"):  # a form field sent as a file
+        return "a file"
+    try:
+        text = json.dumps(value)
+    except (TypeError, ValueError, RecursionError):  # RecursionError: arrays nested hundreds deep
+        text = "a value nested too deeply" if isinstance(value, list | dict) else "a value that is not JSON"
+    return text if len(text) <= limit else text[:limit] + "…"
+
+
 @dataclass(frozen=True)
 class ServiceLimits:
     """What a client may ask for: the default and largest ``k``, the largest upload, the points of the map."""
@@ -73,6 +107,11 @@ class ServiceLimits:
     #: one would take gigabytes, so images are refused by their size in pixels before they are decoded
     max_image_megapixels: float = 50.0
     map_max_points: int = 20000
+    #: uploads decoded at the same time: decoding holds the whole image in memory (a 50-megapixel RGB image is
+    #: 200 MB in Pillow, 4 bytes a pixel), so this bounds the memory that uploads can take
+    max_decodes: int = 2
+    #: uploads that may wait for a decode; one more is refused (HTTP 503) before its file is read into memory
+    max_waiting_uploads: int = 8
 
     @property
     def max_upload_bytes(self) -> int:
@@ -120,6 +159,9 @@ class SearchService:
             gallery.paths is not None and any(is_image_name(Path(p)) for p in gallery.paths[:100])
         )
         self._model_lock = threading.Lock()
+        self._decodes = threading.BoundedSemaphore(self.limits.max_decodes)
+        self._admission = threading.Lock()
+        self._admitted = 0
         self._map_lock = threading.Lock()
         self._map: dict[str, Any] | None = None
         self.method = (
@@ -157,11 +199,14 @@ class SearchService:
     # -- checks ----------------------------------------------------------------------------------------------------
     def item(self, value: Any) -> int:
         """The gallery row that ``value`` names (an integer id, also given as text), or :class:`NotFound`."""
+        if not isinstance(value, int | str) or isinstance(value, bool):  # JSON true, 2.5, [3], {…}, null
+            raise BadRequest(
+                f"id must be an integer from 0 to {self.size - 1} (each result's 'id'), got {_shown(value, 40)}."
+            )
         text = str(value).strip()
-        if isinstance(value, bool) or not re.fullmatch(r"[0-9]{1,18}", text) or int(text) >= self.size:
-            shown = text if len(text) <= 40 else text[:40] + "…"
+        if not re.fullmatch(r"[0-9]{1,18}", text) or int(text) >= self.size:
             raise NotFound(
-                f"no gallery item {shown!r}: ids are the integers 0 to {self.size - 1} (each result's 'id')."
+                f"no gallery item {_shown(value, 40)}: ids are the integers 0 to {self.size - 1} (each result's 'id')."
             )
         return int(text)
 
@@ -169,19 +214,45 @@ class SearchService:
         """``k`` as an int within 1 … :meth:`max_k` (the default when None or empty), or :class:`BadRequest`."""
         if value is None or (isinstance(value, str) and not value.strip()):
             return min(self.limits.k, self.max_k(exclude_one))
-        text = str(value).strip()
+        text = str(value).strip() if isinstance(value, int | str) else ""
         largest = self.max_k(exclude_one)
-        if isinstance(value, bool) or not re.fullmatch(r"-?[0-9]{1,18}", text) or not 1 <= int(text) <= largest:
-            shown = text if len(text) <= 20 else text[:20] + "…"
+        if (
+            not isinstance(value, int | str)
+            or isinstance(value, bool)
+            or not re.fullmatch(r"-?[0-9]{1,18}", text)
+            or not 1 <= int(text) <= largest
+        ):
             raise BadRequest(
                 f"k must be an integer from 1 to {largest} (the gallery has {self.size} items, max_k="
-                f"{self.limits.max_k}), got {shown!r}."
+                f"{self.limits.max_k}), got {_shown(value, 20)}."
             )
         return int(text)
 
     # -- embedding and searching -----------------------------------------------------------------------------------
+    @contextmanager
+    def upload_slot(self) -> Iterator[None]:
+        """A place among the uploads being decoded or waiting for it, held for the whole upload, or :class:`Busy`
+        when they are all taken (``max_decodes`` + ``max_waiting_uploads``): entered before the uploaded file is
+        read into memory (the form parser keeps at most 1 MB of it in memory, the rest in a temporary file), so that
+        a burst of uploads costs neither their files' memory nor a queue without end."""
+        capacity = self.limits.max_decodes + self.limits.max_waiting_uploads
+        with self._admission:
+            if self._admitted >= capacity:
+                raise Busy(
+                    f"the service is busy: {capacity} uploads are being decoded or waiting (max_decodes="
+                    f"{self.limits.max_decodes}, max_waiting_uploads={self.limits.max_waiting_uploads}); send it again "
+                    f"in a few seconds."
+                )
+            self._admitted += 1
+        try:
+            yield
+        finally:
+            with self._admission:
+                self._admitted -= 1
+
     def embed_image(self, data: bytes) -> np.ndarray:
-        """The embedding (d,) of an uploaded image file, prepared as the checkpoint says."""
+        """The embedding (d,) of an uploaded image file, prepared as the checkpoint says; at most ``max_decodes``
+        uploads are decoded at a time (the others wait)."""
         if not data:
             raise BadRequest("the uploaded image is empty (0 bytes); send an image file (png, jpg, …) as 'image'.")
         if len(data) > self.limits.max_upload_bytes:
@@ -189,15 +260,15 @@ class SearchService:
         try:
             with Image.open(io.BytesIO(data), formats=UPLOAD_FORMATS) as header:  # reads the header only
                 width, height = header.size
+        except Image.DecompressionBombError as error:  # Pillow's own limit, far above ours: too large, not broken
+            raise TooLarge(self._too_many_pixels(_bomb_pixels(error))) from error
         except DECODE_ERRORS as error:
             raise self._not_an_image(error) from error
         if width * height > self.limits.max_image_megapixels * 1e6:
-            raise TooLarge(
-                f"the image has {width} × {height} pixels, more than max_image_megapixels="
-                f"{self.limits.max_image_megapixels:g} million; send a smaller image."
-            )
+            raise TooLarge(self._too_many_pixels(width * height, f"{width} × {height} pixels"))
         try:
-            image = self.loader(io.BytesIO(data))
+            with self._decodes:
+                image = self.loader(io.BytesIO(data))
         except DECODE_ERRORS as error:  # a header that promised an image, and a body that is none
             raise self._not_an_image(error) from error
         with self._model_lock, torch.inference_mode():
@@ -209,8 +280,15 @@ class SearchService:
     @staticmethod
     def _not_an_image(error: BaseException) -> NotAnImage:
         return NotAnImage(
-            f"the upload is not an image that can be read ({type(error).__name__}); send a png, jpg, bmp, gif, "
-            f"webp or tiff file as 'image'."
+            "the upload is not an image that can be read (not a png, jpg, bmp, gif, webp or tiff file, or one cut "
+            "short); send one of those as 'image'."
+        )
+
+    def _too_many_pixels(self, pixels: int | None, described: str | None = None) -> str:
+        size = described or (f"{pixels / 1e6:.0f} million pixels" if pixels else "more pixels than Pillow decodes")
+        return (
+            f"the image has {size}, more than max_image_megapixels={self.limits.max_image_megapixels:g} million; "
+            f"send a smaller image."
         )
 
     def too_large_message(self, size: int) -> str:
@@ -307,6 +385,12 @@ class SearchService:
             if self._map is None:
                 self._map = gallery_map(self.gallery, self.limits.map_max_points)
             return self._map
+
+
+def _bomb_pixels(error: BaseException) -> int | None:
+    """The pixel count in Pillow's DecompressionBombError ("Image size (400000000 pixels) exceeds limit …")."""
+    found = re.search(r"\((\d+) pixels\)", str(error))
+    return int(found.group(1)) if found else None
 
 
 def gallery_map(gallery: Gallery, max_points: int) -> dict[str, Any]:

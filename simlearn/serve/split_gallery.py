@@ -5,7 +5,9 @@ The data is rebuilt from the checkpoint's config and embedded as ``simlearn-embe
 gallery holds exactly the arrays of that split's ``<split>.npz``: the embeddings, each item's label and label name,
 every label field, and the files of data read from files; it is read back by
 :func:`simlearn.search.gallery_from_npz`. It is embedded once and cached in ``cache_dir``, keyed by the checkpoint
-and the split (a cache is reused while the checkpoint file is unchanged). Items of in-memory data (digits, MNIST)
+file, the split and the split's data: its items and labels, and the content of each item (the pixels of in-memory
+data; the name, size and modification time of each file, as the folder cache keys them, for data read from files),
+so that a cache is reused while neither the checkpoint nor the data changed. Items of in-memory data (digits, MNIST)
 have no files: their pixels are cached beside the embeddings (uint8, read memory-mapped) and served as PNG
 (:class:`ItemImages`).
 """
@@ -29,9 +31,9 @@ from PIL import Image
 
 from simlearn.checkpoints import LoadedEncoder
 from simlearn.data.in_memory import TensorImageDataset
-from simlearn.embed import embed_splits, rebuild, split_arrays
+from simlearn.embed import class_names_of, embed_splits, rebuild, split_arrays
 from simlearn.errors import UserError
-from simlearn.search import CACHE_VERSION, Gallery, _fingerprint, gallery_from_npz
+from simlearn.search import CACHE_VERSION, Gallery, _fingerprint, file_stats, gallery_from_npz
 
 log = logging.getLogger(__name__)
 
@@ -105,15 +107,23 @@ class SplitGallery:
 
 
 def split_gallery(split: str, loaded: LoadedEncoder, cfg: DictConfig, device: Any = "cpu") -> SplitGallery:
-    """The ``split`` of ``cfg.ckpt_path``'s own data, embedded with ``loaded`` (read from the cache when the
-    checkpoint is unchanged, ``cfg.cache``/``cfg.cache_dir``)."""
+    """The ``split`` of ``cfg.ckpt_path``'s own data, embedded with ``loaded`` (read from the cache when neither the
+    checkpoint nor the split's data changed, ``cfg.cache``/``cfg.cache_dir``)."""
     ckpt = loaded.path.resolve()
     data_name = _data_name(loaded)
     description = f"the {split} split of the checkpoint's data ({data_name})"
     cache_dir = Path(cfg.cache_dir) if cfg.get("cache", True) and cfg.get("cache_dir") else None
+    datamodule = _split_data(split, cfg, data_name)  # rebuilt on every start: the cache is keyed by its content
     stat = ckpt.stat()
     fingerprint = _fingerprint(
-        CACHE_VERSION, "split", split, ckpt, stat.st_size, stat.st_mtime_ns, json.dumps(loaded.preprocessing)
+        CACHE_VERSION,
+        "split",
+        split,
+        ckpt,
+        stat.st_size,
+        stat.st_mtime_ns,
+        json.dumps(loaded.preprocessing),
+        _data_key(datamodule, split),
     )
     if cache_dir is not None:
         npz = cache_dir / f"split-{_fingerprint(ckpt, split)[:16]}.npz"
@@ -121,7 +131,7 @@ def split_gallery(split: str, loaded: LoadedEncoder, cfg: DictConfig, device: An
         if cached is not None:
             log.info("gallery embeddings of the %s split reused from %s", split, npz)
             return SplitGallery(cached[0], cached[1], description)
-    arrays, pixels = _embed_split(split, loaded, cfg, device, data_name)
+    arrays, pixels = _embed_split(split, loaded, datamodule, cfg, device, data_name)
     if cache_dir is None:  # read back as any npz of simlearn-embed, from a file that is gone afterwards
         with tempfile.TemporaryDirectory() as folder:
             npz = Path(folder) / f"{split}.npz"
@@ -142,10 +152,9 @@ def _data_name(loaded: LoadedEncoder) -> str:
     return target.rsplit(".", 1)[-1].removesuffix("DataModule").lower() or "unknown"
 
 
-def _embed_split(
-    split: str, loaded: LoadedEncoder, cfg: DictConfig, device: Any, data_name: str
-) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
-    """The arrays of ``<split>.npz`` as simlearn-embed writes them and, for in-memory data, the items' pixels."""
+def _split_data(split: str, cfg: DictConfig, data_name: str) -> Any:
+    """The checkpoint's data module, rebuilt from its config (and ``cfg``'s data overrides), checked to have
+    ``split`` with items."""
     datamodule, _ = rebuild(cfg)
     if split not in datamodule.datasets:
         raise UserError(
@@ -157,6 +166,30 @@ def _embed_split(
             f"gallery=split:{split}: the {split} split of the checkpoint's data ({data_name}) holds no items; "
             f"serve another split, e.g. gallery=split:{DEFAULT_SPLIT}."
         )
+    return datamodule
+
+
+def _data_key(datamodule: Any, split: str) -> str:
+    """What the split's embeddings depend on besides the model: which items it holds, their label fields and class
+    names, and each item's content: the files' names, sizes and modification times (:func:`simlearn.search.file_stats`,
+    the folder cache's key) for data read from files, else the items' pixels (in-memory data: digits, MNIST)."""
+    dataset = datamodule.datasets[split]
+    index = dataset.indices.cpu()
+    fields = [(name, values.cpu()[index].numpy()) for name, values in sorted(dataset.fields.items())]
+    paths = dataset.paths_of(index.tolist())
+    if paths is not None:
+        content: Any = file_stats([Path(p) for p in paths])
+    elif isinstance(dataset, TensorImageDataset):
+        content = dataset.images.cpu()[index].contiguous().numpy()
+    else:  # a kind of data this does not know: keyed by its items only (start with cache=false after a change)
+        content = type(dataset).__name__
+    return _fingerprint(index.numpy(), *(part for pair in fields for part in pair), class_names_of(datamodule), content)
+
+
+def _embed_split(
+    split: str, loaded: LoadedEncoder, datamodule: Any, cfg: DictConfig, device: Any, data_name: str
+) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
+    """The arrays of ``<split>.npz`` as simlearn-embed writes them and, for in-memory data, the items' pixels."""
     log.info("embedding the %s split of %s (%d items)", split, data_name, len(datamodule.datasets[split]))
     result = embed_splits(loaded.encoder, datamodule, [split], device, cfg.get("batch_size"))[split]
     arrays = split_arrays(result, datamodule, split)
@@ -191,8 +224,8 @@ def _write(npz: Path, arrays: dict[str, np.ndarray], fingerprint: str, ckpt: Pat
 
 
 def _read_cache(npz: Path, fingerprint: str, loaded: LoadedEncoder) -> tuple[Gallery, ItemImages | None] | None:
-    """The cached gallery (and pixels) when the cache is of this checkpoint file; None when there is none, it is
-    stale or unreadable (it is then embedded again)."""
+    """The cached gallery (and pixels) when the cache is of this checkpoint file and this data; None when there is
+    none, it is stale or unreadable (it is then embedded again)."""
     if not npz.is_file():
         return None
     try:

@@ -7,6 +7,9 @@ const TOKEN_KEY = "simlearn-serve-token";
 const PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
   "#bcbd22", "#17becf"];
 const MAX_CACHED_IMAGES = 2000;
+// a result's name too long for its card is cut in the middle (the end, …_0017.png, tells files apart); to this many
+// characters where its width is unknown
+const MAX_NAME_CHARS = 22;
 
 const state = {
   token: null,
@@ -15,6 +18,7 @@ const state = {
   query: null,      // {kind: "upload", file} or {kind: "item", id}
   history: [],      // earlier queries, for the Back button
   results: [],
+  shownK: null,     // the k of the results on the page (the box returns to it after a refused k)
   images: new Map(), // item id -> blob: URL
 };
 
@@ -23,7 +27,37 @@ const $ = (id) => document.getElementById(id);
 function setStatus(text, isError = false) {
   const status = $("status");
   status.textContent = text;
+  status.title = text; // the whole line, also where the box shows only part of it
   status.classList.toggle("error", isError);
+}
+
+// "a-very-long-file-name_0017.png" -> "a-very-lo…_0017.png": the start and the end, which tell files apart
+function cutMiddle(chars, keep) {
+  if (chars.length <= keep) return chars.join("");
+  const tail = Math.ceil(keep / 2);
+  return chars.slice(0, keep - tail).join("") + "…" + chars.slice(chars.length - tail).join("");
+}
+
+// the name in its element, cut in the middle to the most characters that fit its width
+function fitName(element, text) {
+  const chars = [...String(text)];
+  element.textContent = chars.join("");
+  if (!element.clientWidth) { // not laid out (hidden): a fixed length
+    element.textContent = cutMiddle(chars, MAX_NAME_CHARS);
+    return;
+  }
+  if (element.scrollWidth <= element.clientWidth) return;
+  let fits = 1, tooMany = chars.length; // characters kept besides the "…"
+  while (tooMany - fits > 1) {
+    const keep = Math.floor((fits + tooMany) / 2);
+    element.textContent = cutMiddle(chars, keep);
+    if (element.scrollWidth <= element.clientWidth) fits = keep; else tooMany = keep;
+  }
+  element.textContent = cutMiddle(chars, fits);
+}
+
+function fitNames() {
+  for (const name of document.querySelectorAll("#results .card .name")) fitName(name, name.title);
 }
 
 class ApiError extends Error {}
@@ -80,26 +114,49 @@ function imageElement(id, alt) {
 
 // ---------------------------------------------------------------- searching
 
+class KError extends Error {}
+
+// the k in the box, checked as the service checks it: a whole number from 1 to max_k (an empty box is no k)
 function currentK() {
-  const k = parseInt($("k").value, 10);
-  return Number.isFinite(k) ? k : undefined;
+  const box = $("k");
+  const largest = parseInt(box.max, 10) || 100;
+  const text = box.value.trim();
+  const valid = `give a whole number from 1 to ${largest}`;
+  if (box.validity && box.validity.badInput) throw new KError(`k is not a number: ${valid}.`);
+  if (!text) throw new KError(`k is empty: ${valid}.`);
+  if (!/^[0-9]+$/.test(text) || Number(text) < 1 || Number(text) > largest) {
+    throw new KError(`k must be a whole number from 1 to ${largest}, not ${text.slice(0, 20)}.`);
+  }
+  return Number(text);
+}
+
+// after a refused search the box shows again the k of the results still on the page
+function restoreK() {
+  if (state.shownK !== null) $("k").value = String(state.shownK);
 }
 
 async function run(query, remember = true) {
-  const k = currentK();
+  let k;
+  try {
+    k = currentK();
+  } catch (error) {
+    restoreK();
+    setStatus(`${error.message} k is back to ${$("k").value}.`, true);
+    return;
+  }
   setStatus("searching…");
   let response;
   try {
     if (query.kind === "upload") {
       const form = new FormData();
       form.append("image", query.file, query.file.name || "image");
-      if (k !== undefined) form.append("k", String(k));
+      form.append("k", String(k));
       response = await api("/search", { method: "POST", body: form });
     } else {
-      const params = k !== undefined ? `?k=${k}` : "";
-      response = await api(`/items/${query.id}/neighbours${params}`);
+      response = await api(`/items/${query.id}/neighbours?k=${k}`);
     }
   } catch (error) {
+    restoreK();
     setStatus(error.message, true);
     return;
   }
@@ -108,6 +165,8 @@ async function run(query, remember = true) {
   $("back").disabled = state.history.length === 0;
   state.query = query;
   state.results = answer.results;
+  state.shownK = answer.k;
+  $("k").value = String(answer.k);
   showQuery(query, answer.query);
   showResults(answer);
   drawMap();
@@ -174,7 +233,6 @@ function showResults(answer) {
     rank.textContent = `#${item.rank}` + (item.label !== null ? ` · ${item.label}` : "");
     const name = document.createElement("span");
     name.className = "name";
-    name.textContent = item.name;
     name.title = item.name;
     const score = document.createElement("span");
     score.className = "score";
@@ -182,6 +240,7 @@ function showResults(answer) {
     card.append(imageElement(item.id, `item ${item.id}`), rank, name, score);
     card.addEventListener("click", () => searchItem(item.id));
     grid.append(card);
+    fitName(name, item.name); // once in the page: its width is known
   }
   $("frame-legend").hidden = !framed;
   $("results-title").textContent = `Top ${answer.results.length} (cosine similarity · angle)`;
@@ -293,6 +352,7 @@ async function load() {
   const k = $("k");
   k.max = String(state.info.max_k);
   k.value = String(state.info.k);
+  state.shownK = state.info.k;
   setStatus("ready: drop or choose an image");
   try {
     state.map = await (await api("/map")).json();
@@ -355,7 +415,10 @@ function setUp() {
     const m = state.map;
     canvas.title = i < 0 ? "" : `item ${m.ids[i]}` + (m.labels && m.labels[i] >= 0 ? ` · ${m.classes[m.labels[i]]}` : "");
   });
-  window.addEventListener("resize", () => { if (state.map) { layoutMap(); drawMap(); } });
+  window.addEventListener("resize", () => {
+    fitNames();
+    if (state.map) { layoutMap(); drawMap(); }
+  });
   load();
 }
 
