@@ -37,6 +37,7 @@ from simlearn.data.image_files import image_mode
 from simlearn.data.images import DECODE_ERRORS, ImageLoader
 from simlearn.errors import UserError
 from simlearn.evaluation.vectors import unit_rows
+from simlearn.models.backbones import safetensors_shapes, weights_mismatch
 
 log = logging.getLogger(__name__)
 
@@ -192,18 +193,21 @@ def load(path: str | os.PathLike, device: str | torch.device = "cpu") -> Similar
     if config.get("library_name") != "simlearn" or "backbone" not in config or "head" not in config:
         raise UserError(f"{str(path / CONFIG)!r} was not written by simlearn-export format=hf (no simlearn encoder).")
     encoder = _build(config, path)
-    from safetensors import SafetensorError
     from safetensors.torch import load_model
 
+    again = "export the folder again (simlearn-export format=hf) or download it again"
     try:
-        missing_keys, unexpected = load_model(encoder, str(path / WEIGHTS), strict=False)
-    except (OSError, SafetensorError, RuntimeError) as error:
-        raise UserError(f"{str(path / WEIGHTS)!r} cannot be read as the encoder's weights ({error}).") from error
-    if missing_keys or unexpected:
+        shapes = safetensors_shapes(path / WEIGHTS)
+    except Exception as error:  # safetensors' own error, a truncated or foreign file, an unreadable one
+        message = str(error).strip().splitlines()[0] if str(error).strip() else ""
         raise UserError(
-            f"{str(path / WEIGHTS)!r} does not fit {CONFIG}: missing {sorted(missing_keys)[:5]}, unexpected "
-            f"{sorted(unexpected)[:5]}; export the folder again."
-        )
+            f"{str(path / WEIGHTS)!r} is not a readable safetensors file ({type(error).__name__}: {message}): a "
+            f"download or copy cut short, or another format. Fix: {again}."
+        ) from error
+    problem = weights_mismatch(encoder, shapes)
+    if problem is not None:
+        raise UserError(f"{str(path / WEIGHTS)!r} does not fit {CONFIG} ({problem}). Fix: {again}.")
+    load_model(encoder, str(path / WEIGHTS))
     return SimilarityModel(encoder, preprocessing, config, path, device)
 
 
@@ -364,6 +368,7 @@ def model_card(
         f"- backbone: `{_target_name(config['backbone'])}` (`backbone={backbone_choice}`), head: "
         f"`{_target_name(config['head'])}` → {dim}-d, L2-normalised"
         + (f"; {parameters:,} parameters" if parameters else ""),
+        f"- initial weights: {_initial_weights(config['backbone'], dataset)}",
         f"- input: {channels}, {prep['image_size']}×{prep['image_size']} pixels (shorter side resized, centre "
         f"cropped), scaled to [0, 1], normalised with mean {_round(prep['mean'])} and std {_round(prep['std'])} "
         f"(`{PREPROCESSING}`; `simlearn.load` does all of it)",
@@ -425,6 +430,14 @@ def model_card(
         "",
         f"- It was trained on `{dataset}` alone: images of another kind (content, resolution, colour) are embedded, "
         "but their similarities mean little; measure retrieval on labelled images of your own before relying on it.",
+        *(
+            [
+                f"- Its backbone started from random weights, not from a pretrained image model: it has seen no images "
+                f"but `{dataset}`'s."
+            ]
+            if not config["backbone"].get("pretrained")
+            else []
+        ),
         "- A cosine is a similarity score, not a probability: a threshold for 'same' must be chosen on labelled pairs "
         "of your data.",
         "- The metrics above come from one run and one test split, without error bars.",
@@ -433,6 +446,20 @@ def model_card(
         "",
     ]
     return "\n".join(lines)
+
+
+def _initial_weights(backbone: Mapping[str, Any], dataset: str) -> str:
+    """Where the backbone's weights started: a reader assumes a published image model was pretrained, so a model
+    trained from random weights says so (a backbone without a ``pretrained`` key, such as small_cnn, always is)."""
+    pretrained = backbone.get("pretrained")
+    if not pretrained:
+        why = "`backbone.pretrained=false`" if "pretrained" in backbone else f"`{_target_name(backbone)}` has none"
+        return (
+            f"**random**, not pretrained ({why}): everything the backbone knows was learnt from `{dataset}` in this run"
+        )
+    name = backbone.get("name") or _target_name(backbone)
+    source = backbone.get("checkpoint_path") or (pretrained if isinstance(pretrained, str) else None)
+    return f"pretrained: `{name}`" + (f" from `{source}`" if source else " with its library's default weights")
 
 
 def _round(values: Sequence[float]) -> list[float]:

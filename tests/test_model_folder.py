@@ -156,3 +156,49 @@ def test_push_without_credentials_or_offline_is_one_line_and_keeps_the_folder(ex
     with pytest.raises(UserError, match="is not a Hub repository id"):  # a bad id fails before anything is written
         export(export_cfg(exported["ckpt"], tmp_path / "never", tmp_path / "run2", "push_to_hub=a/b/c"))
     assert not (tmp_path / "never").exists()
+
+
+def test_the_card_says_when_the_backbone_started_from_random_weights(exported):
+    """A reader assumes a shared image model was pretrained: a card of random initial weights says so (small_cnn has
+    no pretrained weights at all; timm/torchvision with backbone.pretrained=false neither), a pretrained one names
+    its weights."""
+    from simlearn.model_folder import RunInfo, model_card
+
+    card = (exported["folder"] / CARD).read_text()
+    assert "- initial weights: **random**, not pretrained (`SmallCNN` has none)" in card
+    assert "started from random weights, not from a pretrained image model" in card
+    loaded = load_encoder(exported["ckpt"])
+    info = RunInfo(None, {}, None, {})
+    timm_backbone = {"_target_": "simlearn.models.backbones.TimmBackbone", "name": "resnet50.a1_in1k"}
+    cases = [
+        (False, "**random**, not pretrained (`backbone.pretrained=false`)"),
+        (True, "- initial weights: pretrained: `resnet50.a1_in1k` with its library's"),
+    ]
+    for pretrained, expected in cases:
+        loaded.config.backbone = {**timm_backbone, "pretrained": pretrained}
+        card = model_card(loaded, info)
+        assert expected in card
+        assert ("started from random weights" in card) is (not pretrained)
+
+
+def test_bad_weights_in_a_folder_are_one_line_with_the_fix(exported, tmp_path):
+    import shutil
+
+    from safetensors.torch import save_file
+
+    folder = tmp_path / "model"
+    shutil.copytree(exported["folder"], folder)
+    (folder / WEIGHTS).write_bytes(b"\x00" * 40)  # a download cut short
+    with pytest.raises(UserError, match=r"is not a readable safetensors file .*Fix: export the folder again") as error:
+        simlearn.load(folder)
+    assert "\n" not in str(error.value)
+    weights = load_file(str(exported["folder"] / WEIGHTS))
+    first = sorted(weights)[0]
+    weights[first] = torch.zeros(3, 3)  # another architecture's tensor under the same name
+    del weights[sorted(weights)[-1]]
+    save_file(weights, str(folder / WEIGHTS))
+    with pytest.raises(UserError) as error:
+        simlearn.load(folder)
+    message = str(error.value)
+    assert "\n" not in message and "1 of its" in message and "tensors are missing" in message
+    assert f"e.g. {first} is [3, 3] in the file" in message and "the file holds" in message

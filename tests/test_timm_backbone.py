@@ -228,3 +228,46 @@ def test_other_photo_data_is_prepared_as_the_checkpoint_was_trained(timm_run, tm
     for f in found:
         for path, embedding in zip(f["paths"], f["embeddings"], strict=True):
             np.testing.assert_allclose(embedding, wanted[int(Path(path).stem)], atol=2e-3)
+
+
+def test_weights_of_another_architecture_or_a_corrupt_file_are_one_line(tmp_path, hub_cache):
+    """timm loads non-strictly once the classifier is dropped: a file of another model must not leave random weights
+    behind a log line, nor end in torch's cut-off "Error(s) in loading state_dict"; a corrupt file says how to fix."""
+    vit = tmp_path / "vit.safetensors"
+    save_file({k: v.contiguous() for k, v in timm.create_model("test_vit").state_dict().items()}, str(vit))
+    with pytest.raises(UserError) as error:
+        TimmBackbone("test_resnet", pretrained=True, checkpoint_path=str(vit))
+    message = str(error.value)
+    assert "\n" not in message
+    assert "tensors are missing from it, e.g. conv1.0.weight" in message  # the model's first keys
+    assert "the file holds 80 tensors" in message and "blocks.0.attn" in message  # what the file looks like
+    assert "Fix: give backbone.checkpoint_path a weights file of test_resnet" in message
+    wider = tmp_path / "efficientnet.safetensors"  # the same key names, other shapes
+    state = {k: v.contiguous() for k, v in timm.create_model("test_resnet", stem_width=24).state_dict().items()}
+    save_file(state, str(wider))
+    with pytest.raises(UserError, match=r"does not fit the model: size mismatch for \S+: .*\(and \d+ more\); the file "
+                                        r"holds .*Fix:") as error:  # fmt: skip
+        TimmBackbone("test_resnet", pretrained=True, checkpoint_path=str(wider))
+    assert "\n" not in str(error.value)
+    corrupt = tmp_path / "corrupt.safetensors"
+    corrupt.write_bytes(b"\x00" * 64)
+    with pytest.raises(UserError, match=r"checkpoint_path=.*corrupt\.safetensors is not a readable safetensors file "
+                                        r"\(SafetensorError: .*Fix: download the weights") as error:  # fmt: skip
+        TimmBackbone("test_resnet", pretrained=True, checkpoint_path=str(corrupt))
+    assert "\n" not in str(error.value)
+
+
+def test_torchvision_weights_of_another_architecture_name_the_keys(tmp_path, monkeypatch):
+    from simlearn.models.backbones import TorchvisionBackbone, pretrained_weights
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    path = Path(torch.hub.get_dir()) / "checkpoints" / Path(pretrained_weights("resnet18", True).url).name
+    path.parent.mkdir(parents=True)
+    torch.save(timm.create_model("test_vit").state_dict(), path)
+    with pytest.raises(UserError) as error:
+        TorchvisionBackbone("resnet18", pretrained=True)
+    message = str(error.value)
+    assert "\n" not in message and "do not fit ResNet: " in message
+    assert "122 of its 122 tensors are missing: conv1.weight, bn1.weight, bn1.bias (and 119 more)" in message
+    assert "are not the model's: cls_token, pos_embed" in message and "the file holds" in message
+    assert "Fix: delete the file to download it again" in message

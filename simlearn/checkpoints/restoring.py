@@ -25,6 +25,7 @@ from simlearn.build import (
 from simlearn.data.image_files import IMAGENET_MEAN, IMAGENET_STD, ImageFileDataModule
 from simlearn.errors import UserError
 from simlearn.models import EmbeddingModule, Encoder
+from simlearn.models.backbones import load_weights
 
 log = logging.getLogger(__name__)
 
@@ -151,10 +152,12 @@ def encoder_of(checkpoint: dict[str, Any], path: str | Path, device: str | torch
     encoder = build_encoder({"backbone": backbone_cfg, "head": config.head})
     prefix = "encoder."
     state = {k[len(prefix) :]: v for k, v in checkpoint["state_dict"].items() if k.startswith(prefix)}
-    try:
-        encoder.load_state_dict(state)
-    except RuntimeError as error:
-        raise UserError(f"ckpt_path={str(path)!r}: its encoder weights do not fit its own config ({error}).") from error
+    load_weights(
+        encoder,
+        state,
+        f"ckpt_path={str(path)!r}: its encoder weights",
+        "its own config (the file was changed after training); use a checkpoint as its run wrote it",
+    )
     encoder.to(device).eval()
     return LoadedEncoder(encoder=encoder, preprocessing=preprocessing_of(config, path), config=config, path=Path(path))
 
