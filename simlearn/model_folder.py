@@ -168,22 +168,35 @@ class SimilarityModel:
 def load(path: str | os.PathLike, device: str | torch.device = "cpu") -> SimilarityModel:
     """The model of a folder written by ``simlearn-export format=hf`` (or of a training checkpoint ``.ckpt``),
     ready to :meth:`~SimilarityModel.embed` images on ``device``."""
-    path = Path(path).expanduser()
-    if path.is_file() and path.name in FILES:
-        path = path.parent
-    if path.is_file():
-        loaded = load_encoder(path, device)
+    loaded = load_encoder(path, device)  # either kind: simlearn.checkpoints reads both
+    folder = folder_of(path)
+    if folder is None:
         config = {"backbone": _plain(loaded.config.backbone), "head": _plain(loaded.config.head)}
-        return SimilarityModel(loaded.encoder, loaded.preprocessing, config, path, device)
-    if not path.is_dir():
-        raise UserError(
-            f"{str(path)!r} does not exist; give a model folder written by simlearn-export format=hf or a .ckpt file."
-        )
+        return SimilarityModel(loaded.encoder, loaded.preprocessing, config, Path(path).expanduser(), device)
+    config = {key: value for key, value in _plain(loaded.config).items() if key != "preprocessing"}
+    return SimilarityModel(loaded.encoder, loaded.preprocessing, config, folder, device)
+
+
+def folder_of(path: str | os.PathLike) -> Path | None:
+    """The model folder ``path`` names (the folder, or one of its files), None for a file that is none of its: a
+    training checkpoint. Any folder counts, so that one that is not a model folder is told what it lacks."""
+    path = Path(path).expanduser()
+    if path.is_file() and path.name in FILES and (path.parent / CONFIG).is_file():
+        return path.parent
+    return path if path.is_dir() else None
+
+
+def read_model_folder(folder: str | os.PathLike, device: str | torch.device = "cpu") -> LoadedEncoder:
+    """The encoder of a model folder (eval mode, its weights) as :func:`simlearn.checkpoints.load_encoder` gives a
+    checkpoint's: ``config`` holds ``config.json`` (backbone, head, …) and the preprocessing, ``path`` is its
+    ``model.safetensors`` (whose size and time key the galleries embedded with it)."""
+    path = Path(folder).expanduser()
     missing = [name for name in (WEIGHTS, CONFIG, PREPROCESSING) if not (path / name).is_file()]
     if missing:
         raise UserError(
-            f"{str(path)!r} is not a simlearn model folder: it lacks {missing}; write one with simlearn-export "
-            f"ckpt_path=… format=hf."
+            f"{str(path)!r} is not a simlearn model folder: it lacks {missing}, and a folder is no training "
+            f"checkpoint; give a .ckpt written by training, or a folder written by simlearn-export ckpt_path=… "
+            f"format=hf."
         )
     try:
         config = json.loads((path / CONFIG).read_text())
@@ -208,7 +221,12 @@ def load(path: str | os.PathLike, device: str | torch.device = "cpu") -> Similar
     if problem is not None:
         raise UserError(f"{str(path / WEIGHTS)!r} does not fit {CONFIG} ({problem}). Fix: {again}.")
     load_model(encoder, str(path / WEIGHTS))
-    return SimilarityModel(encoder, preprocessing, config, path, device)
+    return LoadedEncoder(
+        encoder=encoder.to(device).eval(),
+        preprocessing=preprocessing,
+        config=OmegaConf.create({**config, "preprocessing": preprocessing}),
+        path=path / WEIGHTS,
+    )
 
 
 def _build(config: Mapping[str, Any], path: Path) -> torch.nn.Module:
