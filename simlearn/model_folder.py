@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import shlex
 import shutil
@@ -387,9 +388,9 @@ def model_card(
         f"`{_target_name(config['head'])}` → {dim}-d, L2-normalised"
         + (f"; {parameters:,} parameters" if parameters else ""),
         f"- initial weights: {_initial_weights(config['backbone'], dataset)}",
-        f"- input: {channels}, {prep['image_size']}×{prep['image_size']} pixels (shorter side resized, centre "
-        f"cropped), scaled to [0, 1], normalised with mean {_round(prep['mean'])} and std {_round(prep['std'])} "
-        f"(`{PREPROCESSING}`; `simlearn.load` does all of it)",
+        f"- input: {channels}, {prep['image_size']}×{prep['image_size']} pixels ({_crop(prep)}), scaled to [0, 1], "
+        f"normalised with mean {_round(prep['mean'])} and std {_round(prep['std'])} (`{PREPROCESSING}`; "
+        f"`simlearn.load` does all of it)",
         f"- files: `{WEIGHTS}` (weights), `{CONFIG}` (the encoder's config), `{PREPROCESSING}`",
         "",
         "## Training",
@@ -478,6 +479,18 @@ def _initial_weights(backbone: Mapping[str, Any], dataset: str) -> str:
     name = backbone.get("name") or _target_name(backbone)
     source = backbone.get("checkpoint_path") or (pretrained if isinstance(pretrained, str) else None)
     return f"pretrained: `{name}`" + (f" from `{source}`" if source else " with its library's default weights")
+
+
+def _crop(prep: Mapping[str, Any]) -> str:
+    """How an image is resized and cropped to the input, in words (``preprocessing.json``'s crop keys)."""
+    size, crop_pct = int(prep["image_size"]), prep.get("crop_pct")
+    interpolation = prep.get("interpolation") or "bilinear"
+    if not crop_pct or crop_pct == 1:
+        return f"shorter side resized to {size} ({interpolation}), centre cropped"
+    return (
+        f"shorter side resized to {math.floor(size / crop_pct)} ({interpolation}), the centre {size}×{size} cropped: "
+        f"crop_pct {crop_pct}, the backbone's evaluation transform"
+    )
 
 
 def _round(values: Sequence[float]) -> list[float]:

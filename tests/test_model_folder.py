@@ -180,6 +180,9 @@ def test_the_card_says_when_the_backbone_started_from_random_weights(exported):
         card = model_card(loaded, info)
         assert expected in card
         assert ("started from random weights" in card) is (not pretrained)
+    assert "1×8×8" not in card and "shorter side resized to 8 (bilinear), centre cropped" in card  # no crop record
+    loaded.preprocessing = {**loaded.preprocessing, "image_size": 160, "crop_pct": 0.95, "interpolation": "bicubic"}
+    assert "resized to 168 (bicubic), the centre 160×160 cropped: crop_pct 0.95" in model_card(loaded, info)
 
 
 def test_bad_weights_in_a_folder_are_one_line_with_the_fix(exported, tmp_path):

@@ -14,6 +14,7 @@ from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from simlearn.build import (
+    CROP_KEYS,
     FETCH_KEYS,
     build_datamodule,
     build_encoder,
@@ -212,7 +213,8 @@ def preprocessing_of(config: DictConfig, path: str | Path = "checkpoint") -> dic
     stored = config.get("preprocessing")
     if stored:
         prep = OmegaConf.to_container(stored, resolve=True) if OmegaConf.is_config(stored) else dict(stored)
-        return {key: prep[key] for key in ("image_size", "channels", "mean", "std")}
+        # crop_pct and interpolation where training recorded them (older checkpoints: the full square, bilinear)
+        return {key: prep[key] for key in ("image_size", "channels", "mean", "std", *CROP_KEYS) if key in prep}
     data = config.get("data") or {}
     try:
         from_files = issubclass(get_class(data.get("_target_", "")), ImageFileDataModule)

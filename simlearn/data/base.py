@@ -78,6 +78,10 @@ class Preprocessing:
     channels: int
     mean: list[float]
     std: list[float]
+    #: image files only: the share of the resized image that the centre crop keeps, and the resampling filter (None:
+    #: the full square, bilinear; see :func:`simlearn.data.image_files.image_transform`)
+    crop_pct: float | None = None
+    interpolation: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -95,6 +99,22 @@ def channel_stats(mean: Sequence[float], std: Sequence[float], channels: int) ->
             f"e.g. data.mean=[0.5] data.std=[0.25] for grey images."
         )
     return mean, std
+
+
+#: Resampling filters a backbone may declare (timm's pretrained config ``interpolation``) that resize tensors.
+INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "lanczos")
+
+
+def check_crop(crop_pct: Any, interpolation: Any) -> None:
+    """One :class:`UserError` for a ``data.crop_pct`` outside (0, 1] or an ``interpolation`` no resize has."""
+    valid = INTERPOLATIONS
+    if crop_pct is not None and (isinstance(crop_pct, bool) or not 0 < crop_pct <= 1):
+        raise UserError(
+            f"data.crop_pct must be in (0, 1] (the share of the resized image the centre crop keeps, e.g. 0.875) or "
+            f"null (the backbone's, else 1), got {crop_pct!r}."
+        )
+    if interpolation is not None and interpolation not in valid:
+        raise UserError(f"data.interpolation must be one of {', '.join(valid)} or null, got {interpolation!r}.")
 
 
 def augment_transforms(augment: Any) -> list[Callable]:
@@ -238,8 +258,11 @@ class EmbeddingDataModule(pl.LightningDataModule):
         augment: Any = None,
         mean: Sequence[float] | None = None,
         std: Sequence[float] | None = None,
+        crop_pct: float | None = None,
+        interpolation: str | None = None,
     ) -> None:
         super().__init__()
+        check_crop(crop_pct, interpolation)
         check_batches_and_fractions(batch_size, eval_batch_size, val_fraction, test_fraction)
         if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
             raise UserError(f"data.num_workers must be an integer ≥ 0, got {num_workers!r}.")
@@ -279,6 +302,7 @@ class EmbeddingDataModule(pl.LightningDataModule):
         self.augment = augment_transforms(augment)
         self.mean = None if mean is None else list(mean)
         self.std = None if std is None else list(std)
+        self.crop_pct, self.interpolation = crop_pct, interpolation
         self._check_class_lists()
         #: Names of the labels 0..C−1 of ``label_field`` (set by :meth:`setup`): every class of train/val/test; with
         #: ``split_by=class`` the training classes first (0..T−1), then the val and the test classes.
@@ -405,7 +429,9 @@ class EmbeddingDataModule(pl.LightningDataModule):
         else:
             mean, std = self.mean, self.std
         mean, std = channel_stats(mean, std, self.channels)
-        self._preprocessing = Preprocessing(self.image_size, self.channels, mean, std)
+        self._preprocessing = Preprocessing(
+            self.image_size, self.channels, mean, std, self.crop_pct, self.interpolation
+        )
         self._items = items
         self.datasets = {
             split: items.dataset(index, self._preprocessing, self.augment if split == "train" else ())

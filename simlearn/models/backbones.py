@@ -16,6 +16,7 @@ from urllib.parse import urlparse
 import torch
 from torch import Tensor, nn
 
+from simlearn.data.base import INTERPOLATIONS
 from simlearn.data.image_files import IMAGENET_MEAN, IMAGENET_STD
 from simlearn.errors import UserError
 
@@ -286,19 +287,32 @@ class TimmBackbone(NetworkBackbone):
             ) from error
 
     def preprocessing(self) -> dict[str, Any]:
-        """The model's input size and normalisation from its pretrained config (``img_size`` in ``model_kwargs``
-        replaces the size)."""
+        """The model's evaluation transform from its pretrained config (``timm.data.resolve_model_data_config``): input
+        size (``img_size`` in ``model_kwargs`` replaces it), mean/std, ``crop_pct`` and ``interpolation``, so that
+        images are resized and centre-cropped as timm's ``create_transform`` does for the published figures."""
         from timm.data import resolve_model_data_config
 
         config = resolve_model_data_config(self.net)
         size = self.model_kwargs.get("img_size", config["input_size"][-1])
         if isinstance(size, Sequence):
             size = size[-1]
-        return {
+        if config.get("crop_mode", "center") != "center":
+            log.warning(
+                "timm model %s evaluates with crop_mode=%s; simlearn centre-crops (crop_pct %s)",
+                self.name,
+                config["crop_mode"],
+                config.get("crop_pct"),
+            )
+        prep = {
             "image_size": int(size),
             "mean": [float(m) for m in config["mean"]],
             "std": [float(s) for s in config["std"]],
         }
+        if config.get("crop_pct"):
+            prep["crop_pct"] = float(config["crop_pct"])
+        if config.get("interpolation") in INTERPOLATIONS:
+            prep["interpolation"] = str(config["interpolation"])
+        return prep
 
 
 class TimmLoadLog(logging.Handler):
