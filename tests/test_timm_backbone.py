@@ -268,7 +268,7 @@ def test_torchvision_weights_of_another_architecture_name_the_keys(tmp_path, mon
     with pytest.raises(UserError) as error:
         TorchvisionBackbone("resnet18", pretrained=True)
     message = str(error.value)
-    assert "\n" not in message and "do not fit ResNet: " in message
+    assert "\n" not in message and "do not fit resnet18 (ResNet): " in message
     assert "122 of its 122 tensors are missing: conv1.weight, bn1.weight, bn1.bias (and 119 more)" in message
     assert "are not the model's: cls_token, pos_embed" in message and "the file holds" in message
     assert "Fix: delete the file to download it again" in message

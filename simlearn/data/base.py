@@ -68,6 +68,10 @@ from simlearn.errors import UserError
 Loader = DataLoader | DeviceBatchLoader
 
 
+#: The keys of :class:`Preprocessing` that image files alone use, left out of its record when unset.
+CROP_RECORD = ("crop_pct", "interpolation")
+
+
 @dataclass(frozen=True)
 class Preprocessing:
     """How a raw image becomes model input: resize to ``image_size`` with ``channels`` channels, scale pixel values to
@@ -84,7 +88,10 @@ class Preprocessing:
     interpolation: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """The record stored in checkpoints; the crop keys only when set (a record without them means the full
+        square, bilinear, as for the checkpoints written before they existed)."""
+        record = asdict(self)
+        return {key: value for key, value in record.items() if value is not None or key not in CROP_RECORD}
 
 
 def channel_stats(mean: Sequence[float], std: Sequence[float], channels: int) -> tuple[list[float], list[float]]:

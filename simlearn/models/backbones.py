@@ -497,6 +497,7 @@ def _load(module: nn.Module, state: dict[str, Tensor], name: str) -> None:
         state,
         f"the pretrained weights in {path}",
         "delete the file to download it again, or set backbone.pretrained=false",
+        label=f"{name} ({type(module).__name__})",
     )
 
 
@@ -514,10 +515,11 @@ def weights_mismatch(
     module: nn.Module,
     shapes: Mapping[str, Sequence[int]],
     ignored: Sequence[str] = (),
+    label: str | None = None,
 ) -> str | None:
-    """How weights of these names and shapes do not fit ``module``: its first missing keys, the file's first unexpected
-    ones and mismatched shapes, in one line; None when they fit. Keys starting with one of ``ignored`` (a classifier
-    that was dropped) are not unexpected."""
+    """How weights of these names and shapes do not fit ``module`` (called ``label``, else by its class): its first
+    missing keys, the file's first unexpected ones and mismatched shapes, in one line; None when they fit. Keys
+    starting with one of ``ignored`` (a classifier that was dropped) are not unexpected."""
     own = {key: tuple(value.shape) for key, value in module.state_dict().items()}
     missing = [key for key in own if key not in shapes]
     unexpected = [key for key in shapes if key not in own and not key.startswith(tuple(ignored))]
@@ -539,14 +541,15 @@ def weights_mismatch(
             f"{len(shaped)} have another shape, e.g. {key} is {list(shapes[key])} in the file, {list(own[key])} in "
             f"the model"
         )
-    return f"{type(module).__name__}: {'; '.join(parts)}; {describe_weights(shapes)}"
+    return f"{label or type(module).__name__}: {'; '.join(parts)}; {describe_weights(shapes)}"
 
 
-def load_weights(module: nn.Module, state: Mapping[str, Tensor], what: str, fix: str) -> None:
+def load_weights(module: nn.Module, state: Mapping[str, Tensor], what: str, fix: str, label: str | None = None) -> None:
     """``module.load_state_dict(state)`` (strict); weights that do not fit are one :class:`UserError`: ``what`` do not
-    fit, naming the first missing, unexpected and mis-shaped keys and what the file holds, then ``fix``."""
+    fit ``label`` (the module's class), naming the first missing, unexpected and mis-shaped keys and what the file
+    holds, then ``fix``."""
     shapes = {key: tuple(value.shape) for key, value in state.items()}
-    problem = weights_mismatch(module, shapes)
+    problem = weights_mismatch(module, shapes, label=label)
     if problem is not None:
         raise UserError(f"{what} do not fit {problem}. Fix: {fix}.")
     module.load_state_dict(state)
