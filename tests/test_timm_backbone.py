@@ -231,7 +231,7 @@ def test_other_photo_data_is_prepared_as_the_checkpoint_was_trained(timm_run, tm
             np.testing.assert_allclose(embedding, wanted[int(Path(path).stem)], atol=2e-3)
 
 
-def test_weights_of_another_architecture_or_a_corrupt_file_are_one_line(tmp_path, hub_cache):
+def test_weights_of_another_architecture_or_a_corrupt_file_are_one_line(tmp_path, hub_cache, caplog):
     """timm loads non-strictly once the classifier is dropped: a file of another model must not leave random weights
     behind a log line, nor end in torch's cut-off "Error(s) in loading state_dict"; a corrupt file says how to fix."""
     vit = tmp_path / "vit.safetensors"
@@ -243,6 +243,7 @@ def test_weights_of_another_architecture_or_a_corrupt_file_are_one_line(tmp_path
     assert "tensors are missing from it, e.g. conv1.0.weight" in message  # the model's first keys
     assert "the file holds 80 tensors" in message and "blocks.0.attn" in message  # what the file looks like
     assert "Fix: give backbone.checkpoint_path a weights file of test_resnet" in message
+    assert not [r for r in caplog.records if "keys" in r.getMessage()]  # said once, in the error, not also by timm
     wider = tmp_path / "efficientnet.safetensors"  # the same key names, other shapes
     state = {k: v.contiguous() for k, v in timm.create_model("test_resnet", stem_width=24).state_dict().items()}
     save_file(state, str(wider))

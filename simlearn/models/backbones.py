@@ -269,6 +269,7 @@ class TimmBackbone(NetworkBackbone):
                 f"backbone timm {name}: {where} does not fit the model: {len(timm_log.missing)} of its tensors are "
                 f"missing from it, e.g. {some}{unexpected}{described}. Fix: {fix}."
             )
+        timm_log.replay()
         self.out_features = int(self.net.num_features)
         self._freeze(bool(pretrained))
 
@@ -317,17 +318,20 @@ class TimmBackbone(NetworkBackbone):
 
 class TimmLoadLog(logging.Handler):
     """The keys timm reports missing or unexpected while it loads pretrained weights (it loads them non-strictly and
-    only logs what did not fit), collected from its log during a ``with`` block; its warnings still reach the log."""
+    only logs what did not fit), collected from its log during a ``with`` block. Its INFO lines are caught without
+    reaching any console; :meth:`replay` hands on the records its logger would have passed anyway."""
 
     LOGGER = "timm.models._builder"
     PATTERN = re.compile(r"^(Missing|Unexpected) keys \((.*)\) (?:discovered|found) while loading")
 
     def __init__(self) -> None:
-        super().__init__(logging.INFO)
+        super().__init__(logging.DEBUG)
         self.missing: list[str] = []
         self.unexpected: list[str] = []
+        self.records: list[logging.LogRecord] = []
 
     def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
         found = self.PATTERN.match(record.getMessage())
         if found:
             keys = [key for key in found.group(2).split(", ") if key]
@@ -335,16 +339,25 @@ class TimmLoadLog(logging.Handler):
 
     def __enter__(self) -> TimmLoadLog:
         logger = logging.getLogger(self.LOGGER)
-        self._level = logger.level
-        if logger.getEffectiveLevel() > logging.INFO:
-            logger.setLevel(logging.INFO)  # the missing keys are only logged at INFO
+        self._saved = (logger.level, logger.propagate, logger.getEffectiveLevel())
+        logger.setLevel(logging.INFO)  # the missing keys are logged at INFO
+        logger.propagate = False  # only to this handler while it listens
         logger.addHandler(self)
         return self
 
     def __exit__(self, *exc: object) -> None:
         logger = logging.getLogger(self.LOGGER)
         logger.removeHandler(self)
-        logger.setLevel(self._level)
+        level, logger.propagate, _ = self._saved
+        logger.setLevel(level)
+
+    def replay(self) -> None:
+        """Hand on the records timm's logger would have passed (after the block, when its weights did fit: a file
+        that does not is said once, in the error)."""
+        logger = logging.getLogger(self.LOGGER)
+        for record in self.records:
+            if record.levelno >= self._saved[2]:
+                logger.handle(record)
 
 
 def safetensors_shapes(path: str | os.PathLike) -> dict[str, tuple[int, ...]]:
