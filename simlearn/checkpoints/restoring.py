@@ -47,8 +47,8 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise UserError(
-            f"ckpt_path={str(path)!r} does not exist; give a .ckpt written by training or a model folder written by "
-            f"simlearn-export format=hf."
+            f"ckpt_path={str(path)!r} is not a file: it does not exist; give a .ckpt written by training or a model "
+            f"folder written by simlearn-export format=hf."
         )
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=False)
