@@ -11,7 +11,7 @@ import torch
 from hydra.utils import get_object, instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from simlearn.data.base import EmbeddingDataModule
+from simlearn.data.base import CROP_KEYS, EmbeddingDataModule
 from simlearn.errors import UserError
 from simlearn.models import EmbeddingModule, Encoder
 from simlearn.models.backbones import Backbone
@@ -49,8 +49,6 @@ def check_config(cfg: DictConfig) -> None:
         )
 
 
-#: The evaluation crop of image files a backbone may declare: the share of the resized image kept, the resampling.
-CROP_KEYS = ("crop_pct", "interpolation")
 #: Data keys that may be left null for the model to fill (:meth:`Backbone.preprocessing`).
 PREPROCESSING_KEYS = ("image_size", "mean", "std", *CROP_KEYS)
 #: Backbone keys that fetch pretrained weights, and their off values: a checkpoint's own weights replace them.

@@ -68,8 +68,9 @@ from simlearn.errors import UserError
 Loader = DataLoader | DeviceBatchLoader
 
 
-#: The keys of :class:`Preprocessing` that image files alone use, left out of its record when unset.
-CROP_RECORD = ("crop_pct", "interpolation")
+#: The evaluation crop of image files (:class:`Preprocessing`): the share of the resized image kept, the resampling;
+#: left out of its record when unset.
+CROP_KEYS = ("crop_pct", "interpolation")
 
 
 @dataclass(frozen=True)
@@ -91,7 +92,7 @@ class Preprocessing:
         """The record stored in checkpoints; the crop keys only when set (a record without them means the full
         square, bilinear, as for the checkpoints written before they existed)."""
         record = asdict(self)
-        return {key: value for key, value in record.items() if value is not None or key not in CROP_RECORD}
+        return {key: value for key, value in record.items() if value is not None or key not in CROP_KEYS}
 
 
 def channel_stats(mean: Sequence[float], std: Sequence[float], channels: int) -> tuple[list[float], list[float]]:
@@ -114,14 +115,15 @@ INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "lanczos")
 
 def check_crop(crop_pct: Any, interpolation: Any) -> None:
     """One :class:`UserError` for a ``data.crop_pct`` outside (0, 1] or an ``interpolation`` no resize has."""
-    valid = INTERPOLATIONS
     if crop_pct is not None and (isinstance(crop_pct, bool) or not 0 < crop_pct <= 1):
         raise UserError(
             f"data.crop_pct must be in (0, 1] (the share of the resized image the centre crop keeps, e.g. 0.875) or "
             f"null (the backbone's, else 1), got {crop_pct!r}."
         )
-    if interpolation is not None and interpolation not in valid:
-        raise UserError(f"data.interpolation must be one of {', '.join(valid)} or null, got {interpolation!r}.")
+    if interpolation is not None and interpolation not in INTERPOLATIONS:
+        raise UserError(
+            f"data.interpolation must be one of {', '.join(INTERPOLATIONS)} or null, got {interpolation!r}."
+        )
 
 
 def augment_transforms(augment: Any) -> list[Callable]:
