@@ -15,7 +15,7 @@ import torch
 from hydra.utils import get_object, instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from simlearn.data.base import EmbeddingDataModule
+from simlearn.data.base import CROP_KEYS, EmbeddingDataModule
 from simlearn.errors import UserError
 from simlearn.models import EmbeddingModule, Encoder
 from simlearn.models.backbones import Backbone
@@ -54,7 +54,7 @@ def check_config(cfg: DictConfig) -> None:
 
 
 #: Data keys that may be left null for the model to fill (:meth:`Backbone.preprocessing`).
-PREPROCESSING_KEYS = ("image_size", "mean", "std")
+PREPROCESSING_KEYS = ("image_size", "mean", "std", *CROP_KEYS)
 #: Backbone keys that fetch pretrained weights, and their off values: a checkpoint's own weights replace them.
 FETCH_KEYS = {"pretrained": False, "checkpoint_path": None}
 #: Backbone keys that fetch or pin weights: off while a backbone is built only to ask what input it expects.
@@ -62,13 +62,16 @@ WEIGHT_KEYS = {**FETCH_KEYS, "freeze": False}
 
 
 def fill_preprocessing(cfg: DictConfig, declared: Mapping[str, Any] | None = None) -> None:
-    """Set the data keys left null (``data.image_size``, ``data.mean``, ``data.std``) to what the model expects.
+    """Set the data keys left null (``data.image_size``, ``data.mean``, ``data.std``, ``data.crop_pct``,
+    ``data.interpolation``) to what the model expects.
 
     What it expects is ``declared`` when given, else the preprocessing a checkpoint's config stored (the model was
     trained with it), else what the backbone declares (:meth:`Backbone.preprocessing`: a timm model's pretrained
     config, torchvision's 224 pixels and ImageNet statistics). A key the data config sets is kept; a key nothing
     declares keeps the data's own default (image size: the data class's default; mean/std: ImageNet's for image
-    files, measured on the training split for in-memory data, whose configs leave the keys out). A backbone whose
+    files, measured on the training split for in-memory data, whose configs leave the keys out; crop and
+    interpolation: null, the full square, bilinear, which is also what a checkpoint that records none was trained
+    with). A backbone whose
     config reads ``data.image_size`` (small_cnn) follows the data and declares none.
     """
     data = cfg.get("data")
@@ -101,6 +104,9 @@ def fill_preprocessing(cfg: DictConfig, declared: Mapping[str, Any] | None = Non
     fits = mean is not None and std is not None and len(mean) == len(std) and channels in (len(mean), 1)
     if "mean" in open_keys and "std" in open_keys and fits:
         data.mean, data.std = [float(v) for v in mean], [float(v) for v in std]
+    for key in CROP_KEYS:
+        if key in open_keys and declared.get(key) is not None:
+            data[key] = declared[key]
 
 
 def backbone_preprocessing(cfg: DictConfig) -> dict[str, Any]:

@@ -165,16 +165,18 @@ def embed_dataset(cfg: DictConfig) -> dict[str, Path]:
     results = embed_splits(loaded.encoder, datamodule, splits, device, cfg.get("batch_size"))
     out_dir = Path(cfg.get("out_dir") or cfg.paths.output_dir)
     per_split = {split: split_arrays(result, datamodule, split) for split, result in results.items()}
-    paths = {split: write_npz(out_dir / f"{split}.npz", arrays, cfg.ckpt_path) for split, arrays in per_split.items()}
+    # the file the weights came from (a model folder's model.safetensors), as simlearn-search's load_encoder names it
+    ckpt_path = loaded.path
+    paths = {split: write_npz(out_dir / f"{split}.npz", arrays, ckpt_path) for split, arrays in per_split.items()}
     if parquet is True or (parquet == "auto" and parquet_available()):
-        paths["parquet"] = write_parquet(out_dir / "embeddings.parquet", per_split, cfg.ckpt_path)
+        paths["parquet"] = write_parquet(out_dir / "embeddings.parquet", per_split, ckpt_path)
     elif parquet == "auto":
         log.info("pyarrow is not installed: no embeddings.parquet (pip install 'simlearn[parquet]')")
     db_note = ""
     if cfg.get("db"):
         table_name = str(cfg.get("db_table") or vectordb.TABLE)
         table = vectordb.write_embeddings(
-            Path(str(cfg.db)).expanduser(), per_split, cfg.ckpt_path, table_name, bool(cfg.get("db_overwrite"))
+            Path(str(cfg.db)).expanduser(), per_split, ckpt_path, table_name, bool(cfg.get("db_overwrite"))
         )
         paths["db"] = Path(str(cfg.db)).expanduser()
         db_note = f"LanceDB table {table_name!r}"

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import shlex
 import shutil
@@ -37,6 +38,7 @@ from simlearn.data.image_files import image_mode
 from simlearn.data.images import DECODE_ERRORS, ImageLoader
 from simlearn.errors import UserError
 from simlearn.evaluation.vectors import unit_rows
+from simlearn.models.backbones import safetensors_shapes, weights_mismatch
 
 log = logging.getLogger(__name__)
 
@@ -167,22 +169,35 @@ class SimilarityModel:
 def load(path: str | os.PathLike, device: str | torch.device = "cpu") -> SimilarityModel:
     """The model of a folder written by ``simlearn-export format=hf`` (or of a training checkpoint ``.ckpt``),
     ready to :meth:`~SimilarityModel.embed` images on ``device``."""
-    path = Path(path).expanduser()
-    if path.is_file() and path.name in FILES:
-        path = path.parent
-    if path.is_file():
-        loaded = load_encoder(path, device)
+    loaded = load_encoder(path, device)  # either kind: simlearn.checkpoints reads both
+    folder = folder_of(path)
+    if folder is None:
         config = {"backbone": _plain(loaded.config.backbone), "head": _plain(loaded.config.head)}
-        return SimilarityModel(loaded.encoder, loaded.preprocessing, config, path, device)
-    if not path.is_dir():
-        raise UserError(
-            f"{str(path)!r} does not exist; give a model folder written by simlearn-export format=hf or a .ckpt file."
-        )
+        return SimilarityModel(loaded.encoder, loaded.preprocessing, config, Path(path).expanduser(), device)
+    config = {key: value for key, value in _plain(loaded.config).items() if key != "preprocessing"}
+    return SimilarityModel(loaded.encoder, loaded.preprocessing, config, folder, device)
+
+
+def folder_of(path: str | os.PathLike) -> Path | None:
+    """The model folder ``path`` names (the folder, or one of its files), None for a file that is none of its: a
+    training checkpoint. Any folder counts, so that one that is not a model folder is told what it lacks."""
+    path = Path(path).expanduser()
+    if path.is_file() and path.name in FILES and (path.parent / CONFIG).is_file():
+        return path.parent
+    return path if path.is_dir() else None
+
+
+def read_model_folder(folder: str | os.PathLike, device: str | torch.device = "cpu") -> LoadedEncoder:
+    """The encoder of a model folder (eval mode, its weights) as :func:`simlearn.checkpoints.load_encoder` gives a
+    checkpoint's: ``config`` holds ``config.json`` (backbone, head, …) and the preprocessing, ``path`` is its
+    ``model.safetensors`` (whose size and time key the galleries embedded with it)."""
+    path = Path(folder).expanduser()
     missing = [name for name in (WEIGHTS, CONFIG, PREPROCESSING) if not (path / name).is_file()]
     if missing:
         raise UserError(
-            f"{str(path)!r} is not a simlearn model folder: it lacks {missing}; write one with simlearn-export "
-            f"ckpt_path=… format=hf."
+            f"{str(path)!r} is not a simlearn model folder: it lacks {missing}, and a folder is no training "
+            f"checkpoint; give a .ckpt written by training, or a folder written by simlearn-export ckpt_path=… "
+            f"format=hf."
         )
     try:
         config = json.loads((path / CONFIG).read_text())
@@ -192,19 +207,27 @@ def load(path: str | os.PathLike, device: str | torch.device = "cpu") -> Similar
     if config.get("library_name") != "simlearn" or "backbone" not in config or "head" not in config:
         raise UserError(f"{str(path / CONFIG)!r} was not written by simlearn-export format=hf (no simlearn encoder).")
     encoder = _build(config, path)
-    from safetensors import SafetensorError
     from safetensors.torch import load_model
 
+    again = "export the folder again (simlearn-export format=hf) or download it again"
     try:
-        missing_keys, unexpected = load_model(encoder, str(path / WEIGHTS), strict=False)
-    except (OSError, SafetensorError, RuntimeError) as error:
-        raise UserError(f"{str(path / WEIGHTS)!r} cannot be read as the encoder's weights ({error}).") from error
-    if missing_keys or unexpected:
+        shapes = safetensors_shapes(path / WEIGHTS)
+    except Exception as error:  # safetensors' own error, a truncated or foreign file, an unreadable one
+        message = str(error).strip().splitlines()[0] if str(error).strip() else ""
         raise UserError(
-            f"{str(path / WEIGHTS)!r} does not fit {CONFIG}: missing {sorted(missing_keys)[:5]}, unexpected "
-            f"{sorted(unexpected)[:5]}; export the folder again."
-        )
-    return SimilarityModel(encoder, preprocessing, config, path, device)
+            f"{str(path / WEIGHTS)!r} is not a readable safetensors file ({type(error).__name__}: {message}): a "
+            f"download or copy cut short, or another format. Fix: {again}."
+        ) from error
+    problem = weights_mismatch(encoder, shapes)
+    if problem is not None:
+        raise UserError(f"{str(path / WEIGHTS)!r} does not fit {CONFIG} ({problem}). Fix: {again}.")
+    load_model(encoder, str(path / WEIGHTS))
+    return LoadedEncoder(
+        encoder=encoder.to(device).eval(),
+        preprocessing=preprocessing,
+        config=OmegaConf.create({**config, "preprocessing": preprocessing}),
+        path=path / WEIGHTS,
+    )
 
 
 def _build(config: Mapping[str, Any], path: Path) -> torch.nn.Module:
@@ -364,9 +387,10 @@ def model_card(
         f"- backbone: `{_target_name(config['backbone'])}` (`backbone={backbone_choice}`), head: "
         f"`{_target_name(config['head'])}` → {dim}-d, L2-normalised"
         + (f"; {parameters:,} parameters" if parameters else ""),
-        f"- input: {channels}, {prep['image_size']}×{prep['image_size']} pixels (shorter side resized, centre "
-        f"cropped), scaled to [0, 1], normalised with mean {_round(prep['mean'])} and std {_round(prep['std'])} "
-        f"(`{PREPROCESSING}`; `simlearn.load` does all of it)",
+        f"- initial weights: {_initial_weights(config['backbone'], dataset)}",
+        f"- input: {channels}, {prep['image_size']}×{prep['image_size']} pixels ({_crop(prep)}), scaled to [0, 1], "
+        f"normalised with mean {_round(prep['mean'])} and std {_round(prep['std'])} (`{PREPROCESSING}`; "
+        f"`simlearn.load` does all of it)",
         f"- files: `{WEIGHTS}` (weights), `{CONFIG}` (the encoder's config), `{PREPROCESSING}`",
         "",
         "## Training",
@@ -425,6 +449,14 @@ def model_card(
         "",
         f"- It was trained on `{dataset}` alone: images of another kind (content, resolution, colour) are embedded, "
         "but their similarities mean little; measure retrieval on labelled images of your own before relying on it.",
+        *(
+            [
+                f"- Its backbone started from random weights, not from a pretrained image model: it has seen no images "
+                f"but `{dataset}`'s."
+            ]
+            if not config["backbone"].get("pretrained")
+            else []
+        ),
         "- A cosine is a similarity score, not a probability: a threshold for 'same' must be chosen on labelled pairs "
         "of your data.",
         "- The metrics above come from one run and one test split, without error bars.",
@@ -433,6 +465,32 @@ def model_card(
         "",
     ]
     return "\n".join(lines)
+
+
+def _initial_weights(backbone: Mapping[str, Any], dataset: str) -> str:
+    """Where the backbone's weights started: a reader assumes a published image model was pretrained, so a model
+    trained from random weights says so (a backbone without a ``pretrained`` key, such as small_cnn, always is)."""
+    pretrained = backbone.get("pretrained")
+    if not pretrained:
+        why = "`backbone.pretrained=false`" if "pretrained" in backbone else f"`{_target_name(backbone)}` has none"
+        return (
+            f"**random**, not pretrained ({why}): everything the backbone knows was learnt from `{dataset}` in this run"
+        )
+    name = backbone.get("name") or _target_name(backbone)
+    source = backbone.get("checkpoint_path") or (pretrained if isinstance(pretrained, str) else None)
+    return f"pretrained: `{name}`" + (f" from `{source}`" if source else " with its library's default weights")
+
+
+def _crop(prep: Mapping[str, Any]) -> str:
+    """How an image is resized and cropped to the input, in words (``preprocessing.json``'s crop keys)."""
+    size, crop_pct = int(prep["image_size"]), prep.get("crop_pct")
+    interpolation = prep.get("interpolation") or "bilinear"
+    if not crop_pct or crop_pct == 1:
+        return f"shorter side resized to {size} ({interpolation}), centre cropped"
+    return (
+        f"shorter side resized to {math.floor(size / crop_pct)} ({interpolation}), the centre {size}×{size} cropped: "
+        f"crop_pct {crop_pct}, the backbone's evaluation transform"
+    )
 
 
 def _round(values: Sequence[float]) -> list[float]:

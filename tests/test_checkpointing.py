@@ -1,4 +1,5 @@
-"""Checkpoint files are never left half-written, and ties in the monitored metric keep the later epoch."""
+"""Checkpoint files are never left half-written, ties in the monitored metric keep the later epoch, and encoder weights
+that do not fit their config are one line naming the keys."""
 
 from types import SimpleNamespace
 
@@ -44,3 +45,24 @@ def test_atomic_save_replaces_whole_files_and_survives_a_failed_write(tmp_path, 
         io.save_checkpoint({"epoch": 2}, path)
     monkeypatch.undo()
     assert torch.load(path, weights_only=False) == {"epoch": 1}, "a failed save must leave the previous file intact"
+
+
+def test_encoder_weights_that_do_not_fit_their_config_name_the_keys(trained_run, tmp_path):
+    """A checkpoint whose encoder weights were changed after training: one line naming the first mis-shaped and
+    missing keys and what the weights hold, not torch's many-line "Error(s) in loading state_dict"."""
+    from simlearn.checkpoints import load_encoder
+    from simlearn.errors import UserError
+
+    checkpoint = torch.load(next((trained_run / "checkpoints").glob("best-*.ckpt")), weights_only=False)
+    state = checkpoint["state_dict"]
+    first = next(key for key in state if key.startswith("encoder."))
+    state[first] = torch.zeros(2, 2)
+    dropped = [key for key in state if key.startswith("encoder.")][-1]
+    del state[dropped]
+    torch.save(checkpoint, tmp_path / "changed.ckpt")
+    with pytest.raises(UserError) as error:
+        load_encoder(tmp_path / "changed.ckpt")
+    message = str(error.value)
+    assert "\n" not in message and "its encoder weights do not fit Encoder: 1 of its" in message
+    assert dropped.removeprefix("encoder.") in message
+    assert f"e.g. {first.removeprefix('encoder.')} is [2, 2] in the file" in message and "the file holds" in message

@@ -187,6 +187,31 @@ def test_proxies_learn_at_their_own_rate(tmp_path):
         MetricTask("digit", model.loss.tasks["digit"].loss, lr_multiplier=0)
 
 
+def test_lr_multiplier_holds_under_one_cycle(tmp_path):
+    """OneCycleLR sets every group's lr from its own max_lr: the task's lr_multiplier scales its group's max_lr (and
+    so the whole cycle), rather than being overwritten by one max_lr for all."""
+    cfg = train_config(
+        tmp_path,
+        "loss=proxy_anchor",
+        "~scheduler",
+        "+scheduler._target_=torch.optim.lr_scheduler.OneCycleLR",
+        "+scheduler._partial_=true",
+        "+scheduler.max_lr=0.002",
+        "+scheduler.total_steps=10",
+    )
+    model = build_model(cfg, build_datamodule(cfg.data))
+    configured = model.configure_optimizers()
+    optimizer, scheduler = configured["optimizer"], configured["lr_scheduler"]["scheduler"]
+    multiplier = model.loss.tasks["digit"].lr_multiplier
+    assert multiplier != 1.0
+    encoder_group, proxy_group = optimizer.param_groups
+    assert [g["max_lr"] for g in optimizer.param_groups] == pytest.approx([0.002, 0.002 * multiplier])
+    for _ in range(10):  # through the whole cycle: the ratio of the two rates holds at every step
+        assert proxy_group["lr"] == pytest.approx(encoder_group["lr"] * multiplier)
+        optimizer.step()
+        scheduler.step()
+
+
 if __name__ == "__main__":  # the measurement behind the floors: python -m tests.test_loss_presets [presets] [seeds]
     import sys
     import tempfile

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 
 import numpy as np
 import pytest
@@ -156,3 +157,116 @@ def test_push_without_credentials_or_offline_is_one_line_and_keeps_the_folder(ex
     with pytest.raises(UserError, match="is not a Hub repository id"):  # a bad id fails before anything is written
         export(export_cfg(exported["ckpt"], tmp_path / "never", tmp_path / "run2", "push_to_hub=a/b/c"))
     assert not (tmp_path / "never").exists()
+
+
+def test_the_card_says_when_the_backbone_started_from_random_weights(exported):
+    """A reader assumes a shared image model was pretrained: a card of random initial weights says so (small_cnn has
+    no pretrained weights at all; timm/torchvision with backbone.pretrained=false neither), a pretrained one names
+    its weights."""
+    from simlearn.model_folder import RunInfo, model_card
+
+    card = (exported["folder"] / CARD).read_text()
+    assert "- initial weights: **random**, not pretrained (`SmallCNN` has none)" in card
+    assert "started from random weights, not from a pretrained image model" in card
+    loaded = load_encoder(exported["ckpt"])
+    info = RunInfo(None, {}, None, {})
+    timm_backbone = {"_target_": "simlearn.models.backbones.TimmBackbone", "name": "resnet50.a1_in1k"}
+    cases = [
+        (False, "**random**, not pretrained (`backbone.pretrained=false`)"),
+        (True, "- initial weights: pretrained: `resnet50.a1_in1k` with its library's"),
+    ]
+    for pretrained, expected in cases:
+        loaded.config.backbone = {**timm_backbone, "pretrained": pretrained}
+        card = model_card(loaded, info)
+        assert expected in card
+        assert ("started from random weights" in card) is (not pretrained)
+    assert "1×8×8" not in card and "shorter side resized to 8 (bilinear), centre cropped" in card  # no crop record
+    loaded.preprocessing = {**loaded.preprocessing, "image_size": 160, "crop_pct": 0.95, "interpolation": "bicubic"}
+    assert "resized to 168 (bicubic), the centre 160×160 cropped: crop_pct 0.95" in model_card(loaded, info)
+
+
+def test_bad_weights_in_a_folder_are_one_line_with_the_fix(exported, tmp_path):
+    import shutil
+
+    from safetensors.torch import save_file
+
+    folder = tmp_path / "model"
+    shutil.copytree(exported["folder"], folder)
+    (folder / WEIGHTS).write_bytes(b"\x00" * 40)  # a download cut short
+    with pytest.raises(UserError, match=r"is not a readable safetensors file .*Fix: export the folder again") as error:
+        simlearn.load(folder)
+    assert "\n" not in str(error.value)
+    weights = load_file(str(exported["folder"] / WEIGHTS))
+    first = sorted(weights)[0]
+    weights[first] = torch.zeros(3, 3)  # another architecture's tensor under the same name
+    del weights[sorted(weights)[-1]]
+    save_file(weights, str(folder / WEIGHTS))
+    with pytest.raises(UserError) as error:
+        simlearn.load(folder)
+    message = str(error.value)
+    assert "\n" not in message and "1 of its" in message and "tensors are missing" in message
+    assert f"e.g. {first} is [3, 3] in the file" in message and "the file holds" in message
+
+
+def test_search_embed_and_serve_take_a_model_folder_as_they_take_its_checkpoint(exported, tmp_path):
+    """ckpt_path= of simlearn-search, -embed and -serve takes a model folder (a shared model, without its training
+    checkpoint): the same results as the checkpoint it was exported from."""
+    from simlearn.embed import embed_dataset
+    from simlearn.search import search
+    from simlearn.serve.service import open_service
+
+    gallery, digits = tmp_path / "gallery", load_digits()
+    for index in range(60):  # 6 per digit on average: enough for the seeded train/val/test split of simlearn-embed
+        path = gallery / str(digits.target[index]) / f"{index}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray((digits.images[index] / 16 * 255).round().astype(np.uint8)).save(path)
+    found = {}
+    for kind, model in (("ckpt", exported["ckpt"]), ("folder", exported["folder"])):
+        overrides = [f"ckpt_path={model}", "device=cpu", "cache=false", "grid=null", "results=null"]
+        cfg = compose_config([*overrides, f"query={exported['pngs'][0]}", f"gallery={gallery}", "k=3"], "search",
+                             tmp_path / kind / "search")  # fmt: skip
+        found[kind, "search"] = [(r["path"], round(r["cos"], 5)) for r in search(cfg)[0]["results"]]
+        cfg = compose_config([f"ckpt_path={model}", "device=cpu", "parquet=false", "data=image_folder",
+                              f"data.root={gallery}", "data.channels=1", "data.num_workers=0"], "embed",
+                             tmp_path / kind / "embed")  # fmt: skip
+        npz = [np.load(path) for name, path in sorted(embed_dataset(cfg).items()) if name != "parquet"]
+        found[kind, "embed"] = ([p for f in npz for p in f["paths"]], np.concatenate([f["embeddings"] for f in npz]))
+        cfg = compose_config([f"ckpt_path={model}", "device=cpu", "cache=false", f"gallery={gallery}"], "serve",
+                             tmp_path / kind / "serve")  # fmt: skip
+        service = open_service(cfg)
+        upload = service.search_upload(exported["pngs"][0].read_bytes(), 3)["results"]
+        found[kind, "serve"] = [(r["path"], round(r["cosine"], 5)) for r in upload]
+    assert found["folder", "search"] == found["ckpt", "search"] and len(found["ckpt", "search"]) == 3
+    assert found["folder", "embed"][0] == found["ckpt", "embed"][0] and len(found["ckpt", "embed"][0]) == 60
+    np.testing.assert_allclose(found["folder", "embed"][1], found["ckpt", "embed"][1], rtol=0, atol=1e-6)
+    assert found["folder", "serve"] == found["ckpt", "serve"] and len(found["ckpt", "serve"]) == 3
+    # the embeddings record the weights file they came from, which simlearn-search then recognises
+    assert str(npz[0]["ckpt_path"]) == str((exported["folder"] / WEIGHTS).resolve())
+    assert load_encoder(exported["folder"] / CONFIG).path == exported["folder"] / WEIGHTS  # a file of it names it
+
+
+def test_a_model_folder_without_data_or_a_path_that_is_neither_is_one_line(exported, tmp_path, capfd):
+    from .helpers import run_main
+
+    folder = exported["folder"]
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "notes.txt").write_text("not a model")
+    cases = [
+        ("simlearn.cli.embed", [f"ckpt_path={folder}", "device=cpu"],
+         r"is a model folder .*not the data it was trained on; name"),
+        ("simlearn.cli.serve", [f"ckpt_path={folder}", "port=0", "device=cpu"],
+         r"is a model folder .*serve a gallery=FOLDER"),
+        ("simlearn.cli.eval", [f"ckpt_path={folder}"], r"is a model folder .*give the training checkpoint"),
+        ("simlearn.cli.search", [f"ckpt_path={tmp_path / 'empty'}", f"query={exported['pngs'][0]}",
+                                 f"gallery={tmp_path}"], r"not a simlearn model folder: it lacks"),
+        ("simlearn.cli.search", [f"ckpt_path={tmp_path / 'notes.txt'}", f"query={exported['pngs'][0]}",
+                                 f"gallery={tmp_path}"], r"is not a readable PyTorch checkpoint"),
+        ("simlearn.cli.search", [f"ckpt_path={tmp_path / 'nowhere'}", f"query={exported['pngs'][0]}",
+                                 f"gallery={tmp_path}"], r"does not exist; give a \.ckpt .* or a model folder"),
+    ]  # fmt: skip
+    for module, args, expected in cases:
+        result = run_main(module, *args, f"hydra.run.dir={tmp_path / 'runs' / module}", capfd=capfd)
+        lines = [line for line in result.stderr.splitlines() if line.strip()]
+        assert result.returncode == 2, (module, args, result.stderr[-2000:])
+        assert "Traceback" not in result.stderr and len(lines) == 1, result.stderr[-2000:]
+        assert re.search(expected, lines[0]), (expected, lines[0])

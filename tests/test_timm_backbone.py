@@ -53,7 +53,8 @@ def test_any_timm_model_without_its_classifier():
     assert backbone.out_features == 256
     assert backbone(torch.randn(2, 1, 32, 32)).shape == (2, 256)
     assert backbone.preprocessing() == {"image_size": 160, "mean": pytest.approx([0.485, 0.456, 0.406]),
-                                        "std": pytest.approx([0.229, 0.224, 0.225])}  # fmt: skip
+                                        "std": pytest.approx([0.229, 0.224, 0.225]), "crop_pct": 0.95,
+                                        "interpolation": "bicubic"}  # fmt: skip
     vit = TimmBackbone("test_vit", model_kwargs={"img_size": 32})  # a ViT is built for one size
     assert vit(torch.randn(2, 3, 32, 32)).shape == (2, vit.out_features) and vit.preprocessing()["image_size"] == 32
 
@@ -228,3 +229,142 @@ def test_other_photo_data_is_prepared_as_the_checkpoint_was_trained(timm_run, tm
     for f in found:
         for path, embedding in zip(f["paths"], f["embeddings"], strict=True):
             np.testing.assert_allclose(embedding, wanted[int(Path(path).stem)], atol=2e-3)
+
+
+def test_weights_of_another_architecture_or_a_corrupt_file_are_one_line(tmp_path, hub_cache, caplog):
+    """timm loads non-strictly once the classifier is dropped: a file of another model must not leave random weights
+    behind a log line, nor end in torch's cut-off "Error(s) in loading state_dict"; a corrupt file says how to fix."""
+    vit = tmp_path / "vit.safetensors"
+    save_file({k: v.contiguous() for k, v in timm.create_model("test_vit").state_dict().items()}, str(vit))
+    with pytest.raises(UserError) as error:
+        TimmBackbone("test_resnet", pretrained=True, checkpoint_path=str(vit))
+    message = str(error.value)
+    assert "\n" not in message
+    assert "tensors are missing from it, e.g. conv1.0.weight" in message  # the model's first keys
+    assert "the file holds 80 tensors" in message and "blocks.0.attn" in message  # what the file looks like
+    assert "Fix: give backbone.checkpoint_path a weights file of test_resnet" in message
+    assert not [r for r in caplog.records if "keys" in r.getMessage()]  # said once, in the error, not also by timm
+    wider = tmp_path / "efficientnet.safetensors"  # the same key names, other shapes
+    state = {k: v.contiguous() for k, v in timm.create_model("test_resnet", stem_width=24).state_dict().items()}
+    save_file(state, str(wider))
+    with pytest.raises(UserError, match=r"does not fit the model: size mismatch for \S+: .*\(and \d+ more\); the file "
+                                        r"holds .*Fix:") as error:  # fmt: skip
+        TimmBackbone("test_resnet", pretrained=True, checkpoint_path=str(wider))
+    assert "\n" not in str(error.value)
+    corrupt = tmp_path / "corrupt.safetensors"
+    corrupt.write_bytes(b"\x00" * 64)
+    with pytest.raises(UserError, match=r"checkpoint_path=.*corrupt\.safetensors is not a readable safetensors file "
+                                        r"\(SafetensorError: .*Fix: download the weights") as error:  # fmt: skip
+        TimmBackbone("test_resnet", pretrained=True, checkpoint_path=str(corrupt))
+    assert "\n" not in str(error.value)
+
+
+def test_torchvision_weights_of_another_architecture_name_the_keys(tmp_path, monkeypatch):
+    from simlearn.models.backbones import TorchvisionBackbone, pretrained_weights
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    path = Path(torch.hub.get_dir()) / "checkpoints" / Path(pretrained_weights("resnet18", True).url).name
+    path.parent.mkdir(parents=True)
+    torch.save(timm.create_model("test_vit").state_dict(), path)
+    with pytest.raises(UserError) as error:
+        TorchvisionBackbone("resnet18", pretrained=True)
+    message = str(error.value)
+    assert "\n" not in message and "do not fit resnet18 (ResNet): " in message
+    assert "122 of its 122 tensors are missing: conv1.weight, bn1.weight, bn1.bias (and 119 more)" in message
+    assert "are not the model's: cls_token, pos_embed" in message and "the file holds" in message
+    assert "Fix: delete the file to download it again" in message
+
+
+def framed_image(height: int = 200, width: int = 260) -> Image.Image:
+    """Smooth gradients inside a black and white frame: which share of the image a centre crop keeps, and how it was
+    resampled, shows in every pixel."""
+    yy, xx = np.mgrid[0:height, 0:width]
+    pixels = np.stack([xx * 255 // width, yy * 255 // height, (xx + yy) * 255 // (height + width)], -1)
+    pixels = pixels.astype(np.uint8)
+    pixels[:12], pixels[-12:], pixels[:, :12], pixels[:, -12:] = 255, 0, 0, 255
+    return Image.fromarray(pixels)
+
+
+def test_a_timm_model_is_fed_its_own_evaluation_transform():
+    """crop_pct and interpolation of the model's pretrained config (timm.data.resolve_model_data_config) are applied:
+    simlearn's transform is timm's create_transform, not a resize to the full square."""
+    from timm.data import create_transform, resolve_model_data_config
+
+    from simlearn.data.images import ImageLoader
+
+    backbone = TimmBackbone("test_vit")  # pretrained config: 160 px, crop_pct 0.95, bicubic, mean/std 0.5
+    declared = backbone.preprocessing()
+    assert declared == {"image_size": 160, "mean": [0.5] * 3, "std": [0.5] * 3, "crop_pct": 0.95,
+                        "interpolation": "bicubic"}  # fmt: skip
+    image = framed_image()
+    timm_input = create_transform(**resolve_model_data_config(backbone.net))(image)
+    ours = ImageLoader({**declared, "channels": 3}).transform(image)
+    full_square = ImageLoader({**declared, "channels": 3, "crop_pct": None, "interpolation": None}).transform(image)
+    assert ours.shape == timm_input.shape == (3, 160, 160)
+    # timm resizes the uint8 PIL image, simlearn the float tensor: they differ by rounding, at most 2/255 of a pixel
+    # value (0.016 after the std of 0.5); the full square differs by the frame itself
+    assert (ours - timm_input).abs().max() < 0.02 and (ours - timm_input).abs().mean() < 0.003
+    assert (full_square - timm_input).abs().max() > 1.0 and (full_square - timm_input).abs().mean() > 0.05
+
+
+def test_photo_data_takes_the_timm_crop_and_checkpoints_record_it(tmp_path):
+    """Evaluation splits of image files get the backbone's crop (training keeps its random crop); the model's config
+    records it, so what is stored in the checkpoint prepares new images the same way."""
+    from simlearn.build import build_datamodule, build_model
+    from simlearn.data.images import ImageLoader
+
+    image = framed_image(48, 64)
+    for label in ("a", "b", "c"):
+        for i in range(8):
+            (tmp_path / "photos" / label).mkdir(parents=True, exist_ok=True)
+            image.rotate(30 * i + 100 * (label == "b") + 200 * (label == "c")).save(
+                tmp_path / "photos" / label / f"{i}.png"
+            )
+    overrides = ["data=image_folder", f"data.root={tmp_path / 'photos'}", "data.num_workers=0", "backbone=timm",
+                 "backbone.name=test_vit", "+backbone.model_kwargs.img_size=32", "data.image_size=32"]  # fmt: skip
+    cfg = compose_config(overrides, output_dir=tmp_path / "run")
+    check_config(cfg)
+    assert cfg.data.crop_pct == 0.95 and cfg.data.interpolation == "bicubic"  # the backbone's, size overridden
+    datamodule = build_datamodule(cfg.data)
+    stored = build_model(cfg, datamodule).config["preprocessing"]  # what on_save_checkpoint writes
+    assert stored["crop_pct"] == 0.95 and stored["interpolation"] == "bicubic" and stored["image_size"] == 32
+    test = datamodule.datasets["test"]
+    row = int(test.indices[0])
+    torch.testing.assert_close(test[0]["image"], ImageLoader(stored)(test.paths[row]), rtol=0, atol=0)
+    resizes = [t for t in test.transform.transforms if type(t).__name__ == "Resize"]
+    assert resizes[0].size == [33] and resizes[0].interpolation.value == "bicubic"  # floor(32 / 0.95)
+    train_resize = [t for t in datamodule.datasets["train"].transform.transforms if type(t).__name__ == "Resize"]
+    assert train_resize[0].size == [32]  # after augment=light's random crop to 32: no crop_pct, as timm's training
+    kept = compose_config([*overrides, "data.crop_pct=1.0", "data.interpolation=bilinear"], output_dir=tmp_path / "r")
+    check_config(kept)
+    assert kept.data.crop_pct == 1.0 and kept.data.interpolation == "bilinear"  # the data config says otherwise
+    from hydra.utils import instantiate
+
+    with pytest.raises(Exception, match=r"data\.crop_pct must be in \(0, 1\]") as error:  # the command: one line
+        instantiate(compose_config([*overrides, "data.crop_pct=1.5"], output_dir=tmp_path / "x").data)
+    assert isinstance(error.value.__cause__ or error.value, UserError)
+
+
+def test_a_checkpoint_without_the_crop_record_keeps_the_old_transform(timm_run, tmp_path):
+    """Checkpoints written before the crop was recorded load as they were trained: the full square, bilinear, also
+    for other photo data embedded with them (the backbone's crop_pct is not applied behind their back)."""
+    from simlearn.checkpoints import checkpoint_config
+    from simlearn.data.image_files import image_transform
+    from simlearn.data.images import ImageLoader
+
+    _, _, ckpt, _ = timm_run
+    checkpoint = torch.load(ckpt, map_location="cpu", weights_only=False)
+    prep = checkpoint["simlearn_config"]["preprocessing"]
+    old = {key: prep[key] for key in ("image_size", "channels", "mean", "std")}
+    checkpoint["simlearn_config"]["preprocessing"] = old  # as an older simlearn wrote it
+    old_ckpt = tmp_path / "old.ckpt"
+    torch.save(checkpoint, old_ckpt)
+    loaded = load_encoder(old_ckpt)
+    assert loaded.preprocessing == old
+    image = framed_image(40, 56).convert("L")
+    expected = image_transform(old["image_size"], 1, old["mean"], old["std"])(image)
+    torch.testing.assert_close(ImageLoader(loaded.preprocessing).transform(image), expected, rtol=0, atol=0)
+    cfg = compose_config([f"ckpt_path={old_ckpt}", "data=image_folder", f"data.root={tmp_path}", "data.channels=1"],
+                         config_name="embed", output_dir=tmp_path / "e")  # fmt: skip
+    run_cfg = checkpoint_config(checkpoint, cfg)
+    assert run_cfg.data.crop_pct is None and run_cfg.data.interpolation is None  # not test_resnet's 0.95, bilinear

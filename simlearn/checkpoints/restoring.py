@@ -13,6 +13,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from simlearn.build import (
+    CROP_KEYS,
     FETCH_KEYS,
     build_datamodule,
     build_encoder,
@@ -23,6 +24,7 @@ from simlearn.build import (
 )
 from simlearn.errors import UserError
 from simlearn.models import EmbeddingModule, Encoder
+from simlearn.models.backbones import load_weights
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +44,10 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     """A simlearn checkpoint: Lightning's dict plus the ``simlearn_config`` its model was built from."""
     path = Path(path)
     if not path.is_file():
-        raise UserError(f"ckpt_path={str(path)!r} is not a file; give the path of a .ckpt written by training.")
+        raise UserError(
+            f"ckpt_path={str(path)!r} is not a file: it does not exist; give a .ckpt written by training or a model "
+            f"folder written by simlearn-export format=hf."
+        )
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as error:  # torch raises many types for a file that is not a checkpoint
@@ -50,7 +55,7 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     if not isinstance(checkpoint, dict) or "simlearn_config" not in checkpoint or "state_dict" not in checkpoint:
         raise UserError(
             f"ckpt_path={str(path)!r} was not written by simlearn (no 'simlearn_config' in it); "
-            f"use a checkpoint from a run's checkpoints/ folder."
+            f"use a checkpoint from a run's checkpoints/ folder, or a model folder of simlearn-export format=hf."
         )
     return checkpoint
 
@@ -96,6 +101,10 @@ def restore(cfg: DictConfig, with_loss: bool = True) -> Restored:
     ``with_loss=False`` builds the encoder alone (no loss, so any data with images will do, whatever its label
     fields: ``simlearn-embed``): ``encoder`` is set instead of ``model``.
     """
+    from simlearn.model_folder import folder_of
+
+    if folder_of(cfg.ckpt_path) is not None:
+        return restore_folder(cfg, with_loss)
     checkpoint = load_checkpoint(cfg.ckpt_path)
     run_cfg = checkpoint_config(checkpoint, cfg)
     check_config(run_cfg)
@@ -115,6 +124,36 @@ def restore(cfg: DictConfig, with_loss: bool = True) -> Restored:
     return restored
 
 
+def restore_folder(cfg: DictConfig, with_loss: bool = False) -> Restored:
+    """:func:`restore` of a model folder (``simlearn-export format=hf``): its encoder and the data ``cfg`` names,
+    whose keys left null take the folder's preprocessing. The folder holds neither the loss nor the data it was
+    trained on, so ``with_loss`` and a ``cfg`` without ``data=`` are one :class:`UserError` each."""
+    from simlearn.model_folder import folder_of
+
+    folder = folder_of(cfg.ckpt_path)
+    what = f"ckpt_path={str(cfg.ckpt_path)!r} is a model folder (simlearn-export format=hf)"
+    if with_loss:
+        raise UserError(
+            f"{what}: it holds the encoder, not the loss and data that evaluating needs; give the training "
+            f"checkpoint (.ckpt) it was exported from."
+        )
+    data = cfg.get("data")
+    if not OmegaConf.is_dict(data) or "_target_" not in data:
+        raise UserError(
+            f"{what}: it holds the encoder, not the data it was trained on; name the data to embed (e.g. "
+            f"simlearn-embed data=image_folder data.root=DIR), serve a gallery=FOLDER, npz or LanceDB database, or "
+            f"give the training checkpoint (.ckpt)."
+        )
+    loaded = load_encoder(folder)
+    fill_preprocessing(cfg, loaded.preprocessing)  # data keys left null: as the model expects its images
+    run_cfg = OmegaConf.merge(loaded.config, {"data": resolved(cfg, "data")})
+    check_config(run_cfg)
+    if cfg.get("seed") is not None:
+        pl.seed_everything(cfg.seed, workers=True)
+    datamodule = build_datamodule(run_cfg.data)
+    return Restored(checkpoint={}, config=run_cfg, datamodule=datamodule, encoder=loaded)
+
+
 @dataclass
 class LoadedEncoder:
     """A checkpoint's encoder (eval mode, weights loaded) and how images must be prepared for it."""
@@ -131,7 +170,14 @@ class LoadedEncoder:
 
 
 def load_encoder(path: str | Path, device: str | torch.device = "cpu") -> LoadedEncoder:
-    """The encoder of a checkpoint file, built from its backbone and head configs alone (no data is read)."""
+    """The encoder of a checkpoint file, built from its backbone and head configs alone (no data is read), or of a
+    model folder written by ``simlearn-export format=hf`` (:func:`simlearn.model_folder.read_model_folder`): the
+    same kind of object either way, so every command that takes ``ckpt_path=`` takes both."""
+    from simlearn.model_folder import folder_of, read_model_folder
+
+    folder = folder_of(path)
+    if folder is not None:
+        return read_model_folder(folder, device)
     return encoder_of(load_checkpoint(path), path, device)
 
 
@@ -149,10 +195,12 @@ def encoder_of(checkpoint: dict[str, Any], path: str | Path, device: str | torch
     encoder = build_encoder({"backbone": backbone_cfg, "head": config.head})
     prefix = "encoder."
     state = {k[len(prefix) :]: v for k, v in checkpoint["state_dict"].items() if k.startswith(prefix)}
-    try:
-        encoder.load_state_dict(state)
-    except RuntimeError as error:
-        raise UserError(f"ckpt_path={str(path)!r}: its encoder weights do not fit its own config ({error}).") from error
+    load_weights(
+        encoder,
+        state,
+        f"ckpt_path={str(path)!r}: its encoder weights",
+        "its own config (the file was changed after training); use a checkpoint as its run wrote it",
+    )
     encoder.to(device).eval()
     return LoadedEncoder(encoder=encoder, preprocessing=preprocessing_of(config, path), config=config, path=Path(path))
 
@@ -162,7 +210,8 @@ def preprocessing_of(config: DictConfig, path: str | Path = "checkpoint") -> dic
     stored = config.get("preprocessing")
     if stored:
         prep = OmegaConf.to_container(stored, resolve=True) if OmegaConf.is_config(stored) else dict(stored)
-        return {key: prep[key] for key in ("image_size", "channels", "mean", "std")}
+        # crop_pct and interpolation where training recorded them (older checkpoints: the full square, bilinear)
+        return {key: prep[key] for key in ("image_size", "channels", "mean", "std", *CROP_KEYS) if key in prep}
     raise UserError(
         f"{path} does not say how to prepare images for its model (no 'preprocessing' in it: it was written before "
         f"simlearn stored it). Train the model again with this version of simlearn."

@@ -70,6 +70,11 @@ from simlearn.errors import UserError
 Loader = DataLoader | DeviceBatchLoader
 
 
+#: The evaluation crop of image files (:class:`Preprocessing`): the share of the resized image kept, the resampling;
+#: left out of its record when unset.
+CROP_KEYS = ("crop_pct", "interpolation")
+
+
 @dataclass(frozen=True)
 class Preprocessing:
     """How a raw image becomes model input: resize to ``image_size`` with ``channels`` channels, scale pixel values to
@@ -80,9 +85,16 @@ class Preprocessing:
     channels: int
     mean: list[float]
     std: list[float]
+    #: image files only: the share of the resized image that the centre crop keeps, and the resampling filter (None:
+    #: the full square, bilinear; see :func:`simlearn.data.image_files.image_transform`)
+    crop_pct: float | None = None
+    interpolation: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """The record stored in checkpoints; the crop keys only when set (a record without them means the full
+        square, bilinear, as for the checkpoints written before they existed)."""
+        record = asdict(self)
+        return {key: value for key, value in record.items() if value is not None or key not in CROP_KEYS}
 
 
 def channel_stats(mean: Sequence[float], std: Sequence[float], channels: int) -> tuple[list[float], list[float]]:
@@ -97,6 +109,23 @@ def channel_stats(mean: Sequence[float], std: Sequence[float], channels: int) ->
             f"e.g. data.mean=[0.5] data.std=[0.25] for grey images."
         )
     return mean, std
+
+
+#: Resampling filters a backbone may declare (timm's pretrained config ``interpolation``) that resize tensors.
+INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "lanczos")
+
+
+def check_crop(crop_pct: Any, interpolation: Any) -> None:
+    """One :class:`UserError` for a ``data.crop_pct`` outside (0, 1] or an ``interpolation`` no resize has."""
+    if crop_pct is not None and (isinstance(crop_pct, bool) or not 0 < crop_pct <= 1):
+        raise UserError(
+            f"data.crop_pct must be in (0, 1] (the share of the resized image the centre crop keeps, e.g. 0.875) or "
+            f"null (the backbone's, else 1), got {crop_pct!r}."
+        )
+    if interpolation is not None and interpolation not in INTERPOLATIONS:
+        raise UserError(
+            f"data.interpolation must be one of {', '.join(INTERPOLATIONS)} or null, got {interpolation!r}."
+        )
 
 
 def augment_transforms(augment: Any) -> list[Callable]:
@@ -240,8 +269,11 @@ class EmbeddingDataModule(pl.LightningDataModule):
         augment: Any = None,
         mean: Sequence[float] | None = None,
         std: Sequence[float] | None = None,
+        crop_pct: float | None = None,
+        interpolation: str | None = None,
     ) -> None:
         super().__init__()
+        check_crop(crop_pct, interpolation)
         check_batches_and_fractions(batch_size, eval_batch_size, val_fraction, test_fraction)
         if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
             raise UserError(f"data.num_workers must be an integer ≥ 0, got {num_workers!r}.")
@@ -281,6 +313,7 @@ class EmbeddingDataModule(pl.LightningDataModule):
         self.augment = augment_transforms(augment)
         self.mean = None if mean is None else list(mean)
         self.std = None if std is None else list(std)
+        self.crop_pct, self.interpolation = crop_pct, interpolation
         self._check_class_lists()
         #: Names of the labels 0..C−1 of ``label_field`` (set by :meth:`setup`): every class of train/val/test; with
         #: ``split_by=class`` the training classes first (0..T−1), then the val and the test classes.
@@ -431,7 +464,9 @@ class EmbeddingDataModule(pl.LightningDataModule):
         else:
             mean, std = self.mean, self.std
         mean, std = channel_stats(mean, std, self.channels)
-        self._preprocessing = Preprocessing(self.image_size, self.channels, mean, std)
+        self._preprocessing = Preprocessing(
+            self.image_size, self.channels, mean, std, self.crop_pct, self.interpolation
+        )
         self._items = items
         self.datasets = {
             split: items.dataset(index, self._preprocessing, self.augment if split == "train" else ())

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import csv
 import logging
+import math
 import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -72,20 +73,28 @@ def image_transform(
     mean: Sequence[float] = IMAGENET_MEAN,
     std: Sequence[float] = IMAGENET_STD,
     augment: Sequence[Callable] = (),
+    crop_pct: float | None = None,
+    interpolation: str | None = None,
 ) -> v2.Compose:
     """PIL image → normalised float tensor (channels, image_size, image_size).
 
     The augmentations run on the float image in [0, 1] (so that crops see the full photo and noise can be added),
-    then the shorter side is resized to ``image_size`` and the centre cropped (a no-op after a random crop to that
-    size), then the channels are normalised with ``mean`` and ``std``.
+    then the shorter side is resized and the centre ``image_size`` cropped, then the channels are normalised with
+    ``mean`` and ``std``. Without augmentation (evaluation) that is a backbone's own evaluation transform, as timm's
+    ``create_transform`` makes it: the shorter side resized to ``floor(image_size / crop_pct)`` with
+    ``interpolation``; None for either is simlearn's earlier transform (the full square, bilinear), what checkpoints
+    without them were trained with. With augmentation the random crop already has the size (the resize is a no-op),
+    as timm's training transform has no ``crop_pct`` either.
     """
     mean, std = channel_stats(mean, std, channels)
+    scale = image_size if augment or not crop_pct else math.floor(image_size / crop_pct)
+    mode = v2.InterpolationMode(interpolation or "bilinear")
     return v2.Compose(
         [
             v2.ToImage(),
             v2.ToDtype(torch.float32, scale=True),
             *augment,
-            v2.Resize(image_size, antialias=True),
+            v2.Resize(scale, interpolation=mode, antialias=True),
             v2.CenterCrop(image_size),
             v2.Normalize(mean, std),
         ]
@@ -203,7 +212,7 @@ class FileTable(Items):
 
     def transform(self, preprocessing: Preprocessing, augment: Sequence[Callable]) -> v2.Compose:
         p = preprocessing
-        return image_transform(p.image_size, p.channels, p.mean, p.std, augment)
+        return image_transform(p.image_size, p.channels, p.mean, p.std, augment, p.crop_pct, p.interpolation)
 
     def dataset(self, indices: torch.Tensor, preprocessing: Preprocessing, augment: Sequence[Callable]) -> SplitDataset:
         return ImageFileDataset(

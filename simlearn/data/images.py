@@ -58,13 +58,19 @@ def folder_label(path: Path, root: Path) -> str | None:
 
 class ImageLoader:
     """Image file → model input, as a checkpoint's ``preprocessing`` says: decode as grey (1 channel) or RGB (3),
-    resize the shorter side to ``image_size`` and centre-crop, scale to [0, 1], normalise with ``mean``/``std``."""
+    resize the shorter side and centre-crop ``image_size`` (with its ``crop_pct`` and ``interpolation`` when it
+    records them: a timm model's evaluation transform), scale to [0, 1], normalise with ``mean``/``std``."""
 
     def __init__(self, preprocessing: Mapping[str, Any]) -> None:
         self.image_size = int(preprocessing["image_size"])
         self.channels = int(preprocessing["channels"])
         self.transform = image_transform(
-            self.image_size, self.channels, list(preprocessing["mean"]), list(preprocessing["std"])
+            self.image_size,
+            self.channels,
+            list(preprocessing["mean"]),
+            list(preprocessing["std"]),
+            crop_pct=preprocessing.get("crop_pct"),
+            interpolation=preprocessing.get("interpolation"),
         )
 
     def __call__(self, path: str | Path | IO[bytes]) -> torch.Tensor:

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import difflib
 import logging
+import math
 import os
 import re
 import socket
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -15,6 +16,7 @@ from urllib.parse import urlparse
 import torch
 from torch import Tensor, nn
 
+from simlearn.data.base import INTERPOLATIONS
 from simlearn.data.image_files import IMAGENET_MEAN, IMAGENET_STD
 from simlearn.errors import UserError
 
@@ -205,7 +207,7 @@ class TimmBackbone(NetworkBackbone):
         self.name = name
         self.freeze = bool(freeze)
         self.model_kwargs = dict(model_kwargs or {})
-        overlay = None
+        overlay, shapes = None, None
         if pretrained:
             weights_file = checkpoint_path or cached_timm_weights(name)
             if weights_file is not None:
@@ -215,28 +217,59 @@ class TimmBackbone(NetworkBackbone):
                         f"{name} (.safetensors, .pth or .bin), or set backbone.pretrained=false."
                     )
                 overlay = {"file": str(weights_file)}
+                shapes = weights_shapes(weights_file, name, from_cache=not checkpoint_path)
             else:
                 check_weights_reachable(name)
+        where = f"the weights file {overlay['file']}" if overlay else "its pretrained weights"
+        fix = (
+            f"give backbone.checkpoint_path a weights file of {name} itself (from timm's hub id "
+            f"{timm_weights_source(name)[1] or name}), or set backbone.pretrained=false"
+        )
         try:
-            self.net = timm.create_model(
-                name,
-                pretrained=bool(pretrained),
-                pretrained_cfg_overlay=overlay,
-                num_classes=0,
-                in_chans=in_channels,
-                **self.model_kwargs,
-            )
+            with TimmLoadLog() as timm_log:
+                self.net = timm.create_model(
+                    name,
+                    pretrained=bool(pretrained),
+                    pretrained_cfg_overlay=overlay,
+                    num_classes=0,
+                    in_chans=in_channels,
+                    **self.model_kwargs,
+                )
         except TypeError as error:  # a keyword the architecture does not take
             raise UserError(
                 f"backbone.model_kwargs={self.model_kwargs} do not fit timm model {name} ({error}); remove them."
             ) from error
         except (RuntimeError, OSError, ValueError, KeyError) as error:  # bad weights file, unknown tag, download
-            where = f"the weights file {overlay['file']}" if overlay else "its pretrained weights"
+            message = str(error).strip()
+            if "loading state_dict" in message:  # torch's many lines: the first mismatches, what the file holds
+                lines = [line.strip() for line in message.splitlines()[1:] if line.strip()]
+                more = f" (and {len(lines) - 1} more)" if len(lines) > 1 else ""
+                described = f"; {describe_weights(shapes)}" if shapes else ""
+                raise UserError(
+                    f"backbone timm {name}: {where} does not fit the model: {lines[0].rstrip('.') if lines else ''}"
+                    f"{more}{described}. "
+                    f"Fix: {fix}."
+                ) from error
             raise UserError(
                 f"backbone timm {name}: loading {where} failed ({type(error).__name__}: "
-                f"{str(error).splitlines()[0] if str(error) else ''}); check the file or the name, or set "
+                f"{message.splitlines()[0] if message else ''}); check the file or the name, or set "
                 f"backbone.pretrained=false."
             ) from error
+        if timm_log.missing:
+            # timm loads non-strictly once the classifier is dropped: a file of another architecture would leave
+            # the model at random weights with nothing but a log line
+            some = ", ".join(timm_log.missing[:3]) + (
+                f" (and {len(timm_log.missing) - 3} more)" if len(timm_log.missing) > 3 else ""
+            )
+            unexpected = f"; the file's {', '.join(timm_log.unexpected[:3])} are not the model's" * bool(
+                timm_log.unexpected
+            )
+            described = f"; {describe_weights(shapes)}" if shapes else ""
+            raise UserError(
+                f"backbone timm {name}: {where} does not fit the model: {len(timm_log.missing)} of its tensors are "
+                f"missing from it, e.g. {some}{unexpected}{described}. Fix: {fix}."
+            )
+        timm_log.replay()
         self.out_features = int(self.net.num_features)
         self._freeze(bool(pretrained))
 
@@ -255,19 +288,107 @@ class TimmBackbone(NetworkBackbone):
             ) from error
 
     def preprocessing(self) -> dict[str, Any]:
-        """The model's input size and normalisation from its pretrained config (``img_size`` in ``model_kwargs``
-        replaces the size)."""
+        """The model's evaluation transform from its pretrained config (``timm.data.resolve_model_data_config``): input
+        size (``img_size`` in ``model_kwargs`` replaces it), mean/std, ``crop_pct`` and ``interpolation``, so that
+        images are resized and centre-cropped as timm's ``create_transform`` does for the published figures."""
         from timm.data import resolve_model_data_config
 
         config = resolve_model_data_config(self.net)
         size = self.model_kwargs.get("img_size", config["input_size"][-1])
         if isinstance(size, Sequence):
             size = size[-1]
-        return {
+        if config.get("crop_mode", "center") != "center":
+            log.warning(
+                "timm model %s evaluates with crop_mode=%s; simlearn centre-crops (crop_pct %s)",
+                self.name,
+                config["crop_mode"],
+                config.get("crop_pct"),
+            )
+        prep = {
             "image_size": int(size),
             "mean": [float(m) for m in config["mean"]],
             "std": [float(s) for s in config["std"]],
         }
+        if config.get("crop_pct"):
+            prep["crop_pct"] = float(config["crop_pct"])
+        if config.get("interpolation") in INTERPOLATIONS:
+            prep["interpolation"] = str(config["interpolation"])
+        return prep
+
+
+class TimmLoadLog(logging.Handler):
+    """The keys timm reports missing or unexpected while it loads pretrained weights (it loads them non-strictly and
+    only logs what did not fit), collected from its log during a ``with`` block. Its INFO lines are caught without
+    reaching any console; :meth:`replay` hands on the records its logger would have passed anyway."""
+
+    LOGGER = "timm.models._builder"
+    PATTERN = re.compile(r"^(Missing|Unexpected) keys \((.*)\) (?:discovered|found) while loading")
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.missing: list[str] = []
+        self.unexpected: list[str] = []
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+        found = self.PATTERN.match(record.getMessage())
+        if found:
+            keys = [key for key in found.group(2).split(", ") if key]
+            (self.missing if found.group(1) == "Missing" else self.unexpected).extend(keys)
+
+    def __enter__(self) -> TimmLoadLog:
+        logger = logging.getLogger(self.LOGGER)
+        self._saved = (logger.level, logger.propagate, logger.getEffectiveLevel())
+        logger.setLevel(logging.INFO)  # the missing keys are logged at INFO
+        logger.propagate = False  # only to this handler while it listens
+        logger.addHandler(self)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        logger = logging.getLogger(self.LOGGER)
+        logger.removeHandler(self)
+        level, logger.propagate, _ = self._saved
+        logger.setLevel(level)
+
+    def replay(self) -> None:
+        """Hand on the records timm's logger would have passed (after the block, when its weights did fit: a file
+        that does not is said once, in the error)."""
+        logger = logging.getLogger(self.LOGGER)
+        for record in self.records:
+            if record.levelno >= self._saved[2]:
+                logger.handle(record)
+
+
+def safetensors_shapes(path: str | os.PathLike) -> dict[str, tuple[int, ...]]:
+    """The tensor names and shapes in a safetensors file's header (nothing else is read); safetensors' own error for
+    a file that is not one."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as file:
+        return {key: tuple(file.get_slice(key).get_shape()) for key in file.keys()}  # noqa: SIM118 (not a dict)
+
+
+def weights_shapes(path: str | os.PathLike, name: str, from_cache: bool = False) -> dict[str, tuple[int, ...]]:
+    """The tensor names and shapes of a weights file (a safetensors header only; a ``.pth``/``.bin`` is read as timm
+    reads it); a file that cannot be read is one :class:`UserError` with the fix."""
+    what = f"the cached weights file {path}" if from_cache else f"backbone.checkpoint_path={path}"
+    fix = (
+        "delete it so that it is downloaded again, or set backbone.pretrained=false"
+        if from_cache
+        else f"download the weights of {name} again (a transfer cut short leaves such a file), or set "
+        f"backbone.pretrained=false"
+    )
+    try:
+        if str(path).endswith(".safetensors"):
+            return safetensors_shapes(path)
+        from timm.models import load_state_dict
+
+        return {key: tuple(value.shape) for key, value in load_state_dict(str(path)).items()}
+    except Exception as error:  # safetensors, pickle and zip errors alike: the file is not weights
+        kind = "safetensors file" if str(path).endswith(".safetensors") else "PyTorch weights file"
+        message = str(error).strip().splitlines()[0] if str(error).strip() else ""
+        raise UserError(f"{what} is not a readable {kind} ({type(error).__name__}: {message}). Fix: {fix}.") from error
 
 
 def check_timm_name(name: str) -> None:
@@ -383,14 +504,68 @@ def check_weights_reachable(name: str) -> None:
 
 
 def _load(module: nn.Module, state: dict[str, Tensor], name: str) -> None:
-    try:
-        module.load_state_dict(state)
-    except RuntimeError as error:
-        path = Path(torch.hub.get_dir()) / "checkpoints"
-        raise UserError(
-            f"the pretrained weights in {path} do not fit {name} ({str(error).splitlines()[0]}); delete the file "
-            f"to download it again, or set backbone.pretrained=false."
-        ) from error
+    path = Path(torch.hub.get_dir()) / "checkpoints"
+    load_weights(
+        module,
+        state,
+        f"the pretrained weights in {path}",
+        "delete the file to download it again, or set backbone.pretrained=false",
+        label=f"{name} ({type(module).__name__})",
+    )
+
+
+def describe_weights(shapes: Mapping[str, Sequence[int]]) -> str:
+    """What a weights file holds, in a few words: how many tensors and values, and its first names with shapes (a
+    reader tells a ViT's ``blocks.0.attn.qkv.weight`` from a ResNet's ``layer1.0.conv1.weight`` at a glance)."""
+    if not shapes:
+        return "the file holds no tensors"
+    values = sum(math.prod(shape) for shape in shapes.values())
+    shown = ", ".join(f"{key} {list(shape)}" for key, shape in list(shapes.items())[:3])
+    return f"the file holds {len(shapes)} tensors ({values:,} values), e.g. {shown}"
+
+
+def weights_mismatch(
+    module: nn.Module,
+    shapes: Mapping[str, Sequence[int]],
+    ignored: Sequence[str] = (),
+    label: str | None = None,
+) -> str | None:
+    """How weights of these names and shapes do not fit ``module`` (called ``label``, else by its class): its first
+    missing keys, the file's first unexpected ones and mismatched shapes, in one line; None when they fit. Keys
+    starting with one of ``ignored`` (a classifier that was dropped) are not unexpected."""
+    own = {key: tuple(value.shape) for key, value in module.state_dict().items()}
+    missing = [key for key in own if key not in shapes]
+    unexpected = [key for key in shapes if key not in own and not key.startswith(tuple(ignored))]
+    shaped = [key for key in own if key in shapes and tuple(shapes[key]) != own[key]]
+    if not (missing or unexpected or shaped):
+        return None
+
+    def some(keys: Sequence[str]) -> str:
+        return ", ".join(keys[:3]) + (f" (and {len(keys) - 3} more)" if len(keys) > 3 else "")
+
+    parts = []
+    if missing:
+        parts.append(f"{len(missing)} of its {len(own)} tensors are missing: {some(missing)}")
+    if unexpected:
+        parts.append(f"{len(unexpected)} are not the model's: {some(unexpected)}")
+    if shaped:
+        key = shaped[0]
+        parts.append(
+            f"{len(shaped)} have another shape, e.g. {key} is {list(shapes[key])} in the file, {list(own[key])} in "
+            f"the model"
+        )
+    return f"{label or type(module).__name__}: {'; '.join(parts)}; {describe_weights(shapes)}"
+
+
+def load_weights(module: nn.Module, state: Mapping[str, Tensor], what: str, fix: str, label: str | None = None) -> None:
+    """``module.load_state_dict(state)`` (strict); weights that do not fit are one :class:`UserError`: ``what`` do not
+    fit ``label`` (the module's class), naming the first missing, unexpected and mis-shaped keys and what the file
+    holds, then ``fix``."""
+    shapes = {key: tuple(value.shape) for key, value in state.items()}
+    problem = weights_mismatch(module, shapes, label=label)
+    if problem is not None:
+        raise UserError(f"{what} do not fit {problem}. Fix: {fix}.")
+    module.load_state_dict(state)
 
 
 def _with_in_channels(conv: nn.Conv2d, in_channels: int) -> nn.Conv2d:

@@ -235,7 +235,23 @@ class EmbeddingModule(pl.LightningModule):
             return optimizer
         return {
             "optimizer": optimizer,
-            "lr_scheduler": {"scheduler": self.scheduler_factory(optimizer=optimizer)},
+            "lr_scheduler": {"scheduler": self.scheduler_factory(optimizer=optimizer, **self._scaled_rates(optimizer))},
+        }
+
+    def _scaled_rates(self, optimizer: torch.optim.Optimizer) -> dict[str, list[float]]:
+        """The scheduler's own learning rates, one per parameter group scaled by its ``lr_multiplier``.
+
+        A scheduler that sets the rates itself (OneCycleLR's ``max_lr``, CyclicLR's ``base_lr``/``max_lr``) would
+        otherwise give every group the same rate and silently undo a task's multiplier; given a list, it gives each
+        group its own (the others follow the groups' scaled ``lr``, which needs nothing)."""
+        multipliers = [float(group.get("lr_multiplier", 1.0)) for group in optimizer.param_groups]
+        keywords = getattr(self.scheduler_factory, "keywords", None) or {}  # Hydra's _partial_: a functools.partial
+        if all(m == 1.0 for m in multipliers):
+            return {}
+        return {
+            key: [float(keywords[key]) * m for m in multipliers]
+            for key in ("max_lr", "base_lr")
+            if isinstance(keywords.get(key), int | float) and not isinstance(keywords.get(key), bool)
         }
 
     def parameter_groups(self) -> Iterable[Tensor] | list[dict[str, Any]]:
