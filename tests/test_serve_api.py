@@ -422,7 +422,11 @@ def test_a_split_of_files_is_keyed_by_its_files_as_the_folder_cache(gallery_dir)
         copies[-1].write_bytes(path.read_bytes())
     fields = {"label": torch.arange(6) % 2}
     dataset = ImageFileDataset([str(p) for p in copies], fields, torch.arange(1, 5), transform=None, channels=1)
-    datamodule = SimpleNamespace(datasets={"test": dataset}, label_names=["a", "b"])
+    datamodule = SimpleNamespace(
+        datasets={"test": dataset},
+        dataset_fields=lambda fields: {name: np.asarray(values) for name, values in fields.items()},
+        dataset_class_names=["a", "b"],
+    )
     key = split_module._data_key(datamodule, "test")
     assert split_module._data_key(datamodule, "test") == key
     copies[2].write_bytes(files[5].read_bytes() + b"\0")  # a file of the split rewritten
@@ -648,6 +652,16 @@ def test_large_images_are_resized_while_decoded(queries_dir):
                 data = _png(large)
                 full_size = loader.transform(read_image(io.BytesIO(data), channels))
                 np.testing.assert_allclose(loader(io.BytesIO(data)), full_size, atol=0.02, err_msg=f"{n} {size}")
+    # under a backbone's evaluation crop (timm: crop_pct, bicubic) a large image is decoded down to the transform's
+    # resize side (floor(size / crop_pct)), never to the crop size and scaled back up
+    crop = {"image_size": 16, "channels": 3, "mean": [0.5] * 3, "std": [0.5] * 3, "crop_pct": 0.5}
+    loader = ImageLoader({**crop, "interpolation": "bicubic"})
+    assert loader.resize_side == 32
+    rng = np.random.default_rng(0)
+    large = Image.fromarray(rng.integers(0, 255, (40, 60, 3), dtype=np.uint8)).resize((1200, 800), Image.BICUBIC)
+    data = _png(large)
+    full_size = loader.transform(read_image(io.BytesIO(data), 3))
+    np.testing.assert_allclose(loader(io.BytesIO(data)), full_size, atol=0.05)
 
 
 def test_a_gallery_without_images_has_no_item_images(service, tmp_path):

@@ -67,6 +67,13 @@ def read_image(path: str | os.PathLike, channels: int, size_hint: int | None = N
         return image.convert(mode)
 
 
+def resize_side(image_size: int, crop_pct: float | None = None) -> int:
+    """The shorter side an image is resized to before the centre ``image_size`` is cropped, without augmentation:
+    ``floor(image_size / crop_pct)`` (a backbone's evaluation crop, as timm's ``create_transform``), else
+    ``image_size`` (the full square)."""
+    return image_size if not crop_pct else math.floor(image_size / crop_pct)
+
+
 def image_transform(
     image_size: int,
     channels: int,
@@ -87,7 +94,7 @@ def image_transform(
     as timm's training transform has no ``crop_pct`` either.
     """
     mean, std = channel_stats(mean, std, channels)
-    scale = image_size if augment or not crop_pct else math.floor(image_size / crop_pct)
+    scale = image_size if augment else resize_side(image_size, crop_pct)
     mode = v2.InterpolationMode(interpolation or "bilinear")
     return v2.Compose(
         [

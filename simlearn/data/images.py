@@ -15,7 +15,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch import nn
 
-from simlearn.data.image_files import IMAGE_EXTENSIONS, image_mode, image_transform
+from simlearn.data.image_files import IMAGE_EXTENSIONS, image_mode, image_transform, resize_side
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +64,10 @@ class ImageLoader:
     def __init__(self, preprocessing: Mapping[str, Any]) -> None:
         self.image_size = int(preprocessing["image_size"])
         self.channels = int(preprocessing["channels"])
+        #: the shorter side the transform resizes to (larger than image_size under a crop_pct): what a large image is
+        #: decoded down to, so that the transform never scales a decoded image back up
+        self.resize_side = resize_side(self.image_size, preprocessing.get("crop_pct"))
+        self.interpolation = preprocessing.get("interpolation") or "bilinear"
         self.transform = image_transform(
             self.image_size,
             self.channels,
@@ -76,7 +80,7 @@ class ImageLoader:
     def __call__(self, path: str | Path | IO[bytes]) -> torch.Tensor:
         """The model input for one file; raises a decoding error (see ``DECODE_ERRORS``) when it is no image."""
         try:
-            image, decoded = decode_image(path, self.channels, self.image_size)
+            image, decoded = decode_image(path, self.channels, self.resize_side, self.interpolation)
         except DECODE_ERRORS:  # a large image cut short leaves its buffers as a whole one does
             release_memory()
             raise
@@ -87,13 +91,26 @@ class ImageLoader:
         return tensor
 
 
-def decode_image(source: str | Path | IO[bytes], channels: int, image_size: int) -> tuple[Image.Image, int]:
+#: torchvision's interpolation names (what checkpoints record) as Pillow's filters
+_RESAMPLING = {
+    "nearest": Image.Resampling.NEAREST,
+    "bilinear": Image.Resampling.BILINEAR,
+    "bicubic": Image.Resampling.BICUBIC,
+    "lanczos": Image.Resampling.LANCZOS,
+}
+
+
+def decode_image(
+    source: str | Path | IO[bytes], channels: int, image_size: int, interpolation: str = "bilinear"
+) -> tuple[Image.Image, int]:
     """Decode an image as RGB (``channels=3``) or grey (1), already resized to the model's input size when it is
-    larger (its shorter side to ``image_size``, as the transform's resize would), and the number of pixels decoded.
+    larger (its shorter side to ``image_size``, as the transform's resize would: pass the transform's resize side,
+    :func:`~simlearn.data.image_files.resize_side`, under a ``crop_pct``), and the number of pixels decoded.
 
     A large image is never turned into a float tensor at full size (4 bytes × channels per pixel, resized from there:
     a gigabyte for a 7000 × 7000 upload): JPEGs are decoded at 1/2 … 1/8 scale where that leaves twice the size
-    (PIL's draft mode), and every format is resized in uint8 by Pillow's antialiased bilinear filter, whose passes
+    (PIL's draft mode), and every format is resized in uint8 by Pillow's antialiased filter (``interpolation``, the
+    transform's: bilinear, or e.g. a timm model's bicubic), whose passes
     need memory of the order of the output only. The result is the old float path's to within uint8 rounding (0.006
     after normalisation here); images smaller than the model's size are left to the transform, as before."""
     mode = image_mode(channels)
@@ -110,7 +127,7 @@ def decode_image(source: str | Path | IO[bytes], channels: int, image_size: int)
         # torchvision's Resize(image_size): the shorter side to image_size, the longer one scaled and truncated
         other = int(image_size * long / short)
         size = (image_size, other) if width <= height else (other, image_size)
-        return converted.resize(size, Image.Resampling.BILINEAR), decoded
+        return converted.resize(size, _RESAMPLING.get(interpolation, Image.Resampling.BILINEAR)), decoded
 
 
 def _malloc_trim() -> Any:

@@ -31,7 +31,7 @@ from PIL import Image
 
 from simlearn.checkpoints import LoadedEncoder
 from simlearn.data.in_memory import TensorImageDataset
-from simlearn.embed import class_names_of, embed_splits, rebuild, split_arrays
+from simlearn.embed import embed_splits, rebuild, split_arrays
 from simlearn.errors import UserError
 from simlearn.search import CACHE_VERSION, Gallery, _fingerprint, file_stats, gallery_from_npz
 
@@ -175,7 +175,9 @@ def _data_key(datamodule: Any, split: str) -> str:
     the folder cache's key) for data read from files, else the items' pixels (in-memory data: digits, MNIST)."""
     dataset = datamodule.datasets[split]
     index = dataset.indices.cpu()
-    fields = [(name, values.cpu()[index].numpy()) for name, values in sorted(dataset.fields.items())]
+    # the values the gallery's arrays carry (the dataset's own, split_arrays), not the training labels
+    written = datamodule.dataset_fields({name: values.cpu()[index] for name, values in dataset.fields.items()})
+    fields = sorted(written.items())
     paths = dataset.paths_of(index.tolist())
     if paths is not None:
         content: Any = file_stats([Path(p) for p in paths])
@@ -183,7 +185,8 @@ def _data_key(datamodule: Any, split: str) -> str:
         content = dataset.images.cpu()[index].contiguous().numpy()
     else:  # a kind of data this does not know: keyed by its items only (start with cache=false after a change)
         content = type(dataset).__name__
-    return _fingerprint(index.numpy(), *(part for pair in fields for part in pair), class_names_of(datamodule), content)
+    names = datamodule.dataset_class_names
+    return _fingerprint(index.numpy(), *(part for pair in fields for part in pair), names, content)
 
 
 def _embed_split(
