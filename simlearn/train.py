@@ -2,25 +2,36 @@
 
 from __future__ import annotations
 
+import copy
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import lightning.pytorch as pl
 import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.utils import configure_log, setup_globals
+from hydra.errors import InstantiationException
 from lightning.pytorch.callbacks import ModelCheckpoint, Timer
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from simlearn.build import build_datamodule, build_list, build_model, build_trainer, check_config
+from simlearn.build import build_datamodule, build_list, build_model, build_trainer, check_config, spawn_launcher
 from simlearn.config import config_dir
 from simlearn.console import print_metrics
 from simlearn.errors import UserError
 from simlearn.loggers import finish_wandb
 from simlearn.reports.outputs import write_splits, write_test_outputs
-from simlearn.run_dir import check_writable, claim_run_dir, existing_results, save_unresolved_config
+from simlearn.run_dir import (
+    check_writable,
+    claim_run_dir,
+    existing_results,
+    open_run_log,
+    process_rank,
+    save_unresolved_config,
+)
 
 log = logging.getLogger(__name__)
 
@@ -139,6 +150,10 @@ def train(cfg: DictConfig) -> dict[str, float]:
     The run dir is claimed first (:func:`~simlearn.run_dir.claim_run_dir`): one run at a time, never over another
     run's results; a resume continues the run's saved config. ``train=false`` skips the training and tests the model
     as built (a pretrained backbone's zero-shot baseline), writing the same files.
+
+    Under a strategy that starts its ranks from this process (``ddp_spawn``, ``ddp_fork``, ``ddp_notebook``) the
+    whole run happens in those processes, rank 0 writing the run's files as under ``ddp``; this process keeps the
+    run dir claimed, then prints the metrics and returns them, as rank 0 computed them.
     """
     if not cfg.get("train", True) and cfg.get("ckpt_path"):
         raise UserError(
@@ -158,11 +173,72 @@ def train(cfg: DictConfig) -> dict[str, float]:
         allow_results=continues_this_dir or restart,
         hint="To continue its training, add ckpt_path=last; otherwise choose another hydra.run.dir=DIR.",
     ):
-        return _train(cfg, output_dir, resume.ckpt_path)
+        check_config(cfg)
+        launcher = spawn_launcher(cfg)
+        if launcher is None:
+            outcome = _train(cfg, output_dir, resume.ckpt_path)
+        else:
+            hydra_cfg = HydraConfig.instance().cfg if HydraConfig.initialized() else None
+            # the processes' rank 0 returns its outcome (the others' are dropped); a user error comes back as a value
+            # so that it is reported as one line here, not as the traceback of a failed process
+            outcome = launcher.launch(_LaunchedRun(cfg, output_dir, resume.ckpt_path, hydra_cfg), trainer=None)
+            if isinstance(outcome, Exception):
+                raise outcome
+        if outcome.reports:
+            print_metrics(outcome.metrics, title=f"simlearn · {output_dir}")
+            if outcome.best_path:
+                log.info("best checkpoint: %s", outcome.best_path)
+        return outcome.metrics
 
 
-def _train(cfg: DictConfig, output_dir: Path, ckpt_path: str | None) -> dict[str, float]:
-    check_config(cfg)
+class Outcome(NamedTuple):
+    """What one process of a run ends with: the metrics, the best checkpoint ("" when none), and whether it reports
+    them (the process of rank 0, or the one that launched the ranks)."""
+
+    metrics: dict[str, float]
+    best_path: str
+    reports: bool
+
+
+class _LaunchedRun:
+    """One rank of a run whose strategy starts its processes from the launching one; its launcher calls this in each.
+
+    An object rather than a function with arguments: the launcher walks its arguments (for tensors to stop sharing),
+    which would resolve the config's interpolations, and ``${hydra:...}`` resolves only once this process has the
+    launching process's Hydra state. The launching process reports what rank 0 returns (:func:`train`), errors
+    included. Each rank logs as a rank of ``trainer=ddp`` does: rank 0 into the run's log, each other rank into
+    ``<job>_ddp_process_<rank>.log``.
+    """
+
+    def __init__(self, cfg: DictConfig, output_dir: Path, ckpt_path: str | None, hydra_cfg: DictConfig | None):
+        self.cfg, self.output_dir, self.ckpt_path, self.hydra_cfg = cfg, output_dir, ckpt_path, hydra_cfg
+
+    def __call__(self) -> Outcome | UserError:
+        if self.hydra_cfg is not None:  # a spawned process starts with none of the launching process's Hydra state
+            hydra_cfg = copy.deepcopy(self.hydra_cfg)
+            OmegaConf.set_readonly(hydra_cfg.hydra, False)  # HydraConfig keeps it read-only
+            rank = process_rank()
+            if rank:
+                hydra_cfg.hydra.job.name = f"{hydra_cfg.hydra.job.name}_ddp_process_{rank}"
+            setup_globals()  # Hydra's resolvers (${hydra:...}, ${now:...})
+            HydraConfig.instance().set_config(hydra_cfg)
+            configure_log(hydra_cfg.hydra.job_logging, hydra_cfg.hydra.verbose)
+            open_run_log()  # the launching process claimed the run dir
+        try:
+            return _train(self.cfg, self.output_dir, self.ckpt_path, launched=True)
+        except (UserError, InstantiationException) as error:  # a mistake in the config, said as in one process
+            return _user_error(error) or error
+
+
+def _user_error(error: BaseException | None) -> UserError | None:
+    """The :class:`UserError` an error was raised from, if any (an instantiated class may have raised it); the
+    chain of causes does not cross the process boundary, so it is looked up before."""
+    while error is not None and not isinstance(error, UserError):
+        error = error.__cause__ or error.__context__
+    return error
+
+
+def _train(cfg: DictConfig, output_dir: Path, ckpt_path: str | None, launched: bool = False) -> Outcome:
     if cfg.get("seed") is not None:
         pl.seed_everything(cfg.seed, workers=True)
 
@@ -170,7 +246,7 @@ def _train(cfg: DictConfig, output_dir: Path, ckpt_path: str | None) -> dict[str
     model = build_model(cfg, datamodule)
     callbacks = build_list(cfg.get("callbacks"))
     loggers = build_list(cfg.get("logger"))
-    trainer = build_trainer(cfg, callbacks, loggers)
+    trainer = build_trainer(cfg, callbacks, loggers, launched=launched)
     if trainer.is_global_zero:
         for callback in callbacks:  # Lightning would fail only after an epoch, with a misleading FileNotFoundError
             if isinstance(callback, ModelCheckpoint) and callback.dirpath:
@@ -191,14 +267,11 @@ def _train(cfg: DictConfig, output_dir: Path, ckpt_path: str | None) -> dict[str
         trainer.test(model, datamodule=datamodule, ckpt_path=best_path or None, verbose=False)
         metrics.update({f"test/{k}": float(v) for k, v in model.metrics["test"].items()})
         if not trainer.is_global_zero:  # other DDP ranks hold the same gathered results; one process writes files
-            return metrics
+            return Outcome(metrics, best_path, reports=False)
         metrics = write_test_outputs(cfg, trainer, model, datamodule, output_dir, metrics)
     finally:
         finish_wandb(loggers)
-    print_metrics(metrics, title=f"simlearn · {output_dir}")
-    if best_path:
-        log.info("best checkpoint: %s", best_path)
-    return metrics
+    return Outcome(metrics, best_path, reports=True)
 
 
 def _fit(
