@@ -201,11 +201,7 @@ def build_trainer(cfg: DictConfig, callbacks: list[Any], loggers: list[Any], lau
     ``launched`` true, which makes the Trainer run fit and test in the process it is in. Anywhere else such a
     strategy is refused with one line.
     """
-    if cfg.trainer.get("accelerator") in ("gpu", "cuda") and not torch.cuda.is_available():
-        raise UserError(
-            f"trainer.accelerator={cfg.trainer.accelerator} asks for a GPU, but PyTorch sees none "
-            f"(torch.cuda.is_available() is False). Use trainer=default (GPU when present, else CPU) or trainer=cpu."
-        )
+    _check_accelerator(cfg)
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     if isinstance(trainer.strategy.launcher, _MultiProcessingLauncher):
         if not launched:
@@ -224,11 +220,20 @@ def spawn_launcher(cfg: DictConfig) -> _Launcher | None:
     """The launcher of ``cfg.trainer``'s strategy when it starts its ranks from inside this process (spawn, fork or
     forkserver: ``ddp_spawn``, ``ddp_fork``, ``ddp_notebook``), else None (one process, or DDP's own launcher, which
     runs the command line again per rank). Asked of a Trainer built for it alone (no callbacks, no loggers)."""
+    _check_accelerator(cfg)
     # its device summary ("GPU available: ...") is printed by the Trainer of the run, once
     with _quiet_lightning():
         trainer = instantiate(cfg.trainer, callbacks=[], logger=False, enable_checkpointing=False)
     launcher = trainer.strategy.launcher
     return launcher if isinstance(launcher, _MultiProcessingLauncher) else None
+
+
+def _check_accelerator(cfg: DictConfig) -> None:
+    if cfg.trainer.get("accelerator") in ("gpu", "cuda") and not torch.cuda.is_available():
+        raise UserError(
+            f"trainer.accelerator={cfg.trainer.accelerator} asks for a GPU, but PyTorch sees none "
+            f"(torch.cuda.is_available() is False). Use trainer=default (GPU when present, else CPU) or trainer=cpu."
+        )
 
 
 def _strategy_name(cfg: DictConfig) -> str:

@@ -223,6 +223,13 @@ class _LaunchedRun:
             setup_globals()  # Hydra's resolvers (${hydra:...}, ${now:...})
             HydraConfig.instance().set_config(hydra_cfg)
             configure_log(hydra_cfg.hydra.job_logging, hydra_cfg.hydra.verbose)
+            for name in ("lightning.pytorch", "lightning.fabric"):
+                # imported (unpickling this object) before logging was configured, Lightning gave its loggers their
+                # own console handler; as in the launching process, their records go to the run's log instead
+                lightning_log = logging.getLogger(name)
+                for handler in [h for h in lightning_log.handlers if type(h) is logging.StreamHandler]:
+                    lightning_log.removeHandler(handler)
+                lightning_log.propagate = True
             open_run_log()  # the launching process claimed the run dir
         try:
             return _train(self.cfg, self.output_dir, self.ckpt_path, launched=True)
