@@ -11,6 +11,7 @@ from typing import NamedTuple
 
 import lightning.pytorch as pl
 import torch
+import torch.multiprocessing as mp
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.utils import configure_log, setup_globals
@@ -179,11 +180,13 @@ def train(cfg: DictConfig) -> dict[str, float]:
             outcome = _train(cfg, output_dir, resume.ckpt_path)
         else:
             hydra_cfg = HydraConfig.instance().cfg if HydraConfig.initialized() else None
-            # the processes' rank 0 returns its outcome (the others' are dropped); a user error comes back as a value
-            # so that it is reported as one line here, not as the traceback of a failed process
-            outcome = launcher.launch(_LaunchedRun(cfg, output_dir, resume.ckpt_path, hydra_cfg), trainer=None)
-            if isinstance(outcome, Exception):
-                raise outcome
+            run = _LaunchedRun(cfg, output_dir, resume.ckpt_path, hydra_cfg)
+            try:
+                outcome = launcher.launch(run, trainer=None)  # rank 0's return value (the others' are dropped)
+            except Exception:
+                run.raise_error()  # what rank 0 stopped at, rather than the failure of a rank that lost its peer
+                raise
+            run.raise_error()
         if outcome.reports:
             print_metrics(outcome.metrics, title=f"simlearn · {output_dir}")
             if outcome.best_path:
@@ -205,15 +208,24 @@ class _LaunchedRun:
 
     An object rather than a function with arguments: the launcher walks its arguments (for tensors to stop sharing),
     which would resolve the config's interpolations, and ``${hydra:...}`` resolves only once this process has the
-    launching process's Hydra state. The launching process reports what rank 0 returns (:func:`train`), errors
-    included. Each rank logs as a rank of ``trainer=ddp`` does: rank 0 into the run's log, each other rank into
+    launching process's Hydra state. The launching process reports what rank 0 returns (:func:`train`), or its
+    error. Each rank logs as a rank of ``trainer=ddp`` does: rank 0 into the run's log, each other rank into
     ``<job>_ddp_process_<rank>.log``.
     """
 
     def __init__(self, cfg: DictConfig, output_dir: Path, ckpt_path: str | None, hydra_cfg: DictConfig | None):
         self.cfg, self.output_dir, self.ckpt_path, self.hydra_cfg = cfg, output_dir, ckpt_path, hydra_cfg
+        # rank 0's mistake (a UserError, a config that does not build), passed here as itself for the one-line message
+        # of a single process; also when another rank fails next, having lost its peer (gloo: "Connection closed by
+        # peer"), which is the failure the launcher itself would report, with its traceback
+        self.errors = mp.get_context("spawn").SimpleQueue()
 
-    def __call__(self) -> Outcome | UserError:
+    def raise_error(self) -> None:
+        """In the launching process, after the ranks ended: raise rank 0's error, if it stopped at one."""
+        if not self.errors.empty():
+            raise self.errors.get()
+
+    def __call__(self) -> Outcome | None:
         if self.hydra_cfg is not None:  # a spawned process starts with none of the launching process's Hydra state
             hydra_cfg = copy.deepcopy(self.hydra_cfg)
             OmegaConf.set_readonly(hydra_cfg.hydra, False)  # HydraConfig keeps it read-only
@@ -233,8 +245,10 @@ class _LaunchedRun:
             open_run_log()  # the launching process claimed the run dir
         try:
             return _train(self.cfg, self.output_dir, self.ckpt_path, launched=True)
-        except (UserError, InstantiationException) as error:  # a mistake in the config, said as in one process
-            return _user_error(error) or error
+        except (UserError, InstantiationException) as error:
+            if process_rank() == 0:
+                self.errors.put(_user_error(error) or error)
+            return None
 
 
 def _user_error(error: BaseException | None) -> UserError | None:

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from simlearn.errors import UserError
 from simlearn.train import optimized_value, train
 
 from .helpers import REPO, run_cli, run_main, run_training, train_config
@@ -142,3 +143,14 @@ def test_ddp_training_with_negatives_from_all_ranks_and_the_spawn_and_fork_strat
     assert returned == {key: value for key, value in forked.items() if key != "test/protocol"}
     assert optimized_value(cfg, returned) == reference["val/best_recall@1"]  # what a sweeper gets
     assert "simlearn · " in printed and "recall@1" in printed
+
+
+@pytest.mark.slow
+def test_an_error_of_rank_0_is_the_one_line_error_of_one_process(tmp_path):
+    # the weights diverge: rank 0's evaluation (or both ranks at the same training batch) stops at NaN. It comes back
+    # to the launching process as itself, for the command line's one line (exit 2), not as the traceback of rank 1,
+    # which fails too once its peer has gone ("Connection closed by peer")
+    cfg = train_config(tmp_path, *DDP_RUN, "trainer.strategy=ddp_fork", "optimizer.lr=1e6")
+    with pytest.raises(UserError, match=r"^(training loss is \S+ at epoch 0|embeddings contains NaN or inf)"):
+        train(cfg)
+    assert not list((tmp_path / "checkpoints").glob("*.ckpt"))
