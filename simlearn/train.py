@@ -22,7 +22,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from simlearn.build import build_datamodule, build_list, build_model, build_trainer, check_config, spawn_launcher
 from simlearn.config import config_dir
 from simlearn.console import print_metrics
-from simlearn.errors import UserError
+from simlearn.errors import UserError, user_error_in
 from simlearn.loggers import finish_wandb
 from simlearn.reports.outputs import write_splits, write_test_outputs
 from simlearn.run_dir import (
@@ -194,7 +194,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         return outcome.metrics
 
 
-class Outcome(NamedTuple):
+class _Outcome(NamedTuple):
     """What one process of a run ends with: the metrics, the best checkpoint ("" when none), and whether it reports
     them (the process of rank 0, or the one that launched the ranks)."""
 
@@ -225,7 +225,7 @@ class _LaunchedRun:
         if not self.errors.empty():
             raise self.errors.get()
 
-    def __call__(self) -> Outcome | None:
+    def __call__(self) -> _Outcome | None:
         if self.hydra_cfg is not None:  # a spawned process starts with none of the launching process's Hydra state
             hydra_cfg = copy.deepcopy(self.hydra_cfg)
             OmegaConf.set_readonly(hydra_cfg.hydra, False)  # HydraConfig keeps it read-only
@@ -247,19 +247,12 @@ class _LaunchedRun:
             return _train(self.cfg, self.output_dir, self.ckpt_path, launched=True)
         except (UserError, InstantiationException) as error:
             if process_rank() == 0:
-                self.errors.put(_user_error(error) or error)
+                # the chain of causes does not cross the process boundary: the UserError inside, if any
+                self.errors.put(user_error_in(error) or error)
             return None
 
 
-def _user_error(error: BaseException | None) -> UserError | None:
-    """The :class:`UserError` an error was raised from, if any (an instantiated class may have raised it); the
-    chain of causes does not cross the process boundary, so it is looked up before."""
-    while error is not None and not isinstance(error, UserError):
-        error = error.__cause__ or error.__context__
-    return error
-
-
-def _train(cfg: DictConfig, output_dir: Path, ckpt_path: str | None, launched: bool = False) -> Outcome:
+def _train(cfg: DictConfig, output_dir: Path, ckpt_path: str | None, launched: bool = False) -> _Outcome:
     if cfg.get("seed") is not None:
         pl.seed_everything(cfg.seed, workers=True)
 
@@ -288,11 +281,11 @@ def _train(cfg: DictConfig, output_dir: Path, ckpt_path: str | None, launched: b
         trainer.test(model, datamodule=datamodule, ckpt_path=best_path or None, verbose=False)
         metrics.update({f"test/{k}": float(v) for k, v in model.metrics["test"].items()})
         if not trainer.is_global_zero:  # other DDP ranks hold the same gathered results; one process writes files
-            return Outcome(metrics, best_path, reports=False)
+            return _Outcome(metrics, best_path, reports=False)
         metrics = write_test_outputs(cfg, trainer, model, datamodule, output_dir, metrics)
     finally:
         finish_wandb(loggers)
-    return Outcome(metrics, best_path, reports=True)
+    return _Outcome(metrics, best_path, reports=True)
 
 
 def _fit(

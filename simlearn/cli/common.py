@@ -22,16 +22,8 @@ from rich.console import Console
 from rich.markup import escape
 
 from simlearn.config import config_dir
-from simlearn.errors import UserError
+from simlearn.errors import UserError, user_error_in
 from simlearn.run_dir import claim_run_dir
-
-
-def _user_error(error: BaseException) -> UserError | None:
-    while error is not None:
-        if isinstance(error, UserError):
-            return error
-        error = error.__cause__ or error.__context__
-    return None
 
 
 def print_error(message: str) -> None:
@@ -55,7 +47,7 @@ def exit_on_user_error(function: Callable[..., Any]) -> Callable[..., Any]:
         try:
             return function(*args, **kwargs)
         except (UserError, InstantiationException, MissingMandatoryValue) as error:
-            user_error = _user_error(error)
+            user_error = user_error_in(error)
             if user_error is not None:
                 message = str(user_error)
             elif isinstance(error, MissingMandatoryValue):
