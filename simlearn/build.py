@@ -3,7 +3,9 @@ every placeholder filled, by :func:`build_run`."""
 
 from __future__ import annotations
 
+import contextlib
 import inspect
+import logging
 import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -13,6 +15,8 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 from hydra.utils import get_object, instantiate
+from lightning.pytorch.strategies.launchers.launcher import _Launcher
+from lightning.pytorch.strategies.launchers.multiprocessing import _MultiProcessingLauncher
 from omegaconf import DictConfig, OmegaConf
 
 from simlearn.data.base import CROP_KEYS, EmbeddingDataModule
@@ -264,22 +268,49 @@ def build_list(group: Mapping[str, Any] | None) -> list[Any]:
     return [instantiate(entry) for entry in group.values() if entry is not None and "_target_" in entry]
 
 
-def build_trainer(cfg: DictConfig, callbacks: list[Any], loggers: list[Any]) -> pl.Trainer:
+def build_trainer(cfg: DictConfig, callbacks: list[Any], loggers: list[Any], launched: bool = False) -> pl.Trainer:
+    """The Lightning Trainer of ``cfg.trainer``, with these callbacks and loggers.
+
+    A strategy whose launcher starts the ranks as new processes from inside ``fit()`` and ``test()`` (``ddp_spawn``,
+    ``ddp_fork``, ``ddp_notebook``; Lightning picks ``ddp_fork`` itself for several devices in a notebook) would keep
+    the embeddings and metrics those processes compute to themselves. Training runs the whole run (fit, test, the
+    run's files) in the processes that launcher starts (:func:`spawn_launcher`); there it builds its Trainer with
+    ``launched`` true, which makes the Trainer run fit and test in the process it is in. Anywhere else such a
+    strategy is refused with one line.
+    """
+    _check_accelerator(cfg)
+    trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    if isinstance(trainer.strategy.launcher, _MultiProcessingLauncher):
+        if not launched:
+            raise UserError(
+                f"trainer.strategy={_strategy_name(cfg)} starts its processes inside each test, and they keep the test "
+                f"results to themselves; only training supports it (simlearn-train). Use trainer=ddp here (the "
+                f"launcher starts one process per device, e.g. trainer=ddp trainer.accelerator=cpu trainer.devices=2)."
+            )
+        # this process is one of the ranks that launcher started: fit and test run here. Lightning has no public
+        # switch for it; without a launcher its Trainer calls fit/test directly, as in a process DDP started itself
+        trainer.strategy._launcher = None
+    return trainer
+
+
+def spawn_launcher(cfg: DictConfig) -> _Launcher | None:
+    """The launcher of ``cfg.trainer``'s strategy when it starts its ranks from inside this process (spawn, fork or
+    forkserver: ``ddp_spawn``, ``ddp_fork``, ``ddp_notebook``), else None (one process, or DDP's own launcher, which
+    runs the command line again per rank). Asked of a Trainer built for it alone (no callbacks, no loggers)."""
+    _check_accelerator(cfg)
+    # its device summary ("GPU available: ...") is printed by the Trainer of the run, once
+    with _quiet_lightning():
+        trainer = instantiate(cfg.trainer, callbacks=[], logger=False, enable_checkpointing=False)
+    launcher = trainer.strategy.launcher
+    return launcher if isinstance(launcher, _MultiProcessingLauncher) else None
+
+
+def _check_accelerator(cfg: DictConfig) -> None:
     if cfg.trainer.get("accelerator") in ("gpu", "cuda") and not torch.cuda.is_available():
         raise UserError(
             f"trainer.accelerator={cfg.trainer.accelerator} asks for a GPU, but PyTorch sees none "
             f"(torch.cuda.is_available() is False). Use trainer=default (GPU when present, else CPU) or trainer=cpu."
         )
-    strategy = str(cfg.trainer.get("strategy") or "")
-    if any(word in strategy for word in ("spawn", "fork", "notebook")):
-        # these start the ranks as new processes from inside fit(); the embeddings and metrics they compute stay in
-        # those processes, so the run would train and test, then fail without results
-        raise UserError(
-            f"trainer.strategy={strategy} is not supported: its processes keep the test results to themselves. "
-            f"Use trainer=ddp (strategy ddp: the launcher starts one process per device, e.g. "
-            f"trainer=ddp trainer.accelerator=cpu trainer.devices=2)."
-        )
-    return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
 
 
 def run_output_dir(cfg: DictConfig) -> Path:
@@ -299,25 +330,28 @@ class Run:
 
     ``metrics`` is the flat metric dict of a finished run (``val/…``, ``test/…``, ``train/…``, as in its
     ``metrics.json``) and ``best_path`` its best checkpoint: empty until it is trained and tested
-    (:func:`simlearn.train.train_run`, :func:`simlearn.run`).
+    (:func:`simlearn.train.train_run`, :func:`simlearn.run`). Under a strategy that trains in processes it starts
+    (``ddp_spawn``, ``ddp_fork``, ``ddp_notebook``) the launching process's run has no ``datamodule``, ``model`` or
+    ``trainer`` (None: they lived in those processes), only the config, metrics and best checkpoint.
     """
 
     cfg: DictConfig
     output_dir: Path
-    datamodule: EmbeddingDataModule
-    model: EmbeddingModule
-    trainer: pl.Trainer
+    datamodule: EmbeddingDataModule | None
+    model: EmbeddingModule | None
+    trainer: pl.Trainer | None
     callbacks: list[Any]
     loggers: list[Any]
     metrics: dict[str, float] = field(default_factory=dict)
     best_path: str = ""
 
 
-def build_run(cfg: DictConfig) -> Run:
+def build_run(cfg: DictConfig, launched: bool = False) -> Run:
     """Everything a training run needs, from one composed config, in the order that fills its placeholders: the
     data keys from the backbone (:func:`check_config`), the data, the model (``data.num_classes``,
     ``head.out_dim``), callbacks, loggers and trainer. Seeds everything with ``cfg.seed`` first; writes nothing.
-    ``cfg`` is filled in place. This is what ``python train.py`` builds (:func:`simlearn.train.train_run`)."""
+    ``cfg`` is filled in place. This is what ``python train.py`` builds (:func:`simlearn.train.train_run`);
+    ``launched``: in a process that a spawn/fork strategy's launcher started (:func:`build_trainer`)."""
     output_dir = run_output_dir(cfg)
     check_config(cfg)
     if cfg.get("seed") is not None:
@@ -326,5 +360,23 @@ def build_run(cfg: DictConfig) -> Run:
     model = build_model(cfg, datamodule)
     callbacks = build_list(cfg.get("callbacks"))
     loggers = build_list(cfg.get("logger"))
-    trainer = build_trainer(cfg, callbacks, loggers)
+    trainer = build_trainer(cfg, callbacks, loggers, launched=launched)
     return Run(cfg, output_dir, datamodule, model, trainer, callbacks, loggers)
+
+
+def _strategy_name(cfg: DictConfig) -> str:
+    strategy = cfg.trainer.get("strategy")
+    if OmegaConf.is_dict(strategy):
+        return f"{strategy.get('_target_')} (start_method={strategy.get('start_method')})"
+    return str(strategy)
+
+
+@contextlib.contextmanager
+def _quiet_lightning() -> Iterator[None]:
+    logger = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    level = logger.level
+    logger.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)

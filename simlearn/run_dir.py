@@ -108,6 +108,13 @@ def _run_log_handlers() -> list[RunLogHandler]:
     return [h for h in logging.getLogger().handlers if isinstance(h, RunLogHandler)]
 
 
+def open_run_log() -> None:
+    """Start writing the run's log file in a process whose run dir is claimed already (by the process that started
+    it: a rank of DDP, or of a spawn/fork strategy)."""
+    for handler in _run_log_handlers():
+        handler.open_log()
+
+
 def _hydra_files(output_dir: Path, resume: bool) -> None:
     """Hydra's copies of the config (``.hydra/config.yaml``, ``hydra.yaml``, ``overrides.yaml``), written by simlearn
     after the claim instead of by Hydra before it (``hydra.output_subdir`` is null). A resumed run keeps the files of
@@ -147,8 +154,7 @@ def claim_run_dir(
     """
     output_dir = Path(output_dir)
     if process_rank() != 0:  # each rank logs to its own file (Lightning names the job train_ddp_process_<rank>)
-        for handler in _run_log_handlers():
-            handler.open_log()
+        open_run_log()
         yield output_dir
         return
     check_writable(output_dir, "the run dir")
@@ -168,8 +174,7 @@ def claim_run_dir(
         lock_file.write(f"simlearn-{task}, pid {os.getpid()} on {socket.gethostname()}, since {since}")
         lock_file.flush()
         _hydra_files(output_dir, resume=allow_results)
-        for handler in _run_log_handlers():
-            handler.open_log()
+        open_run_log()
         yield output_dir
     finally:
         # removed while still locked, and only while the path is still this lock's file: a lock file that another

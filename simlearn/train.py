@@ -2,25 +2,37 @@
 
 from __future__ import annotations
 
+import copy
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import lightning.pytorch as pl
 import torch
+import torch.multiprocessing as mp
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.utils import configure_log, setup_globals
+from hydra.errors import InstantiationException
 from lightning.pytorch.callbacks import ModelCheckpoint, Timer
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from simlearn.build import Run, build_run, run_output_dir
+from simlearn.build import Run, build_run, check_config, run_output_dir, spawn_launcher
 from simlearn.config import config_dir
 from simlearn.console import print_metrics
-from simlearn.errors import UserError
+from simlearn.errors import UserError, find_user_error
 from simlearn.loggers import finish_wandb
 from simlearn.reports.outputs import write_splits, write_test_outputs
-from simlearn.run_dir import check_writable, claim_run_dir, existing_results, save_unresolved_config
+from simlearn.run_dir import (
+    check_writable,
+    claim_run_dir,
+    existing_results,
+    open_run_log,
+    process_rank,
+    save_unresolved_config,
+)
 
 log = logging.getLogger(__name__)
 
@@ -147,6 +159,11 @@ def train_run(cfg: DictConfig, overrides: Sequence[str] | None = None) -> Run:
     run's results; a resume continues the run's saved config. ``train=false`` skips the training and tests the model
     as built (a pretrained backbone's zero-shot baseline), writing the same files. ``overrides``: the ``key=value``
     overrides a resume applies on top of the run's saved config (default: this command line's).
+
+    Under a strategy that starts its ranks from this process (``ddp_spawn``, ``ddp_fork``, ``ddp_notebook``) the
+    whole run happens in those processes, rank 0 writing the run's files as under ``ddp``; this process keeps the
+    run dir claimed, then prints the metrics and returns them, as rank 0 computed them: its ``Run`` holds the config,
+    ``metrics`` and ``best_path``, and no datamodule, model or trainer (they lived in the launched processes).
     """
     if not cfg.get("train", True) and cfg.get("ckpt_path"):
         raise UserError(
@@ -166,11 +183,89 @@ def train_run(cfg: DictConfig, overrides: Sequence[str] | None = None) -> Run:
         allow_results=continues_this_dir or restart,
         hint="To continue its training, add ckpt_path=last; otherwise choose another hydra.run.dir=DIR.",
     ):
-        return _train(cfg, output_dir, resume.ckpt_path)
+        check_config(cfg)
+        launcher = spawn_launcher(cfg)
+        if launcher is None:
+            run = _train(cfg, output_dir, resume.ckpt_path)
+            outcome = _Outcome(run.metrics, run.best_path, reports=run.trainer.is_global_zero)
+        else:
+            hydra_cfg = HydraConfig.instance().cfg if HydraConfig.initialized() else None
+            launched = _LaunchedRun(cfg, output_dir, resume.ckpt_path, hydra_cfg)
+            try:
+                outcome = launcher.launch(launched, trainer=None)  # rank 0's return value (the others' are dropped)
+            except Exception:
+                launched.raise_error()  # what rank 0 stopped at, rather than the failure of a rank that lost its peer
+                raise
+            launched.raise_error()
+            run = Run(cfg, output_dir, None, None, None, [], [], outcome.metrics, outcome.best_path)
+        if outcome.reports:
+            print_metrics(outcome.metrics, title=f"simlearn · {output_dir}")
+            if outcome.best_path:
+                log.info("best checkpoint: %s", outcome.best_path)
+        return run
 
 
-def _train(cfg: DictConfig, output_dir: Path, ckpt_path: str | None) -> Run:
-    run = build_run(cfg)
+class _Outcome(NamedTuple):
+    """What one process of a run ends with: the metrics, the best checkpoint ("" when none), and whether it reports
+    them (the process of rank 0, or the one that launched the ranks)."""
+
+    metrics: dict[str, float]
+    best_path: str
+    reports: bool
+
+
+class _LaunchedRun:
+    """One rank of a run whose strategy starts its processes from the launching one; its launcher calls this in each.
+
+    An object rather than a function with arguments: the launcher walks its arguments (for tensors to stop sharing),
+    which would resolve the config's interpolations, and ``${hydra:...}`` resolves only once this process has the
+    launching process's Hydra state. The launching process reports what rank 0 returns (:func:`train`), or its
+    error. Each rank logs as a rank of ``trainer=ddp`` does: rank 0 into the run's log, each other rank into
+    ``<job>_ddp_process_<rank>.log``.
+    """
+
+    def __init__(self, cfg: DictConfig, output_dir: Path, ckpt_path: str | None, hydra_cfg: DictConfig | None):
+        self.cfg, self.output_dir, self.ckpt_path, self.hydra_cfg = cfg, output_dir, ckpt_path, hydra_cfg
+        # rank 0's mistake (a UserError, a config that does not build), passed here as itself for the one-line message
+        # of a single process; also when another rank fails next, having lost its peer (gloo: "Connection closed by
+        # peer"), which is the failure the launcher itself would report, with its traceback
+        self.errors = mp.get_context("spawn").SimpleQueue()
+
+    def raise_error(self) -> None:
+        """In the launching process, after the ranks ended: raise rank 0's error, if it stopped at one."""
+        if not self.errors.empty():
+            raise self.errors.get()
+
+    def __call__(self) -> _Outcome | None:
+        if self.hydra_cfg is not None:  # a spawned process starts with none of the launching process's Hydra state
+            hydra_cfg = copy.deepcopy(self.hydra_cfg)
+            OmegaConf.set_readonly(hydra_cfg.hydra, False)  # HydraConfig keeps it read-only
+            rank = process_rank()
+            if rank:
+                hydra_cfg.hydra.job.name = f"{hydra_cfg.hydra.job.name}_ddp_process_{rank}"
+            setup_globals()  # Hydra's resolvers (${hydra:...}, ${now:...})
+            HydraConfig.instance().set_config(hydra_cfg)
+            configure_log(hydra_cfg.hydra.job_logging, hydra_cfg.hydra.verbose)
+            for name in ("lightning.pytorch", "lightning.fabric"):
+                # imported (unpickling this object) before logging was configured, Lightning gave its loggers their
+                # own console handler; as in the launching process, their records go to the run's log instead
+                lightning_log = logging.getLogger(name)
+                for handler in [h for h in lightning_log.handlers if type(h) is logging.StreamHandler]:
+                    lightning_log.removeHandler(handler)
+                lightning_log.propagate = True
+            open_run_log()  # the launching process claimed the run dir
+        try:
+            run = _train(self.cfg, self.output_dir, self.ckpt_path, launched=True)
+            return _Outcome(run.metrics, run.best_path, reports=run.trainer.is_global_zero)
+        except (UserError, InstantiationException) as error:
+            if process_rank() == 0:
+                # the chain of causes does not cross the process boundary: the UserError inside, if any
+                self.errors.put(find_user_error(error) or error)
+            return None
+
+
+def _train(cfg: DictConfig, output_dir: Path, ckpt_path: str | None, launched: bool = False) -> Run:
+    run = build_run(cfg, launched=launched)
     datamodule, model, trainer, callbacks, loggers = run.datamodule, run.model, run.trainer, run.callbacks, run.loggers
     if trainer.is_global_zero:
         for callback in callbacks:  # Lightning would fail only after an epoch, with a misleading FileNotFoundError
@@ -197,9 +292,6 @@ def _train(cfg: DictConfig, output_dir: Path, ckpt_path: str | None) -> Run:
         run.metrics = write_test_outputs(cfg, trainer, model, datamodule, output_dir, metrics)
     finally:
         finish_wandb(loggers)
-    print_metrics(run.metrics, title=f"simlearn · {output_dir}")
-    if best_path:
-        log.info("best checkpoint: %s", best_path)
     return run
 
 
