@@ -46,7 +46,8 @@ def test_run_dir_holds_metrics_embeddings_similarity_checkpoints_config(tmp_path
     assert written["train/epochs"] == 3 and 0 < written["train/wall_s"] < 600
 
     arrays = np.load(tmp_path / "embeddings.npz")
-    assert set(arrays.files) == {"embeddings", "labels", "digit", "parity", "magnitude"}
+    assert set(arrays.files) == {"embeddings", "labels", "class_names", "digit", "parity", "magnitude"}
+    assert arrays["class_names"].tolist() == [str(d) for d in range(10)]
     assert arrays["embeddings"].shape == (450, 64)
     np.testing.assert_allclose(np.linalg.norm(arrays["embeddings"], axis=1), 1.0, atol=1e-5)
     np.testing.assert_array_equal(arrays["labels"], arrays["digit"])
