@@ -44,7 +44,7 @@ from simlearn.errors import UserError
 from simlearn.evaluation.neighbours import (
     GalleryIndex,
     PreparedGallery,
-    _faiss_installed,
+    faiss_installed,
     gallery_index,
     prepare_gallery,
     top_k,
@@ -595,7 +595,7 @@ def run_search(
         raise UserError(f"k={k} but the gallery {gallery.source} has only {n} items; use k={n} or less.")
     index = gallery.candidates
     if index is None and faiss_threshold is not None and n >= faiss_threshold:
-        if not _faiss_installed():  # not imported here: gallery_index imports it, without faiss's loader lines
+        if not faiss_installed():  # not imported here: gallery_index imports it, without faiss's loader lines
             log.warning(
                 "the gallery has %d items (faiss_threshold=%d) but faiss is not installed (pip install "
                 "'simlearn[faiss]'); searching exactly without it",

@@ -16,12 +16,14 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.utils import configure_log, setup_globals
 from hydra.errors import InstantiationException
+from lightning.fabric.utilities import rank_zero as fabric_rank_zero
 from lightning.pytorch.callbacks import ModelCheckpoint, Timer
+from lightning.pytorch.utilities import rank_zero as pl_rank_zero
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from simlearn.build import Run, build_run, check_config, run_output_dir, spawn_launcher
 from simlearn.config import config_dir
-from simlearn.console import print_metrics
+from simlearn.console import print_metrics, quiet_console
 from simlearn.errors import UserError, find_user_error
 from simlearn.loggers import finish_wandb
 from simlearn.reports.outputs import write_splits, write_test_outputs
@@ -196,6 +198,8 @@ def train_run(cfg: DictConfig, overrides: Sequence[str] | None = None) -> Run:
             except Exception:
                 launched.raise_error()  # what rank 0 stopped at, rather than the failure of a rank that lost its peer
                 raise
+            finally:
+                launched.close()
             launched.raise_error()
             run = Run(cfg, output_dir, None, None, None, [], [], outcome.metrics, outcome.best_path)
         if outcome.reports:
@@ -230,11 +234,22 @@ class _LaunchedRun:
         # of a single process; also when another rank fails next, having lost its peer (gloo: "Connection closed by
         # peer"), which is the failure the launcher itself would report, with its traceback
         self.errors = mp.get_context("spawn").SimpleQueue()
+        self.error: BaseException | None = None
 
     def raise_error(self) -> None:
         """In the launching process, after the ranks ended: raise rank 0's error, if it stopped at one."""
-        if not self.errors.empty():
-            raise self.errors.get()
+        self.close()
+        if self.error is not None:
+            raise self.error
+
+    def close(self) -> None:
+        """In the launching process, after the ranks ended: keep rank 0's error, if any, and close the queue's pipes
+        (a notebook that runs many times would otherwise keep two file descriptors per run)."""
+        if self.errors is not None:
+            if not self.errors.empty():
+                self.error = self.errors.get()
+            self.errors.close()
+            self.errors = None
 
     def __call__(self) -> _Outcome | None:
         if self.hydra_cfg is not None:  # a spawned process starts with none of the launching process's Hydra state
@@ -246,14 +261,15 @@ class _LaunchedRun:
             setup_globals()  # Hydra's resolvers (${hydra:...}, ${now:...})
             HydraConfig.instance().set_config(hydra_cfg)
             configure_log(hydra_cfg.hydra.job_logging, hydra_cfg.hydra.verbose)
-            for name in ("lightning.pytorch", "lightning.fabric"):
-                # imported (unpickling this object) before logging was configured, Lightning gave its loggers their
-                # own console handler; as in the launching process, their records go to the run's log instead
-                lightning_log = logging.getLogger(name)
-                for handler in [h for h in lightning_log.handlers if type(h) is logging.StreamHandler]:
-                    lightning_log.removeHandler(handler)
-                lightning_log.propagate = True
+            # imported (unpickling this object) before logging was configured, Lightning gave its loggers their own
+            # console handler: as in the launching process, each message once, no tips (simlearn.console)
+            quiet_console()
             open_run_log()  # the launching process claimed the run dir
+        # Lightning read its rank-zero rank from the environment when this process imported it, before the launcher
+        # set LOCAL_RANK (spawn) or while it was still the launching process's (fork): every rank would print the
+        # Trainer's rank-zero lines ("GPU available: …") until the strategy set it up
+        for module in (pl_rank_zero, fabric_rank_zero):
+            module.rank_zero_only.rank = process_rank()
         try:
             run = _train(self.cfg, self.output_dir, self.ckpt_path, launched=True)
             return _Outcome(run.metrics, run.best_path, reports=run.trainer.is_global_zero)

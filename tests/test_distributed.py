@@ -120,6 +120,9 @@ def test_ddp_training_with_negatives_from_all_ranks_and_the_spawn_and_fork_strat
     spawned = run_cli("train.py", *DDP_RUN, "trainer.strategy=ddp_spawn", f"hydra.run.dir={tmp_path / 'spawn'}")
     assert spawned.returncode == 0, spawned.stderr[-3000:]
     assert "Traceback" not in spawned.stderr and "simlearn · " in spawned.stdout  # the launching process's table
+    # each message once in the ranks too: rank 1 prints no rank-zero line, and no rank prints Lightning's tips
+    console = spawned.stdout + spawned.stderr
+    assert console.count("GPU available:") == 1 and "💡 Tip" not in console, console[-3000:]
     # ddp_notebook (fork) from this process, as a notebook runs it: this process prints and returns rank 0's metrics
     cfg = train_config(tmp_path / "fork", *DDP_RUN, "trainer.strategy=ddp_notebook")
     capfd.readouterr()

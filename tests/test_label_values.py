@@ -9,6 +9,7 @@ import torch
 from simlearn.data import DigitsDataModule
 from simlearn.data.splits import cap_query_gallery
 from simlearn.embed import embed_splits, split_arrays, write_parquet
+from simlearn.errors import UserError
 
 from .test_class_split import QueryGalleryModule
 
@@ -111,3 +112,17 @@ def test_cap_query_gallery_keeps_a_gallery_item_of_each_kept_querys_class_even_b
     assert len(q) == 2 and set(labels[q].tolist()) <= set(labels[g].tolist()) and len(q) + len(g) == 4
     q, g = cap_query_gallery(query, gallery, labels, None, seed=0)
     assert torch.equal(q, query) and torch.equal(g, gallery)
+
+
+def test_a_label_field_named_like_an_array_of_the_written_files_is_refused_at_setup():
+    # e.g. a CSV column "labels" or "class_names": embeddings.npz would hold two arrays of one name
+    class Clashing(QueryGalleryModule):
+        def load(self):
+            items = super().load()
+            items.fields["class_names"] = items.fields["label"].clone()
+            return items
+
+    module = Clashing([None] * 12, [0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2], test_fraction=0.25, val_fraction=0.25)
+    with pytest.raises(UserError, match=r"label field\(s\) \['class_names'\].*rename them") as error:
+        module.setup()
+    assert "\n" not in str(error.value)

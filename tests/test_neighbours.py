@@ -17,7 +17,7 @@ from simlearn.evaluation import knn_accuracy, neighbours, retrieval_metrics
 
 BACKENDS = [
     "torch",
-    pytest.param("faiss", marks=pytest.mark.skipif(not neighbours._faiss_installed(), reason="no faiss")),
+    pytest.param("faiss", marks=pytest.mark.skipif(not neighbours.faiss_installed(), reason="no faiss")),
 ]
 KS = (1, 5, 10)
 KNN_K = 5

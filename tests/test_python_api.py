@@ -83,6 +83,7 @@ def test_readme_from_python_example_runs(tmp_path, monkeypatch, capsys):
     assert built.trainer.current_epoch == 0 and not (tmp_path / "outputs" / "notebook" / "built").exists()
 
 
+@pytest.mark.slow
 def test_run_takes_a_composed_config_and_leaves_it_unchanged(tmp_path):
     cfg = compose_config(["train=false", "logger=none", "reports.plots=null", "reports.structure=null"])
     before = OmegaConf.to_yaml(cfg)

@@ -75,7 +75,11 @@ def unused_definitions(root: Path = REPO) -> list[str]:
     unused = []
     for path in sorted(root.joinpath("simlearn").rglob("*.py")):
         for node in ast.parse(path.read_text(encoding="utf-8")).body:
-            if isinstance(node, ast.FunctionDef | ast.ClassDef) and uses.get(node.name, 0) <= 1:
+            if not isinstance(node, ast.FunctionDef | ast.ClassDef):
+                continue
+            # a dunder (a module's __getattr__, …) is called by Python itself, never by name
+            dunder = node.name.startswith("__") and node.name.endswith("__")
+            if not dunder and uses.get(node.name, 0) <= 1:
                 unused.append(f"{path.relative_to(root)}: {node.name}")
     return unused
 

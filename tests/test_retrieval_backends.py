@@ -171,7 +171,7 @@ def test_choose_backend(monkeypatch):
     assert choose_backend("auto", torch.device("cuda"), 10 * big) == "torch"
     assert choose_backend("torch", "cpu", 10 * big) == "torch"
     assert choose_backend("faiss", "cpu", 10) == "faiss"
-    monkeypatch.setattr(neighbours, "_faiss_installed", lambda: False)
+    monkeypatch.setattr(neighbours, "faiss_installed", lambda: False)
     assert choose_backend("auto", "cpu", 10 * big) == "torch"
     with pytest.raises(UserError, match="backend must be one of"):
         choose_backend("annoy", "cpu", 10)
@@ -196,9 +196,31 @@ def test_faiss_missing_is_a_user_error(monkeypatch):
     x, y = _clustered(5, 8, (20, 10))
     with pytest.raises(UserError, match="pip install faiss-cpu"):
         retrieval_metrics(x, y, backend="faiss")
-    monkeypatch.setattr(neighbours, "_faiss_installed", lambda: False)
+    monkeypatch.setattr(neighbours, "faiss_installed", lambda: False)
     monkeypatch.setattr(neighbours, "FAISS_MIN_GALLERY", 1)
     assert retrieval_metrics(x, y)["num_queries"] == len(x)  # auto falls back to torch
+
+
+def test_a_faiss_that_is_present_but_broken_is_left_out_of_the_automatic_choices(monkeypatch, caplog):
+    # e.g. its shared library missing or built for another numpy: the automatic backend and k-means fall back to
+    # torch and scikit-learn (as when faiss is absent); only an explicit backend='faiss' is refused
+    from simlearn.evaluation.clustering import kmeans_labels
+
+    def broken():
+        raise UserError("backend='faiss' needs the faiss package, which cannot be imported (libfaiss.so: no such file)")
+
+    monkeypatch.setattr(neighbours, "import_faiss", broken)
+    neighbours.faiss_installed.cache_clear()
+    try:
+        assert neighbours.faiss_installed() is False
+        assert "cannot be imported" in caplog.text
+        x, y = _clustered(6, 8, (30, 20, 10))
+        assert set(kmeans_labels(x, 3).tolist()) == {0, 1, 2}
+        assert choose_backend("auto", "cpu", 10 * neighbours.FAISS_MIN_GALLERY) == "torch"
+        with pytest.raises(UserError, match="cannot be imported"):
+            choose_backend("faiss", "cpu", 10)
+    finally:
+        neighbours.faiss_installed.cache_clear()
 
 
 # ---------------------------------------------------------------- top_k (plots, simlearn-search)

@@ -412,7 +412,7 @@ def test_a_split_of_files_is_keyed_by_its_files_as_the_folder_cache(gallery_dir)
 
     import torch
 
-    from simlearn.data.image_files import ImageFileDataset
+    from simlearn.data.image_files import ImageDecoder, ImageFileDataset
 
     files = sorted(gallery_dir.rglob("*.png"))[:6]
     copies = []
@@ -421,7 +421,7 @@ def test_a_split_of_files_is_keyed_by_its_files_as_the_folder_cache(gallery_dir)
         copies[-1].parent.mkdir(exist_ok=True)
         copies[-1].write_bytes(path.read_bytes())
     fields = {"label": torch.arange(6) % 2}
-    dataset = ImageFileDataset([str(p) for p in copies], fields, torch.arange(1, 5), transform=None, channels=1)
+    dataset = ImageFileDataset([str(p) for p in copies], fields, torch.arange(1, 5), None, ImageDecoder(1))
     datamodule = SimpleNamespace(
         datasets={"test": dataset},
         dataset_fields=lambda fields: {name: np.asarray(values) for name, values in fields.items()},
@@ -638,10 +638,10 @@ def test_large_images_are_resized_while_decoded(queries_dir):
     """A large image is resized to the model's size in uint8 as it is decoded (never a float tensor at full size):
     the model input is the one of the full-size float path (decode, to float, torchvision's antialiased resize) to
     within uint8 rounding, for any scale, aspect and mode (grey, RGB, palette)."""
-    from simlearn.data.image_files import read_image
-    from simlearn.data.images import ImageLoader, decode_image
+    from simlearn.data.image_files import ImageDecoder
+    from simlearn.data.images import ImageLoader
 
-    image, decoded = decode_image(io.BytesIO(_png(Image.new("RGB", (3000, 2000), (90, 20, 200)))), 1, 16)
+    image, decoded = ImageDecoder(1, 16).decode(io.BytesIO(_png(Image.new("RGB", (3000, 2000), (90, 20, 200)))))
     assert decoded == 3000 * 2000 and image.mode == "L" and image.size == (24, 16)
     for channels in (1, 3):
         loader = ImageLoader({"image_size": 8, "channels": channels, "mean": [0.5] * channels, "std": [0.5] * channels})
@@ -650,17 +650,17 @@ def test_large_images_are_resized_while_decoded(queries_dir):
             for size, mode in (((800, 1040), "L"), ((1000, 333), "RGB"), ((17, 25), "P")):
                 large = digit.resize(size, Image.Resampling.BICUBIC).convert(mode)
                 data = _png(large)
-                full_size = loader.transform(read_image(io.BytesIO(data), channels))
+                full_size = loader.transform(ImageDecoder(channels)(io.BytesIO(data)))
                 np.testing.assert_allclose(loader(io.BytesIO(data)), full_size, atol=0.02, err_msg=f"{n} {size}")
     # under a backbone's evaluation crop (timm: crop_pct, bicubic) a large image is decoded down to the transform's
     # resize side (floor(size / crop_pct)), never to the crop size and scaled back up
     crop = {"image_size": 16, "channels": 3, "mean": [0.5] * 3, "std": [0.5] * 3, "crop_pct": 0.5}
     loader = ImageLoader({**crop, "interpolation": "bicubic"})
-    assert loader.resize_side == 32
+    assert loader.decoder.resize == 32 and loader.decoder.interpolation == "bicubic"
     rng = np.random.default_rng(0)
     large = Image.fromarray(rng.integers(0, 255, (40, 60, 3), dtype=np.uint8)).resize((1200, 800), Image.BICUBIC)
     data = _png(large)
-    full_size = loader.transform(read_image(io.BytesIO(data), 3))
+    full_size = loader.transform(ImageDecoder(3)(io.BytesIO(data)))
     np.testing.assert_allclose(loader(io.BytesIO(data)), full_size, atol=0.05)
 
 

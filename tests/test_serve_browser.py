@@ -83,9 +83,10 @@ def wait_for(driver, condition, what: str, timeout: float = 20):
 
 
 def shown_ids(driver) -> list[int]:
-    from selenium.webdriver.common.by import By
-
-    return [int(card.get_attribute("data-id")) for card in driver.find_elements(By.CSS_SELECTOR, "#results .card")]
+    # read in one script: the page may replace the cards between finding them and reading each one (a stale element)
+    return driver.execute_script(
+        "return Array.from(document.querySelectorAll('#results .card'), card => Number(card.dataset.id))"
+    )
 
 
 def query_id(driver) -> str:

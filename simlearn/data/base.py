@@ -167,6 +167,13 @@ def encode(values: Sequence[str], first: Sequence[str] = (), numeric: bool = Fal
     return torch.tensor([code[v] for v in values], dtype=torch.long), names
 
 
+#: What a batch (``image``, ``index``) or a file of embeddings (``embeddings.npz``, ``simlearn-embed``'s npz) holds
+#: besides the label fields: no label field may take these names.
+RESERVED_FIELDS = frozenset(
+    {"image", "index", "embeddings", "labels", "class_names", "label_field", "split", "paths", "ckpt_path"}
+)
+
+
 class SplitDataset(Dataset):
     """The items of one split. ``indices`` are the source's item numbers of this split (a batch's ``index``) and
     ``fields`` hold one code per *source* item for each label field, so every split shares them."""
@@ -411,6 +418,13 @@ class EmbeddingDataModule(pl.LightningDataModule):
             raise UserError(
                 f"data.label_field={self.label_field!r} is not a label field of data '{self.name}'; "
                 f"valid: {sorted(items.fields)}."
+            )
+        reserved = sorted(set(items.fields) & RESERVED_FIELDS)
+        if reserved:
+            raise UserError(
+                f"data '{self.name}' has label field(s) {reserved}, named like what a batch or a written file holds "
+                f"besides the label fields ({', '.join(sorted(RESERVED_FIELDS))}); rename them (e.g. the CSV's "
+                f"column)."
             )
         codes = items.fields[self.label_field]
         names = items.names_of(self.label_field)

@@ -17,7 +17,7 @@ import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import torch
 from PIL import Image, UnidentifiedImageError
@@ -34,6 +34,8 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".
 #: torchvision's ImageNet statistics, what pretrained backbones expect.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+#: Errors PIL raises for a file that is not a (complete) image, or one too large to decode (a decompression bomb).
+DECODE_ERRORS = (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError)
 #: Unreadable images met while loading batches, per process (each DataLoader worker counts its own).
 DECODE_FAILURES = {"count": 0}
 #: the most DataLoader workers that ``num_workers=null`` (the photo datasets' default) starts
@@ -57,21 +59,76 @@ def image_mode(channels: int) -> str:
     return "RGB" if channels == 3 else "L"
 
 
-def read_image(path: str | os.PathLike, channels: int, size_hint: int | None = None) -> Image.Image:
-    """Decode an image file as RGB (``channels=3``) or grey (1). JPEGs are decoded at a reduced scale when that
-    still leaves at least ``size_hint`` pixels on each side (PIL's draft mode), which is much faster for photos."""
-    mode = image_mode(channels)
-    with Image.open(path) as image:
-        if size_hint:
-            image.draft(mode, (size_hint, size_hint))
-        return image.convert(mode)
-
-
 def resize_side(image_size: int, crop_pct: float | None = None) -> int:
     """The shorter side an image is resized to before the centre ``image_size`` is cropped, without augmentation:
     ``floor(image_size / crop_pct)`` (a backbone's evaluation crop, as timm's ``create_transform``), else
     ``image_size`` (the full square)."""
     return image_size if not crop_pct else math.floor(image_size / crop_pct)
+
+
+#: torchvision's interpolation names (what configs and checkpoints record) as Pillow's filters
+_RESAMPLING = {
+    "nearest": Image.Resampling.NEAREST,
+    "bilinear": Image.Resampling.BILINEAR,
+    "bicubic": Image.Resampling.BICUBIC,
+    "lanczos": Image.Resampling.LANCZOS,
+}
+
+
+@dataclass(frozen=True)
+class ImageDecoder:
+    """The one way simlearn decodes an image file, for training data, galleries, queries and uploads alike (so that
+    one file gets one embedding on every path): RGB (``channels=3``) or grey (1), and with ``resize`` (evaluation:
+    :func:`resize_side`) already resized to it when larger, its shorter side to ``resize`` with ``interpolation``,
+    as the transform's resize would. ``draft``: JPEGs are decoded at 1/2 … 1/8 scale where that leaves this many
+    pixels a side (PIL's draft mode; default twice ``resize``).
+
+    A large image is never turned into a float tensor at full size (4 bytes × channels per pixel, resized from
+    there: a gigabyte for a 7000 × 7000 upload): it is resized in uint8 by Pillow's antialiased filter, whose passes
+    need memory of the order of the output only. The result is the float path's to within uint8 rounding (0.006
+    after normalisation); images smaller than ``resize`` are left to the transform. Without ``resize`` (training
+    with augmentation: random crops see the whole photo) the image is decoded at full size."""
+
+    channels: int
+    resize: int | None = None
+    interpolation: str | None = None
+    draft: int | None = None
+
+    def __call__(self, source: str | os.PathLike | IO[bytes], formats: Sequence[str] | None = None) -> Image.Image:
+        return self.decode(source, formats)[0]
+
+    def decode(
+        self, source: str | os.PathLike | IO[bytes], formats: Sequence[str] | None = None
+    ) -> tuple[Image.Image, int]:
+        """The image and the number of pixels decoded (before any resize). ``formats``: the PIL formats to accept
+        (e.g. a service's allow-list), all of them by default; raises one of :data:`DECODE_ERRORS`."""
+        mode = image_mode(self.channels)
+        draft = self.draft or (2 * self.resize if self.resize else None)
+        with Image.open(source, formats=None if formats is None else list(formats)) as image:
+            if draft:
+                image.draft(mode, (draft, draft))  # JPEG only: a no-op for other formats
+            image.load()
+            decoded = image.width * image.height
+            # palette, 1-bit, CMYK, 16-bit …: converted first (Pillow resizes "P" and "1" nearest-neighbour only)
+            converted = image if image.mode == mode else image.convert(mode)
+            width, height = converted.size
+            short, long = min(width, height), max(width, height)
+            if self.resize is None or short <= self.resize:  # the file's own image is closed on leaving: a copy
+                return (converted.copy() if converted is image else converted), decoded
+            # torchvision's Resize(resize): the shorter side to resize, the longer one scaled and truncated
+            other = int(self.resize * long / short)
+            size = (self.resize, other) if width <= height else (other, self.resize)
+            filter_ = _RESAMPLING.get(self.interpolation or "bilinear", Image.Resampling.BILINEAR)
+            return converted.resize(size, filter_), decoded
+
+
+def evaluation_decoder(preprocessing: Any) -> ImageDecoder:
+    """The decoder of images prepared without augmentation by ``preprocessing`` (a :class:`Preprocessing` or a
+    checkpoint's preprocessing dict): resized to the transform's resize side with its interpolation."""
+    get = preprocessing.get if isinstance(preprocessing, Mapping) else lambda key: getattr(preprocessing, key, None)
+    return ImageDecoder(
+        int(get("channels")), resize_side(int(get("image_size")), get("crop_pct")), get("interpolation")
+    )
 
 
 def image_transform(
@@ -120,11 +177,11 @@ def readable(paths: Sequence[str]) -> list[bool]:
     return flags
 
 
-def load_image(path: str, transform: Callable, channels: int, size_hint: int | None = None) -> torch.Tensor | None:
+def load_image(path: str, transform: Callable, decoder: ImageDecoder) -> torch.Tensor | None:
     """``transform(image)`` of the file at ``path``, or None (with a counted warning) when it cannot be decoded."""
     try:
-        image = read_image(path, channels, size_hint)
-    except (OSError, UnidentifiedImageError, ValueError) as error:
+        image = decoder(path)
+    except DECODE_ERRORS as error:
         DECODE_FAILURES["count"] += 1
         log.warning(
             "skipping unreadable image file %s (%s); %d skipped so far in this process",
@@ -162,19 +219,17 @@ class ImageFileDataset(SplitDataset):
         fields: Mapping[str, torch.Tensor],
         indices: torch.Tensor,
         transform: Callable,
-        channels: int,
-        size_hint: int | None = None,
+        decoder: ImageDecoder,
     ) -> None:
         self.paths = list(paths)
         self.fields = dict(fields)
         self.indices = indices
         self.transform = transform
-        self.channels = channels
-        self.size_hint = size_hint
+        self.decoder = decoder
 
     def load(self, row: int) -> torch.Tensor | None:
         """The transformed image of table row ``row``, or None when its file cannot be decoded."""
-        return load_image(self.paths[row], self.transform, self.channels, self.size_hint)
+        return load_image(self.paths[row], self.transform, self.decoder)
 
     def __getitem__(self, position: int) -> dict[str, torch.Tensor] | None:
         row = int(self.indices[position])
@@ -221,15 +276,16 @@ class FileTable(Items):
         p = preprocessing
         return image_transform(p.image_size, p.channels, p.mean, p.std, augment, p.crop_pct, p.interpolation)
 
+    def decoder(self, preprocessing: Preprocessing, augment: Sequence[Callable]) -> ImageDecoder:
+        """How a split's files are decoded: as every other path decodes them (:func:`evaluation_decoder`) without
+        augmentation; at full size (JPEGs drafted to twice the image size, as always) for augmented training."""
+        if augment:
+            return ImageDecoder(preprocessing.channels, draft=2 * preprocessing.image_size)
+        return evaluation_decoder(preprocessing)
+
     def dataset(self, indices: torch.Tensor, preprocessing: Preprocessing, augment: Sequence[Callable]) -> SplitDataset:
-        return ImageFileDataset(
-            self.paths,
-            self.fields,
-            indices,
-            self.transform(preprocessing, augment),
-            preprocessing.channels,
-            2 * preprocessing.image_size,
-        )
+        transform, decoder = self.transform(preprocessing, augment), self.decoder(preprocessing, augment)
+        return ImageFileDataset(self.paths, self.fields, indices, transform, decoder)
 
 
 class ImageFileDataModule(EmbeddingDataModule):

@@ -12,17 +12,24 @@ from typing import IO, Any
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from torch import nn
 
-from simlearn.data.image_files import IMAGE_EXTENSIONS, image_mode, image_transform, resize_side
+from simlearn.data.image_files import (
+    DECODE_ERRORS,
+    IMAGE_EXTENSIONS,
+    ImageDecoder,
+    evaluation_decoder,
+    image_transform,
+)
 
 log = logging.getLogger(__name__)
 
 __all__ = [
     "EmbeddedFiles",
     "ImageLoader",
-    "decode_image",
+    "DECODE_ERRORS",
+    "ImageDecoder",
     "embed_files",
     "find_images",
     "folder_label",
@@ -30,8 +37,6 @@ __all__ = [
     "thumbnail",
 ]
 
-#: Errors PIL raises for a file that is not a (complete) image.
-DECODE_ERRORS = (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError)
 #: An image decoded at more pixels than this is followed by :func:`release_memory`: its buffers are tens of MB.
 LARGE_DECODE_PIXELS = 4_000_000
 
@@ -64,10 +69,6 @@ class ImageLoader:
     def __init__(self, preprocessing: Mapping[str, Any]) -> None:
         self.image_size = int(preprocessing["image_size"])
         self.channels = int(preprocessing["channels"])
-        #: the shorter side the transform resizes to (larger than image_size under a crop_pct): what a large image is
-        #: decoded down to, so that the transform never scales a decoded image back up
-        self.resize_side = resize_side(self.image_size, preprocessing.get("crop_pct"))
-        self.interpolation = preprocessing.get("interpolation") or "bilinear"
         self.transform = image_transform(
             self.image_size,
             self.channels,
@@ -76,11 +77,14 @@ class ImageLoader:
             crop_pct=preprocessing.get("crop_pct"),
             interpolation=preprocessing.get("interpolation"),
         )
+        #: the decoder of a dataset's evaluation splits: a file gets the same model input here as in the data
+        self.decoder = evaluation_decoder(preprocessing)
 
-    def __call__(self, path: str | Path | IO[bytes]) -> torch.Tensor:
-        """The model input for one file; raises a decoding error (see ``DECODE_ERRORS``) when it is no image."""
+    def __call__(self, path: str | Path | IO[bytes], formats: Sequence[str] | None = None) -> torch.Tensor:
+        """The model input for one file; raises a decoding error (see ``DECODE_ERRORS``) when it is no image.
+        ``formats``: the PIL formats to accept (a service's allow-list), every format by default."""
         try:
-            image, decoded = decode_image(path, self.channels, self.resize_side, self.interpolation)
+            image, decoded = self.decoder.decode(path, formats)
         except DECODE_ERRORS:  # a large image cut short leaves its buffers as a whole one does
             release_memory()
             raise
@@ -89,45 +93,6 @@ class ImageLoader:
         if decoded > LARGE_DECODE_PIXELS:
             release_memory()
         return tensor
-
-
-#: torchvision's interpolation names (what checkpoints record) as Pillow's filters
-_RESAMPLING = {
-    "nearest": Image.Resampling.NEAREST,
-    "bilinear": Image.Resampling.BILINEAR,
-    "bicubic": Image.Resampling.BICUBIC,
-    "lanczos": Image.Resampling.LANCZOS,
-}
-
-
-def decode_image(
-    source: str | Path | IO[bytes], channels: int, image_size: int, interpolation: str = "bilinear"
-) -> tuple[Image.Image, int]:
-    """Decode an image as RGB (``channels=3``) or grey (1), already resized to the model's input size when it is
-    larger (its shorter side to ``image_size``, as the transform's resize would: pass the transform's resize side,
-    :func:`~simlearn.data.image_files.resize_side`, under a ``crop_pct``), and the number of pixels decoded.
-
-    A large image is never turned into a float tensor at full size (4 bytes × channels per pixel, resized from there:
-    a gigabyte for a 7000 × 7000 upload): JPEGs are decoded at 1/2 … 1/8 scale where that leaves twice the size
-    (PIL's draft mode), and every format is resized in uint8 by Pillow's antialiased filter (``interpolation``, the
-    transform's: bilinear, or e.g. a timm model's bicubic), whose passes
-    need memory of the order of the output only. The result is the old float path's to within uint8 rounding (0.006
-    after normalisation here); images smaller than the model's size are left to the transform, as before."""
-    mode = image_mode(channels)
-    with Image.open(source) as image:
-        image.draft(mode, (2 * image_size, 2 * image_size))  # JPEG only: a no-op for other formats
-        image.load()
-        decoded = image.width * image.height
-        # palette, 1-bit, CMYK, 16-bit …: converted first (Pillow resizes "P" and "1" nearest-neighbour only)
-        converted = image if image.mode == mode else image.convert(mode)
-        width, height = converted.size
-        short, long = min(width, height), max(width, height)
-        if short <= image_size:  # the file's own image is closed on leaving: a copy of it
-            return (converted.copy() if converted is image else converted), decoded
-        # torchvision's Resize(image_size): the shorter side to image_size, the longer one scaled and truncated
-        other = int(image_size * long / short)
-        size = (image_size, other) if width <= height else (other, image_size)
-        return converted.resize(size, _RESAMPLING.get(interpolation, Image.Resampling.BILINEAR)), decoded
 
 
 def _malloc_trim() -> Any:

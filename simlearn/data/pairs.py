@@ -30,7 +30,14 @@ import torch
 from torch.utils.data import default_collate
 
 from simlearn.data.base import Items, Preprocessing, SplitDataset
-from simlearn.data.image_files import FileTable, ImageFileDataModule, load_image, read_csv_lines, readable
+from simlearn.data.image_files import (
+    FileTable,
+    ImageDecoder,
+    ImageFileDataModule,
+    load_image,
+    read_csv_lines,
+    readable,
+)
 from simlearn.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -63,19 +70,17 @@ class PairDataset(SplitDataset):
         fields: Mapping[str, torch.Tensor],
         indices: torch.Tensor,
         transform: Callable,
-        channels: int,
-        size_hint: int | None = None,
+        decoder: ImageDecoder,
     ) -> None:
         self.paths = (list(paths[0]), list(paths[1]))
         self.fields = dict(fields)
         self.indices = indices
         self.transform = transform
-        self.channels = channels
-        self.size_hint = size_hint
+        self.decoder = decoder
 
     def __getitem__(self, position: int) -> dict[str, torch.Tensor] | None:
         row = int(self.indices[position])
-        images = [load_image(paths[row], self.transform, self.channels, self.size_hint) for paths in self.paths]
+        images = [load_image(paths[row], self.transform, self.decoder) for paths in self.paths]
         if any(image is None for image in images):
             return None
         return {
@@ -102,11 +107,8 @@ class PairTable(FileTable):
     first_listed: torch.Tensor
 
     def dataset(self, indices: torch.Tensor, preprocessing: Preprocessing, augment: Sequence[Callable]) -> SplitDataset:
-        transform = self.transform(preprocessing, augment)
-        size_hint = 2 * preprocessing.image_size
-        return PairDataset(
-            (self.paths, self.second), self.fields, indices, transform, preprocessing.channels, size_hint
-        )
+        transform, decoder = self.transform(preprocessing, augment), self.decoder(preprocessing, augment)
+        return PairDataset((self.paths, self.second), self.fields, indices, transform, decoder)
 
 
 class PairsCSVDataModule(ImageFileDataModule):

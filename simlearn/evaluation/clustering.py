@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from sklearn.metrics import adjusted_mutual_info_score, normalized_mutual_info_score
 
-from simlearn.evaluation.neighbours import _faiss_installed, _import_faiss
+from simlearn.evaluation.neighbours import faiss_installed, import_faiss
 
 log = logging.getLogger(__name__)
 
@@ -28,12 +28,12 @@ KMEANS_SEED = 1234
 
 def kmeans_labels(x: np.ndarray, k: int) -> np.ndarray:
     """The k-means cluster id of every row of ``x`` (float32, C order)."""
-    if not _faiss_installed():
+    if not faiss_installed():
         from sklearn.cluster import KMeans
 
         model = KMeans(n_clusters=k, n_init=1, max_iter=KMEANS_ITERATIONS, random_state=KMEANS_SEED)
         return model.fit_predict(x)
-    faiss = _import_faiss()  # simlearn's one import of faiss: without the loader's lines that read as errors
+    faiss = import_faiss()  # simlearn's one import of faiss: without the loader's lines that read as errors
     # min_points_per_centroid only decides when faiss prints "WARNING clustering 24 points to 4 centroids: please
     # provide at least 156 training points" (it subsamples by max_points_per_centroid, left at PML's default): on a
     # small test split k = its number of classes is fixed, so the user cannot act on it, and the values are the same

@@ -31,6 +31,7 @@ may miss neighbours it did not visit (:attr:`GalleryIndex.exact` says which).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import importlib.util
 import json
@@ -62,7 +63,9 @@ __all__ = [
     "QueryGallery",
     "SearchData",
     "choose_backend",
+    "faiss_installed",
     "gallery_index",
+    "import_faiss",
     "neighbour_chunks",
     "prepare_gallery",
     "query_gallery",
@@ -324,11 +327,25 @@ def query_gallery(
 # ---------------------------------------------------------------- backends
 
 
-def _faiss_installed() -> bool:
-    return importlib.util.find_spec("faiss") is not None
+@functools.cache
+def faiss_installed() -> bool:
+    """Whether faiss can be imported (tried once per process, quietly): a package that is present but broken (a
+    missing shared library, a numpy it was not built for) counts as absent, so that the automatic choices (search
+    backend, k-means) fall back to torch and scikit-learn instead of failing."""
+    if importlib.util.find_spec("faiss") is None:
+        return False
+    try:
+        import_faiss()
+    except UserError as error:
+        log.warning("faiss is installed but cannot be imported (%s); searching and clustering without it", error)
+        return False
+    return True
 
 
-def _import_faiss() -> Any:
+def import_faiss() -> Any:
+    """simlearn's one import of faiss: without the loader's lines ("Could not load library with AVX512 support due
+    to: ModuleNotFoundError …"), which read as errors when nothing is wrong. A :class:`UserError` when it cannot be
+    imported."""
     try:
         logging.getLogger("faiss.loader").setLevel(logging.WARNING)
         import faiss
@@ -350,11 +367,11 @@ def choose_backend(backend: str, device: torch.device | str, gallery_size: int) 
     if backend not in BACKENDS:
         raise UserError(f"backend must be one of {list(BACKENDS)}, got {backend!r}.")
     if backend == "faiss":
-        _import_faiss()
+        import_faiss()
         return "faiss"
     if backend == "torch" or torch.device(device).type != "cpu" or gallery_size < FAISS_MIN_GALLERY:
         return "torch"
-    return "faiss" if _faiss_installed() else "torch"
+    return "faiss" if faiss_installed() else "torch"
 
 
 def _topk(sims: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -449,7 +466,7 @@ def _faiss_search(data: SearchData, index: Any = None) -> Search:
     an index) on the unit float32 arrays on the CPU, or ``index.search`` of a given index; in self-search one extra
     candidate is asked for and the query's own item dropped (or the last one, when exact ties pushed the own item
     out of the list). ``index`` may also be another candidate source with faiss's interface (:class:`GalleryIndex`)."""
-    faiss = _import_faiss() if index is None else None
+    faiss = import_faiss() if index is None else None
     xb = data.gallery.contiguous().numpy()  # C order, so that faiss does not copy the gallery for every chunk
     xq = xb if data.queries is data.gallery else data.queries.contiguous().numpy()
 
@@ -710,7 +727,7 @@ def neighbour_chunks(
     slack = 0.0 if index is None else index.score_slack
     if backend == "faiss":
         search = _faiss_search(data, None if index is None else index.index)
-        fallback = None if exact else _faiss_search(data) if _faiss_installed() else _torch_search(data)
+        fallback = None if exact else _faiss_search(data) if faiss_installed() else _torch_search(data)
 
         def block_rows(count: int) -> int:
             return min(_FAISS_MAX_CHUNK, _AUTO_CHUNK_FLOATS // (4 * max(1, count)))
@@ -835,7 +852,7 @@ class GalleryIndex:
         """Whether searching it is exhaustive (a flat inner-product index): then the search through it is exact."""
         if self.library != "faiss":
             return self.exhaustive
-        faiss = _import_faiss()
+        faiss = import_faiss()
         return isinstance(faiss.downcast_index(self.index), faiss.IndexFlat) and (
             self.index.metric_type == faiss.METRIC_INNER_PRODUCT
         )
@@ -865,7 +882,7 @@ def gallery_index(embeddings: Any, path: str | Path | None = None, factory: str 
     ``factory`` is a faiss ``index_factory`` string: ``Flat`` is exact, e.g. ``HNSW32`` approximate; anything else
     faiss does not know is a :class:`UserError`.
     """
-    faiss = _import_faiss()
+    faiss = import_faiss()
     raw = _raw_tensor(embeddings)
     unit = np.ascontiguousarray(unit_rows(raw, torch.float32, tolerance=_UNIT_TOLERANCE).cpu().numpy())
     expected = {"fingerprint": _fingerprint(unit), "factory": factory, "count": len(unit)}

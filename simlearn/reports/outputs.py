@@ -41,13 +41,13 @@ def write_evaluation(
     paths = {name: output_dir / name for name in ("embeddings.npz", "similarity.json", "similarity.png")}
     written = dict(fields if dataset_fields is None else dataset_fields)
     names = class_names if dataset_class_names is None else dataset_class_names
-    np.savez_compressed(
-        paths["embeddings.npz"],
-        embeddings=embeddings,
-        labels=written[label_field],
-        class_names=np.array([str(n) for n in names], dtype=str),
-        **written,
-    )
+    arrays = {
+        "embeddings": embeddings,
+        "labels": written[label_field],
+        "class_names": np.array([str(n) for n in names], dtype=str),
+    }
+    # no label field is named like these (EmbeddingDataModule.setup refuses RESERVED_FIELDS)
+    np.savez_compressed(paths["embeddings.npz"], **arrays, **written)
     similarity = class_similarity(embeddings, fields[label_field], class_names=list(class_names))
     similarity.save_json(paths["similarity.json"])
     similarity.save_heatmap(paths["similarity.png"], title=f"Mean cosine similarity between {label_field} classes")

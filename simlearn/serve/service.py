@@ -268,7 +268,7 @@ class SearchService:
             raise TooLarge(self._too_many_pixels(width * height, f"{width} × {height} pixels"))
         try:
             with self._decodes:
-                image = self.loader(io.BytesIO(data))
+                image = self.loader(io.BytesIO(data), formats=UPLOAD_FORMATS)  # the allow-list holds for the body too
         except DECODE_ERRORS as error:  # a header that promised an image, and a body that is none
             raise self._not_an_image(error) from error
         with self._model_lock, torch.inference_mode():
