@@ -29,6 +29,11 @@ class RetrievalEvaluator:
     ``clustering`` adds ``nmi`` and ``ami`` (:mod:`simlearn.evaluation.clustering`) of the queries: at test
     (``test``, the default: k-means is too slow to repeat every validation on large data), every split (``all``), or
     never (null).
+
+    ``postprocess``: post-processing steps (names of ``configs/postprocess/`` YAMLs, or steps already built:
+    :mod:`simlearn.retrieval.postprocess`), applied in order to the ranking; the test split then also reports the
+    retrieval metrics of the post-processed ranking, by the same metric code, prefixed with the steps' names joined
+    by ``+`` (``aqe/recall@1``, ``aqe+k_reciprocal/map@r``). Validation skips them, to keep epochs fast.
     """
 
     main_metric = "recall@1"
@@ -41,7 +46,13 @@ class RetrievalEvaluator:
         knn_k: int | None = None,
         backend: str = "auto",
         clustering: str | None = "test",
+        postprocess: Sequence[str | Any] = (),
     ) -> None:
+        # imported here: simlearn.retrieval searches through simlearn.evaluation.neighbours, whose package imports
+        # this module
+        from simlearn.retrieval.postprocess import postprocessors
+
+        self.postprocess = postprocessors(postprocess, chunk_size=chunk_size, backend=backend)
         if clustering not in CLUSTERING:
             raise UserError(f"evaluation.clustering must be test, all or null, got {clustering!r}.")
         self.clustering = clustering
@@ -63,11 +74,23 @@ class RetrievalEvaluator:
             backend=self.backend,
             knn_k=self.knn_k,
         )
+        if self.postprocess and split == "test":
+            metrics.update(self._postprocessed(queries, gallery))
         if gallery[0] is not None:
             metrics["num_gallery"] = float(len(gallery[0]))
         if self.clustering == "all" or (self.clustering == "test" and split == "test"):
             metrics.update(clustering_metrics(*queries))
         return metrics
+
+    def _postprocessed(self, queries: tuple, gallery: tuple) -> dict[str, float]:
+        """The retrieval metrics of the post-processed ranking, under the prefix ``<step>+<step>/`` (the query
+        counts are those of the plain metrics, so they are not repeated)."""
+        from simlearn.retrieval.postprocess import postprocessed_ranker
+
+        rank = postprocessed_ranker(self.postprocess, chunk_size=self.chunk_size, backend=self.backend)
+        found = retrieval_metrics(*queries, self.ks, *gallery, knn_k=self.knn_k, rank=rank)
+        prefix = "+".join(step.name for step in self.postprocess)
+        return {f"{prefix}/{key}": value for key, value in found.items() if not key.startswith("num_")}
 
     def per_class(self, embeddings: Tensor, fields: Mapping[str, Tensor]) -> list[dict[str, float]]:
         """recall@1 and MAP@R per query class, by the same protocol (:func:`~simlearn.evaluation.retrieval.

@@ -27,15 +27,28 @@ do for low-dimensional embeddings).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import numpy as np
 import torch
 
 from simlearn.errors import UserError
-from simlearn.evaluation.neighbours import BACKENDS, QueryGallery, choose_backend, neighbour_chunks, query_gallery
+from simlearn.evaluation.neighbours import (
+    BACKENDS,
+    NeighbourChunk,
+    QueryGallery,
+    choose_backend,
+    neighbour_chunks,
+    query_gallery,
+)
 
-__all__ = ["BACKENDS", "choose_backend", "knn_accuracy", "per_class_metrics", "retrieval_metrics"]
+__all__ = ["BACKENDS", "Ranker", "choose_backend", "knn_accuracy", "per_class_metrics", "retrieval_metrics"]
+
+#: What ranks the candidates the metrics read: ``(checked queries and gallery, places needed per query) -> chunks``,
+#: each chunk's ``indices`` the ranked gallery rows of its queries, at least ``needed`` places each.
+#: :func:`~simlearn.evaluation.neighbours.neighbour_chunks` (the exact search) by default; a post-processed ranking
+#: (:func:`simlearn.retrieval.postprocess.postprocessed_ranker`) is scored by the same code.
+Ranker = Callable[[QueryGallery, torch.Tensor], Iterable[NeighbourChunk]]
 
 
 def _check_ks(ks: Sequence[int]) -> list[int]:
@@ -103,6 +116,7 @@ def retrieval_metrics(
     chunk_size: int | None = None,
     backend: str = "auto",
     knn_k: int | None = None,
+    rank: Ranker | None = None,
 ) -> dict[str, float]:
     """Exact cosine-similarity retrieval metrics of queries against a gallery, computed in query chunks.
 
@@ -122,6 +136,8 @@ def retrieval_metrics(
             Both give the same metrics: those of a float64 brute force with ties broken by the lower gallery
             index (:mod:`simlearn.evaluation.neighbours`).
         knn_k: also report ``knn_accuracy@{knn_k}`` (see :func:`knn_accuracy`), from the same search.
+        rank: score this ranking instead of the exact search's (a :data:`Ranker`, e.g. a post-processed one); the
+            checks, the definitions and the relevant counts stay those of the given queries and gallery.
 
     Returns:
         ``recall@{k}`` for each k, ``precision@1``, ``r_precision``, ``map@r`` (definitions in the module
@@ -158,7 +174,11 @@ def retrieval_metrics(
     sums, correct = 0, 0
     # the metrics read labels only: near-ties among interchangeable candidates need no float64 re-scoring
     interchangeable = "relevance" if knn_k is None else "class"
-    for chunk in neighbour_chunks(data, needed, backend, chunk_size, interchangeable=interchangeable):
+    if rank is None:
+        chunks = neighbour_chunks(data, needed, backend, chunk_size, interchangeable=interchangeable)
+    else:
+        chunks = rank(data, needed)
+    for chunk in chunks:
         start, stop, idx, searched = chunk.start, chunk.stop, chunk.indices, chunk.data
         r_max = int(r_host[start:stop].max())
         if r_max > 0:  # else every query of the chunk is lone: searched for kNN accuracy only
