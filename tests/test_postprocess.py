@@ -171,6 +171,19 @@ def test_k_reciprocal_re_ranks_the_top_l_and_keeps_the_rest(case):
     np.testing.assert_array_equal(got.indices[:, 8:], ranking.indices[:, 8:])
 
 
+def test_changed_queries_in_self_search_never_find_their_own_item():
+    """Leave-one-out after a step changed the queries: query i is still gallery item i and never its neighbour,
+    also where item i is not among its best (searched one place deeper, the own item dropped, else the last)."""
+    from simlearn.retrieval import Ranking
+
+    g = _data(30, 5, 4)
+    moved = _data(30, 5, 5)  # each query far from its own item
+    plain = search_ranking(g, depth=4)
+    ranking = Ranking(moved, g, True, plain.indices, plain.similarities)
+    got = AlphaQueryExpansion(n=0).process(ranking)
+    np.testing.assert_array_equal(got.indices, _ranked(_cos(moved, g), True)[:, :4])
+
+
 def test_k_reciprocal_is_chunked_the_same(monkeypatch):
     """Blocks of pairs and of items (bounded memory) give the result of one block."""
     import simlearn.retrieval.postprocess as postprocess
