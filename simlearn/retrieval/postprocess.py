@@ -50,8 +50,8 @@ __all__ = [
 
 #: (query, candidate) pairs per block of the Jaccard distances: two sparse rows each, a few MB
 _PAIR_BLOCK = 2**14
-#: items per block of the k-reciprocal sets: items x (k1 + 1)^2 x (k1 / 2 + 1) booleans (about 40 MB at k1 = 20)
-_ITEM_BLOCK = 4096
+#: items per block of the k-reciprocal sets: items x (k1 + 1) x (k1 / 2 + 1)^2 int64 (about 20 MB at k1 = 20)
+_ITEM_BLOCK = 1024
 
 
 @dataclass(frozen=True)
@@ -307,8 +307,8 @@ def _encodings(items: np.ndarray, nearest: np.ndarray, k1: int) -> sparse.csr_ma
         forward = nearest[ids]  # (b, k1 + 1)
         reciprocal = (nearest[forward] == ids[:, None, None]).any(axis=2)  # i among j's first k1 + 1
         # each member j's own R(j, half): j's first half + 1 with j among their first half + 1
-        cand = nearest[forward][:, :, : half + 1]  # (b, k1 + 1, half + 1)
-        cand_ok = (nearest[cand][:, :, :, : half + 1] == forward[:, :, None, None]).any(axis=3)
+        cand = nearest[:, : half + 1][forward]  # (b, k1 + 1, half + 1)
+        cand_ok = (nearest[:, : half + 1][cand] == forward[:, :, None, None]).any(axis=3)
         # how many of R(j, half) lie in R(i, k1)
         in_set = (cand[:, :, :, None] == np.where(reciprocal, forward, -1)[:, None, None, :]).any(axis=3) & cand_ok
         accepted = reciprocal & (in_set.sum(axis=2) > 2.0 / 3.0 * cand_ok.sum(axis=2))
