@@ -19,7 +19,8 @@ from simlearn.retrieval import (
     postprocessors,
     search_ranking,
 )
-from tests.helpers import run_training
+from tests.helpers import run_main, run_training
+from tests.test_errors import assert_clean_failure
 
 # ---------------------------------------------------------------- brute force, float64, every pair
 
@@ -249,3 +250,17 @@ def test_training_with_aqe_reports_both_metric_sets(tmp_path):
         assert f"test/{key}" in written and f"test/aqe/{key}" in written
         assert written[f"test/aqe/{key}"] == pytest.approx(metrics[f"test/aqe/{key}"])
     assert not any(key.startswith("val/aqe/") for key in written)
+
+
+@pytest.mark.parametrize(
+    ("override", "fragments"),
+    [
+        ("evaluation.postprocess=[aqe,qe]", ["postprocess step 'qe' does not exist", "['aqe', 'dba', 'k_reciprocal']"]),
+        ("evaluation.postprocess=3", ["evaluation.postprocess must be a string or a list or null, got 3"]),
+    ],
+)
+def test_a_wrong_postprocess_is_one_line_before_training(tmp_path, capfd, override, fragments):
+    result = run_main("simlearn.cli.train", override, f"hydra.run.dir={tmp_path}", "logger=none", capfd=capfd)
+    assert_clean_failure(result, "error:", *fragments)
+    assert result.returncode == 2
+    assert not (tmp_path / "checkpoints").exists()

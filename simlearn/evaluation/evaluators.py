@@ -46,7 +46,7 @@ class RetrievalEvaluator:
         knn_k: int | None = None,
         backend: str = "auto",
         clustering: str | None = "test",
-        postprocess: Sequence[str | Any] = (),
+        postprocess: str | Sequence[Any] | None = None,
     ) -> None:
         # imported here: simlearn.retrieval searches through simlearn.evaluation.neighbours, whose package imports
         # this module
