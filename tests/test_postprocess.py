@@ -264,3 +264,20 @@ def test_a_wrong_postprocess_is_one_line_before_training(tmp_path, capfd, overri
     assert_clean_failure(result, "error:", *fragments)
     assert result.returncode == 2
     assert not (tmp_path / "checkpoints").exists()
+
+
+def test_evaluator_post_processes_queries_against_the_gallery():
+    import torch
+
+    q, g, _, _ = _case("query-gallery")
+    labels_q, labels_g = np.arange(len(q)) % 3, np.arange(len(g)) % 3
+    x = torch.from_numpy(np.concatenate([q, g])).float()
+    fields = {
+        "label": torch.from_numpy(np.concatenate([labels_q, labels_g])),
+        "is_gallery": torch.tensor([0] * len(q) + [1] * len(g)),
+    }
+    metrics = RetrievalEvaluator("label", ks=(1,), knn_k=None, clustering=None, postprocess="dba")(x, fields)
+    ranked = DatabaseAugmentation().process(search_ranking(x[: len(q)].numpy(), x[len(q) :].numpy(), len(g))).indices
+    hits = labels_g[ranked] == labels_q[:, None]
+    assert metrics["dba/recall@1"] == pytest.approx(hits[:, 0].mean())
+    assert metrics["num_gallery"] == len(g) and "dba/num_gallery" not in metrics
