@@ -167,7 +167,7 @@ def embed_dataset(cfg: DictConfig) -> dict[str, Path]:
     results = embed_splits(model.encoder, datamodule, splits, model.device, cfg.get("batch_size"))
     out_dir = Path(cfg.get("out_dir") or cfg.paths.output_dir)
     per_split = {split: split_arrays(result, datamodule, split) for split, result in results.items()}
-    # the file the weights came from (a model folder's model.safetensors), as simlearn-search's model names it
+    # the file the weights came from (a model folder's model.safetensors), as simlearn-search's model.path names it
     ckpt_path = model.path
     paths = {split: write_npz(out_dir / f"{split}.npz", arrays, ckpt_path) for split, arrays in per_split.items()}
     if parquet is True or (parquet == "auto" and parquet_available()):
