@@ -29,12 +29,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from simlearn import vectordb
-from simlearn.checkpoints import LoadedEncoder, load_encoder
 from simlearn.data.images import (
     DECODE_ERRORS,
-    EmbeddedFiles,
     ImageLoader,
-    embed_files,
     find_images,
     folder_label,
     is_image_name,
@@ -50,7 +47,7 @@ from simlearn.evaluation.neighbours import (
     top_k,
 )
 from simlearn.evaluation.vectors import angle_deg
-from simlearn.inference import pick_device
+from simlearn.inference import EmbeddedFiles, InferenceModel, load_model, pick_device
 from simlearn.reports.plots import GridTile, save_retrieval_grid, similarity_captions
 
 log = logging.getLogger(__name__)
@@ -134,17 +131,17 @@ def _fingerprint(*parts: Any) -> str:
 
 
 # -- the gallery ---------------------------------------------------------------------------------------------------
-def load_gallery(spec: str | Path, loaded: LoadedEncoder, cfg: DictConfig, device: Any = "cpu") -> Gallery:
+def load_gallery(spec: str | Path, model: InferenceModel, cfg: DictConfig) -> Gallery:
     """The gallery named by ``spec``: an npz written by simlearn-embed, a LanceDB database (or table) it wrote
     (``cfg.db_table``, ``cfg.db_search``, ``cfg.db_nprobes``, ``cfg.db_refine_factor``: :func:`gallery_from_database`),
     or a folder of images (embedded now, or read from the cache when its files and the checkpoint are unchanged)."""
     path = Path(str(spec)).expanduser()
     if vectordb.is_database(path):
-        return gallery_from_database(path, loaded, cfg)
+        return gallery_from_database(path, model, cfg)
     if path.is_dir():
-        return gallery_from_folder(path, loaded, cfg, device)
+        return gallery_from_folder(path, model, cfg)
     if path.is_file() and path.suffix.lower() == ".npz":
-        return gallery_from_npz(path, loaded)
+        return gallery_from_npz(path, model)
     if path.is_file():
         raise UserError(
             f"gallery={str(spec)!r} is a file but not an .npz; give a folder of images or an npz written by "
@@ -174,7 +171,7 @@ def non_finite_rows(embeddings: np.ndarray, block: int = 65536) -> np.ndarray:
     return np.concatenate(bad) if bad else np.zeros(0, dtype=np.int64)
 
 
-def gallery_from_npz(path: Path, loaded: LoadedEncoder) -> Gallery:
+def gallery_from_npz(path: Path, model: InferenceModel) -> Gallery:
     """The gallery of an npz written by simlearn-embed, refused with one message when its arrays do not fit
     together (another model's dimension, per-item arrays of other lengths, non-finite rows)."""
     try:
@@ -184,7 +181,7 @@ def gallery_from_npz(path: Path, loaded: LoadedEncoder) -> Gallery:
         per_item = {name: arrays[name] for name in PER_ITEM_ARRAYS if name in files}
     except Exception as error:  # zipfile / pickle / value errors of a broken file
         raise UserError(f"gallery={str(path)!r} is not a readable npz file ({error}).") from error
-    remake = f"re-run simlearn-embed ckpt_path={loaded.path} to write the gallery anew"
+    remake = f"re-run simlearn-embed ckpt_path={model.path} to write the gallery anew"
     if embeddings is None or embeddings.ndim != 2:
         raise UserError(
             f"gallery={str(path)!r} holds no 2-D 'embeddings' array (it has {sorted(files)}); use an npz written "
@@ -194,11 +191,11 @@ def gallery_from_npz(path: Path, loaded: LoadedEncoder) -> Gallery:
         raise UserError(f"gallery={str(path)!r} holds 'embeddings' of dtype {embeddings.dtype}, not numbers; {remake}.")
     if len(embeddings) == 0:
         raise UserError(f"gallery={str(path)!r} holds no embeddings (0 rows); {remake}, or embed a non-empty split.")
-    if embeddings.shape[1] != loaded.embedding_dim:
+    if embeddings.shape[1] != model.embedding_dim:
         raise UserError(
-            f"gallery={str(path)!r} holds {embeddings.shape[1]}-d embeddings but the checkpoint {loaded.path} makes "
-            f"{loaded.embedding_dim}-d ones: they come from different models. Embed the gallery with this checkpoint "
-            f"(simlearn-embed ckpt_path={loaded.path}) or search with the checkpoint that made it."
+            f"gallery={str(path)!r} holds {embeddings.shape[1]}-d embeddings but the checkpoint {model.path} makes "
+            f"{model.embedding_dim}-d ones: they come from different models. Embed the gallery with this checkpoint "
+            f"(simlearn-embed ckpt_path={model.path}) or search with the checkpoint that made it."
         )
     # every per-item array must have one entry per row: a shorter one used to end in an IndexError mid-search
     for name, values in per_item.items():
@@ -218,16 +215,16 @@ def gallery_from_npz(path: Path, loaded: LoadedEncoder) -> Gallery:
         fix = (
             f"{remake[0].upper()}{remake[1:]}; if it gives NaN again, the checkpoint's training diverged: use one from "
             f"before that."
-            if _weights_finite(loaded)
-            else _diverged_hint(loaded)
+            if _weights_finite(model)
+            else _diverged_hint(model)
         )
         raise UserError(
             f"gallery={str(path)!r}: {len(bad)} of its {len(embeddings)} embedding rows are not finite (NaN or inf), "
             f"rows {_first_rows(bad)}; they have no similarity to rank. {fix}"
         )
     source_ckpt = str(arrays["ckpt_path"]) if "ckpt_path" in files else None
-    if source_ckpt and Path(source_ckpt) != loaded.path.resolve():
-        log.warning("the gallery %s was embedded with %s, not with %s", path, source_ckpt, loaded.path)
+    if source_ckpt and Path(source_ckpt) != model.path.resolve():
+        log.warning("the gallery %s was embedded with %s, not with %s", path, source_ckpt, model.path)
     labels = None
     if "labels" in per_item:
         labels = _label_names(per_item["labels"], arrays["class_names"].tolist() if "class_names" in files else [])
@@ -261,19 +258,19 @@ def gallery_from_npz(path: Path, loaded: LoadedEncoder) -> Gallery:
 _NOT_FIELDS = {"embeddings", "index", "labels", "class_names", "label_field", "split", "paths", "ckpt_path"}
 
 
-def gallery_from_database(path: Path, loaded: LoadedEncoder, cfg: DictConfig) -> Gallery:
+def gallery_from_database(path: Path, model: InferenceModel, cfg: DictConfig) -> Gallery:
     """The gallery of a LanceDB table written by ``simlearn-embed db=PATH`` (``path``: the database folder, its table
     ``cfg.db_table`` or its only one, or a ``<table>.lance`` folder), searched through LanceDB as ``cfg.db_search``
     says (:func:`simlearn.vectordb.candidates`: ``auto``, ``exact``, ``index`` or ``memory``)."""
     contents = vectordb.read_table(path, cfg.get("db_table"))
     where = f"gallery={str(path)!r} (LanceDB table {contents.name!r})"
-    remake = f"write it anew with simlearn-embed ckpt_path={loaded.path} db=PATH"
+    remake = f"write it anew with simlearn-embed ckpt_path={model.path} db=PATH"
     embeddings = contents.embeddings
-    if embeddings.shape[1] != loaded.embedding_dim:
+    if embeddings.shape[1] != model.embedding_dim:
         raise UserError(
-            f"{where} holds {embeddings.shape[1]}-d embeddings but the checkpoint {loaded.path} makes "
-            f"{loaded.embedding_dim}-d ones: they come from different models. Embed the gallery with this checkpoint "
-            f"(simlearn-embed ckpt_path={loaded.path} db=PATH) or search with the checkpoint that made it."
+            f"{where} holds {embeddings.shape[1]}-d embeddings but the checkpoint {model.path} makes "
+            f"{model.embedding_dim}-d ones: they come from different models. Embed the gallery with this checkpoint "
+            f"(simlearn-embed ckpt_path={model.path} db=PATH) or search with the checkpoint that made it."
         )
     bad = non_finite_rows(embeddings)
     if len(bad):
@@ -281,8 +278,8 @@ def gallery_from_database(path: Path, loaded: LoadedEncoder, cfg: DictConfig) ->
             f"{where}: {len(bad)} of its {len(embeddings)} vectors are not finite (NaN or inf), rows "
             f"{_first_rows(bad)}; {remake}."
         )
-    if contents.ckpt_path and Path(contents.ckpt_path) != loaded.path.resolve():
-        log.warning("the gallery %s was embedded with %s, not with %s", path, contents.ckpt_path, loaded.path)
+    if contents.ckpt_path and Path(contents.ckpt_path) != model.path.resolve():
+        log.warning("the gallery %s was embedded with %s, not with %s", path, contents.ckpt_path, model.path)
     refine = cfg.get("db_refine_factor", 4)
     source = vectordb.candidates(
         contents, str(cfg.get("db_search") or "auto"), int(cfg.get("db_nprobes") or 20), refine
@@ -308,7 +305,9 @@ def _label_names(labels: np.ndarray, names: list[str]) -> list[str] | None:
     return None
 
 
-def gallery_from_folder(folder: Path, loaded: LoadedEncoder, cfg: DictConfig, device: Any = "cpu") -> Gallery:
+def gallery_from_folder(folder: Path, model: InferenceModel, cfg: DictConfig) -> Gallery:
+    """The gallery of a folder of images, embedded by ``model`` on its device (in parts, resumable), or read from
+    the cache (``cfg.cache``, ``cfg.cache_dir``) when its files and the model are unchanged."""
     files = find_images(folder)
     if not files:
         raise UserError(
@@ -320,20 +319,18 @@ def gallery_from_folder(folder: Path, loaded: LoadedEncoder, cfg: DictConfig, de
     stats: list[tuple[str, int, int]] = []
     model_key: tuple[Any, ...] = ()
     if cfg.get("cache", True) and cfg.get("cache_dir"):
-        key = _fingerprint(folder.resolve(), loaded.path.resolve())[:16]
+        key = _fingerprint(folder.resolve(), model.path.resolve())[:16]
         cache_file = Path(cfg.cache_dir) / f"gallery-{key}.npz"
-        ckpt_stat = loaded.path.stat()
+        ckpt_stat = model.path.stat()
         stats = file_stats(files, folder)
-        model_key = (CACHE_VERSION, ckpt_stat.st_size, ckpt_stat.st_mtime_ns, json.dumps(loaded.preprocessing))
+        model_key = (CACHE_VERSION, ckpt_stat.st_size, ckpt_stat.st_mtime_ns, json.dumps(model.preprocessing))
         fingerprint = _fingerprint(*model_key, stats)
         cached = _read_cache(cache_file, fingerprint)
         if cached is not None:
             paths, embeddings, skipped = cached
             log.info("gallery embeddings reused from %s", cache_file)
-            return _folder_gallery(folder, paths, embeddings, skipped, cache_file, loaded)
-    embedded = _embed_gallery_files(
-        files, loaded, int(cfg.get("batch_size") or 256), device, cache_file, model_key, stats
-    )
+            return _folder_gallery(folder, paths, embeddings, skipped, cache_file, model)
+    embedded = _embed_gallery_files(files, model, int(cfg.get("batch_size") or 256), cache_file, model_key, stats)
     if embedded.failed:
         examples = "; ".join(f"{p} ({why})" for p, why in embedded.failed[:3])
         log.warning("gallery: skipped %d unreadable image file(s), e.g. %s", len(embedded.failed), examples)
@@ -343,7 +340,7 @@ def gallery_from_folder(folder: Path, loaded: LoadedEncoder, cfg: DictConfig, de
     if cache_file is not None:
         _write_cache(cache_file, fingerprint, paths, embedded.embeddings, len(embedded.failed))
         shutil.rmtree(_parts_dir(cache_file), ignore_errors=True)  # the whole cache replaces its parts
-    return _folder_gallery(folder, paths, embedded.embeddings, len(embedded.failed), cache_file, loaded)
+    return _folder_gallery(folder, paths, embedded.embeddings, len(embedded.failed), cache_file, model)
 
 
 #: A folder gallery is embedded in parts of this many files; with a cache, each part is saved as soon as it is done,
@@ -357,9 +354,8 @@ def _parts_dir(cache_file: Path) -> Path:
 
 def _embed_gallery_files(
     files: list[Path],
-    loaded: LoadedEncoder,
+    model: InferenceModel,
     batch_size: int,
-    device: Any,
     cache_file: Path | None,
     model_key: tuple[Any, ...],
     stats: list[tuple[str, int, int]],
@@ -367,7 +363,6 @@ def _embed_gallery_files(
     """Embed the gallery's files batch by batch with a progress bar (more than one batch) on stderr. With a cache,
     the files go in parts of :data:`CACHE_PART_FILES`, each saved beside the cache (``<cache>.parts/``) under the
     fingerprint of its own files and the checkpoint, and a part saved by an earlier, interrupted start is reused."""
-    loader = ImageLoader(loaded.preprocessing)
     kept: list[Path] = []
     failed: list[tuple[Path, str]] = []
     arrays: list[np.ndarray] = []
@@ -391,7 +386,7 @@ def _embed_gallery_files(
             if saved is None:
                 done: list[EmbeddedFiles] = []
                 for b in range(0, len(chunk), batch_size):
-                    done.append(embed_files(loaded.encoder, chunk[b : b + batch_size], loader, batch_size, device))
+                    done.append(model.embed_files(chunk[b : b + batch_size], batch_size))
                     progress.advance(task, len(done[-1].paths) + len(done[-1].failed))
                 saved = EmbeddedFiles(
                     [p for e in done for p in e.paths],
@@ -408,8 +403,7 @@ def _embed_gallery_files(
             arrays.append(saved.embeddings)
     if resumed:
         log.info("gallery: %d of %d files' embeddings resumed from %s", resumed, len(files), parts)
-    dim = int(getattr(loaded.encoder, "embedding_dim", 0))
-    embeddings = np.concatenate(arrays) if arrays else np.zeros((0, dim), dtype=np.float32)
+    embeddings = np.concatenate(arrays) if arrays else np.zeros((0, model.embedding_dim), dtype=np.float32)
     return EmbeddedFiles(paths=kept, embeddings=embeddings.astype(np.float32, copy=False), failed=failed)
 
 
@@ -462,20 +456,20 @@ def _write_part(path: Path, fingerprint: str, part: EmbeddedFiles) -> None:
     )
 
 
-def _weights_finite(loaded: LoadedEncoder) -> bool:
-    tensors = [*loaded.encoder.parameters(), *loaded.encoder.buffers()]
+def _weights_finite(model: InferenceModel) -> bool:
+    tensors = [*model.encoder.parameters(), *model.encoder.buffers()]
     return all(bool(torch.isfinite(t).all()) for t in tensors if t.is_floating_point())
 
 
-def _diverged_hint(loaded: LoadedEncoder) -> str:
+def _diverged_hint(model: InferenceModel) -> str:
     """Why a checkpoint embeds images to NaN and what to do: nearly always weights that went NaN in training."""
-    if _weights_finite(loaded):
+    if _weights_finite(model):
         return (
-            f"the weights of ckpt_path={loaded.path} are finite, so these images overflow the model; check them, or "
+            f"the weights of ckpt_path={model.path} are finite, so these images overflow the model; check them, or "
             f"search with another checkpoint."
         )
     return (
-        f"ckpt_path={loaded.path} holds NaN or inf weights (its training diverged); search with a checkpoint saved "
+        f"ckpt_path={model.path} holds NaN or inf weights (its training diverged); search with a checkpoint saved "
         f"before that, or retrain with a lower optimizer.lr."
     )
 
@@ -486,14 +480,14 @@ def _folder_gallery(
     embeddings: np.ndarray,
     skipped: int,
     cache_file: Path | None,
-    loaded: LoadedEncoder,
+    model: InferenceModel,
 ) -> Gallery:
     bad = non_finite_rows(embeddings)
     if len(bad):
         examples = ", ".join(paths[i] for i in bad[:3]) + (", …" if len(bad) > 3 else "")
         raise UserError(
             f"gallery={str(folder)!r}: the checkpoint embeds {len(bad)} of its {len(paths)} images to non-finite "
-            f"values (NaN or inf), e.g. {examples}; {_diverged_hint(loaded)}"
+            f"values (NaN or inf), e.g. {examples}; {_diverged_hint(model)}"
         )
     labels = [folder_label(Path(p), folder) for p in paths]
     return Gallery(
@@ -546,15 +540,12 @@ def find_queries(spec: str | Path, loader: ImageLoader) -> tuple[list[Path], Pat
     raise UserError(f"query={str(spec)!r} does not exist; give an image file or a folder of images.")
 
 
-def load_queries(
-    spec: str | Path, loaded: LoadedEncoder, gallery_classes: set[str], batch_size: int = 256, device: Any = "cpu"
-) -> Queries:
+def load_queries(spec: str | Path, model: InferenceModel, gallery_classes: set[str], batch_size: int = 256) -> Queries:
     """Embed the query image (a file) or images (a folder, recursively; unreadable files are skipped). A query's
     label is its top-level sub-folder under the query folder, or else the folder it is in, when the gallery has a
     class of that name."""
-    loader = ImageLoader(loaded.preprocessing)
-    files, root = find_queries(spec, loader)
-    embedded = embed_files(loaded.encoder, files, loader, batch_size, device)
+    files, root = find_queries(spec, model.loader)
+    embedded = model.embed_files(files, batch_size)
     if embedded.failed:
         log.warning("query: skipped %d unreadable image file(s), e.g. %s", len(embedded.failed), embedded.failed[0][0])
     if not embedded.paths:
@@ -564,7 +555,7 @@ def load_queries(
         examples = ", ".join(str(embedded.paths[i]) for i in bad[:3]) + (", …" if len(bad) > 3 else "")
         raise UserError(
             f"{len(bad)} of the {len(embedded.paths)} query embeddings are not finite (NaN or inf): {examples}; "
-            f"{_diverged_hint(loaded)}"
+            f"{_diverged_hint(model)}"
         )
     labels = []
     for file in embedded.paths:
@@ -612,10 +603,10 @@ def run_search(
 def search(cfg: DictConfig) -> list[dict[str, Any]]:
     """The whole command: load, embed, search, print, write ``results`` and ``grid``; return the results."""
     device = pick_device(cfg.get("device"))
-    loaded = load_encoder(cfg.ckpt_path, device)
-    find_queries(cfg.query, ImageLoader(loaded.preprocessing))  # a bad query fails before the gallery is embedded
-    gallery = load_gallery(cfg.gallery, loaded, cfg, device)
-    queries = load_queries(cfg.query, loaded, gallery.classes, int(cfg.get("batch_size") or 256), device)
+    model = load_model(cfg.ckpt_path, device)
+    find_queries(cfg.query, model.loader)  # a bad query fails before the gallery is embedded
+    gallery = load_gallery(cfg.gallery, model, cfg)
+    queries = load_queries(cfg.query, model, gallery.classes, int(cfg.get("batch_size") or 256))
     k = cfg.get("k", 5)
     factory = cfg.get("faiss_index") or "Flat"
     cos, idx, method = run_search(queries.embeddings, gallery, k, cfg.get("faiss_threshold"), factory)
@@ -644,7 +635,7 @@ def search(cfg: DictConfig) -> list[dict[str, Any]]:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(results, indent=2) + "\n")
     if cfg.get("grid"):
-        grid = _grid(Path(cfg.grid), results, loaded, int(cfg.get("grid_max_queries") or 16))
+        grid = _grid(Path(cfg.grid), results, model, int(cfg.get("grid_max_queries") or 16))
         Console().print(f"grid: {grid}", highlight=False)
     return results
 
@@ -684,8 +675,8 @@ def _print(results: list[dict[str, Any]], gallery: Gallery, queries: Queries, me
     console.print(summary, highlight=False)
 
 
-def _grid(path: Path, results: list[dict[str, Any]], loaded: LoadedEncoder, max_queries: int) -> Path:
-    channels = int(loaded.preprocessing.get("channels", 3))
+def _grid(path: Path, results: list[dict[str, Any]], model: InferenceModel, max_queries: int) -> Path:
+    channels = int(model.preprocessing.get("channels", 3))
     rows = []
     for result in results[:max_queries]:
         label = f"\n{result['label']}" if result["label"] else ""

@@ -12,12 +12,12 @@ import torch
 from PIL import Image
 from sklearn.datasets import load_digits
 
-from simlearn.checkpoints import load_encoder, restore
+from simlearn.checkpoints import restore
 from simlearn.config import compose_config
-from simlearn.data.images import ImageLoader, embed_files
 from simlearn.embed import embed_dataset
 from simlearn.errors import UserError
 from simlearn.export import export
+from simlearn.inference import load_model
 from simlearn.search import gallery_from_npz, run_search, search
 from simlearn.train import train
 
@@ -129,8 +129,8 @@ def test_image_files_are_preprocessed_like_the_training_data(trained, tmp_path):
     for row in rows:
         files.append(tmp_path / f"{row}.png")
         save_digit(files[-1], digits.images[row])
-    loaded = load_encoder(trained["ckpt"])
-    from_files = embed_files(loaded.encoder, files, ImageLoader(loaded.preprocessing)).embeddings
+    loaded = load_model(trained["ckpt"])
+    from_files = loaded.embed_files(files).embeddings
     with torch.no_grad():
         from_data = restored.model.encoder.eval()(test.__getitems__(list(range(20)))["image"]).numpy()
     cos = (from_files * from_data).sum(axis=1)
@@ -174,7 +174,7 @@ def test_npz_gallery_uses_a_faiss_index_built_once_and_rebuilt_when_stale(traine
         np.testing.assert_allclose([r["cos"] for r in a["results"]], [r["cos"] for r in b["results"]], atol=1e-5)
     assert indexed[0]["results"][0]["name"].startswith("test[")  # split and dataset index of the npz item
 
-    loaded = load_encoder(trained["ckpt"])
+    loaded = load_model(trained["ckpt"])
     gallery = gallery_from_npz(npz, loaded)
     queries = gallery.embeddings[:3]
     *_, how = run_search(queries, gallery, 5, faiss_threshold=1)
@@ -188,7 +188,7 @@ def test_npz_gallery_uses_a_faiss_index_built_once_and_rebuilt_when_stale(traine
 
 
 def test_export_onnx_and_torchscript_give_the_same_embeddings(trained, tmp_path):
-    loaded = load_encoder(trained["ckpt"])
+    loaded = load_model(trained["ckpt"])
     images = torch.randn(7, 1, 8, 8, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         expected = loaded.encoder(images).numpy()

@@ -14,12 +14,12 @@ from PIL import Image
 from sklearn.datasets import load_digits
 
 from simlearn import vectordb
-from simlearn.checkpoints import load_encoder
 from simlearn.config import compose_config
 from simlearn.embed import embed_dataset
 from simlearn.errors import UserError
 from simlearn.evaluation.neighbours import prepare_gallery, top_k
 from simlearn.evaluation.vectors import unit_rows
+from simlearn.inference import load_model
 from simlearn.search import load_gallery, search
 
 from .helpers import run_cli, run_main
@@ -80,7 +80,7 @@ def test_every_column_round_trips_from_simlearn_embed(embedded):
     assert contents.ckpt_path == str(embedded["ckpt"].resolve()) and contents.paths is None
     assert contents.ids == [f"{s}[{i}]" for s, i in zip(contents.splits, expected["index"].tolist(), strict=True)]
     # the gallery the service and simlearn-search get: names, labels and every label field
-    gallery = load_gallery(embedded["db"], load_encoder(embedded["ckpt"]), compose_config([], "search"))
+    gallery = load_gallery(embedded["db"], load_model(embedded["ckpt"]), compose_config([], "search"))
     assert gallery.ids == contents.ids and gallery.labels == contents.label_names
     np.testing.assert_array_equal(gallery.fields["magnitude"], contents.fields["magnitude"])
 
@@ -199,7 +199,7 @@ def test_an_approximate_index_is_built_said_and_reordered_exactly(tmp_path):
 
 
 def test_bad_databases_are_one_clear_error(embedded, tmp_path):
-    loaded = load_encoder(embedded["ckpt"])
+    loaded = load_model(embedded["ckpt"])
     cfg = compose_config([], "search")
 
     def refused(spec, match, **overrides):

@@ -29,10 +29,10 @@ import torch
 from omegaconf import DictConfig
 from PIL import Image
 
-from simlearn.checkpoints import LoadedEncoder
 from simlearn.data.in_memory import TensorImageDataset
 from simlearn.embed import embed_splits, rebuild, split_arrays
 from simlearn.errors import UserError
+from simlearn.inference import InferenceModel
 from simlearn.search import CACHE_VERSION, Gallery, _fingerprint, file_stats, gallery_from_npz
 
 log = logging.getLogger(__name__)
@@ -106,11 +106,11 @@ class SplitGallery:
     description: str
 
 
-def split_gallery(split: str, loaded: LoadedEncoder, cfg: DictConfig, device: Any = "cpu") -> SplitGallery:
-    """The ``split`` of ``cfg.ckpt_path``'s own data, embedded with ``loaded`` (read from the cache when neither the
+def split_gallery(split: str, model: InferenceModel, cfg: DictConfig) -> SplitGallery:
+    """The ``split`` of ``cfg.ckpt_path``'s own data, embedded with ``model`` (read from the cache when neither the
     checkpoint nor the split's data changed, ``cfg.cache``/``cfg.cache_dir``)."""
-    ckpt = loaded.path.resolve()
-    data_name = _data_name(loaded)
+    ckpt = model.path.resolve()
+    data_name = _data_name(model)
     description = f"the {split} split of the checkpoint's data ({data_name})"
     cache_dir = Path(cfg.cache_dir) if cfg.get("cache", True) and cfg.get("cache_dir") else None
     datamodule = _split_data(split, cfg, data_name)  # rebuilt on every start: the cache is keyed by its content
@@ -122,33 +122,33 @@ def split_gallery(split: str, loaded: LoadedEncoder, cfg: DictConfig, device: An
         ckpt,
         stat.st_size,
         stat.st_mtime_ns,
-        json.dumps(loaded.preprocessing),
+        json.dumps(model.preprocessing),
         _data_key(datamodule, split),
     )
     if cache_dir is not None:
         npz = cache_dir / f"split-{_fingerprint(ckpt, split)[:16]}.npz"
-        cached = _read_cache(npz, fingerprint, loaded)
+        cached = _read_cache(npz, fingerprint, model)
         if cached is not None:
             log.info("gallery embeddings of the %s split reused from %s", split, npz)
             return SplitGallery(cached[0], cached[1], description)
-    arrays, pixels = _embed_split(split, loaded, datamodule, cfg, device, data_name)
+    arrays, pixels = _embed_split(split, model, datamodule, cfg, data_name)
     if cache_dir is None:  # read back as any npz of simlearn-embed, from a file that is gone afterwards
         with tempfile.TemporaryDirectory() as folder:
             npz = Path(folder) / f"{split}.npz"
             _write(npz, arrays, fingerprint, ckpt, pixels is not None)
-            gallery = gallery_from_npz(npz, loaded)  # reads every array it keeps into memory
+            gallery = gallery_from_npz(npz, model)  # reads every array it keeps into memory
         gallery.index_path = None  # a faiss index, if any, is built in memory
         return SplitGallery(gallery, ItemImages(pixels) if pixels is not None else None, description)
     if pixels is not None:  # the pixels first: a cache is used only when its npz is there, which comes last
         _atomic(_pixels_file(npz), lambda f: np.save(f, pixels))
     _write(npz, arrays, fingerprint, ckpt, pixels is not None)
-    gallery = gallery_from_npz(npz, loaded)
+    gallery = gallery_from_npz(npz, model)
     images = ItemImages(np.load(_pixels_file(npz), mmap_mode="r")) if pixels is not None else None
     return SplitGallery(gallery, images, description)
 
 
-def _data_name(loaded: LoadedEncoder) -> str:
-    target = str((loaded.config.get("data") or {}).get("_target_", "") or "")
+def _data_name(model: InferenceModel) -> str:
+    target = str((model.config.get("data") or {}).get("_target_", "") or "")
     return target.rsplit(".", 1)[-1].removesuffix("DataModule").lower() or "unknown"
 
 
@@ -190,11 +190,11 @@ def _data_key(datamodule: Any, split: str) -> str:
 
 
 def _embed_split(
-    split: str, loaded: LoadedEncoder, datamodule: Any, cfg: DictConfig, device: Any, data_name: str
+    split: str, model: InferenceModel, datamodule: Any, cfg: DictConfig, data_name: str
 ) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
     """The arrays of ``<split>.npz`` as simlearn-embed writes them and, for in-memory data, the items' pixels."""
     log.info("embedding the %s split of %s (%d items)", split, data_name, len(datamodule.datasets[split]))
-    result = embed_splits(loaded.encoder, datamodule, [split], device, cfg.get("batch_size"))[split]
+    result = embed_splits(model.encoder, datamodule, [split], model.device, cfg.get("batch_size"))[split]
     arrays = split_arrays(result, datamodule, split)
     dataset = datamodule.datasets[split]
     pixels = None
@@ -226,7 +226,7 @@ def _write(npz: Path, arrays: dict[str, np.ndarray], fingerprint: str, ckpt: Pat
     _atomic(npz, lambda f: np.savez(f, **arrays, **extra, cache_pixels=np.array(has_pixels)))
 
 
-def _read_cache(npz: Path, fingerprint: str, loaded: LoadedEncoder) -> tuple[Gallery, ItemImages | None] | None:
+def _read_cache(npz: Path, fingerprint: str, model: InferenceModel) -> tuple[Gallery, ItemImages | None] | None:
     """The cached gallery (and pixels) when the cache is of this checkpoint file and this data; None when there is
     none, it is stale or unreadable (it is then embedded again)."""
     if not npz.is_file():
@@ -237,7 +237,7 @@ def _read_cache(npz: Path, fingerprint: str, loaded: LoadedEncoder) -> tuple[Gal
                 return None
             has_pixels = "cache_pixels" in arrays.files and bool(arrays["cache_pixels"])
         images = ItemImages(np.load(_pixels_file(npz), mmap_mode="r")) if has_pixels else None
-        gallery = gallery_from_npz(npz, loaded)
+        gallery = gallery_from_npz(npz, model)
     except (OSError, ValueError, KeyError, UserError) as error:  # e.g. its pixels file removed
         log.warning("the cached gallery %s cannot be read (%s); embedding it again", npz, error)
         return None
