@@ -10,7 +10,7 @@ import torch
 
 from simlearn.data import DigitsDataModule
 from simlearn.data.split_plan import SplitOptions, SplitPlan, plan_splits
-from simlearn.data.splits import SPLITS, cap_split, class_split
+from simlearn.data.splits import SPLITS, cap_split, class_split, stratified_split
 from simlearn.errors import UserError
 from simlearn.fields import GALLERY_FIELD
 
@@ -82,6 +82,9 @@ def test_selected_classes_are_relabelled_in_their_order_and_the_rest_left_out():
     assert p.labels.tolist() == [expected.get(c, -1) for c in CODES.tolist()]
     chosen = torch.cat([p.indices[s] for s in SPLITS])
     assert sorted(CODES[chosen].unique().tolist()) == [1, 3, 4] and len(chosen) == 30
+    # split by the source's codes, visited in the source's order: the selection's order does not change the split
+    seeded = stratified_split(CODES, p.labels >= 0, 0.2, 0.3, seed=0)
+    assert all(torch.equal(p.indices[s], seeded[s]) for s in SPLITS)
     assert p.dataset_class_names == tuple(NAMES) and p.code_of_label.tolist() == [4, 1, 3]
 
 
