@@ -5,7 +5,10 @@ A source is a subclass that implements :meth:`EmbeddingDataModule.load` and retu
 in-memory image tensors (:class:`~simlearn.data.in_memory.ImageTensors`: digits, MNIST, toy animals), a table of
 image files (:class:`~simlearn.data.image_files.FileTable`: image folders, CSVs, AwA2) or of file pairs
 (:class:`~simlearn.data.pairs.PairTable`). Items carry one integer code per item for each label field, the names of
-the codes, and optionally a split fixed per item. The base then does, for every source:
+the codes, and optionally a split fixed per item. The base then does, for every source (the class selection, probes,
+split, query/gallery roles and caps are one pure function of the labels, the fixed splits and the options,
+:func:`~simlearn.data.split_plan.plan_splits`, and :meth:`~EmbeddingDataModule.setup` builds the datasets from its
+plan):
 
 * class selection: ``classes`` picks and orders the trained classes of ``label_field``, labelled 0..C−1 in that order
   (null: every class, in the source's order), and ``num_classes`` must equal C. Only ``label_field`` is relabelled;
