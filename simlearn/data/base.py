@@ -397,9 +397,29 @@ class EmbeddingDataModule(pl.LightningDataModule):
         return self._preprocessing.as_dict()
 
     def setup(self, stage: str | None = None) -> None:
+        """Load the items, check them, plan their split (:func:`~simlearn.data.split_plan.plan_splits`), check the
+        plan and build the datasets from it; once (a second call keeps the datasets)."""
         if self.datasets:
             return
         items = self.load()
+        self._check_items(items)
+        plan = plan_splits(
+            items.fields[self.label_field],
+            items.names_of(self.label_field),
+            items.split,
+            self.split_options(),
+            has_classes=items.has_classes,
+            usable=lambda wanted: self.usable(items, wanted),
+        )
+        self.class_names, self.probe_class_names = list(plan.class_names), list(plan.probe_class_names)
+        self.dataset_class_names = list(plan.dataset_class_names)
+        self.split_plan = plan
+        self._check_plan(items, plan)
+        self._build_datasets(items, plan)
+
+    def _check_items(self, items: Items) -> None:
+        """Reject items this config cannot use: a wrong image size or channels, ``on_device`` for files, an unknown
+        ``label_field``, a label field named like an array of the written files."""
         items.check(self)
         if self.on_device and not items.in_memory:
             raise UserError(
@@ -418,21 +438,13 @@ class EmbeddingDataModule(pl.LightningDataModule):
                 f"besides the label fields ({', '.join(sorted(RESERVED_FIELDS))}); rename them (e.g. the CSV's "
                 f"column)."
             )
-        plan = plan_splits(
-            items.fields[self.label_field],
-            items.names_of(self.label_field),
-            items.split,
-            self.split_options(),
-            has_classes=items.has_classes,
-            usable=lambda wanted: self.usable(items, wanted),
-        )
-        labels, splits = plan.labels, dict(plan.indices)
-        self.class_names, self.probe_class_names = list(plan.class_names), list(plan.probe_class_names)
-        self.dataset_class_names = list(plan.dataset_class_names)
-        self.split_plan = plan
-        self.check_splits(items, labels, splits)
+
+    def _check_plan(self, items: Items, plan: SplitPlan) -> None:
+        """Reject a plan that cannot be trained or evaluated (:meth:`check_splits`), ``m_per_class`` batches that do
+        not fit, and a ``num_classes`` that is not the training classes' count."""
+        self.check_splits(items, plan.labels, plan.indices)
         if self.m_per_class:  # now, not when training starts
-            check_m_per_class(labels[splits["train"]], self.m_per_class, self.batch_size)
+            check_m_per_class(plan.labels[plan.indices["train"]], self.m_per_class, self.batch_size)
         trained_count = self.num_train_classes
         if self.num_classes is not None and self.num_classes != trained_count:
             raise UserError(
@@ -440,11 +452,15 @@ class EmbeddingDataModule(pl.LightningDataModule):
                 f"{some_names(self.class_names[:trained_count])}; set data.num_classes={trained_count} (or null: "
                 f"classifier losses are then sized from the training classes)."
             )
+
+    def _build_datasets(self, items: Items, plan: SplitPlan) -> None:
+        """The plan's datasets: ``label_field`` relabelled (and the query/gallery roles added), preprocessed with the
+        training split's statistics unless the config gives them, augmented for training."""
         if plan.is_gallery is not None:
             items.fields = {**items.fields, GALLERY_FIELD: plan.is_gallery}
-        items.fields = {**items.fields, self.label_field: labels}
+        items.fields = {**items.fields, self.label_field: plan.labels}
         if self.mean is None:
-            mean, std = items.normalisation(splits["train"])
+            mean, std = items.normalisation(plan.indices["train"])
         else:
             mean, std = self.mean, self.std
         mean, std = channel_stats(mean, std, self.channels)
@@ -454,7 +470,7 @@ class EmbeddingDataModule(pl.LightningDataModule):
         self._items = items
         self.datasets = {
             split: items.dataset(index, self._preprocessing, self.augment if split == "train" else ())
-            for split, index in splits.items()
+            for split, index in plan.indices.items()
         }
         if self.probe_class_names:
             self.datasets["probe"] = items.dataset(plan.probe, self._preprocessing, ())

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from types import MappingProxyType
 
 import numpy as np
 import torch
@@ -169,7 +170,7 @@ def plan_splits(
         splits = _split_by_item(codes, trained, fixed_np, names, options, warn=has_classes)
     splits, is_gallery = _query_gallery(labels, splits, order, options)
     return SplitPlan(
-        indices=splits,
+        indices=MappingProxyType(splits),  # read-only, as the rest of the plan
         probe=torch.nonzero(probe).flatten(),
         labels=labels,
         class_names=tuple(order),
