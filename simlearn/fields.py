@@ -1,0 +1,10 @@
+"""Names of the fields that more than one package reads or writes, kept here so that each is spelled once.
+
+A leaf module (no imports): the data modules write these fields and evaluation reads them, and neither may import
+the other's heavy modules for a name.
+"""
+
+#: The field of a query/gallery test (In-Shop's official split): 1 for a gallery item, 0 for a query, −1 for an
+#: item of any other split. The data writes it (:func:`simlearn.data.split_plan.plan_splits`), the evaluator
+#: searches its queries against its gallery by it, and ``embeddings.npz`` carries it with the label fields.
+GALLERY_FIELD = "is_gallery"
