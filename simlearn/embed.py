@@ -24,6 +24,7 @@ from simlearn import vectordb
 from simlearn.checkpoints import restore
 from simlearn.data.base import EmbeddingDataModule, Loader
 from simlearn.errors import UserError
+from simlearn.fields import NOT_LABEL_FIELDS
 from simlearn.inference import InferenceModel, embed, pick_device
 from simlearn.models import EmbeddingSet
 
@@ -119,9 +120,8 @@ def write_parquet(path: Path, per_split: dict[str, dict[str, np.ndarray]], ckpt_
             columns["class_name"] = pa.array(
                 [str(names[label]) if 0 <= label < len(names) else str(label) for label in labels.tolist()]
             )
-        skip = {"embeddings", "index", "labels", "class_names", "label_field", "split", "paths"}
         for name, values in arrays.items():
-            if name not in skip:
+            if name not in NOT_LABEL_FIELDS:
                 columns[name] = pa.array(values)
         flat = pa.array(arrays["embeddings"].reshape(-1), type=pa.float32())
         columns["embedding"] = pa.FixedSizeListArray.from_arrays(flat, dim)

@@ -8,3 +8,11 @@ the other's heavy modules for a name.
 #: item of any other split. The data writes it (:func:`simlearn.data.split_plan.plan_splits`), the evaluator
 #: searches its queries against its gallery by it, and ``embeddings.npz`` carries it with the label fields.
 GALLERY_FIELD = "is_gallery"
+
+#: What a batch (``image``, ``index``) or a file of embeddings (the run's ``embeddings.npz``, ``simlearn-embed``'s npz,
+#: parquet and LanceDB rows) holds besides the label fields. The data refuses a label field of one of these names
+#: (:meth:`simlearn.data.base.EmbeddingDataModule.setup`); the readers of those files take every other array of one
+#: row per item as a label field.
+NOT_LABEL_FIELDS = frozenset(
+    {"image", "index", "embeddings", "labels", "class_names", "label_field", "split", "paths", "ckpt_path"}
+)

@@ -46,9 +46,10 @@ from simlearn.evaluation.neighbours import (
     prepare_gallery,
     top_k,
 )
-from simlearn.evaluation.vectors import angle_deg
+from simlearn.fields import NOT_LABEL_FIELDS
 from simlearn.inference import EmbeddedFiles, InferenceModel, load_model, pick_device
 from simlearn.reports.plots import GridTile, save_retrieval_grid, similarity_captions
+from simlearn.retrieval.result import result_row
 
 log = logging.getLogger(__name__)
 
@@ -236,7 +237,7 @@ def gallery_from_npz(path: Path, model: InferenceModel) -> Gallery:
     paths = [str(p) for p in per_item["paths"].tolist()] if "paths" in per_item else None
     label_fields = {
         name: arrays[name]
-        for name in sorted(files - _NOT_FIELDS)
+        for name in sorted(files - NOT_LABEL_FIELDS)
         if arrays[name].ndim >= 1 and len(arrays[name]) == len(embeddings)
     }
     ids = None
@@ -255,7 +256,6 @@ def gallery_from_npz(path: Path, model: InferenceModel) -> Gallery:
 
 
 #: the arrays of an npz from simlearn-embed that are not label fields
-_NOT_FIELDS = {"embeddings", "index", "labels", "class_names", "label_field", "split", "paths", "ckpt_path"}
 
 
 def gallery_from_database(path: Path, model: InferenceModel, cfg: DictConfig) -> Gallery:
@@ -286,7 +286,7 @@ def gallery_from_database(path: Path, model: InferenceModel, cfg: DictConfig) ->
     )
     return Gallery(
         embeddings=embeddings,
-        labels=contents.label_names,
+        labels=contents.row_class_names,
         paths=contents.paths,
         source=path,
         index_path=None,
@@ -615,19 +615,8 @@ def search(cfg: DictConfig) -> list[dict[str, Any]]:
         items = []
         for rank, (i, c) in enumerate(zip(idx[q].tolist(), cos[q].tolist(), strict=True), start=1):
             label = gallery.labels[i] if gallery.labels is not None else None
-            known = queries.labels[q] is not None and label is not None
-            items.append(
-                {
-                    "rank": rank,
-                    "item": int(i),
-                    "name": gallery.name(i),
-                    "path": gallery.paths[i] if gallery.paths is not None else None,
-                    "label": label,
-                    "cos": round(float(c), 6),
-                    "angle_deg": round(angle_deg(c), 3),
-                    "hit": (label == queries.labels[q]) if known else None,
-                }
-            )
+            path_i = gallery.paths[i] if gallery.paths is not None else None
+            items.append(result_row(rank, i, gallery.name(i), path_i, label, c, queries.labels[q]))
         results.append({"query": str(path), "label": queries.labels[q], "results": items})
     _print(results, gallery, queries, method)
     if cfg.get("results"):
@@ -647,18 +636,18 @@ def _print(results: list[dict[str, Any]], gallery: Gallery, queries: Queries, me
         table = Table(title=f"query {result['query']}{label}", title_justify="left")
         for column in ("rank", "gallery item", "label", "cosine", "angle"):
             table.add_column(column, justify="right" if column in ("rank", "cosine", "angle") else "left")
-        if any(item["hit"] is not None for item in result["results"]):
-            table.add_column("hit", justify="center")
+        if any(item["same_label"] is not None for item in result["results"]):
+            table.add_column("same label", justify="center")
         for item in result["results"]:
             cells = [
                 str(item["rank"]),
                 item["name"],
                 item["label"] or "",
-                f"{item['cos']:.4f}",
+                f"{item['cosine']:.4f}",
                 f"{item['angle_deg']:.1f}°",
             ]
             if len(table.columns) == 6:
-                cells.append({True: "[green]✓[/]", False: "[red]✗[/]", None: ""}[item["hit"]])
+                cells.append({True: "[green]✓[/]", False: "[red]✗[/]", None: ""}[item["same_label"]])
             table.add_row(*cells)
         console.print(table)
     skipped = f", {gallery.skipped} unreadable file(s) skipped" if gallery.skipped else ""
@@ -668,9 +657,9 @@ def _print(results: list[dict[str, Any]], gallery: Gallery, queries: Queries, me
     )
     if queries.skipped:
         summary += f"; {len(queries.skipped)} unreadable query file(s) skipped"
-    labelled = [r for r in results if r["results"][0]["hit"] is not None]
+    labelled = [r for r in results if r["results"][0]["same_label"] is not None]
     if labelled:
-        hits = sum(r["results"][0]["hit"] for r in labelled)
+        hits = sum(r["results"][0]["same_label"] for r in labelled)
         summary += f"; top-1 hits {hits}/{len(labelled)} labelled queries"
     console.print(summary, highlight=False)
 
@@ -681,11 +670,11 @@ def _grid(path: Path, results: list[dict[str, Any]], model: InferenceModel, max_
     for result in results[:max_queries]:
         label = f"\n{result['label']}" if result["label"] else ""
         row = [GridTile(thumbnail(result["query"], channels), f"query{label}")]
-        similarities = similarity_captions([item["cos"] for item in result["results"]])  # decimals to tell apart
+        similarities = similarity_captions([item["cosine"] for item in result["results"]])  # decimals to tell apart
         for item, similarity in zip(result["results"], similarities, strict=True):
             image = thumbnail(item["path"], channels) if item["path"] and is_image_name(Path(item["path"])) else None
             caption = f"#{item['rank']} {item['label'] or item['name']}\n{similarity}"
-            row.append(GridTile(image, caption, item["hit"]))
+            row.append(GridTile(image, caption, item["same_label"]))
         rows.append(row)
     shown = f" (first {max_queries} of {len(results)} queries)" if len(results) > max_queries else ""
     return save_retrieval_grid(path, rows, title=f"Queries and their top {len(results[0]['results'])}{shown}")

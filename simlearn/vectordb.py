@@ -1,15 +1,15 @@
 """Embeddings in a vector database: LanceDB, embedded (in-process, no server), one folder on disk.
 
 ``simlearn-embed db=PATH`` writes every embedded item as a row of a LanceDB table (:func:`write_embeddings`): ``id``
-(the row, 0 … N-1), ``split``, ``index`` (the item's index in its split), ``label`` and ``label_name`` (when the data
-has labels), ``path`` (when items are files), one column per label field, and ``vector``: the unit-length float32
-embedding. The table's schema metadata records the checkpoint, the embedding size, the class names and the label
-field. ``simlearn-search gallery=PATH`` (and ``simlearn-serve``) read it back as a gallery (:func:`read_table`) and
-search it through :func:`candidates`: a :class:`~simlearn.evaluation.neighbours.GalleryIndex` whose candidates come
-from LanceDB, ordered by simlearn's one neighbour search (float64 cosines, ties to the lower row). Through a full scan
-(``exact``) the result is exactly simlearn's exact search; through an approximate vector index (IVF_PQ, IVF_HNSW_SQ,
-…, :func:`create_index`) LanceDB's candidates are re-scored and ordered the same way, and nearer items the index did
-not visit can be missing.
+(the row, 0 … N-1), ``split``, ``index`` (the item's index in its split), ``label`` and ``class_name`` (when the data
+has labels; named as in ``embeddings.parquet``), ``path`` (when items are files), one column per label field, and
+``vector``: the unit-length float32 embedding. The table's schema metadata records the checkpoint, the embedding size,
+the class names and the label field. ``simlearn-search gallery=PATH`` (and ``simlearn-serve``) read it back as a gallery
+(:func:`read_table`) and search it through :func:`candidates`: a :class:`~simlearn.evaluation.neighbours.GalleryIndex`
+whose candidates come from LanceDB, ordered by simlearn's one neighbour search (float64 cosines, ties to the lower row).
+Through a full scan (``exact``) the result is exactly simlearn's exact search; through an approximate vector index
+(IVF_PQ, IVF_HNSW_SQ, …, :func:`create_index`) LanceDB's candidates are re-scored and ordered the same way, and nearer
+items the index did not visit can be missing.
 
 Why LanceDB: it runs in the process (no server to start, nothing to configure), stores the table as columnar Arrow
 (Lance) files with any metadata columns next to the vectors (filters, paths, labels, label fields in one place), has
@@ -31,6 +31,7 @@ import numpy as np
 from simlearn.errors import UserError
 from simlearn.evaluation.neighbours import GalleryIndex
 from simlearn.evaluation.vectors import row_norms, unit_rows
+from simlearn.fields import NOT_LABEL_FIELDS
 
 # LanceDB's Rust core logs normal events (e.g. "No existing dataset … will be created") as WARN lines on stderr;
 # read when lancedb is first imported, so set before that (a user's own LANCEDB_LOG wins)
@@ -54,9 +55,7 @@ __all__ = [
 #: the table simlearn-embed writes unless told otherwise
 TABLE = "embeddings"
 #: columns of every table simlearn writes; label fields whose names clash get a ``field_`` prefix
-RESERVED = ("id", "split", "index", "label", "label_name", "path", "vector")
-#: the arrays of a split (simlearn.embed.split_arrays) that are not label fields
-_NOT_FIELDS = {"embeddings", "index", "labels", "class_names", "label_field", "split", "paths"}
+RESERVED = ("id", "split", "index", "label", "class_name", "path", "vector")
 #: schema metadata keys (bytes, as Arrow stores them)
 _META = "simlearn"
 #: LanceDB's vector index types (its ``index_type`` names) → its index config classes
@@ -195,7 +194,7 @@ def write_embeddings(
         raise UserError(f"db_table={table!r} is not a table name; use letters, digits, '_' or '-'.")
     first = next(iter(per_split.values()))
     class_names = [str(name) for name in first.get("class_names", np.array([], dtype=str)).tolist()]
-    fields = [name for name in first if name not in _NOT_FIELDS]
+    fields = [name for name in first if name not in NOT_LABEL_FIELDS]
     columns = _field_columns(fields)
     dims = {split: arrays["embeddings"].shape[1] for split, arrays in per_split.items()}
     if len(set(dims.values())) > 1:
@@ -212,7 +211,7 @@ def write_embeddings(
         if "labels" in arrays:
             labels = np.asarray(arrays["labels"]).astype(np.int64)
             data["label"] = pa.array(labels)
-            data["label_name"] = pa.array(
+            data["class_name"] = pa.array(
                 [class_names[i] if 0 <= i < len(class_names) else str(i) for i in labels.tolist()], type=pa.string()
             )
         if "paths" in arrays:
@@ -286,7 +285,8 @@ class TableContents:
     splits: list[str]
     indices: np.ndarray
     labels: np.ndarray | None
-    label_names: list[str] | None
+    #: each row's class name (column ``class_name``), None without labels
+    row_class_names: list[str] | None
     paths: list[str] | None
     #: label field → its values (N,) or (N, m), under the field's own name
     fields: dict[str, np.ndarray]
@@ -366,7 +366,7 @@ def read_table(spec: str | Path, table: str | None = None) -> TableContents:
         splits=[str(s) for s in data.column("split").to_pylist()],
         indices=data.column("index").to_numpy(),
         labels=data.column("label").to_numpy() if "label" in has else None,
-        label_names=[str(s) for s in data.column("label_name").to_pylist()] if "label_name" in has else None,
+        row_class_names=[str(s) for s in data.column("class_name").to_pylist()] if "class_name" in has else None,
         paths=[str(p) for p in data.column("path").to_pylist()] if "path" in has else None,
         fields=fields,
         class_names=json.loads(metadata.get("simlearn.class_names", "[]")),

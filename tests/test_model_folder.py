@@ -226,7 +226,7 @@ def test_search_embed_and_serve_take_a_model_folder_as_they_take_its_checkpoint(
         overrides = [f"ckpt_path={model}", "device=cpu", "cache=false", "grid=null", "results=null"]
         cfg = compose_config([*overrides, f"query={exported['pngs'][0]}", f"gallery={gallery}", "k=3"], "search",
                              tmp_path / kind / "search")  # fmt: skip
-        found[kind, "search"] = [(r["path"], round(r["cos"], 5)) for r in search(cfg)[0]["results"]]
+        found[kind, "search"] = [(r["path"], round(r["cosine"], 5)) for r in search(cfg)[0]["results"]]
         cfg = compose_config([f"ckpt_path={model}", "device=cpu", "parquet=false", "data=image_folder",
                               f"data.root={gallery}", "data.channels=1", "data.num_workers=0"], "embed",
                              tmp_path / kind / "embed")  # fmt: skip

@@ -186,7 +186,7 @@ def test_non_finite_query_embeddings_are_refused_and_never_printed(trained, tmp_
 def test_a_sound_npz_still_searches(trained, tmp_path):
     results = search(search_config(trained, tmp_path, "k=3"))
     assert len(results) == 3 and all(len(r["results"]) == 3 for r in results)
-    assert all(np.isfinite(item["cos"]) for r in results for item in r["results"])
+    assert all(np.isfinite(item["cosine"]) for r in results for item in r["results"])
 
 
 # -- exact results ------------------------------------------------------------------------------------------------

@@ -214,7 +214,7 @@ def test_search_by_upload_is_the_exact_search(client, service, queries_dir):
     assert [r["rank"] for r in answer["results"]] == list(range(1, 8))
     np.testing.assert_allclose([r["cosine"] for r in answer["results"]], cos[0], atol=1e-6)
     np.testing.assert_allclose(
-        [r["angle"] for r in answer["results"]], np.degrees(np.arccos(np.clip(cos[0], -1, 1))), atol=1e-3
+        [r["angle_deg"] for r in answer["results"]], np.degrees(np.arccos(np.clip(cos[0], -1, 1))), atol=1e-3
     )
     first = answer["results"][0]
     assert first["label"] == service.gallery.labels[first["id"]]

@@ -205,7 +205,7 @@ def test_training_a_timm_backbone_on_digits_then_embed_and_search(timm_run, tmp_
     assert len(results) == 3
     for result in results:
         top = result["results"][0]
-        assert top["cos"] > 0.99 and int(test["index"][top["item"]]) == int(Path(result["query"]).stem), result
+        assert top["cosine"] > 0.99 and int(test["index"][top["id"]]) == int(Path(result["query"]).stem), result
 
 
 def test_other_photo_data_is_prepared_as_the_checkpoint_was_trained(timm_run, tmp_path):

@@ -144,9 +144,9 @@ def test_search_a_folder_gallery_prints_writes_and_skips_unreadable_files(traine
     assert "1 unreadable file(s) skipped" in out and "cosine" in out and "angle" in out
     first = results[0]["results"][0]
     assert first["path"].endswith(".png") and first["label"] is not None
-    assert first["angle_deg"] == pytest.approx(np.degrees(np.arccos(min(1.0, first["cos"]))), abs=1e-3)
+    assert first["angle_deg"] == pytest.approx(np.degrees(np.arccos(min(1.0, first["cosine"]))), abs=1e-3)
     assert all(r["label"] is not None for r in results)  # query folders are gallery classes
-    hits = sum(r["results"][0]["hit"] for r in results)
+    hits = sum(r["results"][0]["same_label"] for r in results)
     assert hits >= 8, f"top-1 hits {hits}/10"
     assert json.loads((tmp_path / "search.json").read_text()) == results
     assert (tmp_path / "search.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -170,8 +170,8 @@ def test_npz_gallery_uses_a_faiss_index_built_once_and_rebuilt_when_stale(traine
     index_file = npz.with_suffix(".faiss")
     assert index_file.is_file()
     for a, b in zip(exact, indexed, strict=True):
-        assert [r["item"] for r in a["results"]] == [r["item"] for r in b["results"]]
-        np.testing.assert_allclose([r["cos"] for r in a["results"]], [r["cos"] for r in b["results"]], atol=1e-5)
+        assert [r["id"] for r in a["results"]] == [r["id"] for r in b["results"]]
+        np.testing.assert_allclose([r["cosine"] for r in a["results"]], [r["cosine"] for r in b["results"]], atol=1e-5)
     assert indexed[0]["results"][0]["name"].startswith("test[")  # split and dataset index of the npz item
 
     loaded = load_model(trained["ckpt"])

@@ -71,7 +71,7 @@ def test_every_column_round_trips_from_simlearn_embed(embedded):
     np.testing.assert_array_equal(contents.labels, expected["labels"])
     class_names = npz["test"]["class_names"].tolist()
     assert contents.class_names == class_names and contents.label_field == "digit"
-    assert contents.label_names == [class_names[i] for i in expected["labels"]]
+    assert contents.row_class_names == [class_names[i] for i in expected["labels"]]
     assert set(contents.fields) == {"digit", "parity", "magnitude"}
     np.testing.assert_array_equal(contents.fields["digit"], expected["digit"])
     np.testing.assert_array_equal(contents.fields["parity"], expected["parity"])
@@ -81,7 +81,7 @@ def test_every_column_round_trips_from_simlearn_embed(embedded):
     assert contents.ids == [f"{s}[{i}]" for s, i in zip(contents.splits, expected["index"].tolist(), strict=True)]
     # the gallery the service and simlearn-search get: names, labels and every label field
     gallery = load_gallery(embedded["db"], load_model(embedded["ckpt"]), compose_config([], "search"))
-    assert gallery.ids == contents.ids and gallery.labels == contents.label_names
+    assert gallery.ids == contents.ids and gallery.labels == contents.row_class_names
     np.testing.assert_array_equal(gallery.fields["magnitude"], contents.fields["magnitude"])
 
 
@@ -103,7 +103,7 @@ def test_paths_and_awkward_fields_round_trip(tmp_path):
     vectordb.write_embeddings(tmp_path / "db", {"val": arrays}, None)
     contents = vectordb.read_table(tmp_path / "db" / "embeddings.lance")  # the table folder itself
     assert contents.paths == arrays["paths"].tolist()
-    assert contents.label_names == [arrays["class_names"][i] for i in arrays["labels"]]
+    assert contents.row_class_names == [arrays["class_names"][i] for i in arrays["labels"]]
     np.testing.assert_array_equal(contents.labels, arrays["labels"])
     np.testing.assert_array_equal(contents.fields["label"], arrays["label"])
     np.testing.assert_array_equal(contents.fields["attributes"], arrays["attributes"])
@@ -156,7 +156,7 @@ def test_search_command_on_a_database_equals_the_in_memory_search(embedded, tmp_
     in_memory = search(search_cfg(embedded, tmp_path / "b", "k=7", "db_search=memory"))
     assert [r["results"] for r in through_db] == [r["results"] for r in in_memory]
     assert {r["results"][0]["name"].split("[")[0] for r in through_db} <= {"train", "val", "test"}
-    assert sum(r["results"][0]["hit"] for r in through_db) >= 8  # a trained model finds its digits
+    assert sum(r["results"][0]["same_label"] for r in through_db) >= 8  # a trained model finds its digits
 
     result = run_cli(
         "-m",

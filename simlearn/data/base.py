@@ -61,7 +61,7 @@ from simlearn.data.splits import (
     some_names,
 )
 from simlearn.errors import UserError
-from simlearn.fields import GALLERY_FIELD
+from simlearn.fields import GALLERY_FIELD, NOT_LABEL_FIELDS
 
 #: What :meth:`EmbeddingDataModule.loader` returns: a DataLoader, or batches drawn on the device (``on_device``).
 Loader = DataLoader | DeviceBatchLoader
@@ -162,13 +162,6 @@ def encode(values: Sequence[str], first: Sequence[str] = (), numeric: bool = Fal
     names += sorted(rest, key=lambda v: (number(v), v) if as_numbers else v)
     code = {name: i for i, name in enumerate(names)}
     return torch.tensor([code[v] for v in values], dtype=torch.long), names
-
-
-#: What a batch (``image``, ``index``) or a file of embeddings (``embeddings.npz``, ``simlearn-embed``'s npz) holds
-#: besides the label fields: no label field may take these names.
-RESERVED_FIELDS = frozenset(
-    {"image", "index", "embeddings", "labels", "class_names", "label_field", "split", "paths", "ckpt_path"}
-)
 
 
 class SplitDataset(Dataset):
@@ -431,11 +424,11 @@ class EmbeddingDataModule(pl.LightningDataModule):
                 f"data.label_field={self.label_field!r} is not a label field of data '{self.name}'; "
                 f"valid: {sorted(items.fields)}."
             )
-        reserved = sorted(set(items.fields) & RESERVED_FIELDS)
+        reserved = sorted(set(items.fields) & NOT_LABEL_FIELDS)
         if reserved:
             raise UserError(
                 f"data '{self.name}' has label field(s) {reserved}, named like what a batch or a written file holds "
-                f"besides the label fields ({', '.join(sorted(RESERVED_FIELDS))}); rename them (e.g. the CSV's "
+                f"besides the label fields ({', '.join(sorted(NOT_LABEL_FIELDS))}); rename them (e.g. the CSV's "
                 f"column)."
             )
 

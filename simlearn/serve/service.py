@@ -27,8 +27,8 @@ from PIL import Image
 from simlearn.data.images import DECODE_ERRORS, is_image_name
 from simlearn.errors import UserError
 from simlearn.evaluation.neighbours import GalleryIndex, gallery_index, prepare_gallery, top_k
-from simlearn.evaluation.vectors import angle_deg
 from simlearn.inference import InferenceModel, load_model, pick_device
+from simlearn.retrieval.result import result_row
 from simlearn.search import Gallery, load_gallery, non_finite_rows
 from simlearn.serve.split_gallery import ItemImages, gallery_split, split_gallery
 
@@ -306,16 +306,11 @@ class SearchService:
         return [self.result(rank, i, c, label) for rank, (i, c) in enumerate(rows[:k], start=1)]
 
     def result(self, rank: int, i: int, cos: float, query_label: str | None) -> dict[str, Any]:
-        label = self.label(i)
+        # the one result schema (simlearn.retrieval.result), plus the item's image URL and label fields; its path
+        # is the name the gallery gives it (never a server's file system path)
+        path = self.gallery.name(i) if self.gallery.paths is not None else None
         return {
-            "rank": rank,
-            "id": i,
-            "name": self.gallery.name(i),
-            "label": label,
-            "path": self.gallery.name(i) if self.gallery.paths is not None else None,
-            "cosine": round(cos, 6),
-            "angle": round(angle_deg(cos), 3),
-            "same_label": (label == query_label) if label is not None and query_label is not None else None,
+            **result_row(rank, i, self.gallery.name(i), path, self.label(i), cos, query_label),
             "image": f"/items/{i}" if self.has_images else None,
             "fields": self.fields(i),
         }
