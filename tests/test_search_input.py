@@ -21,7 +21,8 @@ from simlearn.embed import embed_dataset
 from simlearn.errors import UserError
 from simlearn.evaluation import retrieval_metrics
 from simlearn.inference import load_model
-from simlearn.search import gallery_from_npz, run_search, search
+from simlearn.retrieval import gallery_from_npz, run_search
+from simlearn.search import search
 from simlearn.train import train
 
 from .helpers import run_cli, run_main

@@ -24,13 +24,14 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-import simlearn.search as search_module
+import simlearn.retrieval.gallery as gallery_module
 import simlearn.serve.split_gallery as split_module
 from simlearn.config import compose_config
 from simlearn.embed import embed_dataset
 from simlearn.errors import UserError
 from simlearn.inference import InferenceModel
-from simlearn.search import Gallery, gallery_from_folder, load_queries, run_search
+from simlearn.retrieval import Gallery, gallery_from_folder, run_search
+from simlearn.search import load_queries
 from simlearn.serve import SearchService, ServiceLimits, create_app, open_service
 from simlearn.serve.app import DOCS_ASSETS
 from simlearn.serve.server import bind, check_address, is_loopback, make_server, run_server, serve
@@ -408,7 +409,7 @@ def test_a_split_gallery_is_embedded_once_per_checkpoint_split_and_data(
 
 def test_a_split_of_files_is_keyed_by_its_files_as_the_folder_cache(gallery_dir):
     """For data read from files, the split's key holds each file's name, size and modification time (the folder
-    cache's simlearn.search.file_stats): a file rewritten changes it, the same files give the same key."""
+    cache's simlearn.retrieval.cache.file_stats): a file rewritten changes it, the same files give the same key."""
     from types import SimpleNamespace
 
     import torch
@@ -1048,7 +1049,7 @@ def test_an_interrupted_gallery_embedding_resumes_from_its_saved_parts(
 ):
     """The folder gallery is embedded in parts saved as they are done: a start interrupted after two parts embeds
     only the rest next time, and gives the same gallery as an uninterrupted start; a progress bar is shown."""
-    monkeypatch.setattr(search_module, "CACHE_PART_FILES", 16)
+    monkeypatch.setattr(gallery_module, "CACHE_PART_FILES", 16)
     cfg = serve_config(service.model.path, gallery_dir, tmp_path / "cache", "batch_size=8")
     embedded_files = []
 

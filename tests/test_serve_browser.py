@@ -16,7 +16,7 @@ import httpx
 import numpy as np
 import pytest
 
-from simlearn.search import Gallery
+from simlearn.retrieval import Gallery
 from simlearn.serve import SearchService, ServiceLimits, create_app, open_service
 
 from .test_serve_api import TOKEN, live_server, serve_config, write_digit_gallery

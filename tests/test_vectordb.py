@@ -20,7 +20,8 @@ from simlearn.errors import UserError
 from simlearn.evaluation.neighbours import prepare_gallery, top_k
 from simlearn.evaluation.vectors import unit_rows
 from simlearn.inference import load_model
-from simlearn.search import load_gallery, search
+from simlearn.retrieval import load_gallery
+from simlearn.search import search
 
 from .helpers import run_cli, run_main
 

@@ -26,10 +26,10 @@ from PIL import Image
 
 from simlearn.data.images import DECODE_ERRORS, is_image_name
 from simlearn.errors import UserError
-from simlearn.evaluation.neighbours import GalleryIndex, gallery_index, prepare_gallery, top_k
+from simlearn.evaluation.neighbours import GalleryIndex, prepare_gallery, top_k
 from simlearn.inference import InferenceModel, load_model, pick_device
+from simlearn.retrieval.gallery import Gallery, load_gallery, non_finite_rows, search_index
 from simlearn.retrieval.result import result_row
-from simlearn.search import Gallery, load_gallery, non_finite_rows
 from simlearn.serve.split_gallery import ItemImages, gallery_split, split_gallery
 
 log = logging.getLogger(__name__)
@@ -492,7 +492,8 @@ def open_service(cfg: DictConfig) -> SearchService:
 
     The checkpoint is ``cfg.ckpt_path`` or the best one of ``cfg.run_dir``. The gallery is a split of the checkpoint's
     own data (no gallery, or ``split:<name>``; :func:`~simlearn.serve.split_gallery.split_gallery`) or a folder, an
-    npz or a LanceDB database (:func:`simlearn.search.load_gallery`); either is embedded now or read from the cache.
+    npz or a LanceDB database (:func:`simlearn.retrieval.gallery.load_gallery`); either is embedded now or read from
+    the cache.
     """
     defaults = ServiceLimits()  # a mistake in these is one line before anything is loaded
     limits = ServiceLimits(
@@ -513,10 +514,7 @@ def open_service(cfg: DictConfig) -> SearchService:
     else:
         gallery = load_gallery(cfg.gallery, model, cfg)
     # as simlearn-search: a LanceDB gallery is searched through LanceDB, a large one through its saved faiss index
-    index = gallery.candidates
-    threshold = cfg.get("faiss_threshold")
-    if index is None and threshold is not None and len(gallery.embeddings) >= int(threshold):
-        index = gallery_index(gallery.embeddings, gallery.index_path, cfg.get("faiss_index") or "Flat")
+    index = search_index(gallery, cfg.get("faiss_threshold"), cfg.get("faiss_index") or "Flat")
     return SearchService(model, gallery, limits, index, images, source)
 
 
