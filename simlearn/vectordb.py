@@ -5,7 +5,7 @@
 has labels; named as in ``embeddings.parquet``), ``path`` (when items are files), one column per label field, and
 ``vector``: the unit-length float32 embedding. The table's schema metadata records the checkpoint, the embedding size,
 the class names and the label field. ``simlearn-search gallery=PATH`` (and ``simlearn-serve``) read it back as a gallery
-(:func:`read_table`) and search it through :func:`candidates`: a :class:`~simlearn.evaluation.neighbours.GalleryIndex`
+(:func:`read_table`) and search it through :func:`candidates`: a candidate source (:class:`LanceCandidates`)
 whose candidates come from LanceDB, ordered by simlearn's one neighbour search (float64 cosines, ties to the lower row).
 Through a full scan (``exact``) the result is exactly simlearn's exact search; through an approximate vector index
 (IVF_PQ, IVF_HNSW_SQ, …, :func:`create_index`) LanceDB's candidates are re-scored and ordered the same way, and nearer
@@ -29,7 +29,6 @@ from typing import Any
 import numpy as np
 
 from simlearn.errors import UserError
-from simlearn.evaluation.neighbours import GalleryIndex
 from simlearn.evaluation.vectors import row_norms, unit_rows
 from simlearn.fields import NOT_LABEL_FIELDS
 
@@ -402,23 +401,45 @@ def _vector_indexes(handle: Any) -> list[str]:
 
 
 class LanceCandidates:
-    """A LanceDB table as a candidate source of :mod:`simlearn.evaluation.neighbours` (faiss's interface, see
-    :class:`~simlearn.evaluation.neighbours.GalleryIndex`): ``search(queries, k)`` returns each query's k best rows
-    by LanceDB's dot product, through a full scan (``exhaustive``) or through the table's vector index (``nprobes``
-    partitions searched, ``refine_factor`` × k of them re-ranked by LanceDB on the full vectors)."""
+    """A LanceDB table as a candidate source (:class:`~simlearn.retrieval.candidates.CandidateSource`):
+    ``search(queries, k)`` returns each query's k best rows by LanceDB's dot product, through a full scan (exact) or
+    through the table's vector index (``nprobes`` partitions searched, ``refine_factor`` × k of them re-ranked by
+    LanceDB on the full vectors; approximate). ``where`` names the table, ``index_name`` its vector index."""
+
+    library = "LanceDB"
+    #: LanceDB's scores (1 − its float32 dot distance) may be this much further from the float64 cosines
+    score_slack = _SCORE_SLACK
 
     def __init__(
-        self, table: Any, ntotal: int, d: int, exhaustive: bool, nprobes: int = 20, refine_factor: int | None = 4
+        self,
+        table: Any,
+        size: int,
+        dim: int,
+        exact: bool,
+        where: str,
+        index_name: str = "",
+        nprobes: int = 20,
+        refine_factor: int | None = 4,
     ) -> None:
-        self.table, self.ntotal, self.d = table, int(ntotal), int(d)
-        self.exhaustive, self.nprobes, self.refine_factor = exhaustive, nprobes, refine_factor
+        self.table, self.size, self.dim, self.exact = table, int(size), int(dim), bool(exact)
+        self.where, self.index_name = where, index_name
+        self.nprobes, self.refine_factor = nprobes, refine_factor
+
+    def describe(self) -> str:
+        if self.exact:
+            return f"exact (LanceDB full-scan index, {self.where}; re-scored in float64)"
+        return (
+            f"APPROXIMATE (LanceDB {self.index_name} index, {self.where}, nprobes={self.nprobes}, refine_factor="
+            f"{self.refine_factor}: its candidates re-scored in float64, but nearer items it did not visit can be "
+            f"missing; db_search=exact is exact)"
+        )
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """``(scores, rows)``, (len(queries), k): float64 ``1 - distance`` (LanceDB's dot distance is 1 - x·y),
         descending, and the int64 rows (ids); -inf and -1 where LanceDB returned fewer than k."""
         queries = np.ascontiguousarray(queries, dtype=np.float32)
         builder = self.table.search(list(queries), vector_column_name="vector").distance_type("dot").limit(int(k))
-        if self.exhaustive:
+        if self.exact:
             builder = builder.bypass_vector_index()
         else:
             builder = builder.nprobes(int(self.nprobes))
@@ -451,8 +472,8 @@ SEARCH_MODES = ("auto", "exact", "index", "memory")
 
 def candidates(
     contents: TableContents, mode: str = "auto", nprobes: int = 20, refine_factor: int | None = 4
-) -> GalleryIndex | None:
-    """How to search a table read by :func:`read_table`: a :class:`GalleryIndex` over LanceDB (``exact``: a full
+) -> LanceCandidates | None:
+    """How to search a table read by :func:`read_table`: a candidate source over LanceDB (``exact``: a full
     scan, exactly simlearn's exact search; ``index``: its vector index, approximate; ``auto``: the index when the
     table has one, else the full scan), or None for ``memory`` (simlearn's own exact search of the embeddings, no
     LanceDB query at all)."""
@@ -471,13 +492,13 @@ def candidates(
         log.warning("the vectors of %s are not unit length: searched in memory, not through LanceDB", contents.name)
         return None
     approximate = mode == "index" or (mode == "auto" and bool(contents.indexed))
-    source = LanceCandidates(
-        contents.table, len(contents.embeddings), contents.embeddings.shape[1], not approximate, nprobes, refine_factor
+    return LanceCandidates(
+        contents.table,
+        size=len(contents.embeddings),
+        dim=contents.embeddings.shape[1],
+        exact=not approximate,
+        where=f"table {contents.name!r} of {contents.database}",
+        index_name="+".join(contents.indexed) if approximate else "",
+        nprobes=nprobes,
+        refine_factor=refine_factor,
     )
-    where = f"table {contents.name!r} of {contents.database}"
-    if approximate:
-        how = f"{where}, nprobes={nprobes}, refine_factor={refine_factor}"
-        return GalleryIndex(
-            source, "+".join(contents.indexed), how, "LanceDB", False, _SCORE_SLACK, "db_search=exact is exact"
-        )
-    return GalleryIndex(source, "full-scan", where, "LanceDB", True, _SCORE_SLACK)

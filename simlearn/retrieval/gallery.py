@@ -24,16 +24,15 @@ from simlearn import vectordb
 from simlearn.data.images import find_images, folder_label
 from simlearn.errors import UserError
 from simlearn.evaluation.neighbours import (
-    GalleryIndex,
     PreparedGallery,
     faiss_installed,
-    gallery_index,
     prepare_gallery,
     top_k,
 )
 from simlearn.fields import NOT_LABEL_FIELDS
 from simlearn.inference import EmbeddedFiles, InferenceModel
 from simlearn.retrieval.cache import CACHE_VERSION, file_stats, fingerprint, load_fingerprinted, save_fingerprinted
+from simlearn.retrieval.candidates import CandidateSource, gallery_index
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +69,7 @@ class Gallery:
     #: every label field of the items (name → (N,) or (N, m) values), when the gallery came from simlearn-embed
     fields: dict[str, np.ndarray] = field(default_factory=dict)
     #: a search of this gallery outside simlearn (a LanceDB table): :func:`run_search` searches through it
-    candidates: GalleryIndex | None = None
+    candidates: CandidateSource | None = None
     _prepared: PreparedGallery | None = field(default=None, init=False, repr=False)
 
     @classmethod
@@ -495,7 +494,9 @@ def run_search(
     return cos, idx, method
 
 
-def search_index(gallery: Gallery, faiss_threshold: int | None = 50000, factory: str = "Flat") -> GalleryIndex | None:
+def search_index(
+    gallery: Gallery, faiss_threshold: int | None = 50000, factory: str = "Flat"
+) -> CandidateSource | None:
     """What a gallery is searched through, for every search path (``simlearn-search``, the service): its own
     candidate source (a LanceDB table, ``gallery.candidates``), else from ``faiss_threshold`` items on a faiss
     inner-product index saved next to its embeddings (:func:`gallery_index`; exact for ``factory="Flat"``), else

@@ -26,8 +26,9 @@ from PIL import Image
 
 from simlearn.data.images import DECODE_ERRORS, is_image_name
 from simlearn.errors import UserError
-from simlearn.evaluation.neighbours import GalleryIndex, prepare_gallery, top_k
+from simlearn.evaluation.neighbours import prepare_gallery, top_k
 from simlearn.inference import InferenceModel, load_model, pick_device
+from simlearn.retrieval.candidates import CandidateSource
 from simlearn.retrieval.gallery import Gallery, load_gallery, non_finite_rows, search_index
 from simlearn.retrieval.result import result_row
 from simlearn.serve.split_gallery import ItemImages, gallery_split, split_gallery
@@ -129,7 +130,7 @@ class SearchService:
         model: InferenceModel,
         gallery: Gallery,
         limits: ServiceLimits | None = None,
-        index: GalleryIndex | None = None,
+        index: CandidateSource | None = None,
         images: ItemImages | None = None,
         source: str | None = None,
     ) -> None:
