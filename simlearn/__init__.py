@@ -11,20 +11,20 @@ if TYPE_CHECKING:
     from omegaconf import DictConfig
 
     from simlearn.build import Run
-    from simlearn.model_folder import SimilarityModel
+    from simlearn.inference import InferenceModel
 
 __version__ = "0.1.0"
 
 __all__ = ["__version__", "load", "run"]
 
 
-def load(path: str | os.PathLike, device: str = "cpu") -> SimilarityModel:
-    """The model of a folder written by ``simlearn-export format=hf`` (or of a training checkpoint), ready to embed
-    images: ``simlearn.load(folder).embed(["a.png", "b.png"])`` gives their unit-length float32 embeddings.
-    See :func:`simlearn.model_folder.load`."""
-    from simlearn.model_folder import load as load_folder  # torch & co. only when used: `import simlearn` stays cheap
+def load(path: str | os.PathLike, device: str = "cpu") -> InferenceModel:
+    """The inference model of a folder written by ``simlearn-export format=hf`` or of a training checkpoint, ready
+    to embed images: ``simlearn.load(folder).embed(["a.png", "b.png"])`` gives their unit-length float32 embeddings.
+    See :class:`simlearn.inference.InferenceModel`."""
+    from simlearn.inference import load_model  # torch & co. only when used: `import simlearn` stays cheap
 
-    return load_folder(path, device)
+    return load_model(path, device)
 
 
 def run(overrides: Sequence[str] | DictConfig = (), output_dir: str | os.PathLike | None = None) -> Run:

@@ -21,10 +21,11 @@ from rich.console import Console
 from rich.table import Table
 
 from simlearn import vectordb
-from simlearn.checkpoints import LoadedEncoder, restore
+from simlearn.checkpoints import restore
 from simlearn.data.base import EmbeddingDataModule, Loader
 from simlearn.errors import UserError
-from simlearn.inference import embed, pick_device
+from simlearn.fields import NOT_LABEL_FIELDS
+from simlearn.inference import InferenceModel, embed, pick_device
 from simlearn.models import EmbeddingSet
 
 log = logging.getLogger(__name__)
@@ -119,9 +120,8 @@ def write_parquet(path: Path, per_split: dict[str, dict[str, np.ndarray]], ckpt_
             columns["class_name"] = pa.array(
                 [str(names[label]) if 0 <= label < len(names) else str(label) for label in labels.tolist()]
             )
-        skip = {"embeddings", "index", "labels", "class_names", "label_field", "split", "paths"}
         for name, values in arrays.items():
-            if name not in skip:
+            if name not in NOT_LABEL_FIELDS:
                 columns[name] = pa.array(values)
         flat = pa.array(arrays["embeddings"].reshape(-1), type=pa.float32())
         columns["embedding"] = pa.FixedSizeListArray.from_arrays(flat, dim)
@@ -134,11 +134,12 @@ def write_parquet(path: Path, per_split: dict[str, dict[str, np.ndarray]], ckpt_
     return path
 
 
-def rebuild(cfg: DictConfig) -> tuple[Any, LoadedEncoder]:
+def rebuild(cfg: DictConfig) -> tuple[Any, InferenceModel]:
     """The data (the checkpoint's, or as changed by ``data=``/``+data.KEY=``, as for simlearn-eval) and the
-    checkpoint's encoder (:func:`~simlearn.checkpoints.restore` without a loss, so any data with images will do)."""
+    checkpoint's inference model (:func:`~simlearn.checkpoints.restore` without a loss, so any data with images will
+    do), on the CPU."""
     restored = restore(cfg, with_loss=False)
-    return restored.datamodule, restored.encoder
+    return restored.datamodule, restored.inference
 
 
 def embed_dataset(cfg: DictConfig) -> dict[str, Path]:
@@ -161,12 +162,13 @@ def embed_dataset(cfg: DictConfig) -> dict[str, Path]:
     if isinstance(splits, str):
         splits = [splits]
     device = pick_device(cfg.get("device"))
-    datamodule, loaded = rebuild(cfg)
-    results = embed_splits(loaded.encoder, datamodule, splits, device, cfg.get("batch_size"))
+    datamodule, model = rebuild(cfg)
+    model.to(device)
+    results = embed_splits(model.encoder, datamodule, splits, model.device, cfg.get("batch_size"))
     out_dir = Path(cfg.get("out_dir") or cfg.paths.output_dir)
     per_split = {split: split_arrays(result, datamodule, split) for split, result in results.items()}
-    # the file the weights came from (a model folder's model.safetensors), as simlearn-search's load_encoder names it
-    ckpt_path = loaded.path
+    # the file the weights came from (a model folder's model.safetensors), as simlearn-search's model.path names it
+    ckpt_path = model.path
     paths = {split: write_npz(out_dir / f"{split}.npz", arrays, ckpt_path) for split, arrays in per_split.items()}
     if parquet is True or (parquet == "auto" and parquet_available()):
         paths["parquet"] = write_parquet(out_dir / "embeddings.parquet", per_split, ckpt_path)

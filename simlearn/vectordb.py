@@ -1,15 +1,15 @@
 """Embeddings in a vector database: LanceDB, embedded (in-process, no server), one folder on disk.
 
 ``simlearn-embed db=PATH`` writes every embedded item as a row of a LanceDB table (:func:`write_embeddings`): ``id``
-(the row, 0 … N-1), ``split``, ``index`` (the item's index in its split), ``label`` and ``label_name`` (when the data
-has labels), ``path`` (when items are files), one column per label field, and ``vector``: the unit-length float32
-embedding. The table's schema metadata records the checkpoint, the embedding size, the class names and the label
-field. ``simlearn-search gallery=PATH`` (and ``simlearn-serve``) read it back as a gallery (:func:`read_table`) and
-search it through :func:`candidates`: a :class:`~simlearn.evaluation.neighbours.GalleryIndex` whose candidates come
-from LanceDB, ordered by simlearn's one neighbour search (float64 cosines, ties to the lower row). Through a full scan
-(``exact``) the result is exactly simlearn's exact search; through an approximate vector index (IVF_PQ, IVF_HNSW_SQ,
-…, :func:`create_index`) LanceDB's candidates are re-scored and ordered the same way, and nearer items the index did
-not visit can be missing.
+(the row, 0 … N-1), ``split``, ``index`` (the item's index in its split), ``label`` and ``class_name`` (when the data
+has labels; named as in ``embeddings.parquet``), ``path`` (when items are files), one column per label field, and
+``vector``: the unit-length float32 embedding. The table's schema metadata records the checkpoint, the embedding size,
+the class names and the label field. ``simlearn-search gallery=PATH`` (and ``simlearn-serve``) read it back as a gallery
+(:func:`read_table`) and search it through :func:`candidates`: a candidate source (:class:`LanceCandidates`)
+whose candidates come from LanceDB, ordered by simlearn's one neighbour search (float64 cosines, ties to the lower row).
+Through a full scan (``exact``) the result is exactly simlearn's exact search; through an approximate vector index
+(IVF_PQ, IVF_HNSW_SQ, …, :func:`create_index`) LanceDB's candidates are re-scored and ordered the same way, and nearer
+items the index did not visit can be missing.
 
 Why LanceDB: it runs in the process (no server to start, nothing to configure), stores the table as columnar Arrow
 (Lance) files with any metadata columns next to the vectors (filters, paths, labels, label fields in one place), has
@@ -29,8 +29,8 @@ from typing import Any
 import numpy as np
 
 from simlearn.errors import UserError
-from simlearn.evaluation.neighbours import GalleryIndex
 from simlearn.evaluation.vectors import row_norms, unit_rows
+from simlearn.fields import NOT_LABEL_FIELDS
 
 # LanceDB's Rust core logs normal events (e.g. "No existing dataset … will be created") as WARN lines on stderr;
 # read when lancedb is first imported, so set before that (a user's own LANCEDB_LOG wins)
@@ -54,9 +54,7 @@ __all__ = [
 #: the table simlearn-embed writes unless told otherwise
 TABLE = "embeddings"
 #: columns of every table simlearn writes; label fields whose names clash get a ``field_`` prefix
-RESERVED = ("id", "split", "index", "label", "label_name", "path", "vector")
-#: the arrays of a split (simlearn.embed.split_arrays) that are not label fields
-_NOT_FIELDS = {"embeddings", "index", "labels", "class_names", "label_field", "split", "paths"}
+RESERVED = ("id", "split", "index", "label", "class_name", "path", "vector")
 #: schema metadata keys (bytes, as Arrow stores them)
 _META = "simlearn"
 #: LanceDB's vector index types (its ``index_type`` names) → its index config classes
@@ -195,7 +193,7 @@ def write_embeddings(
         raise UserError(f"db_table={table!r} is not a table name; use letters, digits, '_' or '-'.")
     first = next(iter(per_split.values()))
     class_names = [str(name) for name in first.get("class_names", np.array([], dtype=str)).tolist()]
-    fields = [name for name in first if name not in _NOT_FIELDS]
+    fields = [name for name in first if name not in NOT_LABEL_FIELDS]
     columns = _field_columns(fields)
     dims = {split: arrays["embeddings"].shape[1] for split, arrays in per_split.items()}
     if len(set(dims.values())) > 1:
@@ -212,7 +210,7 @@ def write_embeddings(
         if "labels" in arrays:
             labels = np.asarray(arrays["labels"]).astype(np.int64)
             data["label"] = pa.array(labels)
-            data["label_name"] = pa.array(
+            data["class_name"] = pa.array(
                 [class_names[i] if 0 <= i < len(class_names) else str(i) for i in labels.tolist()], type=pa.string()
             )
         if "paths" in arrays:
@@ -286,7 +284,8 @@ class TableContents:
     splits: list[str]
     indices: np.ndarray
     labels: np.ndarray | None
-    label_names: list[str] | None
+    #: each row's class name (column ``class_name``), None without labels
+    row_class_names: list[str] | None
     paths: list[str] | None
     #: label field → its values (N,) or (N, m), under the field's own name
     fields: dict[str, np.ndarray]
@@ -366,7 +365,7 @@ def read_table(spec: str | Path, table: str | None = None) -> TableContents:
         splits=[str(s) for s in data.column("split").to_pylist()],
         indices=data.column("index").to_numpy(),
         labels=data.column("label").to_numpy() if "label" in has else None,
-        label_names=[str(s) for s in data.column("label_name").to_pylist()] if "label_name" in has else None,
+        row_class_names=[str(s) for s in data.column("class_name").to_pylist()] if "class_name" in has else None,
         paths=[str(p) for p in data.column("path").to_pylist()] if "path" in has else None,
         fields=fields,
         class_names=json.loads(metadata.get("simlearn.class_names", "[]")),
@@ -402,23 +401,45 @@ def _vector_indexes(handle: Any) -> list[str]:
 
 
 class LanceCandidates:
-    """A LanceDB table as a candidate source of :mod:`simlearn.evaluation.neighbours` (faiss's interface, see
-    :class:`~simlearn.evaluation.neighbours.GalleryIndex`): ``search(queries, k)`` returns each query's k best rows
-    by LanceDB's dot product, through a full scan (``exhaustive``) or through the table's vector index (``nprobes``
-    partitions searched, ``refine_factor`` × k of them re-ranked by LanceDB on the full vectors)."""
+    """A LanceDB table as a candidate source (:class:`~simlearn.retrieval.candidates.CandidateSource`):
+    ``search(queries, k)`` returns each query's k best rows by LanceDB's dot product, through a full scan (exact) or
+    through the table's vector index (``nprobes`` partitions searched, ``refine_factor`` × k of them re-ranked by
+    LanceDB on the full vectors; approximate). ``where`` names the table, ``index_name`` its vector index."""
+
+    library = "LanceDB"
+    #: LanceDB's scores (1 − its float32 dot distance) may be this much further from the float64 cosines
+    score_slack = _SCORE_SLACK
 
     def __init__(
-        self, table: Any, ntotal: int, d: int, exhaustive: bool, nprobes: int = 20, refine_factor: int | None = 4
+        self,
+        table: Any,
+        size: int,
+        dim: int,
+        exact: bool,
+        where: str,
+        index_name: str = "",
+        nprobes: int = 20,
+        refine_factor: int | None = 4,
     ) -> None:
-        self.table, self.ntotal, self.d = table, int(ntotal), int(d)
-        self.exhaustive, self.nprobes, self.refine_factor = exhaustive, nprobes, refine_factor
+        self.table, self.size, self.dim, self.exact = table, int(size), int(dim), bool(exact)
+        self.where, self.index_name = where, index_name
+        self.nprobes, self.refine_factor = nprobes, refine_factor
+
+    def describe(self) -> str:
+        if self.exact:
+            return f"exact (LanceDB full-scan index, {self.where}; re-scored in float64)"
+        return (
+            f"APPROXIMATE (LanceDB {self.index_name} index, {self.where}, nprobes={self.nprobes}, refine_factor="
+            f"{self.refine_factor}: its candidates re-scored in float64, but nearer items it did not visit can be "
+            f"missing; db_search=exact is exact)"
+        )
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """``(scores, rows)``, (len(queries), k): float64 ``1 - distance`` (LanceDB's dot distance is 1 - x·y),
         descending, and the int64 rows (ids); -inf and -1 where LanceDB returned fewer than k."""
         queries = np.ascontiguousarray(queries, dtype=np.float32)
         builder = self.table.search(list(queries), vector_column_name="vector").distance_type("dot").limit(int(k))
-        if self.exhaustive:
+        if self.exact:
             builder = builder.bypass_vector_index()
         else:
             builder = builder.nprobes(int(self.nprobes))
@@ -451,8 +472,8 @@ SEARCH_MODES = ("auto", "exact", "index", "memory")
 
 def candidates(
     contents: TableContents, mode: str = "auto", nprobes: int = 20, refine_factor: int | None = 4
-) -> GalleryIndex | None:
-    """How to search a table read by :func:`read_table`: a :class:`GalleryIndex` over LanceDB (``exact``: a full
+) -> LanceCandidates | None:
+    """How to search a table read by :func:`read_table`: a candidate source over LanceDB (``exact``: a full
     scan, exactly simlearn's exact search; ``index``: its vector index, approximate; ``auto``: the index when the
     table has one, else the full scan), or None for ``memory`` (simlearn's own exact search of the embeddings, no
     LanceDB query at all)."""
@@ -471,13 +492,13 @@ def candidates(
         log.warning("the vectors of %s are not unit length: searched in memory, not through LanceDB", contents.name)
         return None
     approximate = mode == "index" or (mode == "auto" and bool(contents.indexed))
-    source = LanceCandidates(
-        contents.table, len(contents.embeddings), contents.embeddings.shape[1], not approximate, nprobes, refine_factor
+    return LanceCandidates(
+        contents.table,
+        size=len(contents.embeddings),
+        dim=contents.embeddings.shape[1],
+        exact=not approximate,
+        where=f"table {contents.name!r} of {contents.database}",
+        index_name="+".join(contents.indexed) if approximate else "",
+        nprobes=nprobes,
+        refine_factor=refine_factor,
     )
-    where = f"table {contents.name!r} of {contents.database}"
-    if approximate:
-        how = f"{where}, nprobes={nprobes}, refine_factor={refine_factor}"
-        return GalleryIndex(
-            source, "+".join(contents.indexed), how, "LanceDB", False, _SCORE_SLACK, "db_search=exact is exact"
-        )
-    return GalleryIndex(source, "full-scan", where, "LanceDB", True, _SCORE_SLACK)

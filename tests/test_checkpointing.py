@@ -50,8 +50,8 @@ def test_atomic_save_replaces_whole_files_and_survives_a_failed_write(tmp_path, 
 def test_encoder_weights_that_do_not_fit_their_config_name_the_keys(trained_run, tmp_path):
     """A checkpoint whose encoder weights were changed after training: one line naming the first mis-shaped and
     missing keys and what the weights hold, not torch's many-line "Error(s) in loading state_dict"."""
-    from simlearn.checkpoints import load_encoder
     from simlearn.errors import UserError
+    from simlearn.inference import load_model
 
     checkpoint = torch.load(next((trained_run / "checkpoints").glob("best-*.ckpt")), weights_only=False)
     state = checkpoint["state_dict"]
@@ -61,7 +61,7 @@ def test_encoder_weights_that_do_not_fit_their_config_name_the_keys(trained_run,
     del state[dropped]
     torch.save(checkpoint, tmp_path / "changed.ckpt")
     with pytest.raises(UserError) as error:
-        load_encoder(tmp_path / "changed.ckpt")
+        load_model(tmp_path / "changed.ckpt")
     message = str(error.value)
     assert "\n" not in message and "its encoder weights do not fit Encoder: 1 of its" in message
     assert dropped.removeprefix("encoder.") in message

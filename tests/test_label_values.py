@@ -6,24 +6,14 @@ import numpy as np
 import pytest
 import torch
 
-from simlearn.data import DigitsDataModule
 from simlearn.data.splits import cap_query_gallery
 from simlearn.embed import embed_splits, split_arrays, write_parquet
 from simlearn.errors import UserError
 
-from .test_class_split import QueryGalleryModule
-
-DIGITS = dict(label_field="digit", image_size=8, channels=1, num_classes=None, seed=0, val_fraction=0.2,
-              test_fraction=0.25)  # fmt: skip
+from .test_class_split import QueryGalleryModule, digits
 
 
-def digits(**overrides) -> DigitsDataModule:
-    datamodule = DigitsDataModule(**{**DIGITS, **overrides})
-    datamodule.setup()
-    return datamodule
-
-
-def written(datamodule: DigitsDataModule) -> dict[str, dict[str, np.ndarray]]:
+def written(datamodule) -> dict[str, dict[str, np.ndarray]]:
     """What simlearn-embed writes for each split (its npz arrays; parquet and LanceDB rows are made from them)."""
     torch.manual_seed(0)
     encoder = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 4))

@@ -18,11 +18,12 @@ from safetensors.torch import load_file
 from sklearn.datasets import load_digits
 
 import simlearn
-from simlearn.checkpoints import load_encoder
 from simlearn.config import compose_config
 from simlearn.errors import UserError
 from simlearn.export import export
-from simlearn.model_folder import CARD, CONFIG, PREPROCESSING, WEIGHTS, push_to_hub
+from simlearn.export.hub import push_to_hub
+from simlearn.inference import load_model
+from simlearn.model_folder import CARD, CONFIG, PREPROCESSING, WEIGHTS
 
 
 def export_cfg(ckpt, out, run_dir, *overrides):
@@ -46,7 +47,7 @@ def exported(trained_run, tmp_path_factory):
 
 
 def test_export_load_round_trip_gives_the_checkpoints_embeddings(exported):
-    loaded = load_encoder(exported["ckpt"])
+    loaded = load_model(exported["ckpt"])
     model = simlearn.load(exported["folder"])
     assert model.embedding_dim == 64 and model.preprocessing == loaded.preprocessing
     pngs = exported["pngs"]
@@ -78,7 +79,7 @@ def test_export_load_round_trip_gives_the_checkpoints_embeddings(exported):
 
 
 def test_the_folder_holds_weights_config_and_preprocessing(exported):
-    folder, loaded = exported["folder"], load_encoder(exported["ckpt"])
+    folder, loaded = exported["folder"], load_model(exported["ckpt"])
     assert sorted(p.name for p in folder.iterdir()) == sorted([CARD, CONFIG, PREPROCESSING, WEIGHTS])
     weights = load_file(str(folder / WEIGHTS))
     state = loaded.encoder.state_dict()
@@ -163,12 +164,12 @@ def test_the_card_says_when_the_backbone_started_from_random_weights(exported):
     """A reader assumes a shared image model was pretrained: a card of random initial weights says so (small_cnn has
     no pretrained weights at all; timm/torchvision with backbone.pretrained=false neither), a pretrained one names
     its weights."""
-    from simlearn.model_folder import RunInfo, model_card
+    from simlearn.export.card import RunInfo, model_card
 
     card = (exported["folder"] / CARD).read_text()
     assert "- initial weights: **random**, not pretrained (`SmallCNN` has none)" in card
     assert "started from random weights, not from a pretrained image model" in card
-    loaded = load_encoder(exported["ckpt"])
+    loaded = load_model(exported["ckpt"])
     info = RunInfo(None, {}, None, {})
     timm_backbone = {"_target_": "simlearn.models.backbones.TimmBackbone", "name": "resnet50.a1_in1k"}
     cases = [
@@ -225,7 +226,7 @@ def test_search_embed_and_serve_take_a_model_folder_as_they_take_its_checkpoint(
         overrides = [f"ckpt_path={model}", "device=cpu", "cache=false", "grid=null", "results=null"]
         cfg = compose_config([*overrides, f"query={exported['pngs'][0]}", f"gallery={gallery}", "k=3"], "search",
                              tmp_path / kind / "search")  # fmt: skip
-        found[kind, "search"] = [(r["path"], round(r["cos"], 5)) for r in search(cfg)[0]["results"]]
+        found[kind, "search"] = [(r["path"], round(r["cosine"], 5)) for r in search(cfg)[0]["results"]]
         cfg = compose_config([f"ckpt_path={model}", "device=cpu", "parquet=false", "data=image_folder",
                               f"data.root={gallery}", "data.channels=1", "data.num_workers=0"], "embed",
                              tmp_path / kind / "embed")  # fmt: skip
@@ -242,7 +243,7 @@ def test_search_embed_and_serve_take_a_model_folder_as_they_take_its_checkpoint(
     assert found["folder", "serve"] == found["ckpt", "serve"] and len(found["ckpt", "serve"]) == 3
     # the embeddings record the weights file they came from, which simlearn-search then recognises
     assert str(npz[0]["ckpt_path"]) == str((exported["folder"] / WEIGHTS).resolve())
-    assert load_encoder(exported["folder"] / CONFIG).path == exported["folder"] / WEIGHTS  # a file of it names it
+    assert load_model(exported["folder"] / CONFIG).path == exported["folder"] / WEIGHTS  # a file of it names it
 
 
 def test_a_model_folder_without_data_or_a_path_that_is_neither_is_one_line(exported, tmp_path, capfd):

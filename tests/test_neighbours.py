@@ -14,6 +14,8 @@ import torch
 
 from simlearn.errors import UserError
 from simlearn.evaluation import knn_accuracy, neighbours, retrieval_metrics
+from simlearn.retrieval import CandidateSource, FaissIndex, gallery_index
+from simlearn.vectordb import LanceCandidates
 
 BACKENDS = [
     "torch",
@@ -235,7 +237,7 @@ def test_score_error_bound_holds():
             if kind != "scaled":
                 x /= np.linalg.norm(x, axis=1, keepdims=True)
             if kind == "edge of the tolerance":
-                x *= np.float32(1 + 0.7 * neighbours._UNIT_TOLERANCE)
+                x *= np.float32(1 + 0.7 * neighbours.UNIT_TOLERANCE)
             data = neighbours.search_data(x, None)
             assert (data.queries.data_ptr() == torch.from_numpy(x).data_ptr()) == (kind != "scaled")
             s32 = (data.queries @ data.gallery.T).numpy().astype(np.float64)
@@ -351,19 +353,19 @@ def test_saved_flat_index_is_built_once_reused_rebuilt_when_stale_and_exact(tmp_
     x, _ = tie_data(3, False)
     q, g = x[:300], x[300:]
     path = tmp_path / "gallery.faiss"
-    built = neighbours.gallery_index(g, path)
+    built = gallery_index(g, path)
     assert built.how == f"built and saved {path}" and built.exact and path.is_file()
-    reused = neighbours.gallery_index(g, path)
+    reused = gallery_index(g, path)
     assert reused.how == f"reused {path}"
     order, cos = reference_order(q, g, False)
     similarities, indices = neighbours.top_k(q, g, 10, index=reused)
     np.testing.assert_array_equal(indices, order[:, :10])
     np.testing.assert_allclose(similarities, np.take_along_axis(cos, indices, axis=1), rtol=0, atol=1e-15)
     assert "exact" in reused.describe() and "APPROXIMATE" not in reused.describe()
-    assert neighbours.gallery_index(g[::-1], path).how.startswith("built and saved")  # other embeddings: rebuilt
-    assert neighbours.gallery_index(g, None).how == "built in memory"
+    assert gallery_index(g[::-1], path).how.startswith("built and saved")  # other embeddings: rebuilt
+    assert gallery_index(g, None).how == "built in memory"
     with pytest.raises(UserError, match="not a faiss index_factory string"):
-        neighbours.gallery_index(g, None, "NoSuchIndex")
+        gallery_index(g, None, "NoSuchIndex")
     with pytest.raises(UserError, match="build the index from this gallery"):
         neighbours.top_k(q, g[:100], 3, index=reused)
 
@@ -372,7 +374,7 @@ def test_an_approximate_index_says_so_and_orders_its_candidates_by_the_rule():
     pytest.importorskip("faiss")
     x, _ = tie_data(3, False)
     q, g = x[:300], x[300:]
-    index = neighbours.gallery_index(g, None, "HNSW32")
+    index = gallery_index(g, None, "HNSW32")
     assert not index.exact and "APPROXIMATE" in index.describe()
     similarities, indices = neighbours.top_k(q, g, 10, index=index)
     cos = float64_cosines(q, g)
@@ -381,3 +383,39 @@ def test_an_approximate_index_says_so_and_orders_its_candidates_by_the_rule():
         assert list(zip(-row_cos, row_index, strict=True)) == sorted(zip(-row_cos, row_index, strict=True))
     order, _ = reference_order(q, g, False)
     assert (indices[:, 0] == order[:, 0]).mean() > 0.9  # approximate, but mostly right on this small gallery
+
+
+class _BruteForce:
+    """A new candidate source is one class: here a numpy brute force over the unit rows, exhaustive."""
+
+    library = "numpy"
+    exact = True
+    score_slack = 0.0
+
+    def __init__(self, gallery: np.ndarray) -> None:
+        self.unit = (gallery / np.linalg.norm(gallery, axis=1, keepdims=True)).astype(np.float32)
+        self.size, self.dim = self.unit.shape
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        scores = queries @ self.unit.T
+        rows = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+        return np.take_along_axis(scores, rows, axis=1), rows.astype(np.int64)
+
+    def describe(self) -> str:
+        return "exact (numpy brute force)"
+
+
+def test_any_class_with_the_candidate_source_interface_plugs_into_the_exact_search():
+    x, _ = tie_data(3, False)
+    q, g = x[:200], x[200:]
+    source = _BruteForce(g)
+    assert isinstance(source, CandidateSource)
+    # the two sources simlearn ships have the interface too (instances: a protocol with attributes is checked so)
+    assert isinstance(gallery_index(g, None), FaissIndex) and isinstance(gallery_index(g, None), CandidateSource)
+    assert isinstance(LanceCandidates(None, 3, 2, True, "a table"), CandidateSource)
+    order, cos = reference_order(q, g, False)
+    similarities, indices = neighbours.top_k(q, g, 10, index=source)
+    np.testing.assert_array_equal(indices, order[:, :10])  # ties and near-ties ordered by the exact rule
+    np.testing.assert_allclose(similarities, np.take_along_axis(cos, indices, axis=1), rtol=0, atol=1e-15)
+    with pytest.raises(UserError, match=r"the numpy index holds \d+ vectors of dim 3, but the gallery has 100"):
+        neighbours.top_k(q, g[:100], 3, index=source)

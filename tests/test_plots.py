@@ -167,7 +167,15 @@ def test_similarity_captions_tell_near_duplicates_apart():
 def test_search_png_tells_its_results_apart(tmp_path):
     cosines = [0.99991, 0.99972, 0.99951, 0.99923, 0.99904]
     items = [
-        {"rank": r, "name": f"g{r}", "path": None, "label": "3", "cos": c, "angle_deg": angle_deg(c), "hit": True}
+        {
+            "rank": r,
+            "name": f"g{r}",
+            "path": None,
+            "label": "3",
+            "cosine": c,
+            "angle_deg": angle_deg(c),
+            "same_label": True,
+        }
         for r, c in enumerate(cosines, start=1)
     ]
     results = [{"query": str(tmp_path / "query.png"), "label": "3", "results": items}]

@@ -137,29 +137,20 @@ def test_build_datamodule_refuses_a_null_image_size(photos_config):
     assert build_datamodule(photos_config.data).num_train_classes == 3
 
 
-def test_build_loss_refuses_a_null_num_classes():
-    cfg = compose_config([])  # softmax: num_classes ${data.num_classes}, null until the training split is known
+@pytest.mark.parametrize(
+    "overrides, named",
+    [
+        # softmax: num_classes ${data.num_classes}, null until the training split is known
+        ([], ["loss.loss.num_classes", "data.num_classes", "simlearn.build.build_model"]),
+        (["head=identity", "data.num_classes=10"], ["loss.loss.embedding_size", "head.out_dim", "build_model"]),
+        (["data.num_classes=10", "loss.loss.num_classes=null"], ["loss.loss.num_classes=N"]),  # null in the config
+    ],
+)
+def test_build_loss_refuses_an_unfilled_size_naming_the_key_and_its_filler(overrides, named):
     with pytest.raises(UserError) as error:
-        build_loss(cfg)
+        build_loss(compose_config(overrides))
     message = one_line(error)
-    assert "loss.loss.num_classes" in message and "data.num_classes" in message
-    assert "simlearn.build.build_model" in message
-
-
-def test_build_loss_refuses_the_identity_heads_null_embedding_size():
-    cfg = compose_config(["head=identity", "data.num_classes=10"])
-    with pytest.raises(UserError) as error:
-        build_loss(cfg)
-    message = one_line(error)
-    assert "loss.loss.embedding_size" in message and "head.out_dim" in message
-    assert "simlearn.build.build_model" in message
-
-
-def test_build_loss_refuses_a_size_set_to_null():
-    cfg = compose_config(["data.num_classes=10", "loss.loss.num_classes=null"])
-    with pytest.raises(UserError) as error:
-        build_loss(cfg)
-    assert "loss.loss.num_classes=N" in one_line(error)
+    assert all(name in message for name in named), message
 
 
 def test_build_run_fills_every_placeholder(photos_config, tmp_path):

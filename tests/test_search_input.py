@@ -16,12 +16,13 @@ from PIL import Image
 from sklearn.datasets import load_digits
 
 from simlearn.build import check_config
-from simlearn.checkpoints import load_encoder
 from simlearn.config import compose_config
 from simlearn.embed import embed_dataset
 from simlearn.errors import UserError
 from simlearn.evaluation import retrieval_metrics
-from simlearn.search import gallery_from_npz, run_search, search
+from simlearn.inference import load_model
+from simlearn.retrieval import gallery_from_npz, run_search
+from simlearn.search import search
 from simlearn.train import train
 
 from .helpers import run_cli, run_main
@@ -120,7 +121,7 @@ def test_npz_arrays_of_another_length_name_both_lengths_and_the_fix(trained, tmp
     bad = make(arrays)
     npz = altered_npz(trained, tmp_path / "bad.npz", **{name: bad})
     with pytest.raises(UserError) as caught:
-        gallery_from_npz(npz, load_encoder(trained["ckpt"]))
+        gallery_from_npz(npz, load_model(trained["ckpt"]))
     message = str(caught.value)
     assert f"'{name}' has {len(bad)}" in message and f"'embeddings' has {len(arrays['embeddings'])}" in message
     assert f"simlearn-embed ckpt_path={trained['ckpt']}" in message
@@ -131,7 +132,7 @@ def test_npz_labels_that_are_not_one_per_item_are_refused(trained, tmp_path):
     labels = np.load(trained["npz"])["labels"]
     npz = altered_npz(trained, tmp_path / "bad.npz", labels=np.stack([labels, labels], axis=1))
     with pytest.raises(UserError, match=r"'labels' must be 1-D .* shape \(450, 2\)"):
-        gallery_from_npz(npz, load_encoder(trained["ckpt"]))
+        gallery_from_npz(npz, load_model(trained["ckpt"]))
 
 
 def test_npz_without_rows_is_refused(trained, tmp_path):
@@ -139,7 +140,7 @@ def test_npz_without_rows_is_refused(trained, tmp_path):
         trained, tmp_path / "empty.npz", embeddings=np.zeros((0, 64), np.float32), labels=None, index=None
     )
     with pytest.raises(UserError, match="holds no embeddings"):
-        gallery_from_npz(npz, load_encoder(trained["ckpt"]))
+        gallery_from_npz(npz, load_model(trained["ckpt"]))
 
 
 # -- non-finite embeddings ----------------------------------------------------------------------------------------
@@ -150,7 +151,7 @@ def test_npz_with_nan_embeddings_is_refused_naming_the_rows(trained, tmp_path):
     embeddings[5, 0] = np.inf
     npz = altered_npz(trained, tmp_path / "nan.npz", embeddings=embeddings)
     with pytest.raises(UserError) as caught:
-        gallery_from_npz(npz, load_encoder(trained["ckpt"]))
+        gallery_from_npz(npz, load_model(trained["ckpt"]))
     message = str(caught.value)
     assert "7 of its 450 embedding rows are not finite" in message
     assert "rows 3, 5, 17, 200, 201, …" in message and "simlearn-embed" in message
@@ -176,7 +177,7 @@ def test_non_finite_query_embeddings_are_refused_and_never_printed(trained, tmp_
     assert f"ckpt_path={broken}" in message
     assert "nan" not in capsys.readouterr().out.lower()
 
-    gallery = gallery_from_npz(trained["npz"], load_encoder(trained["ckpt"]))
+    gallery = gallery_from_npz(trained["npz"], load_model(trained["ckpt"]))
     queries = gallery.embeddings[:4].copy()
     queries[2, 1] = np.nan
     with pytest.raises(UserError, match=r"1 of the 4 query embeddings are not finite \(rows 2\)"):
@@ -186,7 +187,7 @@ def test_non_finite_query_embeddings_are_refused_and_never_printed(trained, tmp_
 def test_a_sound_npz_still_searches(trained, tmp_path):
     results = search(search_config(trained, tmp_path, "k=3"))
     assert len(results) == 3 and all(len(r["results"]) == 3 for r in results)
-    assert all(np.isfinite(item["cos"]) for r in results for item in r["results"])
+    assert all(np.isfinite(item["cosine"]) for r in results for item in r["results"])
 
 
 # -- exact results ------------------------------------------------------------------------------------------------
@@ -202,7 +203,7 @@ def test_search_equals_a_float64_brute_force_ties_to_the_lower_index(trained, tm
         labels=np.concatenate([arrays["labels"], arrays["labels"][again]]),
         index=np.concatenate([arrays["index"], arrays["index"][again]]),
     )
-    gallery = gallery_from_npz(npz, load_encoder(trained["ckpt"]))
+    gallery = gallery_from_npz(npz, load_model(trained["ckpt"]))
     queries = gallery.embeddings[[0, 9, 17, 200, 449]] + np.float32(0.01)
     order, cos = reference_order(queries, gallery.embeddings, self_search=False)
     for threshold in (None, 1):  # searched exactly; through the saved faiss Flat index

@@ -24,12 +24,14 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-import simlearn.search as search_module
+import simlearn.retrieval.gallery as gallery_module
 import simlearn.serve.split_gallery as split_module
 from simlearn.config import compose_config
 from simlearn.embed import embed_dataset
 from simlearn.errors import UserError
-from simlearn.search import Gallery, gallery_from_folder, load_queries, run_search
+from simlearn.inference import InferenceModel
+from simlearn.retrieval import Gallery, gallery_from_folder, run_search
+from simlearn.search import load_queries
 from simlearn.serve import SearchService, ServiceLimits, create_app, open_service
 from simlearn.serve.app import DOCS_ASSETS
 from simlearn.serve.server import bind, check_address, is_loopback, make_server, run_server, serve
@@ -207,13 +209,13 @@ def test_search_by_upload_is_the_exact_search(client, service, queries_dir):
     """An uploaded image gets the top k of simlearn-search's own search (load_queries + run_search), with angles."""
     query = sorted(queries_dir.rglob("*.png"))[3]
     answer = client.post("/search", **upload(query, k="7")).json()
-    queries = load_queries(query, service.loaded, service.gallery.classes)
+    queries = load_queries(query, service.model, service.gallery.classes)
     cos, idx, _ = run_search(queries.embeddings, service.gallery, 7)
     assert [r["id"] for r in answer["results"]] == idx[0].tolist()
     assert [r["rank"] for r in answer["results"]] == list(range(1, 8))
     np.testing.assert_allclose([r["cosine"] for r in answer["results"]], cos[0], atol=1e-6)
     np.testing.assert_allclose(
-        [r["angle"] for r in answer["results"]], np.degrees(np.arccos(np.clip(cos[0], -1, 1))), atol=1e-3
+        [r["angle_deg"] for r in answer["results"]], np.degrees(np.arccos(np.clip(cos[0], -1, 1))), atol=1e-3
     )
     first = answer["results"][0]
     assert first["label"] == service.gallery.labels[first["id"]]
@@ -407,7 +409,7 @@ def test_a_split_gallery_is_embedded_once_per_checkpoint_split_and_data(
 
 def test_a_split_of_files_is_keyed_by_its_files_as_the_folder_cache(gallery_dir):
     """For data read from files, the split's key holds each file's name, size and modification time (the folder
-    cache's simlearn.search.file_stats): a file rewritten changes it, the same files give the same key."""
+    cache's simlearn.retrieval.cache.file_stats): a file rewritten changes it, the same files give the same key."""
     from types import SimpleNamespace
 
     import torch
@@ -529,9 +531,7 @@ def test_bad_item_requests_and_the_service_keeps_serving(client, service):
     one_line_error(client.get("/no/such/route"), 404)
     one_line_error(client.delete("/items/3"), 405)
     # k=N-1 is the most a gallery item can have (itself left out) when the gallery is smaller than max_k
-    small = TestClient(
-        create_app(SearchService(service.loaded, service.gallery, service.device, ServiceLimits(max_k=500)))
-    )
+    small = TestClient(create_app(SearchService(service.model, service.gallery, ServiceLimits(max_k=500))))
     assert len(small.get("/items/3/neighbours", params={"k": n - 1}).json()["results"]) == n - 1
     one_line_error(small.get("/items/3/neighbours", params={"k": n}), 400)
     one_line_error(small.post("/search", json={"id": 3, "k": n}), 400)
@@ -542,7 +542,7 @@ def test_bad_item_requests_and_the_service_keeps_serving(client, service):
 
 def test_oversized_uploads_are_refused_before_and_while_reading(service, queries_dir):
     limits = ServiceLimits(max_upload_mb=0.05)  # 52 KB
-    small = TestClient(create_app(SearchService(service.loaded, service.gallery, service.device, limits)))
+    small = TestClient(create_app(SearchService(service.model, service.gallery, limits)))
     big = b"\x89PNG" + os.urandom(200_000)
     assert "max_upload_mb" in one_line_error(small.post("/search", files={"image": ("big.png", big, "image/png")}), 413)
 
@@ -554,9 +554,7 @@ def test_oversized_uploads_are_refused_before_and_while_reading(service, queries
     one_line_error(response, 413)
     # a small file of many pixels is refused before it is decoded
     few_pixels = TestClient(
-        create_app(
-            SearchService(service.loaded, service.gallery, service.device, ServiceLimits(max_image_megapixels=0.001))
-        )
+        create_app(SearchService(service.model, service.gallery, ServiceLimits(max_image_megapixels=0.001)))
     )
     query = sorted(queries_dir.rglob("*.png"))[0]
     large = _png(Image.new("L", (64, 64)))
@@ -605,9 +603,7 @@ def test_messages_name_what_the_client_sent(client, service):
     ):
         detail = one_line_error(client.post("/search", json=body), 400)
         assert expected in detail and "True" not in detail, detail
-    small = TestClient(
-        create_app(SearchService(service.loaded, service.gallery, service.device, ServiceLimits(max_upload_mb=0.01)))
-    )
+    small = TestClient(create_app(SearchService(service.model, service.gallery, ServiceLimits(max_upload_mb=0.01))))
     detail = one_line_error(small.post("/search", json={"id": 3, "pad": "x" * 100_000}), 413)
     assert "image" not in detail and '{"id": 3' in detail, detail
     detail = one_line_error(small.post("/search", files={"image": ("a.png", b"x" * 100_000, "image/png")}), 413)
@@ -621,9 +617,7 @@ def test_messages_name_what_the_client_sent(client, service):
 def test_a_full_decode_queue_is_answered_503(service, queries_dir):
     """max_decodes + max_waiting_uploads uploads in progress: one more is 503 with one line and Retry-After; id
     searches are not queued; once a place is free, uploads are searched again."""
-    busy = SearchService(
-        service.loaded, service.gallery, service.device, ServiceLimits(max_decodes=1, max_waiting_uploads=1)
-    )
+    busy = SearchService(service.model, service.gallery, ServiceLimits(max_decodes=1, max_waiting_uploads=1))
     client = TestClient(create_app(busy))
     query = sorted(queries_dir.rglob("*.png"))[0]
     with busy.upload_slot(), busy.upload_slot():  # as two uploads being decoded or waiting
@@ -667,7 +661,7 @@ def test_large_images_are_resized_while_decoded(queries_dir):
 def test_a_gallery_without_images_has_no_item_images(service, tmp_path):
     npz = tmp_path / "gallery.npz"
     np.savez(npz, embeddings=service.gallery.embeddings, labels=np.array(service.gallery.labels))
-    cfg = serve_config(service.loaded.path, npz, tmp_path / "cache")
+    cfg = serve_config(service.model.path, npz, tmp_path / "cache")
     client = TestClient(create_app(open_service(cfg)))
     assert client.get("/info").json()["gallery"]["has_images"] is False
     assert "no image" in one_line_error(client.get("/items/3"), 404)
@@ -689,8 +683,8 @@ def test_a_lancedb_gallery_is_served_like_the_folder_it_was_made_of(service, cli
         "class_names": np.array(classes),
         "paths": np.array(gallery.paths),
     }
-    vectordb.write_embeddings(tmp_path / "gallery.lancedb", {"test": arrays}, service.loaded.path)
-    cfg = serve_config(service.loaded.path, tmp_path / "gallery.lancedb", tmp_path / "cache", "db_search=exact")
+    vectordb.write_embeddings(tmp_path / "gallery.lancedb", {"test": arrays}, service.model.path)
+    cfg = serve_config(service.model.path, tmp_path / "gallery.lancedb", tmp_path / "cache", "db_search=exact")
     from_db = open_service(cfg)
     assert "LanceDB" in from_db.method and from_db.method.startswith("exact")
     db_client = TestClient(create_app(from_db))
@@ -1055,43 +1049,43 @@ def test_an_interrupted_gallery_embedding_resumes_from_its_saved_parts(
 ):
     """The folder gallery is embedded in parts saved as they are done: a start interrupted after two parts embeds
     only the rest next time, and gives the same gallery as an uninterrupted start; a progress bar is shown."""
-    monkeypatch.setattr(search_module, "CACHE_PART_FILES", 16)
-    cfg = serve_config(service.loaded.path, gallery_dir, tmp_path / "cache", "batch_size=8")
+    monkeypatch.setattr(gallery_module, "CACHE_PART_FILES", 16)
+    cfg = serve_config(service.model.path, gallery_dir, tmp_path / "cache", "batch_size=8")
     embedded_files = []
 
     class Interrupted(Exception):
         pass
 
-    real_embed = search_module.embed_files
+    real_embed = InferenceModel.embed_files
 
-    def interrupted(encoder, paths, *args, **kwargs):
+    def interrupted(model, paths, *args, **kwargs):
         if len(embedded_files) >= 32:  # after two parts of 16 files
             raise Interrupted
         embedded_files.extend(paths)
-        return real_embed(encoder, paths, *args, **kwargs)
+        return real_embed(model, paths, *args, **kwargs)
 
-    monkeypatch.setattr(search_module, "embed_files", interrupted)
+    monkeypatch.setattr(InferenceModel, "embed_files", interrupted)
     with pytest.raises(Interrupted):
-        gallery_from_folder(gallery_dir, service.loaded, cfg)
+        gallery_from_folder(gallery_dir, service.model, cfg)
     parts = list((tmp_path / "cache").glob("*.parts/*.npz"))
     assert len(parts) == 2
     assert "embedding the gallery" in capsys.readouterr().err  # the progress bar (more than one batch)
 
     resumed_files = []
 
-    def counted(encoder, paths, *args, **kwargs):
+    def counted(model, paths, *args, **kwargs):
         resumed_files.extend(paths)
-        return real_embed(encoder, paths, *args, **kwargs)
+        return real_embed(model, paths, *args, **kwargs)
 
-    monkeypatch.setattr(search_module, "embed_files", counted)
-    resumed = gallery_from_folder(gallery_dir, service.loaded, cfg)
+    monkeypatch.setattr(InferenceModel, "embed_files", counted)
+    resumed = gallery_from_folder(gallery_dir, service.model, cfg)
     total = 10 * PER_CLASS + 1  # broken.png too
     assert len(resumed_files) == total - 32 and not set(resumed_files) & set(embedded_files)
     assert resumed.paths == service.gallery.paths and resumed.skipped == 1
     np.testing.assert_allclose(resumed.embeddings, service.gallery.embeddings, atol=1e-6)
     assert not list((tmp_path / "cache").glob("*.parts"))  # the whole cache replaced its parts
     resumed_files.clear()
-    again = gallery_from_folder(gallery_dir, service.loaded, cfg)  # now from the whole cache
+    again = gallery_from_folder(gallery_dir, service.model, cfg)  # now from the whole cache
     assert resumed_files == [] and again.paths == resumed.paths
 
 

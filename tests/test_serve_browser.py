@@ -16,7 +16,7 @@ import httpx
 import numpy as np
 import pytest
 
-from simlearn.search import Gallery
+from simlearn.retrieval import Gallery
 from simlearn.serve import SearchService, ServiceLimits, create_app, open_service
 
 from .test_serve_api import TOKEN, live_server, serve_config, write_digit_gallery
@@ -66,9 +66,8 @@ def page_service(trained_run, tmp_path_factory) -> tuple[SearchService, Path]:
     query = write_digit_gallery(root / "queries", per_class=1, offset=40)[7]  # a 7
     service = open_service(serve_config(trained_run / "checkpoints" / "last.ckpt", None, root / "cache"))
     limited = SearchService(
-        service.loaded,
+        service.model,
         service.gallery,
-        service.device,
         ServiceLimits(k=K),
         images=service.images,
         source=service.source,
@@ -276,9 +275,7 @@ def test_long_names_are_cut_in_the_middle(browser, page_service):
     service, query = page_service
     names = [f"holiday-photos-2026/camera-roll/IMG_{i:05d}.png" for i in range(service.size)]
     gallery = Gallery(service.gallery.embeddings, service.gallery.labels, None, service.gallery.source, None, ids=names)
-    named = SearchService(
-        service.loaded, gallery, service.device, ServiceLimits(k=K), images=service.images, source="long names"
-    )
+    named = SearchService(service.model, gallery, ServiceLimits(k=K), images=service.images, source="long names")
     with live_server(create_app(named)) as url:
         browser.get(url + "/")
         wait_for(browser, lambda d: "gallery items" in d.find_element(By.ID, "about").text, "the gallery info")

@@ -4,7 +4,7 @@ checkpoints evaluate like any other; timings are in scripts/bench_train.py, not 
 import pytest
 import torch
 
-from simlearn.checkpoints import load_encoder
+from simlearn.inference import load_model
 
 from .helpers import run_training
 from .test_training import RECALL_FLOOR
@@ -19,7 +19,7 @@ def test_speed_option_trains_multitask_to_the_float32_floor(tmp_path, option):
 
     state = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
     assert {value.dtype for value in state.values() if value.is_floating_point()} == {torch.float32}
-    encoder = load_encoder(tmp_path / "checkpoints" / "last.ckpt").encoder
+    encoder = load_model(tmp_path / "checkpoints" / "last.ckpt").encoder
     with torch.no_grad():
         embeddings = encoder(torch.rand(3, 1, 8, 8))
     assert embeddings.dtype == torch.float32
@@ -37,6 +37,6 @@ def test_compiled_encoder_trains_and_its_checkpoint_loads_uncompiled(tmp_path):
     assert counters["frames"]["ok"] >= 1, dict(counters["frames"])
     state = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
     assert not any("_orig_mod" in key for key in state)  # compiled in place: the same parameter names
-    encoder = load_encoder(tmp_path / "checkpoints" / "last.ckpt").encoder
+    encoder = load_model(tmp_path / "checkpoints" / "last.ckpt").encoder
     with torch.no_grad():
         assert encoder(torch.rand(2, 1, 8, 8)).shape == (2, 64)

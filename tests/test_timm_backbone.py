@@ -16,10 +16,10 @@ from safetensors.torch import save_file
 from sklearn.datasets import load_digits
 
 from simlearn.build import check_config
-from simlearn.checkpoints import load_encoder
 from simlearn.config import compose_config
 from simlearn.embed import embed_dataset
 from simlearn.errors import UserError
+from simlearn.inference import load_model
 from simlearn.models.backbones import TimmBackbone, hub_reachable
 from simlearn.search import search
 from simlearn.train import train
@@ -185,7 +185,7 @@ def timm_run(tmp_path_factory):
 def test_training_a_timm_backbone_on_digits_then_embed_and_search(timm_run, tmp_path):
     root, metrics, ckpt, gallery = timm_run
     assert metrics["test/recall@1"] > 0.5 and metrics["test/num_queries"] == 450
-    loaded = load_encoder(ckpt)
+    loaded = load_model(ckpt)
     assert loaded.encoder.backbone.out_features == 96
     assert loaded.preprocessing["image_size"] == 8 and loaded.preprocessing["channels"] == 1  # the digits', stored
     test = np.load(gallery)  # simlearn-embed of the checkpoint's own test split: the run's test embeddings
@@ -205,7 +205,7 @@ def test_training_a_timm_backbone_on_digits_then_embed_and_search(timm_run, tmp_
     assert len(results) == 3
     for result in results:
         top = result["results"][0]
-        assert top["cos"] > 0.99 and int(test["index"][top["item"]]) == int(Path(result["query"]).stem), result
+        assert top["cosine"] > 0.99 and int(test["index"][top["id"]]) == int(Path(result["query"]).stem), result
 
 
 def test_other_photo_data_is_prepared_as_the_checkpoint_was_trained(timm_run, tmp_path):
@@ -359,7 +359,7 @@ def test_a_checkpoint_without_the_crop_record_keeps_the_old_transform(timm_run, 
     checkpoint["simlearn_config"]["preprocessing"] = old  # as an older simlearn wrote it
     old_ckpt = tmp_path / "old.ckpt"
     torch.save(checkpoint, old_ckpt)
-    loaded = load_encoder(old_ckpt)
+    loaded = load_model(old_ckpt)
     assert loaded.preprocessing == old
     image = framed_image(40, 56).convert("L")
     expected = image_transform(old["image_size"], 1, old["mean"], old["std"])(image)

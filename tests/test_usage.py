@@ -12,13 +12,14 @@ import torch
 from PIL import Image
 from sklearn.datasets import load_digits
 
-from simlearn.checkpoints import load_encoder, restore
+from simlearn.checkpoints import restore
 from simlearn.config import compose_config
-from simlearn.data.images import ImageLoader, embed_files
 from simlearn.embed import embed_dataset
 from simlearn.errors import UserError
 from simlearn.export import export
-from simlearn.search import gallery_from_npz, run_search, search
+from simlearn.inference import load_model
+from simlearn.retrieval import gallery_from_npz, run_search
+from simlearn.search import search
 from simlearn.train import train
 
 from .helpers import run_main
@@ -129,8 +130,8 @@ def test_image_files_are_preprocessed_like_the_training_data(trained, tmp_path):
     for row in rows:
         files.append(tmp_path / f"{row}.png")
         save_digit(files[-1], digits.images[row])
-    loaded = load_encoder(trained["ckpt"])
-    from_files = embed_files(loaded.encoder, files, ImageLoader(loaded.preprocessing)).embeddings
+    loaded = load_model(trained["ckpt"])
+    from_files = loaded.embed_files(files).embeddings
     with torch.no_grad():
         from_data = restored.model.encoder.eval()(test.__getitems__(list(range(20)))["image"]).numpy()
     cos = (from_files * from_data).sum(axis=1)
@@ -144,9 +145,9 @@ def test_search_a_folder_gallery_prints_writes_and_skips_unreadable_files(traine
     assert "1 unreadable file(s) skipped" in out and "cosine" in out and "angle" in out
     first = results[0]["results"][0]
     assert first["path"].endswith(".png") and first["label"] is not None
-    assert first["angle_deg"] == pytest.approx(np.degrees(np.arccos(min(1.0, first["cos"]))), abs=1e-3)
+    assert first["angle_deg"] == pytest.approx(np.degrees(np.arccos(min(1.0, first["cosine"]))), abs=1e-3)
     assert all(r["label"] is not None for r in results)  # query folders are gallery classes
-    hits = sum(r["results"][0]["hit"] for r in results)
+    hits = sum(r["results"][0]["same_label"] for r in results)
     assert hits >= 8, f"top-1 hits {hits}/10"
     assert json.loads((tmp_path / "search.json").read_text()) == results
     assert (tmp_path / "search.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -170,11 +171,11 @@ def test_npz_gallery_uses_a_faiss_index_built_once_and_rebuilt_when_stale(traine
     index_file = npz.with_suffix(".faiss")
     assert index_file.is_file()
     for a, b in zip(exact, indexed, strict=True):
-        assert [r["item"] for r in a["results"]] == [r["item"] for r in b["results"]]
-        np.testing.assert_allclose([r["cos"] for r in a["results"]], [r["cos"] for r in b["results"]], atol=1e-5)
+        assert [r["id"] for r in a["results"]] == [r["id"] for r in b["results"]]
+        np.testing.assert_allclose([r["cosine"] for r in a["results"]], [r["cosine"] for r in b["results"]], atol=1e-5)
     assert indexed[0]["results"][0]["name"].startswith("test[")  # split and dataset index of the npz item
 
-    loaded = load_encoder(trained["ckpt"])
+    loaded = load_model(trained["ckpt"])
     gallery = gallery_from_npz(npz, loaded)
     queries = gallery.embeddings[:3]
     *_, how = run_search(queries, gallery, 5, faiss_threshold=1)
@@ -188,7 +189,7 @@ def test_npz_gallery_uses_a_faiss_index_built_once_and_rebuilt_when_stale(traine
 
 
 def test_export_onnx_and_torchscript_give_the_same_embeddings(trained, tmp_path):
-    loaded = load_encoder(trained["ckpt"])
+    loaded = load_model(trained["ckpt"])
     images = torch.randn(7, 1, 8, 8, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         expected = loaded.encoder(images).numpy()

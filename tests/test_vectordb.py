@@ -14,13 +14,14 @@ from PIL import Image
 from sklearn.datasets import load_digits
 
 from simlearn import vectordb
-from simlearn.checkpoints import load_encoder
 from simlearn.config import compose_config
 from simlearn.embed import embed_dataset
 from simlearn.errors import UserError
 from simlearn.evaluation.neighbours import prepare_gallery, top_k
 from simlearn.evaluation.vectors import unit_rows
-from simlearn.search import load_gallery, search
+from simlearn.inference import load_model
+from simlearn.retrieval import load_gallery
+from simlearn.search import search
 
 from .helpers import run_cli, run_main
 
@@ -71,7 +72,7 @@ def test_every_column_round_trips_from_simlearn_embed(embedded):
     np.testing.assert_array_equal(contents.labels, expected["labels"])
     class_names = npz["test"]["class_names"].tolist()
     assert contents.class_names == class_names and contents.label_field == "digit"
-    assert contents.label_names == [class_names[i] for i in expected["labels"]]
+    assert contents.row_class_names == [class_names[i] for i in expected["labels"]]
     assert set(contents.fields) == {"digit", "parity", "magnitude"}
     np.testing.assert_array_equal(contents.fields["digit"], expected["digit"])
     np.testing.assert_array_equal(contents.fields["parity"], expected["parity"])
@@ -80,8 +81,8 @@ def test_every_column_round_trips_from_simlearn_embed(embedded):
     assert contents.ckpt_path == str(embedded["ckpt"].resolve()) and contents.paths is None
     assert contents.ids == [f"{s}[{i}]" for s, i in zip(contents.splits, expected["index"].tolist(), strict=True)]
     # the gallery the service and simlearn-search get: names, labels and every label field
-    gallery = load_gallery(embedded["db"], load_encoder(embedded["ckpt"]), compose_config([], "search"))
-    assert gallery.ids == contents.ids and gallery.labels == contents.label_names
+    gallery = load_gallery(embedded["db"], load_model(embedded["ckpt"]), compose_config([], "search"))
+    assert gallery.ids == contents.ids and gallery.labels == contents.row_class_names
     np.testing.assert_array_equal(gallery.fields["magnitude"], contents.fields["magnitude"])
 
 
@@ -103,7 +104,7 @@ def test_paths_and_awkward_fields_round_trip(tmp_path):
     vectordb.write_embeddings(tmp_path / "db", {"val": arrays}, None)
     contents = vectordb.read_table(tmp_path / "db" / "embeddings.lance")  # the table folder itself
     assert contents.paths == arrays["paths"].tolist()
-    assert contents.label_names == [arrays["class_names"][i] for i in arrays["labels"]]
+    assert contents.row_class_names == [arrays["class_names"][i] for i in arrays["labels"]]
     np.testing.assert_array_equal(contents.labels, arrays["labels"])
     np.testing.assert_array_equal(contents.fields["label"], arrays["label"])
     np.testing.assert_array_equal(contents.fields["attributes"], arrays["attributes"])
@@ -156,7 +157,7 @@ def test_search_command_on_a_database_equals_the_in_memory_search(embedded, tmp_
     in_memory = search(search_cfg(embedded, tmp_path / "b", "k=7", "db_search=memory"))
     assert [r["results"] for r in through_db] == [r["results"] for r in in_memory]
     assert {r["results"][0]["name"].split("[")[0] for r in through_db} <= {"train", "val", "test"}
-    assert sum(r["results"][0]["hit"] for r in through_db) >= 8  # a trained model finds its digits
+    assert sum(r["results"][0]["same_label"] for r in through_db) >= 8  # a trained model finds its digits
 
     result = run_cli(
         "-m",
@@ -199,7 +200,7 @@ def test_an_approximate_index_is_built_said_and_reordered_exactly(tmp_path):
 
 
 def test_bad_databases_are_one_clear_error(embedded, tmp_path):
-    loaded = load_encoder(embedded["ckpt"])
+    loaded = load_model(embedded["ckpt"])
     cfg = compose_config([], "search")
 
     def refused(spec, match, **overrides):

@@ -2,12 +2,10 @@
 (:mod:`.restoring`)."""
 
 from simlearn.checkpoints.restoring import (
-    LoadedEncoder,
-    Restored,
+    RestoredRun,
     checkpoint_config,
-    encoder_of,
+    checkpoint_model,
     load_checkpoint,
-    load_encoder,
     preprocessing_of,
     restore,
 )
@@ -16,13 +14,11 @@ from simlearn.checkpoints.saving import AtomicCheckpointIO, LatestBestCheckpoint
 __all__ = [
     "AtomicCheckpointIO",
     "LatestBestCheckpoint",
-    "LoadedEncoder",
-    "Restored",
+    "RestoredRun",
     "RunCheckpoint",
     "checkpoint_config",
-    "encoder_of",
+    "checkpoint_model",
     "load_checkpoint",
-    "load_encoder",
     "preprocessing_of",
     "relocate",
     "restore",

@@ -1,5 +1,6 @@
-"""Rebuilding what a checkpoint holds: its config, its model and data (``simlearn-eval``, ``simlearn-embed``), or just
-its encoder and the image preprocessing it expects (``simlearn-search``, ``simlearn-export``, no data needed)."""
+"""Rebuilding what a checkpoint holds: its config, its model and data (``simlearn-eval``), its inference model and
+data (``simlearn-embed``), or just its inference model (:func:`checkpoint_model`: the encoder and the image
+preprocessing it expects, for ``simlearn.inference.load_model``; no data needed)."""
 
 from __future__ import annotations
 
@@ -23,18 +24,17 @@ from simlearn.build import (
     resolved,
 )
 from simlearn.errors import UserError
-from simlearn.models import EmbeddingModule, Encoder
+from simlearn.inference import InferenceModel
+from simlearn.models import EmbeddingModule
 from simlearn.models.backbones import load_weights
 
 log = logging.getLogger(__name__)
 
 __all__ = [
-    "LoadedEncoder",
-    "Restored",
+    "RestoredRun",
     "checkpoint_config",
-    "encoder_of",
+    "checkpoint_model",
     "load_checkpoint",
-    "load_encoder",
     "preprocessing_of",
     "restore",
 ]
@@ -83,23 +83,24 @@ def checkpoint_config(checkpoint: dict[str, Any], cfg: DictConfig | None = None)
 
 
 @dataclass
-class Restored:
-    """A checkpoint's model (weights loaded) or, when only that was asked for, its encoder, with the data it is
-    evaluated on and the config that built them."""
+class RestoredRun:
+    """What a checkpoint's run is rebuilt into: the data it is evaluated or embedded on, the config that built them,
+    and either its trained model (weights loaded, with its loss: ``simlearn-eval``) or, when only that was asked
+    for, its inference model (``simlearn-embed``)."""
 
     checkpoint: dict[str, Any]
     config: DictConfig
     datamodule: Any
     model: EmbeddingModule | None = None
-    encoder: LoadedEncoder | None = None
+    inference: InferenceModel | None = None
 
 
-def restore(cfg: DictConfig, with_loss: bool = True) -> Restored:
+def restore(cfg: DictConfig, with_loss: bool = True) -> RestoredRun:
     """Rebuild the model of ``cfg.ckpt_path`` and its data (the checkpoint's, or as changed by ``cfg``, see
     :func:`checkpoint_config`), seeded by ``cfg.seed`` like training; the data is set up, the weights loaded.
 
-    ``with_loss=False`` builds the encoder alone (no loss, so any data with images will do, whatever its label
-    fields: ``simlearn-embed``): ``encoder`` is set instead of ``model``.
+    ``with_loss=False`` builds the inference model alone (no loss, so any data with images will do, whatever its
+    label fields: ``simlearn-embed``): ``inference`` is set instead of ``model``.
     """
     from simlearn.model_folder import folder_of
 
@@ -114,9 +115,9 @@ def restore(cfg: DictConfig, with_loss: bool = True) -> Restored:
     if cfg.get("seed") is not None:
         pl.seed_everything(cfg.seed, workers=True)
     datamodule = build_datamodule(run_cfg.data)
-    restored = Restored(checkpoint=checkpoint, config=run_cfg, datamodule=datamodule)
+    restored = RestoredRun(checkpoint=checkpoint, config=run_cfg, datamodule=datamodule)
     if not with_loss:
-        restored.encoder = encoder_of(checkpoint, cfg.ckpt_path)
+        restored.inference = checkpoint_model(checkpoint, cfg.ckpt_path)
         return restored
     # evaluated, not trained: a class-split checkpoint's classifier (sized for its training classes) tests any data
     restored.model = build_model(run_cfg, datamodule, check_training=False)
@@ -124,11 +125,11 @@ def restore(cfg: DictConfig, with_loss: bool = True) -> Restored:
     return restored
 
 
-def restore_folder(cfg: DictConfig, with_loss: bool = False) -> Restored:
+def restore_folder(cfg: DictConfig, with_loss: bool = False) -> RestoredRun:
     """:func:`restore` of a model folder (``simlearn-export format=hf``): its encoder and the data ``cfg`` names,
     whose keys left null take the folder's preprocessing. The folder holds neither the loss nor the data it was
     trained on, so ``with_loss`` and a ``cfg`` without ``data=`` are one :class:`UserError` each."""
-    from simlearn.model_folder import folder_of
+    from simlearn.model_folder import folder_of, read_model_folder
 
     folder = folder_of(cfg.ckpt_path)
     what = f"ckpt_path={str(cfg.ckpt_path)!r} is a model folder (simlearn-export format=hf)"
@@ -144,46 +145,21 @@ def restore_folder(cfg: DictConfig, with_loss: bool = False) -> Restored:
             f"simlearn-embed data=image_folder data.root=DIR), serve a gallery=FOLDER, npz or LanceDB database, or "
             f"give the training checkpoint (.ckpt)."
         )
-    loaded = load_encoder(folder)
-    fill_preprocessing(cfg, loaded.preprocessing)  # data keys left null: as the model expects its images
-    run_cfg = OmegaConf.merge(loaded.config, {"data": resolved(cfg, "data")})
+    model = read_model_folder(folder)
+    fill_preprocessing(cfg, model.preprocessing)  # data keys left null: as the model expects its images
+    run_cfg = OmegaConf.merge(model.config, {"data": resolved(cfg, "data")})
     check_config(run_cfg)
     if cfg.get("seed") is not None:
         pl.seed_everything(cfg.seed, workers=True)
     datamodule = build_datamodule(run_cfg.data)
-    return Restored(checkpoint={}, config=run_cfg, datamodule=datamodule, encoder=loaded)
+    return RestoredRun(checkpoint={}, config=run_cfg, datamodule=datamodule, inference=model)
 
 
-@dataclass
-class LoadedEncoder:
-    """A checkpoint's encoder (eval mode, weights loaded) and how images must be prepared for it."""
-
-    encoder: Encoder
-    #: ``{"image_size", "channels", "mean", "std"}``: resize, scale to [0, 1], normalise per channel.
-    preprocessing: dict[str, Any]
-    config: DictConfig
-    path: Path
-
-    @property
-    def embedding_dim(self) -> int:
-        return int(self.encoder.embedding_dim)
-
-
-def load_encoder(path: str | Path, device: str | torch.device = "cpu") -> LoadedEncoder:
-    """The encoder of a checkpoint file, built from its backbone and head configs alone (no data is read), or of a
-    model folder written by ``simlearn-export format=hf`` (:func:`simlearn.model_folder.read_model_folder`): the
-    same kind of object either way, so every command that takes ``ckpt_path=`` takes both."""
-    from simlearn.model_folder import folder_of, read_model_folder
-
-    folder = folder_of(path)
-    if folder is not None:
-        return read_model_folder(folder, device)
-    return encoder_of(load_checkpoint(path), path, device)
-
-
-def encoder_of(checkpoint: dict[str, Any], path: str | Path, device: str | torch.device = "cpu") -> LoadedEncoder:
-    """The encoder of a loaded checkpoint (eval mode, its weights; pretrained backbone weights are not fetched,
-    the checkpoint's replace them) and the preprocessing it expects."""
+def checkpoint_model(
+    checkpoint: dict[str, Any], path: str | Path, device: str | torch.device = "cpu"
+) -> InferenceModel:
+    """The inference model of a loaded checkpoint: its encoder (eval mode, its weights; pretrained backbone weights
+    are not fetched, the checkpoint's replace them), the preprocessing it expects and its config."""
     config = checkpoint_config(checkpoint)
     for key in ("backbone", "head"):
         if key not in config:
@@ -201,8 +177,7 @@ def encoder_of(checkpoint: dict[str, Any], path: str | Path, device: str | torch
         f"ckpt_path={str(path)!r}: its encoder weights",
         "its own config (the file was changed after training); use a checkpoint as its run wrote it",
     )
-    encoder.to(device).eval()
-    return LoadedEncoder(encoder=encoder, preprocessing=preprocessing_of(config, path), config=config, path=Path(path))
+    return InferenceModel(encoder, preprocessing_of(config, path), config, path, "checkpoint", path, device)
 
 
 def preprocessing_of(config: DictConfig, path: str | Path = "checkpoint") -> dict[str, Any]:

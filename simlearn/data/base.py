@@ -5,7 +5,10 @@ A source is a subclass that implements :meth:`EmbeddingDataModule.load` and retu
 in-memory image tensors (:class:`~simlearn.data.in_memory.ImageTensors`: digits, MNIST, toy animals), a table of
 image files (:class:`~simlearn.data.image_files.FileTable`: image folders, CSVs, AwA2) or of file pairs
 (:class:`~simlearn.data.pairs.PairTable`). Items carry one integer code per item for each label field, the names of
-the codes, and optionally a split fixed per item. The base then does, for every source:
+the codes, and optionally a split fixed per item. The base then does, for every source (the class selection, probes,
+split, query/gallery roles and caps are one pure function of the labels, the fixed splits and the options,
+:func:`~simlearn.data.split_plan.plan_splits`, and :meth:`~EmbeddingDataModule.setup` builds the datasets from its
+plan):
 
 * class selection: ``classes`` picks and orders the trained classes of ``label_field``, labelled 0..C−1 in that order
   (null: every class, in the source's order), and ``num_classes`` must equal C. Only ``label_field`` is relabelled;
@@ -49,22 +52,16 @@ from torch.utils.data import DataLoader, Dataset, default_collate
 
 from simlearn.data.device_loader import DeviceBatchLoader
 from simlearn.data.samplers import EpochSeededRandomSampler
+from simlearn.data.split_plan import SplitOptions, SplitPlan, plan_splits
 from simlearn.data.splits import (
-    FIXED_SPLITS,
-    SPLIT_BY,
-    SPLITS,
-    cap_query_gallery,
-    cap_split,
     check_batches_and_fractions,
     check_m_per_class,
     check_split_classes,
-    class_split,
     m_per_class_sampler,
     some_names,
-    stratified_split,
-    warn_small_classes,
 )
 from simlearn.errors import UserError
+from simlearn.fields import GALLERY_FIELD, NOT_LABEL_FIELDS
 
 #: What :meth:`EmbeddingDataModule.loader` returns: a DataLoader, or batches drawn on the device (``on_device``).
 Loader = DataLoader | DeviceBatchLoader
@@ -167,13 +164,6 @@ def encode(values: Sequence[str], first: Sequence[str] = (), numeric: bool = Fal
     return torch.tensor([code[v] for v in values], dtype=torch.long), names
 
 
-#: What a batch (``image``, ``index``) or a file of embeddings (``embeddings.npz``, ``simlearn-embed``'s npz) holds
-#: besides the label fields: no label field may take these names.
-RESERVED_FIELDS = frozenset(
-    {"image", "index", "embeddings", "labels", "class_names", "label_field", "split", "paths", "ckpt_path"}
-)
-
-
 class SplitDataset(Dataset):
     """The items of one split. ``indices`` are the source's item numbers of this split (a batch's ``index``) and
     ``fields`` hold one code per *source* item for each label field, so every split shares them."""
@@ -208,7 +198,8 @@ class Items:
 
     #: Whether the items are tensors in memory, which ``data.on_device`` can move to the training device.
     in_memory: ClassVar[bool] = False
-    #: Whether the label field names classes (``split_by=class`` splits them); pairs have none.
+    #: Whether the label field names classes (``split_by=class`` splits them, the seeded split warns about those too
+    #: small for val/test); pairs have none.
     has_classes: ClassVar[bool] = True
     #: Whether training drops its incomplete last batch when there is a full one (a batch of one item breaks batch
     #: norm). In-memory data keeps it, as it always has, so that the digits and MNIST results stay the same.
@@ -291,22 +282,9 @@ class EmbeddingDataModule(pl.LightningDataModule):
         self.channels = channels
         self.num_classes = num_classes
         self.classes = None if classes is None else [self.class_name(c) for c in classes]
-        if split_by not in SPLIT_BY:
-            raise UserError(
-                f"data.split_by must be one of {', '.join(SPLIT_BY)}, got {split_by!r}: item (every class in every "
-                f"split) or class (whole classes per split: test classes never trained on)."
-            )
         self.split_by = split_by
         listed = {"train": train_classes, "val": val_classes, "test": test_classes}
         self.split_classes = {k: [self.class_name(c) for c in v] for k, v in listed.items() if v is not None}
-        empty = [f"data.{k}_classes" for k, v in listed.items() if v is not None and len(v) == 0]
-        if empty:
-            raise UserError(f"{empty[0]} is an empty list; list its classes, or leave it null (drawn, seeded).")
-        if self.split_classes and split_by != "class":
-            keys = " ".join(f"data.{k}_classes" for k in self.split_classes)
-            raise UserError(
-                f"{keys} list whole classes per split, which needs data.split_by=class (got split_by={split_by})."
-            )
         self.probe_classes = [self.class_name(c) for c in probe_classes or []]
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size
@@ -321,21 +299,18 @@ class EmbeddingDataModule(pl.LightningDataModule):
         self.mean = None if mean is None else list(mean)
         self.std = None if std is None else list(std)
         self.crop_pct, self.interpolation = crop_pct, interpolation
-        self._check_class_lists()
+        self.split_options()  # the split options are checked now, not when the data is set up
         #: Names of the labels 0..C−1 of ``label_field`` (set by :meth:`setup`): every class of train/val/test; with
         #: ``split_by=class`` the training classes first (0..T−1), then the val and the test classes.
         self.class_names: list[str] = []
-        #: How many labels 0..T−1 the split gives to training classes (set by :meth:`setup`): every class with
-        #: ``split_by=item``, the training classes with ``split_by=class``, whether or not ``max_train`` left items of
-        #: each in the training split (the labels keep their values).
-        self._train_labels: int | None = None
         #: Names of the probe labels C, C+1, … (set by :meth:`setup`; empty without probe classes).
         self.probe_class_names: list[str] = []
         #: The source's names of the codes 0, 1, … of ``label_field`` (set by :meth:`setup`): what the label arrays
         #: of written files hold (:meth:`dataset_fields`), whatever the split or class selection.
         self.dataset_class_names: list[str] = []
-        #: The source's code of each training label 0, 1, … (trained, then probe classes; set by :meth:`setup`).
-        self._code_of_label: np.ndarray = np.zeros(0, dtype=np.int64)
+        #: Where the items went (set by :meth:`setup`): :func:`~simlearn.data.split_plan.plan_splits`' plan, which
+        #: the datasets, the class names and the mapping of training labels back to the source's are made from.
+        self.split_plan: SplitPlan | None = None
         #: Split name → its items (set by :meth:`setup`).
         self.datasets: dict[str, SplitDataset] = {}
         self._items: Items | None = None
@@ -351,12 +326,6 @@ class EmbeddingDataModule(pl.LightningDataModule):
         """Which of the ``wanted`` items can be used (file sources leave out files that cannot be read)."""
         return wanted
 
-    def warn_small_classes(
-        self, codes: torch.Tensor, seeded: torch.Tensor, splits: Mapping[str, torch.Tensor], names: Sequence[str]
-    ) -> None:
-        """Warn about classes too small for the seeded split to reach val or test (before the caps)."""
-        warn_small_classes(codes, seeded, splits, names, self.name, self.val_fraction, self.test_fraction)
-
     def check_splits(self, items: Items, labels: torch.Tensor, splits: Mapping[str, torch.Tensor]) -> None:
         """Reject splits that cannot be trained or evaluated: every split needs two classes."""
         check_split_classes(
@@ -364,6 +333,21 @@ class EmbeddingDataModule(pl.LightningDataModule):
         )
 
     # -- the interface callers use ----------------------------------------------------------------------------------
+    def split_options(self) -> SplitOptions:
+        """The config's split options as :func:`~simlearn.data.split_plan.plan_splits` takes them (checked: a
+        UserError for a bad combination)."""
+        return SplitOptions(
+            name=self.name,
+            split_by=self.split_by,
+            classes=None if self.classes is None else tuple(self.classes),
+            probe_classes=tuple(self.probe_classes),
+            split_classes={split: tuple(chosen) for split, chosen in self.split_classes.items()},
+            val_fraction=self.val_fraction,
+            test_fraction=self.test_fraction,
+            limits=dict(self.limits),
+            seed=self.seed,
+        )
+
     @property
     def label_names(self) -> list[str]:
         """Names of the labels 0, 1, … of ``label_field``: the trained classes, then the probe classes."""
@@ -380,12 +364,13 @@ class EmbeddingDataModule(pl.LightningDataModule):
         }
         if self.label_field in arrays:
             labels = arrays[self.label_field].astype(np.int64)
-            if len(labels) and (labels.min() < 0 or labels.max() >= len(self._code_of_label)):
+            code_of_label = self.split_plan.code_of_label if self.split_plan else np.zeros(0, dtype=np.int64)
+            if len(labels) and (labels.min() < 0 or labels.max() >= len(code_of_label)):
                 raise ValueError(
                     f"labels of {self.label_field!r} range over {labels.min()}..{labels.max()}, but this data has "
-                    f"{len(self._code_of_label)} training labels; were these fields made by this data module?"
+                    f"{len(code_of_label)} training labels; were these fields made by this data module?"
                 )
-            arrays[self.label_field] = self._code_of_label[labels]
+            arrays[self.label_field] = code_of_label[labels]
         return arrays
 
     @property
@@ -405,9 +390,29 @@ class EmbeddingDataModule(pl.LightningDataModule):
         return self._preprocessing.as_dict()
 
     def setup(self, stage: str | None = None) -> None:
+        """Load the items, check them, plan their split (:func:`~simlearn.data.split_plan.plan_splits`), check the
+        plan and build the datasets from it; once (a second call keeps the datasets)."""
         if self.datasets:
             return
         items = self.load()
+        self._check_items(items)
+        plan = plan_splits(
+            items.fields[self.label_field],
+            items.names_of(self.label_field),
+            items.split,
+            self.split_options(),
+            has_classes=items.has_classes,
+            usable=lambda wanted: self.usable(items, wanted),
+        )
+        self.class_names, self.probe_class_names = list(plan.class_names), list(plan.probe_class_names)
+        self.dataset_class_names = list(plan.dataset_class_names)
+        self.split_plan = plan
+        self._check_plan(items, plan)
+        self._build_datasets(items, plan)
+
+    def _check_items(self, items: Items) -> None:
+        """Reject items this config cannot use: a wrong image size or channels, ``on_device`` for files, an unknown
+        ``label_field``, a label field named like an array of the written files."""
         items.check(self)
         if self.on_device and not items.in_memory:
             raise UserError(
@@ -419,50 +424,20 @@ class EmbeddingDataModule(pl.LightningDataModule):
                 f"data.label_field={self.label_field!r} is not a label field of data '{self.name}'; "
                 f"valid: {sorted(items.fields)}."
             )
-        reserved = sorted(set(items.fields) & RESERVED_FIELDS)
+        reserved = sorted(set(items.fields) & NOT_LABEL_FIELDS)
         if reserved:
             raise UserError(
                 f"data '{self.name}' has label field(s) {reserved}, named like what a batch or a written file holds "
-                f"besides the label fields ({', '.join(sorted(RESERVED_FIELDS))}); rename them (e.g. the CSV's "
+                f"besides the label fields ({', '.join(sorted(NOT_LABEL_FIELDS))}); rename them (e.g. the CSV's "
                 f"column)."
             )
-        codes = items.fields[self.label_field]
-        names = items.names_of(self.label_field)
-        fixed = self._fixed_splits(items, len(codes))
-        order = self._selected(codes, names)
-        if self.split_by == "class":
-            if not items.has_classes:
-                raise UserError(
-                    f"data '{self.name}' holds pairs, not classes, so it cannot be split by class; use "
-                    f"data.split_by=item."
-                )
-            whole = self._class_fixed_splits(codes, names, fixed)
-            clash = [(n, split, whole[n]) for split, chosen in self.split_classes.items() for n in chosen
-                     if n in whole and whole[n] != split]  # fmt: skip
-            if clash:
-                name, split, official = clash[0]
-                raise UserError(
-                    f"data.{split}_classes lists {name!r}, but data '{self.name}' puts every item of it in {official} "
-                    f"(its official split or split column); {len(clash)} listed class(es) clash. Drop them from the "
-                    f"list, or set data.official_split=false where the data has that option."
-                )
-            roles = class_split(order, whole, self.split_classes, self.val_fraction, self.test_fraction, self.seed)
-            order = [name for split in SPLITS for name in roles[split]]
-        labels = self._relabel(codes, names, order)
-        wanted = self.usable(items, labels >= 0)
-        probe = wanted & (labels >= len(self.class_names))
-        trained = wanted & (labels >= 0) & (labels < len(self.class_names))
-        if self.split_by == "class":
-            splits = self._split_by_class(labels, trained, fixed, roles)
-        else:
-            # split by the source's codes: classes are visited in the source's order, as they always were, so that
-            # selecting classes does not change the split of in-memory data
-            splits = self._split(codes, trained, fixed, names)
-        gallery = self._query_gallery(items, labels, splits, fixed)
-        self._train_labels = len(roles["train"]) if self.split_by == "class" else len(self.class_names)
-        self.check_splits(items, labels, splits)
+
+    def _check_plan(self, items: Items, plan: SplitPlan) -> None:
+        """Reject a plan that cannot be trained or evaluated (:meth:`check_splits`), ``m_per_class`` batches that do
+        not fit, and a ``num_classes`` that is not the training classes' count."""
+        self.check_splits(items, plan.labels, plan.indices)
         if self.m_per_class:  # now, not when training starts
-            check_m_per_class(labels[splits["train"]], self.m_per_class, self.batch_size)
+            check_m_per_class(plan.labels[plan.indices["train"]], self.m_per_class, self.batch_size)
         trained_count = self.num_train_classes
         if self.num_classes is not None and self.num_classes != trained_count:
             raise UserError(
@@ -470,11 +445,15 @@ class EmbeddingDataModule(pl.LightningDataModule):
                 f"{some_names(self.class_names[:trained_count])}; set data.num_classes={trained_count} (or null: "
                 f"classifier losses are then sized from the training classes)."
             )
-        if gallery is not None:
-            items.fields = {**items.fields, "is_gallery": gallery}
-        items.fields = {**items.fields, self.label_field: labels}
+
+    def _build_datasets(self, items: Items, plan: SplitPlan) -> None:
+        """The plan's datasets: ``label_field`` relabelled (and the query/gallery roles added), preprocessed with the
+        training split's statistics unless the config gives them, augmented for training."""
+        if plan.is_gallery is not None:
+            items.fields = {**items.fields, GALLERY_FIELD: plan.is_gallery}
+        items.fields = {**items.fields, self.label_field: plan.labels}
         if self.mean is None:
-            mean, std = items.normalisation(splits["train"])
+            mean, std = items.normalisation(plan.indices["train"])
         else:
             mean, std = self.mean, self.std
         mean, std = channel_stats(mean, std, self.channels)
@@ -484,10 +463,10 @@ class EmbeddingDataModule(pl.LightningDataModule):
         self._items = items
         self.datasets = {
             split: items.dataset(index, self._preprocessing, self.augment if split == "train" else ())
-            for split, index in splits.items()
+            for split, index in plan.indices.items()
         }
         if self.probe_class_names:
-            self.datasets["probe"] = items.dataset(torch.nonzero(probe).flatten(), self._preprocessing, ())
+            self.datasets["probe"] = items.dataset(plan.probe, self._preprocessing, ())
 
     def loader(self, split: str, train: bool = False, batch_size: int | None = None) -> Loader:
         """Batches of one split. ``train``: shuffled (or ``m_per_class``) batches of ``batch_size`` with the training
@@ -542,13 +521,13 @@ class EmbeddingDataModule(pl.LightningDataModule):
         """How many labels 0..T−1 are training classes: what classifier-style losses are sized for. Every class of
         an item split, the training classes of a class split; a class that ``data.max_train`` left without training
         items keeps its label, so it still counts (the labels above it are unchanged)."""
-        return self._train_labels if self._train_labels is not None else len(self.class_names)
+        return self.split_plan.num_train_labels if self.split_plan is not None else len(self.class_names)
 
     @property
     def test_protocol(self) -> str:
         """How the test split is evaluated: ``query-gallery`` (the source's queries searched against its gallery) or
         ``leave-one-out`` (every test item a query against all the others)."""
-        return "query-gallery" if "is_gallery" in self.label_fields else "leave-one-out"
+        return "query-gallery" if GALLERY_FIELD in self.label_fields else "leave-one-out"
 
     def split_summary(self) -> dict[str, Any]:
         """What each split holds (``splits.json``): how items were split, the test protocol, and per split its
@@ -572,8 +551,8 @@ class EmbeddingDataModule(pl.LightningDataModule):
                     self.label_names[v]: int(n) for v, n in zip(values.tolist(), counts.tolist(), strict=True)
                 },
             }
-            if split == "test" and "is_gallery" in dataset.fields:
-                role = dataset.labels("is_gallery")
+            if split == "test" and GALLERY_FIELD in dataset.fields:
+                role = dataset.labels(GALLERY_FIELD)
                 entry["num_queries"], entry["num_gallery"] = int((role == 0).sum()), int((role == 1).sum())
             summary["splits"][split] = entry
         return summary
@@ -589,190 +568,6 @@ class EmbeddingDataModule(pl.LightningDataModule):
         return self.loader("probe")
 
     # -- shared steps ---------------------------------------------------------------------------------------------
-    def _check_class_lists(self) -> None:
-        for key, names in (("classes", self.classes or []), ("probe_classes", self.probe_classes)):
-            if len(set(names)) != len(names):
-                raise UserError(f"data.{key} lists a class twice: {names}.")
-        overlap = sorted(set(self.probe_classes) & set(self.classes or []))
-        if overlap:
-            raise UserError(
-                f"data.probe_classes {overlap} are also in data.classes; a probe class must never be trained on."
-            )
-
-    def _selected(self, codes: torch.Tensor, names: list[str]) -> list[str]:
-        """The classes to train and evaluate on, in the order of ``classes`` (null: the source's order, probe classes
-        left out), after checking every class the config names."""
-        lists = [("classes", self.classes or []), ("probe_classes", self.probe_classes)]
-        lists += [(f"{split}_classes", chosen) for split, chosen in self.split_classes.items()]
-        for key, chosen in lists:
-            unknown = [c for c in chosen if c not in names]
-            if unknown:
-                raise UserError(
-                    f"data.{key} names classes {unknown} that data '{self.name}' does not have; "
-                    f"valid: {some_names(names, 50)}."
-                )
-        trained = self.classes if self.classes is not None else [n for n in names if n not in self.probe_classes]
-        listed = [name for chosen in self.split_classes.values() for name in chosen]
-        if len(set(listed)) != len(listed):
-            twice = sorted({n for n in listed if listed.count(n) > 1})
-            raise UserError(f"the classes {twice} are listed for two splits (data.<split>_classes); list each once.")
-        outside = [n for n in listed if n not in trained]
-        if outside:
-            raise UserError(
-                f"data.<split>_classes name {outside}, which are "
-                + ("probe classes" if set(outside) <= set(self.probe_classes) else "not in data.classes")
-                + "; a listed class must be one that is trained or evaluated on."
-            )
-        code_of = {name: code for code, name in enumerate(names)}
-        present = set(codes.unique().tolist())
-        missing = [n for n in [*trained, *self.probe_classes] if code_of[n] not in present]
-        if missing:
-            have = sorted(names[c] for c in present)
-            raise UserError(
-                f"data '{self.name}' has no images of the classes {missing}; it has {some_names(have, 50)}."
-            )
-        return list(trained)
-
-    def _relabel(self, codes: torch.Tensor, names: list[str], trained: list[str]) -> torch.Tensor:
-        """Labels 0..C−1 for the classes ``trained`` in their order, C, C+1, … for the probe classes and −1 for the
-        rest; sets ``class_names`` and ``probe_class_names``."""
-        code_of = {name: code for code, name in enumerate(names)}
-        relabel = torch.full((len(names),), -1, dtype=torch.long)
-        labelled = [*trained, *self.probe_classes]
-        for label, name in enumerate(labelled):
-            relabel[code_of[name]] = label
-        self.class_names, self.probe_class_names = list(trained), list(self.probe_classes)
-        self.dataset_class_names = list(names)
-        self._code_of_label = np.array([code_of[name] for name in labelled], dtype=np.int64)
-        return relabel[codes]
-
-    def _fixed_splits(self, items: Items, count: int) -> np.ndarray:
-        """The split the source fixes for each item ("" for none), checked."""
-        fixed = np.array([s or "" for s in items.split] if items.split is not None else [""] * count, dtype=str)
-        unknown = sorted(set(fixed.tolist()) - {"", *FIXED_SPLITS})
-        if unknown:
-            raise UserError(
-                f"data '{self.name}' assigns items to the splits {unknown} (its split column); valid: "
-                f"{', '.join(FIXED_SPLITS)}, or empty for the seeded split."
-            )
-        present = set(fixed.tolist())
-        if ("query" in present) != ("gallery" in present):
-            raise UserError(
-                f"data '{self.name}' fixes {'query' if 'query' in present else 'gallery'} items but no "
-                f"{'gallery' if 'query' in present else 'query'} items; a query/gallery test needs both."
-            )
-        if {"query", "gallery"} <= present and "test" in present:
-            raise UserError(
-                f"data '{self.name}' fixes both test items and query/gallery items; its test is one or the other."
-            )
-        return fixed
-
-    def _class_fixed_splits(self, codes: torch.Tensor, names: list[str], fixed: np.ndarray) -> dict[str, str]:
-        """Classes whose every item the source fixes to one split (query and gallery count as test): they stay
-        there under ``split_by=class``. A class with items in several splits, or some left free (MNIST's official
-        test images), is split as a whole like any other class; but a class with query or gallery items must be all
-        query and gallery items (a test class): else they would be tested on and trained on."""
-        searched = np.isin(fixed, ["query", "gallery"])
-        roles = np.where(searched, "test", fixed)
-        out: dict[str, str] = {}
-        codes_np = codes.numpy()
-        for code in np.unique(codes_np).tolist():
-            mine = codes_np == code
-            kinds = set(roles[mine].tolist())
-            if searched[mine].any() and kinds != {"test"}:
-                others = sorted(kind or "no split" for kind in set(fixed[mine & ~searched].tolist()))
-                raise UserError(
-                    f"data '{self.name}': class {names[code]!r} has query/gallery items and items of {others}; with "
-                    f"data.split_by=class a query/gallery class is a test class, all its items query or gallery "
-                    f"items. Fix the data's split, or use data.split_by=item."
-                )
-            if len(kinds) == 1 and "" not in kinds:
-                out[names[code]] = kinds.pop()
-        return out
-
-    def _split_by_class(
-        self, labels: torch.Tensor, trained: torch.Tensor, fixed: np.ndarray, roles: Mapping[str, list[str]]
-    ) -> dict[str, torch.Tensor]:
-        """Every item of a class in its class's split (query/gallery items stay query/gallery); then the caps."""
-        label_of = {name: i for i, name in enumerate(self.class_names)}
-        # probe labels (C, C+1, …) index it too: they are in no split (``trained`` leaves them out)
-        split_of = torch.full((len(self.class_names) + len(self.probe_class_names),), -1, dtype=torch.long)
-        for i, split in enumerate(SPLITS):
-            for name in roles[split]:
-                split_of[label_of[name]] = i
-        role = torch.where(trained, split_of[labels.clamp(min=0)], -1)
-        splits = {split: torch.nonzero(role == i).flatten() for i, split in enumerate(SPLITS)}
-        for split in ("val", "test"):
-            # a class evaluated on its own items: with one item, its only query has nothing to find
-            values, counts = labels[splits[split]].unique(return_counts=True)
-            lone = [self.class_names[v] for v in values[counts == 1].tolist()]
-            if lone:
-                raise UserError(
-                    f"data '{self.name}': the class split puts {len(lone)} class(es) with a single item in {split} "
-                    f"({some_names(lone)}); a class needs ≥ 2 items to be searched for. Leave them out with "
-                    f"data.classes, or list them in data.train_classes."
-                )
-        splits = {**splits, **self._query_gallery_items(trained, fixed)}
-        return {split: cap_split(index, self.limits.get(split), self.seed, split) for split, index in splits.items()}
-
-    @staticmethod
-    def _query_gallery_items(trained: torch.Tensor, fixed: np.ndarray) -> dict[str, torch.Tensor]:
-        """The source's query and gallery items (none for most sources); they replace the test split."""
-        if "query" not in fixed:
-            return {}
-        out = {}
-        for split in ("query", "gallery"):
-            out[split] = torch.from_numpy(np.flatnonzero((fixed == split) & trained.numpy()))
-        return out
-
-    def _split(
-        self, codes: torch.Tensor, trained: torch.Tensor, fixed: np.ndarray, names: Sequence[str]
-    ) -> dict[str, torch.Tensor]:
-        """The seeded per-class split of the trained items the source assigns to no split, plus those it assigns;
-        then the caps ``data.max_<split>``."""
-        free = trained & torch.from_numpy(fixed == "")
-        splits = stratified_split(codes, free, self.val_fraction, self.test_fraction, self.seed)
-        for split in SPLITS:
-            assigned = torch.from_numpy(np.flatnonzero((fixed == split) & trained.numpy()))
-            splits[split] = torch.cat([splits[split], assigned]).sort().values
-        splits = {**splits, **self._query_gallery_items(trained, fixed)}
-        # before the caps: a class left out by data.max_<split> is the user's choice, one too small is not
-        self.warn_small_classes(codes, free, splits, names)
-        return {split: cap_split(index, self.limits.get(split), self.seed, split) for split, index in splits.items()}
-
-    def _query_gallery(
-        self, items: Items, labels: torch.Tensor, splits: dict[str, torch.Tensor], fixed: np.ndarray
-    ) -> torch.Tensor | None:
-        """With query and gallery items: make the test split both (in that order) and return the ``is_gallery`` field
-        (1 gallery, 0 query, −1 any other item); None without them. Queries need a gallery item of their class."""
-        if "query" not in splits:
-            return None
-        query, gallery = splits.pop("query"), splits.pop("gallery")
-        others = sorted(set(splits["test"].tolist()) - set(query.tolist()) - set(gallery.tolist()))
-        if others:  # the test split is the queries and the gallery: these would silently go untested
-            classes = sorted({self.class_names[int(labels[i])] for i in others})
-            given_by = "data.test_classes" if self.split_by == "class" else "data.test_fraction"
-            raise UserError(
-                f"data '{self.name}' has query and gallery items, which make its test split, but {given_by} also gives "
-                f"{len(others)} other items to test (classes {some_names(classes)}); they would go untested. Mark "
-                f"them query or gallery in the data, or "
-                + ("drop them from data.test_classes." if self.split_by == "class" else "set data.test_fraction=0.")
-            )
-        have = set(labels[gallery].tolist())
-        orphans = [int(i) for i in query.tolist() if int(labels[i]) not in have]
-        if orphans:
-            example = self.class_names[int(labels[orphans[0]])]
-            raise UserError(
-                f"data '{self.name}': {len(orphans)} of {len(query)} queries have no gallery item of their class "
-                f"(e.g. class {example!r}); every query needs one. Check the query/gallery list of the data."
-            )
-        # data.max_test caps the queries and the gallery together, keeping a gallery item for each kept query
-        query, gallery = cap_query_gallery(query, gallery, labels, self.limits["test"], self.seed)
-        splits["test"] = torch.cat([query, gallery])
-        role = torch.full((len(labels),), -1, dtype=torch.long)
-        role[query], role[gallery] = 0, 1
-        return role
-
     def _evaluation_dataset(self, split: str) -> SplitDataset:
         """The split's items without the training augmentation (embedding the training split reads it this way)."""
         dataset = self.datasets[split]

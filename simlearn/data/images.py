@@ -1,4 +1,5 @@
-"""Image files as model input: finding them, decoding them with a checkpoint's preprocessing, embedding them."""
+"""Image files as model input: finding them and decoding them with a checkpoint's preprocessing (embedding them is
+:meth:`simlearn.inference.InferenceModel.embed_files`)."""
 
 from __future__ import annotations
 
@@ -6,14 +7,12 @@ import ctypes
 import ctypes.util
 import logging
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
 import numpy as np
 import torch
 from PIL import Image
-from torch import nn
 
 from simlearn.data.image_files import (
     DECODE_ERRORS,
@@ -26,11 +25,9 @@ from simlearn.data.image_files import (
 log = logging.getLogger(__name__)
 
 __all__ = [
-    "EmbeddedFiles",
     "ImageLoader",
     "DECODE_ERRORS",
     "ImageDecoder",
-    "embed_files",
     "find_images",
     "folder_label",
     "release_memory",
@@ -114,50 +111,6 @@ def release_memory() -> None:
     idle size rather than 0.44 GB), measured with tests/test_serve_api.py's digits model."""
     if _TRIM is not None:
         _TRIM(0)
-
-
-@dataclass
-class EmbeddedFiles:
-    """Embeddings (N, d) of the files that could be read, in order, and the files that could not."""
-
-    paths: list[Path]
-    embeddings: np.ndarray
-    failed: list[tuple[Path, str]]
-
-
-@torch.no_grad()
-def embed_files(
-    encoder: nn.Module,
-    paths: Sequence[Path],
-    loader: ImageLoader,
-    batch_size: int = 256,
-    device: str | torch.device = "cpu",
-) -> EmbeddedFiles:
-    """Embed image files in batches; files that cannot be decoded are skipped and listed in ``failed``."""
-    encoder.eval()
-    kept: list[Path] = []
-    failed: list[tuple[Path, str]] = []
-    parts: list[np.ndarray] = []
-    batch: list[torch.Tensor] = []
-
-    def flush() -> None:
-        if batch:
-            parts.append(encoder(torch.stack(batch).to(device)).float().cpu().numpy())
-            batch.clear()
-
-    for path in paths:
-        try:
-            batch.append(loader(path))
-        except DECODE_ERRORS as error:
-            failed.append((Path(path), f"{type(error).__name__}: {error}"))
-            continue
-        kept.append(Path(path))
-        if len(batch) == batch_size:
-            flush()
-    flush()
-    dim = int(getattr(encoder, "embedding_dim", 0))
-    embeddings = np.concatenate(parts) if parts else np.zeros((0, dim), dtype=np.float32)
-    return EmbeddedFiles(paths=kept, embeddings=embeddings, failed=failed)
 
 
 def thumbnail(path: str | Path, channels: int = 3, size: int = 160) -> np.ndarray | None:

@@ -101,7 +101,8 @@ class PairTable(FileTable):
     label fields ``pair`` (the row) and ``similar``, and ``first_listed`` marks the first row of each pair (a repeat,
     in either order, is kept in the table so that ``pair`` stays the CSV row, but never used)."""
 
-    has_classes = False  # a pair is similar or not: there are no classes to split by
+    # a pair is similar or not: no classes to split by, nor to warn about (check_splits wants both kinds per split)
+    has_classes = False
 
     second: list[str]
     first_listed: torch.Tensor
@@ -183,11 +184,6 @@ class PairsCSVDataModule(ImageFileDataModule):
                 ", ".join(unreadable[:3]),
             )
         return usable & torch.tensor(readable_pairs, dtype=torch.bool)
-
-    def warn_small_classes(
-        self, codes: torch.Tensor, seeded: torch.Tensor, splits: Mapping[str, torch.Tensor], names: Sequence[str]
-    ) -> None:
-        """Nothing to warn about: :meth:`check_splits` refuses a split without both kinds of pair."""
 
     def check_splits(self, items: Items, labels: torch.Tensor, splits: Mapping[str, torch.Tensor]) -> None:
         """Every split needs similar and dissimilar pairs (an empty val split is fine when ``val_fraction`` is 0);

@@ -10,11 +10,10 @@ from torch import Tensor
 from simlearn.errors import UserError
 from simlearn.evaluation.clustering import clustering_metrics
 from simlearn.evaluation.retrieval import per_class_metrics, retrieval_metrics
+from simlearn.fields import GALLERY_FIELD
 
 __all__ = ["RetrievalEvaluator"]
 
-#: the label field that marks a query/gallery test (simlearn.data.base): 1 gallery item, 0 query, -1 neither
-GALLERY_FIELD = "is_gallery"
 #: when ``clustering`` computes NMI/AMI
 CLUSTERING = ("test", "all", None)
 

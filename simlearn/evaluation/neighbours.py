@@ -22,27 +22,24 @@ float64 cosine, so:
   candidate. A query for which neither holds is searched again with twice the candidates, until one does.
 
 ``"auto"`` takes faiss for galleries of :data:`FAISS_MIN_GALLERY` items or more on the CPU when it is installed,
-torch otherwise (:func:`choose_backend`). A saved faiss index (:func:`gallery_index`: built once, saved next to the
-gallery embeddings, reused while they are unchanged) can replace the float32 search: a flat (exact) one gives the
-same exact result; an approximate one (e.g. HNSW32) gives its candidates re-scored and sorted by the same rule, but
-may miss neighbours it did not visit (:attr:`GalleryIndex.exact` says which).
+torch otherwise (:func:`choose_backend`). A saved faiss index (:func:`simlearn.retrieval.candidates.gallery_index`:
+built once, saved next to the gallery embeddings, reused while they are unchanged) can replace the float32 search: a
+flat (exact) one gives the same exact result; an approximate one (e.g. HNSW32) gives its candidates re-scored and
+sorted by the same rule, but may miss neighbours it did not visit (its ``exact`` says which). Any other candidate
+source (a LanceDB table) plugs in the same way: :class:`simlearn.retrieval.candidates.CandidateSource`.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
-import hashlib
 import importlib.util
-import json
 import logging
-import os
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 import torch
@@ -50,21 +47,24 @@ import torch
 from simlearn.errors import UserError
 from simlearn.evaluation.vectors import numpy_view, row_dots, row_norms, unit_rows
 
+if TYPE_CHECKING:  # simlearn.retrieval imports this module: the protocol only for type hints
+    from simlearn.retrieval.candidates import CandidateSource
+
 log = logging.getLogger(__name__)
 
 __all__ = [
     "BACKENDS",
     "EXTRA_CANDIDATES",
     "FAISS_MIN_GALLERY",
-    "GalleryIndex",
+    "UNIT_TOLERANCE",
     "NeighbourChunk",
     "Neighbours",
     "PreparedGallery",
     "QueryGallery",
     "SearchData",
+    "as_tensor",
     "choose_backend",
     "faiss_installed",
-    "gallery_index",
     "import_faiss",
     "neighbour_chunks",
     "prepare_gallery",
@@ -88,7 +88,7 @@ _TOPK_MIN_BLOCKS_PER_K = 4
 #: rows whose norms are all within this of 1 are searched as they are (no normalised copy, 2 GB at 1M x 512): a
 #: float32 row normalised by any library deviates by at most 3e-7 (measured up to d=2048); the deviation enters
 #: the error bound (score_error_bound), so it costs a little more re-scoring, never a wrong order
-_UNIT_TOLERANCE = 1e-6
+UNIT_TOLERANCE = 1e-6
 #: float32 candidates searched beyond the k asked for: the k-th and the last candidate's scores must differ by
 #: more than twice the error bound for the top k to be certain; 8 makes a second search rare (re-searched queries
 #: are logged at debug level)
@@ -110,8 +110,8 @@ def score_error_bound(dim: int) -> float:
     With u = 2**-24 (float32 rounding), v = 2**-53 (float64 rounding), a and b the given rows (their values are
     exact in float64), â = a / |a| and x the float32 unit row searched:
 
-    1. ``|x - â| <= delta = _UNIT_TOLERANCE + 2u + (d + 4) 2v``. A row kept as it is (all rows' float64 norms within
-       ``_UNIT_TOLERANCE`` of 1, the norm itself off by at most (d + 2) v) is â scaled by |a|, rounded to float32
+    1. ``|x - â| <= delta = UNIT_TOLERANCE + 2u + (d + 4) 2v``. A row kept as it is (all rows' float64 norms within
+       ``UNIT_TOLERANCE`` of 1, the norm itself off by at most (d + 2) v) is â scaled by |a|, rounded to float32
        when given in float64 (u |a|); a normalised row is a / |a| in float64, rounded once to float32 (u).
        So |x| <= 1 + delta.
     2. ``|s32 - x·y| <= gamma_d (1 + delta)**2 + 2d 2**-150`` with gamma_d = d u / (1 - d u): a float32 dot product
@@ -129,7 +129,7 @@ def score_error_bound(dim: int) -> float:
     u, v = 2.0**-24, 2.0**-53
     d = max(1, int(dim))
     gamma = d * u / (1 - d * u)
-    delta = _UNIT_TOLERANCE + 2 * u + (d + 4) * 2 * v
+    delta = UNIT_TOLERANCE + 2 * u + (d + 4) * 2 * v
     dot32 = gamma * (1 + delta) ** 2 + 2 * d * 2.0**-150
     return dot32 + 2 * delta + delta**2 + (3 * d + 8) * v + 2.0**-40
 
@@ -137,7 +137,7 @@ def score_error_bound(dim: int) -> float:
 # ---------------------------------------------------------------- the searched vectors
 
 
-def _raw_tensor(x: Any) -> torch.Tensor:
+def as_tensor(x: Any) -> torch.Tensor:
     """The caller's array as a tensor sharing its memory (numpy through ``from_numpy``), detached."""
     if isinstance(x, torch.Tensor):
         return x.detach()
@@ -150,7 +150,7 @@ def _raw_tensor(x: Any) -> torch.Tensor:
 def _as_embeddings(x: Any, name: str, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(raw, unit, norms)``: the caller's values (any real dtype, where they are), their unit float32 rows on
     ``device`` (``raw`` itself when it is float32 of unit length on ``device``) and the rows' float64 norms."""
-    t = _raw_tensor(x)
+    t = as_tensor(x)
     if t.ndim != 2:
         raise UserError(
             f"{name} must be a 2-D array of shape (num_items, dim), got shape {tuple(t.shape)}; "
@@ -167,7 +167,7 @@ def _as_embeddings(x: Any, name: str, device: torch.device) -> tuple[torch.Tenso
             f"{name} contains NaN or inf in {bad} row(s); all values must be finite. "
             "Check the model/training for divergence or drop those items."
         )
-    unit = unit_rows(t, torch.float32, tolerance=_UNIT_TOLERANCE, norms=norms).to(device)
+    unit = unit_rows(t, torch.float32, tolerance=UNIT_TOLERANCE, norms=norms).to(device)
     return t, unit, norms
 
 
@@ -230,7 +230,7 @@ class PreparedGallery:
 def prepare_gallery(gallery: Any, device: torch.device | str | None = None) -> PreparedGallery:
     """Check ``gallery`` and compute its unit float32 rows (on ``device``, default: where it is, numpy on the CPU)
     and float64 norms once; the caller's array is kept (read, never modified) for the float64 re-scoring."""
-    raw = _raw_tensor(gallery)
+    raw = as_tensor(gallery)
     return PreparedGallery(*_as_embeddings(raw, "gallery", torch.device(device) if device else raw.device))
 
 
@@ -256,7 +256,7 @@ def _with_gallery(
 
 
 def _as_labels(y: Any, name: str, n: int, emb_name: str, device: torch.device) -> torch.Tensor:
-    t = _raw_tensor(y)
+    t = as_tensor(y)
     if t.ndim != 1:
         raise UserError(f"{name} must be a 1-D array of integer class ids, got shape {tuple(t.shape)}.")
     if t.dtype not in _INT_DTYPES:
@@ -465,7 +465,7 @@ def _faiss_search(data: SearchData, index: Any = None) -> Search:
     """faiss's exact inner-product search (the kernel of ``IndexFlatIP.search``, without copying the gallery into
     an index) on the unit float32 arrays on the CPU, or ``index.search`` of a given index; in self-search one extra
     candidate is asked for and the query's own item dropped (or the last one, when exact ties pushed the own item
-    out of the list). ``index`` may also be another candidate source with faiss's interface (:class:`GalleryIndex`)."""
+    out of the list). ``index``: any candidate source (:class:`~simlearn.retrieval.candidates.CandidateSource`)."""
     faiss = import_faiss() if index is None else None
     xb = data.gallery.contiguous().numpy()  # C order, so that faiss does not copy the gallery for every chunk
     xq = xb if data.queries is data.gallery else data.queries.contiguous().numpy()
@@ -685,7 +685,7 @@ def neighbour_chunks(
     backend: str = "auto",
     chunk_size: int | None = None,
     similarities: bool = False,
-    index: GalleryIndex | None = None,
+    index: CandidateSource | None = None,
     interchangeable: str | None = None,
 ) -> Iterator[NeighbourChunk]:
     """Search the queries chunk by chunk: for each chunk ``start:stop`` whose queries need any neighbours, yield a
@@ -697,7 +697,7 @@ def neighbour_chunks(
     (1 GB) or a tenth of the free memory on a GPU (large products keep it busy), and for faiss the chunk whose k
     results hold about 2**22 entries (the metrics then build a few int64/float64 arrays of that shape), at most 4096
     queries (faiss's own block). ``index``: search through this faiss index of the gallery instead (see
-    :func:`gallery_index`; exact when :attr:`GalleryIndex.exact`).
+    :func:`~simlearn.retrieval.candidates.gallery_index`, or any candidate source; exact when its ``exact``).
 
     ``interchangeable`` (for a :class:`QueryGallery`, whose metrics see only labels): ``"class"``: near-tied
     candidates of one class may stay in float32 order among themselves (they give the same labels in any order);
@@ -710,9 +710,9 @@ def neighbour_chunks(
     if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1):
         raise UserError(f"chunk_size must be a positive int or None (automatic), got {chunk_size!r}.")
     if index is not None:
-        if index.index.ntotal != len(data.gallery) or index.index.d != data.gallery.shape[1]:
+        if index.size != len(data.gallery) or index.dim != data.gallery.shape[1]:
             raise UserError(
-                f"the {index.library} index holds {index.index.ntotal} vectors of dim {index.index.d}, but the gallery "
+                f"the {index.library} index holds {index.size} vectors of dim {index.dim}, but the gallery "
                 f"has {len(data.gallery)} of dim {data.gallery.shape[1]}; build the index from this gallery."
             )
         backend = "faiss"
@@ -726,7 +726,7 @@ def neighbour_chunks(
     exact = index is None or index.exact
     slack = 0.0 if index is None else index.score_slack
     if backend == "faiss":
-        search = _faiss_search(data, None if index is None else index.index)
+        search = _faiss_search(data, index)
         fallback = None if exact else _faiss_search(data) if faiss_installed() else _torch_search(data)
 
         def block_rows(count: int) -> int:
@@ -792,7 +792,7 @@ def top_k(
     exclude_self: bool = False,
     chunk_size: int | None = None,
     backend: str = "auto",
-    index: GalleryIndex | None = None,
+    index: CandidateSource | None = None,
 ) -> Neighbours:
     """Each query's k nearest gallery items by cosine, by the exact rule of this module (float64 cosines, ties to
     the lower gallery index): ``(similarities, indices)`` as numpy arrays, (num_queries, k), most similar first.
@@ -800,7 +800,8 @@ def top_k(
     ``exclude_self``: the queries are searched against themselves (pass the same array as ``gallery``, or None) and
     item i is never query i's neighbour. k is capped at the candidates per query. ``backend``, ``chunk_size``: as for
     :func:`neighbour_chunks`; queries on a GPU are searched there. ``index``: a faiss index of ``gallery`` from
-    :func:`gallery_index` to search through (an approximate one makes the result approximate). ``gallery`` may be a
+    :func:`~simlearn.retrieval.candidates.gallery_index` (or any candidate source) to search through (an
+    approximate one makes the result approximate). ``gallery`` may be a
     :class:`PreparedGallery` (:func:`prepare_gallery`): searched without checking and normalising it again.
     """
     if isinstance(k, bool) or not isinstance(k, int | np.integer) or k < 1:
@@ -822,97 +823,3 @@ def top_k(
         cos_parts.append(chunk.similarities.cpu().numpy())
         index_parts.append(chunk.indices.cpu().numpy())
     return Neighbours(np.concatenate(cos_parts), np.concatenate(index_parts))
-
-
-# ---------------------------------------------------------------- saved faiss indexes
-
-
-@dataclass
-class GalleryIndex:
-    """A faiss inner-product index of a gallery's unit embeddings, and where it came from (``how``: "reused PATH",
-    "built and saved PATH" or "built in memory").
-
-    Another candidate source (``library``, e.g. a LanceDB table: :mod:`simlearn.vectordb`) plugs in with faiss's
-    interface: ``index.ntotal`` vectors of dim ``index.d``, and ``index.search(queries, k) -> (scores, ids)``, per
-    query the float32 inner products (descending) and int64 gallery rows of its k best candidates (-1 where it has
-    fewer), from the very unit rows the search uses. It says itself whether it is ``exhaustive`` (then the search
-    through it is exact) and how far its scores may be beyond :func:`score_error_bound` (``score_slack``)."""
-
-    index: Any
-    factory: str
-    how: str
-    library: str = "faiss"
-    exhaustive: bool = False
-    score_slack: float = 0.0
-    #: how to search exactly instead, for the message of an approximate search
-    exact_hint: str = "faiss_index=Flat is exact"
-
-    @property
-    def exact(self) -> bool:
-        """Whether searching it is exhaustive (a flat inner-product index): then the search through it is exact."""
-        if self.library != "faiss":
-            return self.exhaustive
-        faiss = import_faiss()
-        return isinstance(faiss.downcast_index(self.index), faiss.IndexFlat) and (
-            self.index.metric_type == faiss.METRIC_INNER_PRODUCT
-        )
-
-    def describe(self) -> str:
-        """How the search through it went, for people: whether exact, the factory string, and ``how``."""
-        if self.exact:
-            return f"exact ({self.library} {self.factory} index, {self.how}; re-scored in float64)"
-        return (
-            f"APPROXIMATE ({self.library} {self.factory} index, {self.how}: its candidates re-scored in float64, but "
-            f"nearer items it did not visit can be missing; {self.exact_hint})"
-        )
-
-
-def _fingerprint(unit: np.ndarray) -> str:
-    digest = hashlib.sha1()
-    digest.update(memoryview(np.ascontiguousarray(unit)))
-    digest.update(b"\0")
-    return digest.hexdigest()
-
-
-def gallery_index(embeddings: Any, path: str | Path | None = None, factory: str = "Flat") -> GalleryIndex:
-    """A faiss inner-product index of the unit rows of ``embeddings``: read from ``path`` when it was built from
-    these very embeddings with this factory string (a ``<path>.json`` beside it says so), else built, and saved
-    there when ``path`` is given (a failure to save is a warning: the index is used from memory).
-
-    ``factory`` is a faiss ``index_factory`` string: ``Flat`` is exact, e.g. ``HNSW32`` approximate; anything else
-    faiss does not know is a :class:`UserError`.
-    """
-    faiss = import_faiss()
-    raw = _raw_tensor(embeddings)
-    unit = np.ascontiguousarray(unit_rows(raw, torch.float32, tolerance=_UNIT_TOLERANCE).cpu().numpy())
-    expected = {"fingerprint": _fingerprint(unit), "factory": factory, "count": len(unit)}
-    path = Path(path) if path is not None else None
-    meta = path.with_name(path.name + ".json") if path is not None else None
-    if path is not None and path.is_file() and meta.is_file():
-        try:
-            if json.loads(meta.read_text()) == expected:
-                index = faiss.read_index(str(path))
-                if index.ntotal == len(unit) and index.d == unit.shape[1]:
-                    return GalleryIndex(index, factory, f"reused {path}")
-        except (OSError, RuntimeError, ValueError) as error:
-            log.warning("rebuilding the faiss index %s (%s)", path, error)
-    try:
-        index = faiss.index_factory(unit.shape[1], factory, faiss.METRIC_INNER_PRODUCT)
-    except RuntimeError as error:
-        raise UserError(
-            f"faiss_index={factory!r} is not a faiss index_factory string ({error}); e.g. Flat (exact) or HNSW32."
-        ) from error
-    if not index.is_trained:
-        index.train(unit)
-    index.add(unit)
-    if path is None:
-        return GalleryIndex(index, factory, "built in memory")
-    try:
-        partial = path.with_name(f".{path.name}.partial")
-        faiss.write_index(index, str(partial))
-        os.replace(partial, path)
-        meta.write_text(json.dumps(expected) + "\n")
-    except (OSError, RuntimeError) as error:
-        log.warning("could not save the faiss index next to the gallery at %s (%s)", path, error)
-        return GalleryIndex(index, factory, "built in memory")
-    return GalleryIndex(index, factory, f"built and saved {path}")

@@ -46,7 +46,7 @@ def write_evaluation(
         "labels": written[label_field],
         "class_names": np.array([str(n) for n in names], dtype=str),
     }
-    # no label field is named like these (EmbeddingDataModule.setup refuses RESERVED_FIELDS)
+    # no label field is named like these (EmbeddingDataModule.setup refuses simlearn.fields.NOT_LABEL_FIELDS)
     np.savez_compressed(paths["embeddings.npz"], **arrays, **written)
     similarity = class_similarity(embeddings, fields[label_field], class_names=list(class_names))
     similarity.save_json(paths["similarity.json"])

@@ -189,7 +189,7 @@ def serve(cfg: DictConfig) -> None:
         skipped = f", {gallery.skipped} unreadable file(s) skipped" if gallery.skipped else ""
         console = Console()
         console.print(
-            f"simlearn-serve: {service.size} gallery items of {service.source}{skipped}; model {service.loaded.path} "
+            f"simlearn-serve: {service.size} gallery items of {service.source}{skipped}; model {service.model.path} "
             f"on {service.device}; search: {service.method}",
             highlight=False,
             soft_wrap=True,

@@ -24,13 +24,13 @@ import torch
 from omegaconf import DictConfig, open_dict
 from PIL import Image
 
-from simlearn.checkpoints import LoadedEncoder, load_encoder
-from simlearn.data.images import DECODE_ERRORS, ImageLoader, is_image_name
+from simlearn.data.images import DECODE_ERRORS, is_image_name
 from simlearn.errors import UserError
-from simlearn.evaluation.neighbours import GalleryIndex, gallery_index, prepare_gallery, top_k
-from simlearn.evaluation.vectors import angle_deg
-from simlearn.inference import pick_device
-from simlearn.search import Gallery, load_gallery, non_finite_rows
+from simlearn.evaluation.neighbours import prepare_gallery, top_k
+from simlearn.inference import InferenceModel, load_model, pick_device
+from simlearn.retrieval.candidates import CandidateSource
+from simlearn.retrieval.gallery import Gallery, load_gallery, non_finite_rows, search_index
+from simlearn.retrieval.result import result_row
 from simlearn.serve.split_gallery import ItemImages, gallery_split, split_gallery
 
 log = logging.getLogger(__name__)
@@ -127,20 +127,18 @@ class SearchService:
 
     def __init__(
         self,
-        loaded: LoadedEncoder,
+        model: InferenceModel,
         gallery: Gallery,
-        device: torch.device,
         limits: ServiceLimits | None = None,
-        index: GalleryIndex | None = None,
+        index: CandidateSource | None = None,
         images: ItemImages | None = None,
         source: str | None = None,
     ) -> None:
-        self.loaded = loaded
+        self.model = model
         self.gallery = gallery
-        self.device = torch.device(device)
+        self.device = model.device
         self.limits = limits or ServiceLimits()
         self.index = index
-        self.loader = ImageLoader(loaded.preprocessing)
         #: the images of items without files (a split of in-memory data), served as PNG
         self.images = images
         #: what the gallery is, for people (the page, the start message)
@@ -186,7 +184,7 @@ class SearchService:
                 "fields": sorted(self.gallery.fields),
                 "skipped": self.gallery.skipped,
             },
-            "model": {"checkpoint": self.loaded.path.name, "device": str(self.device)},
+            "model": {"checkpoint": self.model.path.name, "device": str(self.device)},
             "search": self.method,
             "k": min(self.limits.k, self.size),
             "max_k": self.max_k(),
@@ -267,12 +265,12 @@ class SearchService:
         if width * height > self.limits.max_image_megapixels * 1e6:
             raise TooLarge(self._too_many_pixels(width * height, f"{width} × {height} pixels"))
         try:
-            with self._decodes:
-                image = self.loader(io.BytesIO(data), formats=UPLOAD_FORMATS)  # the allow-list holds for the body too
+            with self._decodes:  # the allow-list holds for the body too
+                image = self.model.loader(io.BytesIO(data), formats=UPLOAD_FORMATS)
         except DECODE_ERRORS as error:  # a header that promised an image, and a body that is none
             raise self._not_an_image(error) from error
         with self._model_lock, torch.inference_mode():
-            vector = self.loaded.encoder(image.unsqueeze(0).to(self.device)).float().cpu().numpy()[0]
+            vector = self.model.embed_tensor(image.unsqueeze(0))[0]
         if len(non_finite_rows(vector[None])):
             raise BadRequest("the model embeds this image to NaN or inf; its checkpoint is broken, try another model.")
         return vector
@@ -309,16 +307,11 @@ class SearchService:
         return [self.result(rank, i, c, label) for rank, (i, c) in enumerate(rows[:k], start=1)]
 
     def result(self, rank: int, i: int, cos: float, query_label: str | None) -> dict[str, Any]:
-        label = self.label(i)
+        # the one result schema (simlearn.retrieval.result), plus the item's image URL and label fields; its path
+        # is the name the gallery gives it (never a server's file system path)
+        path = self.gallery.name(i) if self.gallery.paths is not None else None
         return {
-            "rank": rank,
-            "id": i,
-            "name": self.gallery.name(i),
-            "label": label,
-            "path": self.gallery.name(i) if self.gallery.paths is not None else None,
-            "cosine": round(cos, 6),
-            "angle": round(angle_deg(cos), 3),
-            "same_label": (label == query_label) if label is not None and query_label is not None else None,
+            **result_row(rank, i, self.gallery.name(i), path, self.label(i), cos, query_label),
             "image": f"/items/{i}" if self.has_images else None,
             "fields": self.fields(i),
         }
@@ -500,7 +493,8 @@ def open_service(cfg: DictConfig) -> SearchService:
 
     The checkpoint is ``cfg.ckpt_path`` or the best one of ``cfg.run_dir``. The gallery is a split of the checkpoint's
     own data (no gallery, or ``split:<name>``; :func:`~simlearn.serve.split_gallery.split_gallery`) or a folder, an
-    npz or a LanceDB database (:func:`simlearn.search.load_gallery`); either is embedded now or read from the cache.
+    npz or a LanceDB database (:func:`simlearn.retrieval.gallery.load_gallery`); either is embedded now or read from
+    the cache.
     """
     defaults = ServiceLimits()  # a mistake in these is one line before anything is loaded
     limits = ServiceLimits(
@@ -513,19 +507,16 @@ def open_service(cfg: DictConfig) -> SearchService:
         with open_dict(cfg):  # a split's data is rebuilt from cfg.ckpt_path (simlearn.embed.rebuild)
             cfg.ckpt_path, cfg.run_dir = str(ckpt), None
     device = pick_device(cfg.get("device"))
-    loaded = load_encoder(ckpt, device)
+    model = load_model(ckpt, device)
     images, source = None, None
     if split is not None:
-        served = split_gallery(split, loaded, cfg, device)
+        served = split_gallery(split, model, cfg)
         gallery, images, source = served.gallery, served.images, served.description
     else:
-        gallery = load_gallery(cfg.gallery, loaded, cfg, device)
+        gallery = load_gallery(cfg.gallery, model, cfg)
     # as simlearn-search: a LanceDB gallery is searched through LanceDB, a large one through its saved faiss index
-    index = gallery.candidates
-    threshold = cfg.get("faiss_threshold")
-    if index is None and threshold is not None and len(gallery.embeddings) >= int(threshold):
-        index = gallery_index(gallery.embeddings, gallery.index_path, cfg.get("faiss_index") or "Flat")
-    return SearchService(loaded, gallery, device, limits, index, images, source)
+    index = search_index(gallery, cfg.get("faiss_threshold"), cfg.get("faiss_index") or "Flat")
+    return SearchService(model, gallery, limits, index, images, source)
 
 
 def _positive(cfg: DictConfig, name: str, default: float) -> Any:

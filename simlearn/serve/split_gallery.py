@@ -3,8 +3,8 @@
 The data is rebuilt from the checkpoint's config and embedded as ``simlearn-embed`` does it (the same functions:
 :func:`simlearn.embed.rebuild`, :func:`~simlearn.embed.embed_splits`, :func:`~simlearn.embed.split_arrays`), so the
 gallery holds exactly the arrays of that split's ``<split>.npz``: the embeddings, each item's label and label name,
-every label field, and the files of data read from files; it is read back by
-:func:`simlearn.search.gallery_from_npz`. It is embedded once and cached in ``cache_dir``, keyed by the checkpoint
+every label field, and the files of data read from files, made a gallery by
+:meth:`simlearn.retrieval.Gallery.from_arrays`. It is embedded once and cached in ``cache_dir``, keyed by the checkpoint
 file, the split and the split's data: its items and labels, and the content of each item (the pixels of in-memory
 data; the name, size and modification time of each file, as the folder cache keys them, for data read from files),
 so that a cache is reused while neither the checkpoint nor the data changed. Items of in-memory data (digits, MNIST)
@@ -18,8 +18,6 @@ import io
 import json
 import logging
 import math
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,11 +27,19 @@ import torch
 from omegaconf import DictConfig
 from PIL import Image
 
-from simlearn.checkpoints import LoadedEncoder
 from simlearn.data.in_memory import TensorImageDataset
 from simlearn.embed import embed_splits, rebuild, split_arrays
 from simlearn.errors import UserError
-from simlearn.search import CACHE_VERSION, Gallery, _fingerprint, file_stats, gallery_from_npz
+from simlearn.inference import InferenceModel
+from simlearn.retrieval.cache import (
+    CACHE_VERSION,
+    atomic_write,
+    file_stats,
+    fingerprint,
+    load_fingerprinted,
+    save_fingerprinted,
+)
+from simlearn.retrieval.gallery import Gallery
 
 log = logging.getLogger(__name__)
 
@@ -106,49 +112,47 @@ class SplitGallery:
     description: str
 
 
-def split_gallery(split: str, loaded: LoadedEncoder, cfg: DictConfig, device: Any = "cpu") -> SplitGallery:
-    """The ``split`` of ``cfg.ckpt_path``'s own data, embedded with ``loaded`` (read from the cache when neither the
+def split_gallery(split: str, model: InferenceModel, cfg: DictConfig) -> SplitGallery:
+    """The ``split`` of ``cfg.ckpt_path``'s own data, embedded with ``model`` (read from the cache when neither the
     checkpoint nor the split's data changed, ``cfg.cache``/``cfg.cache_dir``)."""
-    ckpt = loaded.path.resolve()
-    data_name = _data_name(loaded)
+    ckpt = model.path.resolve()
+    data_name = _data_name(model)
     description = f"the {split} split of the checkpoint's data ({data_name})"
     cache_dir = Path(cfg.cache_dir) if cfg.get("cache", True) and cfg.get("cache_dir") else None
     datamodule = _split_data(split, cfg, data_name)  # rebuilt on every start: the cache is keyed by its content
     stat = ckpt.stat()
-    fingerprint = _fingerprint(
+    key = fingerprint(
         CACHE_VERSION,
         "split",
         split,
         ckpt,
         stat.st_size,
         stat.st_mtime_ns,
-        json.dumps(loaded.preprocessing),
+        json.dumps(model.preprocessing),
         _data_key(datamodule, split),
     )
-    if cache_dir is not None:
-        npz = cache_dir / f"split-{_fingerprint(ckpt, split)[:16]}.npz"
-        cached = _read_cache(npz, fingerprint, loaded)
+    npz = cache_dir / f"split-{fingerprint(ckpt, split)[:16]}.npz" if cache_dir is not None else None
+    if npz is not None:
+        cached = _read_cache(npz, key, model)
         if cached is not None:
             log.info("gallery embeddings of the %s split reused from %s", split, npz)
             return SplitGallery(cached[0], cached[1], description)
-    arrays, pixels = _embed_split(split, loaded, datamodule, cfg, device, data_name)
-    if cache_dir is None:  # read back as any npz of simlearn-embed, from a file that is gone afterwards
-        with tempfile.TemporaryDirectory() as folder:
-            npz = Path(folder) / f"{split}.npz"
-            _write(npz, arrays, fingerprint, ckpt, pixels is not None)
-            gallery = gallery_from_npz(npz, loaded)  # reads every array it keeps into memory
-        gallery.index_path = None  # a faiss index, if any, is built in memory
+    arrays, pixels = _embed_split(split, model, datamodule, cfg, data_name)
+    # simlearn-embed's arrays and ckpt_path (simlearn.embed.write_npz)
+    arrays = {**arrays, "ckpt_path": np.array(str(ckpt))}
+    if npz is None:  # a gallery of the arrays, a faiss index (if any) built in memory
+        gallery = Gallery.from_arrays(arrays, Path(f"{SPLIT_PREFIX}{split}"), model)
         return SplitGallery(gallery, ItemImages(pixels) if pixels is not None else None, description)
     if pixels is not None:  # the pixels first: a cache is used only when its npz is there, which comes last
-        _atomic(_pixels_file(npz), lambda f: np.save(f, pixels))
-    _write(npz, arrays, fingerprint, ckpt, pixels is not None)
-    gallery = gallery_from_npz(npz, loaded)
+        atomic_write(_pixels_file(npz), lambda f: np.save(f, pixels))
+    save_fingerprinted(npz, key, "gallery of the split", **arrays, cache_pixels=np.array(pixels is not None))
+    gallery = Gallery.from_arrays(arrays, npz, model, index_path=npz.with_suffix(".faiss"))
     images = ItemImages(np.load(_pixels_file(npz), mmap_mode="r")) if pixels is not None else None
     return SplitGallery(gallery, images, description)
 
 
-def _data_name(loaded: LoadedEncoder) -> str:
-    target = str((loaded.config.get("data") or {}).get("_target_", "") or "")
+def _data_name(model: InferenceModel) -> str:
+    target = str((model.config.get("data") or {}).get("_target_", "") or "")
     return target.rsplit(".", 1)[-1].removesuffix("DataModule").lower() or "unknown"
 
 
@@ -171,8 +175,9 @@ def _split_data(split: str, cfg: DictConfig, data_name: str) -> Any:
 
 def _data_key(datamodule: Any, split: str) -> str:
     """What the split's embeddings depend on besides the model: which items it holds, their label fields and class
-    names, and each item's content: the files' names, sizes and modification times (:func:`simlearn.search.file_stats`,
-    the folder cache's key) for data read from files, else the items' pixels (in-memory data: digits, MNIST)."""
+    names, and each item's content: the files' names, sizes and modification times (the folder cache's key,
+    :func:`simlearn.retrieval.cache.file_stats`) for data read from files, else the items' pixels (in-memory data:
+    digits, MNIST)."""
     dataset = datamodule.datasets[split]
     index = dataset.indices.cpu()
     # the values the gallery's arrays carry (the dataset's own, split_arrays), not the training labels
@@ -186,15 +191,15 @@ def _data_key(datamodule: Any, split: str) -> str:
     else:  # a kind of data this does not know: keyed by its items only (start with cache=false after a change)
         content = type(dataset).__name__
     names = datamodule.dataset_class_names
-    return _fingerprint(index.numpy(), *(part for pair in fields for part in pair), names, content)
+    return fingerprint(index.numpy(), *(part for pair in fields for part in pair), names, content)
 
 
 def _embed_split(
-    split: str, loaded: LoadedEncoder, datamodule: Any, cfg: DictConfig, device: Any, data_name: str
+    split: str, model: InferenceModel, datamodule: Any, cfg: DictConfig, data_name: str
 ) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
     """The arrays of ``<split>.npz`` as simlearn-embed writes them and, for in-memory data, the items' pixels."""
     log.info("embedding the %s split of %s (%d items)", split, data_name, len(datamodule.datasets[split]))
-    result = embed_splits(loaded.encoder, datamodule, [split], device, cfg.get("batch_size"))[split]
+    result = embed_splits(model.encoder, datamodule, [split], model.device, cfg.get("batch_size"))[split]
     arrays = split_arrays(result, datamodule, split)
     dataset = datamodule.datasets[split]
     pixels = None
@@ -208,37 +213,17 @@ def _pixels_file(npz: Path) -> Path:
     return npz.with_name(f"{npz.stem}.pixels.npy")
 
 
-def _atomic(path: Path, write: Any) -> None:
-    """``write(file)`` into a temporary file beside ``path``, then renamed over it: never a half-written cache."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(temporary, "wb") as file:
-            write(file)
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
-
-
-def _write(npz: Path, arrays: dict[str, np.ndarray], fingerprint: str, ckpt: Path, has_pixels: bool) -> None:
-    # simlearn-embed's arrays and ckpt_path (simlearn.embed.write_npz), with the cache's fingerprint
-    extra = {"ckpt_path": np.array(str(ckpt)), "cache_fingerprint": np.array(fingerprint)}
-    _atomic(npz, lambda f: np.savez(f, **arrays, **extra, cache_pixels=np.array(has_pixels)))
-
-
-def _read_cache(npz: Path, fingerprint: str, loaded: LoadedEncoder) -> tuple[Gallery, ItemImages | None] | None:
+def _read_cache(npz: Path, key: str, model: InferenceModel) -> tuple[Gallery, ItemImages | None] | None:
     """The cached gallery (and pixels) when the cache is of this checkpoint file and this data; None when there is
     none, it is stale or unreadable (it is then embedded again)."""
-    if not npz.is_file():
+    arrays = load_fingerprinted(npz, key, None, "cached gallery of the split")
+    if arrays is None:
         return None
+    has_pixels = "cache_pixels" in arrays and bool(arrays.pop("cache_pixels"))
     try:
-        with np.load(npz, allow_pickle=False) as arrays:
-            if "cache_fingerprint" not in arrays.files or str(arrays["cache_fingerprint"]) != fingerprint:
-                return None
-            has_pixels = "cache_pixels" in arrays.files and bool(arrays["cache_pixels"])
         images = ItemImages(np.load(_pixels_file(npz), mmap_mode="r")) if has_pixels else None
-        gallery = gallery_from_npz(npz, loaded)
-    except (OSError, ValueError, KeyError, UserError) as error:  # e.g. its pixels file removed
+        gallery = Gallery.from_arrays(arrays, npz, model, index_path=npz.with_suffix(".faiss"))
+    except (OSError, ValueError, UserError) as error:  # e.g. its pixels file removed
         log.warning("the cached gallery %s cannot be read (%s); embedding it again", npz, error)
         return None
     if images is not None and len(images) != len(gallery.embeddings):

@@ -236,7 +236,7 @@ function showResults(answer) {
     name.title = item.name;
     const score = document.createElement("span");
     score.className = "score";
-    score.textContent = `cos ${item.cosine.toFixed(3)} · ${item.angle.toFixed(1)}°`;
+    score.textContent = `cos ${item.cosine.toFixed(3)} · ${item.angle_deg.toFixed(1)}°`;
     card.append(imageElement(item.id, `item ${item.id}`), rank, name, score);
     card.addEventListener("click", () => searchItem(item.id));
     grid.append(card);

@@ -1,0 +1,96 @@
+"""``simlearn-export ckpt_path=PATH format=onnx|torchscript|hf [out=PATH]``: the command, for each format."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from omegaconf import DictConfig
+from rich.console import Console
+
+from simlearn.errors import UserError
+from simlearn.export.formats import FORMATS, TOLERANCE, check_export, export_encoder
+from simlearn.inference import load_model
+
+__all__ = ["export", "export_folder"]
+
+
+def export(cfg: DictConfig) -> Path:
+    """Export ``cfg.ckpt_path``'s encoder as ``cfg.format`` into ``cfg.out`` (or the run dir), checked against
+    PyTorch's embeddings unless ``check=false``; returns the file (or folder) written."""
+    fmt = str(cfg.get("format", "onnx")).lower()
+    if fmt not in FORMATS:
+        raise UserError(f"format={fmt!r} is not an export format; valid: {sorted(FORMATS)}.")
+    if fmt == "hf":
+        return export_folder(cfg)
+    model = load_model(cfg.ckpt_path)
+    shape = model.input_shape
+    out = Path(cfg.get("out") or Path(cfg.paths.output_dir) / FORMATS[fmt])
+    generator = torch.Generator().manual_seed(0)
+    export_encoder(model.encoder, torch.randn(2, *shape, generator=generator), out, fmt, cfg.get("opset"))
+    sidecar = out.with_name(out.name + ".json")
+    sidecar.write_text(
+        json.dumps(
+            {
+                "format": fmt,
+                "input": {"name": "image", "shape": ["batch", *shape], "dtype": "float32"},
+                "output": {"name": "embedding", "shape": ["batch", model.embedding_dim], "normalized": True},
+                "preprocessing": model.preprocessing,
+                "ckpt_path": str(Path(cfg.ckpt_path).resolve()),
+            },
+            indent=2,
+        )
+        + "\n"
+    )
+    console = Console()
+    console.print(f"exported the {fmt} encoder to {out} (preprocessing in {sidecar})", highlight=False)
+    if cfg.get("check", True):
+        difference = check_export(out, fmt, model.encoder, torch.randn(3, *shape, generator=generator))
+        if difference is None:
+            console.print("no check: onnxruntime is not installed (pip install onnxruntime)", highlight=False)
+        elif difference > TOLERANCE:
+            raise UserError(
+                f"the exported model's embeddings differ from PyTorch's by up to {difference:.2e} (> {TOLERANCE}); "
+                f"the export is not faithful, please report it with the checkpoint's backbone config."
+            )
+        else:
+            console.print(f"check: embeddings of a batch of 3 match PyTorch's (max |Δ| = {difference:.1e})")
+    return out
+
+
+def export_folder(cfg: DictConfig) -> Path:
+    """``format=hf``: the model folder (:func:`simlearn.model_folder.write_model_folder`) with its model card
+    (:func:`simlearn.export.card.model_card`), checked by loading it back and comparing its embeddings with the
+    checkpoint's, then pushed to the Hub when ``push_to_hub=REPO_ID`` (:func:`simlearn.export.hub.push_to_hub`)."""
+    from simlearn.export.card import model_card, run_info
+    from simlearn.export.hub import check_repo_id, push_to_hub
+    from simlearn.model_folder import check_out, write_model_folder
+
+    repo_id = cfg.get("push_to_hub")
+    if repo_id:
+        check_repo_id(str(repo_id))  # a malformed id fails before anything is written
+    out = Path(cfg.get("out") or Path(cfg.paths.output_dir) / FORMATS["hf"]).expanduser()
+    overwrite = bool(cfg.get("overwrite"))
+    check_out(out, overwrite)  # a folder that would be refused fails before the checkpoint is read
+    model = load_model(cfg.ckpt_path)
+    info = run_info(Path(cfg.ckpt_path), cfg.get("metrics"))
+    parameters = sum(p.numel() for p in model.encoder.parameters())
+    card = model_card(model, info, None, cfg.get("license"), parameters)
+    folder = write_model_folder(model, out, card, overwrite)
+    console = Console()
+    console.print(f"wrote the model folder {folder} (model.safetensors, config.json, preprocessing.json, README.md)")
+    if cfg.get("check", True):
+        images = torch.randn(3, *model.input_shape, generator=torch.Generator().manual_seed(0))
+        difference = float(np.abs(load_model(folder).embed_tensor(images) - model.embed_tensor(images)).max())
+        if difference > 1e-6:
+            raise UserError(
+                f"the model folder's embeddings differ from the checkpoint's by up to {difference:.2e}; the export is "
+                f"not faithful, please report it with the checkpoint's backbone config."
+            )
+        console.print(f"check: simlearn.load({str(folder)!r}) embeds like the checkpoint (max |Δ| = {difference:.1e})")
+    if repo_id:
+        url = push_to_hub(folder, str(repo_id), bool(cfg.get("hub_private", True)))
+        console.print(f"pushed to {url}", highlight=False)
+    return folder

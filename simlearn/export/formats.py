@@ -1,0 +1,116 @@
+"""The encoder as a file for other runtimes: ONNX and TorchScript, and the check that it embeds as PyTorch does.
+
+The exported model takes the preprocessed image batch ``image`` (N, C, H, W), any N, and
+returns the unit-length embeddings ``embedding`` (N, d). ``<out>.json`` next to it says how to preprocess images
+(image_size, channels, mean, std: resize, scale to [0, 1], normalise) and the embedding dimension, so it can be used
+without simlearn.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from simlearn.errors import UserError
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "FORMATS",
+    "TOLERANCE",
+    "check_export",
+    "export_encoder",
+    "export_onnx",
+    "export_torchscript",
+    "run_exported",
+]
+
+#: format → default file (or folder) name
+FORMATS = {"onnx": "encoder.onnx", "torchscript": "encoder.pt", "hf": "model"}
+#: largest |exported − PyTorch| embedding difference the check accepts
+TOLERANCE = 1e-4
+
+
+def _export_extra() -> str:
+    return "pip install 'simlearn[export]' (onnx, onnxscript, onnxruntime)"
+
+
+def export_onnx(encoder: nn.Module, example: torch.Tensor, path: Path, opset: int | None = None) -> Path:
+    """ONNX with a dynamic batch dimension, through torch.export (needs onnx and onnxscript)."""
+    try:
+        import onnx  # noqa: F401
+        import onnxscript  # noqa: F401
+    except ImportError as error:
+        raise UserError(f"format=onnx needs the onnx and onnxscript packages ({error}); {_export_extra()}.") from error
+    kwargs: dict[str, Any] = {"opset_version": opset} if opset is not None else {}
+    batch = torch.export.Dim("batch", min=1)
+    for name in ("onnx_ir", "onnxscript", "torch.onnx"):  # their INFO lines about graph passes are noise here
+        logging.getLogger(name).setLevel(logging.WARNING)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", (DeprecationWarning, FutureWarning, UserWarning))
+        torch.onnx.export(
+            encoder,
+            (example,),
+            str(path),
+            input_names=["image"],
+            output_names=["embedding"],
+            dynamic_shapes={"images": {0: batch}},
+            dynamo=True,
+            external_data=False,
+            verbose=False,
+            **kwargs,
+        )
+    return path
+
+
+def export_torchscript(encoder: nn.Module, example: torch.Tensor, path: Path) -> Path:
+    """TorchScript by tracing (the encoder has no data-dependent control flow, so any batch size works)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", (DeprecationWarning, FutureWarning))  # torch.jit is deprecated upstream
+        traced = torch.jit.trace(encoder, example, check_trace=False)
+        traced.save(str(path))
+    return path
+
+
+def export_encoder(encoder: nn.Module, example: torch.Tensor, path: Path, fmt: str, opset: int | None = None) -> Path:
+    if fmt not in FORMATS or fmt == "hf":
+        raise UserError(f"format={fmt!r} is not an export format; valid: {sorted(FORMATS)}.")
+    encoder = encoder.eval().cpu()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if fmt == "onnx":
+        return export_onnx(encoder, example, path, opset)
+    return export_torchscript(encoder, example, path)
+
+
+def run_exported(path: Path, fmt: str, images: torch.Tensor) -> np.ndarray | None:
+    """Embeddings of ``images`` by the exported model (ONNX through onnxruntime; None when it is not installed)."""
+    if fmt == "torchscript":
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", (DeprecationWarning, FutureWarning))
+            model = torch.jit.load(str(path), map_location="cpu")
+        with torch.no_grad():
+            return model(images).numpy()
+    try:
+        import onnxruntime
+    except ImportError:
+        return None
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return session.run(["embedding"], {"image": images.numpy()})[0]
+
+
+def check_export(path: Path, fmt: str, encoder: nn.Module, images: torch.Tensor) -> float | None:
+    """Largest absolute difference between the exported model's and PyTorch's embeddings of ``images``."""
+    exported = run_exported(path, fmt, images)
+    if exported is None:
+        return None
+    with torch.no_grad():
+        expected = encoder.eval().cpu()(images).numpy()
+    if exported.shape != expected.shape:
+        raise UserError(f"the exported model returned shape {exported.shape}, expected {expected.shape}.")
+    return float(np.abs(exported - expected).max())

@@ -1,0 +1,39 @@
+"""The one schema of a search result, whoever answers it: ``simlearn-search``'s ``search.json``, the service's HTTP
+answers and the page. A file of embeddings names each item's class ``class_name`` the same way (parquet and
+LanceDB rows: :mod:`simlearn.embed`, :mod:`simlearn.vectordb`)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from simlearn.evaluation.vectors import angle_deg
+
+__all__ = ["RESULT_FIELDS", "result_row"]
+
+#: The fields of one result, in order: its rank (1 = most similar), the gallery item's ``id`` (its row in the
+#: gallery), ``name`` and file ``path`` (None for a gallery without files), its class name ``label`` (None without
+#: labels), the ``cosine`` similarity and the angle between the embeddings in degrees (``angle_deg``), and
+#: ``same_label``: whether its label is the query's (None when either is unknown).
+RESULT_FIELDS = ("rank", "id", "name", "path", "label", "cosine", "angle_deg", "same_label")
+
+
+def result_row(
+    rank: int,
+    item: int,
+    name: str,
+    path: str | None,
+    label: str | None,
+    cosine: float,
+    query_label: str | None = None,
+) -> dict[str, Any]:
+    """One result in the fields of :data:`RESULT_FIELDS` (cosine to 6 decimals, angle to 3)."""
+    return {
+        "rank": int(rank),
+        "id": int(item),
+        "name": name,
+        "path": path,
+        "label": label,
+        "cosine": round(float(cosine), 6),
+        "angle_deg": round(angle_deg(cosine), 3),
+        "same_label": (label == query_label) if label is not None and query_label is not None else None,
+    }

@@ -1,0 +1,61 @@
+"""simlearn.retrieval: a gallery built from arrays, the cache's fingerprint, the one result schema."""
+
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from simlearn.errors import UserError
+from simlearn.retrieval import RESULT_FIELDS, Gallery, fingerprint, gallery_from_npz, result_row, search_index
+
+
+def _arrays(n: int = 12, d: int = 4) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(0)
+    return {
+        "embeddings": rng.normal(size=(n, d)).astype(np.float32),
+        "labels": np.arange(n) % 3,
+        "class_names": np.array(["cat", "dog", "eel"]),
+        "index": np.arange(n),
+        "split": np.array("test"),
+        "digit": np.arange(n) % 3,
+        "ckpt_path": np.array("/nowhere/model.ckpt"),
+    }
+
+
+MODEL = SimpleNamespace(embedding_dim=4, path=Path("/nowhere/model.ckpt"))
+
+
+def test_a_gallery_from_arrays_is_the_gallery_of_the_npz_holding_them(tmp_path):
+    arrays = _arrays()
+    np.savez(tmp_path / "g.npz", **arrays)
+    from_file = gallery_from_npz(tmp_path / "g.npz", MODEL)
+    built = Gallery.from_arrays(arrays, Path("split:test"), MODEL)
+    np.testing.assert_array_equal(built.embeddings, from_file.embeddings)
+    assert built.labels == from_file.labels == ["cat", "dog", "eel"] * 4
+    assert built.ids == from_file.ids and built.ids[:2] == ["test[0]", "test[1]"]
+    assert sorted(built.fields) == sorted(from_file.fields) == ["digit"]  # every array of one row per item
+    assert built.index_path is None and from_file.index_path == tmp_path / "g.faiss"
+    assert search_index(built, faiss_threshold=None) is None  # small: searched exactly in memory
+
+
+def test_arrays_that_do_not_fit_are_one_line_naming_the_source():
+    bad = {**_arrays(), "labels": np.arange(5)}
+    with pytest.raises(UserError, match=r"gallery='split:test' does not hold one entry per item") as error:
+        Gallery.from_arrays(bad, Path("split:test"), MODEL)
+    assert "\n" not in str(error.value)
+
+
+def test_the_fingerprint_tells_arrays_of_other_dtypes_or_shapes_apart():
+    x = np.arange(6, dtype=np.int64)
+    assert fingerprint(x) == fingerprint(x.copy())
+    assert fingerprint(x) != fingerprint(x.reshape(2, 3))  # the same bytes
+    assert fingerprint(np.zeros(2, np.float64)) != fingerprint(np.zeros(4, np.float32))  # 16 zero bytes both
+    assert fingerprint("a", "b") != fingerprint("ab")
+
+
+def test_a_result_row_has_the_one_schema():
+    row = result_row(1, 7, "a.png", "a.png", "cat", 0.5, "cat")
+    assert tuple(row) == RESULT_FIELDS
+    assert row["angle_deg"] == 60.0 and row["same_label"] is True and row["id"] == 7
+    assert result_row(2, 3, "x", None, None, 1.0, "cat")["same_label"] is None
