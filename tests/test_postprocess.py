@@ -218,6 +218,17 @@ def test_step_names_come_from_the_yaml_files_and_an_unknown_one_is_one_line():
         KReciprocalReranking(k1=0)
 
 
+def test_a_step_with_other_parameters_is_an_entry_with_its_target():
+    from hydra.utils import instantiate
+
+    from simlearn.config import compose_config
+
+    entry = "{_target_:simlearn.retrieval.KReciprocalReranking,k1:10}"
+    evaluator = instantiate(compose_config([f"evaluation.postprocess=[aqe,{entry}]"]).evaluation)
+    assert [type(s) for s in evaluator.postprocess] == [AlphaQueryExpansion, KReciprocalReranking]
+    assert evaluator.postprocess[1].k1 == 10 and evaluator.postprocess[1].k2 == 6
+
+
 def test_evaluator_reports_plain_and_post_processed_metrics_by_the_same_metric_code():
     q, g, gallery, _ = _case("leave-one-out")
     labels = np.arange(len(q)) % 4
