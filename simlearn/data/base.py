@@ -61,6 +61,7 @@ from simlearn.data.splits import (
     some_names,
 )
 from simlearn.errors import UserError
+from simlearn.evaluation.vectors import as_numpy
 from simlearn.fields import GALLERY_FIELD, NOT_LABEL_FIELDS
 
 #: What :meth:`EmbeddingDataModule.loader` returns: a DataLoader, or batches drawn on the device (``on_device``).
@@ -359,9 +360,7 @@ class EmbeddingDataModule(pl.LightningDataModule):
         C, C+1, …) to the source's codes, which :attr:`dataset_class_names` names; the other fields unchanged (they
         are never relabelled). The training labels are the classifier's internal indices: under ``split_by=class``
         or a ``classes`` selection they differ from the source's codes (the digit 5 is trained as label 8)."""
-        arrays = {
-            name: np.asarray(values.cpu() if torch.is_tensor(values) else values) for name, values in fields.items()
-        }
+        arrays = {name: as_numpy(values) for name, values in fields.items()}
         if self.label_field in arrays:
             labels = arrays[self.label_field].astype(np.int64)
             code_of_label = self.split_plan.code_of_label if self.split_plan else np.zeros(0, dtype=np.int64)

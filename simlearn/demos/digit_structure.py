@@ -25,8 +25,8 @@ from typing import Any
 
 import numpy as np
 
-from simlearn.evaluation.vectors import angle_deg
-from simlearn.reports.similarity import _to_numpy, class_similarity
+from simlearn.evaluation.vectors import angle_deg, as_numpy
+from simlearn.reports.similarity import class_similarity
 
 __all__ = ["PAIR_GROUPS", "digit_structure", "pair_group", "write_structure"]
 
@@ -55,7 +55,7 @@ def digit_structure(embeddings, digits) -> dict:
     ``digits`` holds each item's digit value (an integer label; parity is its value mod 2). A group without
     pairs has ``cos`` and ``angle_deg`` None, and so do ``parity_gap`` and ``ordered`` when they need it.
     """
-    digits = _to_numpy(digits)
+    digits = as_numpy(digits)
     similarity = class_similarity(embeddings, digits)
     values = np.unique(digits).tolist()  # the rows of similarity.cos, in order
     n = similarity.counts.astype(np.int64)

@@ -15,7 +15,7 @@ from typing import Any, TypeVar, overload
 import numpy as np
 import torch
 
-__all__ = ["angle_deg", "numpy_view", "pairwise_row_sums", "row_dots", "row_norms", "unit_rows"]
+__all__ = ["angle_deg", "as_numpy", "numpy_view", "pairwise_row_sums", "row_dots", "row_norms", "unit_rows"]
 
 Array = TypeVar("Array", np.ndarray, torch.Tensor)
 
@@ -30,6 +30,11 @@ _TINY = 1e-300
 
 #: on a GPU, where each block costs kernel launches rather than cache misses: 128 MB
 _GPU_BLOCK_FLOATS = 2**24
+
+
+def as_numpy(x: Any) -> np.ndarray:
+    """Any array (a tensor on any device, with or without grad, or anything numpy takes) as a numpy array."""
+    return x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
 
 
 def numpy_view(x: torch.Tensor) -> np.ndarray | None:

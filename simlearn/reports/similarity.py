@@ -9,20 +9,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from simlearn.errors import UserError
-from simlearn.evaluation.vectors import angle_deg, unit_rows
+from simlearn.evaluation.vectors import angle_deg, as_numpy, unit_rows
 
 __all__ = ["ClassSimilarity", "class_similarity"]
 
 _MAX_ANNOTATED_CLASSES = 20
-
-
-def _to_numpy(x) -> np.ndarray:
-    return x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
 
 
 def _json_matrix(m: np.ndarray) -> list[list[float | None]]:
@@ -110,8 +105,8 @@ def class_similarity(embeddings, labels, class_names: Sequence[str] | None = Non
     (``class_names[label]``), so it needs more than max(labels) entries; by default a class is named
     str(label).
     """
-    emb = _to_numpy(embeddings)
-    lab = _to_numpy(labels)
+    emb = as_numpy(embeddings)
+    lab = as_numpy(labels)
     if emb.ndim != 2:
         raise UserError(f"embeddings must be a 2-D array of shape (num_items, dim), got shape {emb.shape}.")
     if emb.shape[0] == 0 or emb.shape[1] == 0:
