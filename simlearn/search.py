@@ -34,6 +34,7 @@ from simlearn.errors import UserError
 from simlearn.inference import InferenceModel, load_model, pick_device
 from simlearn.reports.plots import GridTile, save_retrieval_grid, similarity_captions
 from simlearn.retrieval.gallery import Gallery, diverged_hint, load_gallery, non_finite_rows, run_search
+from simlearn.retrieval.postprocess import postprocessors
 from simlearn.retrieval.result import result_row
 
 log = logging.getLogger(__name__)
@@ -97,6 +98,7 @@ def load_queries(spec: str | Path, model: InferenceModel, gallery_classes: set[s
 # -- searching -----------------------------------------------------------------------------------------------------
 def search(cfg: DictConfig) -> list[dict[str, Any]]:
     """The whole command: load, embed, search, print, write ``results`` and ``grid``; return the results."""
+    postprocessors(cfg.get("postprocess"), key="postprocess")  # a wrong step name is one line before anything is loaded
     device = pick_device(cfg.get("device"))
     model = load_model(cfg.ckpt_path, device)
     find_queries(cfg.query, model.loader)  # a bad query fails before the gallery is embedded
@@ -104,7 +106,8 @@ def search(cfg: DictConfig) -> list[dict[str, Any]]:
     queries = load_queries(cfg.query, model, gallery.classes, int(cfg.get("batch_size") or 256))
     k = cfg.get("k", 5)
     factory = cfg.get("faiss_index") or "Flat"
-    cos, idx, method = run_search(queries.embeddings, gallery, k, cfg.get("faiss_threshold"), factory)
+    steps = postprocessors(cfg.get("postprocess"), key="postprocess")
+    cos, idx, method = run_search(queries.embeddings, gallery, k, cfg.get("faiss_threshold"), factory, steps)
     results = []
     for q, path in enumerate(queries.paths):
         items = []

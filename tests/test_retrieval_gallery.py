@@ -59,3 +59,42 @@ def test_a_result_row_has_the_one_schema():
     assert tuple(row) == RESULT_FIELDS
     assert row["angle_deg"] == 60.0 and row["same_label"] is True and row["id"] == 7
     assert result_row(2, 3, "x", None, None, 1.0, "cat")["same_label"] is None
+
+
+def test_a_post_processed_search_of_a_gallery_is_the_brute_force_step_and_reports_the_querys_cosines():
+    # simlearn-search and the service re-rank through the same function (run_search / postprocessed_top_k)
+    from simlearn.retrieval import run_search
+    from simlearn.retrieval.postprocess import AlphaQueryExpansion, DatabaseAugmentation, postprocessed_top_k
+
+    from .test_postprocess import _case, _cos, brute_aqe, brute_dba
+
+    q, g, gallery, _ = _case("query-gallery")
+    arrays = {"embeddings": g.astype(np.float32), "labels": np.zeros(len(g), dtype=np.int64)}
+    built = Gallery.from_arrays(
+        {**arrays, "embeddings": g}, Path("split:test"), SimpleNamespace(embedding_dim=5, path=MODEL.path)
+    )
+    for step, brute in ((AlphaQueryExpansion(n=3), brute_aqe), (DatabaseAugmentation(n=2), brute_dba)):
+        cos, idx, method = run_search(q, built, 6, postprocess=[step])
+        np.testing.assert_array_equal(idx, brute(q, g, False, step.n, step.alpha)[:, :6])
+        np.testing.assert_allclose(cos, np.take_along_axis(_cos(q, g), idx, axis=1), atol=1e-12)  # the query's own
+        assert f"post-processed: {step.name}" in method
+    # an item's neighbours (the service): its own row left out, the others in the steps' order
+    own = np.array([3, 29] + [-1] * (len(q) - 2))[: len(q)]
+    _, with_own = postprocessed_top_k(q, g, 7, [AlphaQueryExpansion(n=3)])
+    _, without = postprocessed_top_k(q, g, 6, [AlphaQueryExpansion(n=3)], exclude=own)
+    for row, mine in zip(range(len(q)), own, strict=True):
+        expected = [i for i in with_own[row] if i != mine][:6]
+        assert without[row].tolist() == expected
+
+
+def test_search_and_serve_refuse_an_unknown_step_in_one_line(tmp_path, capfd):
+    from .helpers import run_main
+    from .test_errors import assert_clean_failure
+
+    for module in ("simlearn.cli.search", "simlearn.cli.serve"):  # the config group postprocess, by option name
+        args = ["ckpt_path=/nowhere.ckpt", "postprocess=[qe]", f"hydra.run.dir={tmp_path / module}"]
+        if module.endswith("search"):
+            args += ["query=/nowhere.png", "gallery=/nowhere"]
+        result = run_main(module, *args, capfd=capfd)
+        assert_clean_failure(result, "error:", "postprocess=", "'qe' is not an option of the config group postprocess")
+        assert result.returncode == 2

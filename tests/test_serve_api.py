@@ -1098,3 +1098,19 @@ def test_without_the_serve_extra_the_command_says_so_in_one_line(tmp_path):
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert result.returncode == 2, result.stderr[-2000:]
     assert "pip install 'simlearn[serve]'" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_the_service_re_ranks_with_the_search_commands_post_processing(service):
+    # serve postprocess=[aqe]: an item's neighbours are those of postprocessed_top_k (its own row left out), each with
+    # its own cosine; the answer says how it searched
+    from simlearn.retrieval.postprocess import AlphaQueryExpansion, postprocessed_top_k
+    from simlearn.serve.service import SearchService
+
+    steps = [AlphaQueryExpansion(n=3)]
+    post = SearchService(service.model, service.gallery, postprocess=steps)
+    answer = post.neighbours(3, 4)
+    vector = service.gallery.embeddings[3][None]
+    cos, idx = postprocessed_top_k(vector, service.gallery.embeddings, 4, steps, exclude=np.array([3]))
+    assert [r["id"] for r in answer["results"]] == idx[0].tolist()
+    np.testing.assert_allclose([r["cosine"] for r in answer["results"]], cos[0], atol=1e-6)
+    assert "post-processed: aqe" in answer["search"] and "post-processed" not in service.method

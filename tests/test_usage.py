@@ -210,6 +210,30 @@ def test_export_onnx_and_torchscript_give_the_same_embeddings(trained, tmp_path)
     assert sidecar["preprocessing"] == loaded.preprocessing and sidecar["output"]["shape"] == ["batch", 64]
 
 
+def test_search_takes_postprocessing_steps_in_their_order(trained, tmp_path, capsys):
+    # postprocess=[dba,aqe] composes the config group in that order; the command's results are those steps applied to
+    # the exact search of its queries' and gallery's embeddings, each with the query's own cosine to the item
+    from simlearn.inference import load_model
+    from simlearn.retrieval import load_gallery
+    from simlearn.retrieval.postprocess import postprocessed_top_k, postprocessors
+    from simlearn.search import load_queries
+
+    cfg = search_config(trained, tmp_path / "pp", "k=5", "postprocess=[dba,aqe]")
+    results = search(cfg)
+    steps = postprocessors(cfg.postprocess)
+    assert [type(step).__name__ for step in steps] == ["DatabaseAugmentation", "AlphaQueryExpansion"]
+    model = load_model(trained["ckpt"], "cpu")
+    gallery = load_gallery(cfg.gallery, model, cfg)
+    queries = load_queries(cfg.query, model, gallery.classes)
+    cos, idx = postprocessed_top_k(queries.embeddings, gallery.embeddings, 5, steps)
+    assert [[item["id"] for item in r["results"]] for r in results] == idx.tolist()
+    np.testing.assert_allclose([[item["cosine"] for item in r["results"]] for r in results], cos, atol=1e-6)
+    plain = queries.embeddings / np.linalg.norm(queries.embeddings, axis=1, keepdims=True)
+    unit = gallery.embeddings / np.linalg.norm(gallery.embeddings, axis=1, keepdims=True)
+    np.testing.assert_allclose(cos, np.einsum("qd,qkd->qk", plain, unit[idx]), atol=1e-6)  # the query's own cosine
+    assert "post-processed: dba+aqe" in " ".join(capsys.readouterr().out.split())  # the printout says how
+
+
 def test_search_user_errors(trained, tmp_path):
     not_image = tmp_path / "photo.png"
     not_image.write_text("not an image")

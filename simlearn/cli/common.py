@@ -177,9 +177,14 @@ def missing_option_message(
 ) -> str | None:
     """One line for a config group option that does not exist (``loss=tripplet``; Hydra prints 20 lines with its
     search path): the group, the closest options and the valid ones, for any group (``hydra/launcher`` too)."""
-    if not isinstance(error, MissingConfigException) or not error.missing_cfg_file or error.options is None:
+    if not isinstance(error, MissingConfigException) or not error.missing_cfg_file:
         return None
     group, _, option = str(error.missing_cfg_file).rpartition("/")
+    if error.options is None:  # a list of options (postprocess=[aqe,qe]): Hydra names none, the folder does
+        folder = config_dir() / group
+        if not group or not folder.is_dir():
+            return None
+        error.options = sorted(path.stem for path in folder.glob("*.yaml"))
     position = next((i for i, o in enumerate(overrides) if _override_key(o) == group), None)
     # not on the command line: a config's own defaults list names it
     where = (shown or overrides)[position] if position is not None else f"the defaults of the {config_name} config"

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,6 +33,7 @@ from simlearn.fields import NOT_LABEL_FIELDS
 from simlearn.inference import EmbeddedFiles, InferenceModel
 from simlearn.retrieval.cache import CACHE_VERSION, file_stats, fingerprint, load_fingerprinted, save_fingerprinted
 from simlearn.retrieval.candidates import CandidateSource, gallery_index
+from simlearn.retrieval.postprocess import PostProcessor, postprocessed_top_k
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +47,7 @@ __all__ = [
     "gallery_from_npz",
     "load_gallery",
     "non_finite_rows",
+    "postprocessed_method",
     "run_search",
     "search_index",
 ]
@@ -470,7 +472,12 @@ def _write_cache(path: Path, fingerprint: str, paths: list[str], embeddings: np.
 
 # -- searching it ---------------------------------------------------------------------------------------------
 def run_search(
-    queries: np.ndarray, gallery: Gallery, k: int, faiss_threshold: int | None = 50000, factory: str = "Flat"
+    queries: np.ndarray,
+    gallery: Gallery,
+    k: int,
+    faiss_threshold: int | None = 50000,
+    factory: str = "Flat",
+    postprocess: Sequence[PostProcessor] = (),
 ) -> tuple[np.ndarray, np.ndarray, str]:
     """Each query's top k gallery items: ``(cos, index, method)``, most similar first, by the one search of
     :func:`simlearn.evaluation.neighbours.top_k`: exact (float64 cosines, ties to the lower gallery index). Galleries
@@ -488,6 +495,9 @@ def run_search(
         raise UserError(f"k must be an integer ≥ 1, got {k!r}; e.g. k=5.")
     if k > n:
         raise UserError(f"k={k} but the gallery {gallery.source} has only {n} items; use k={n} or less.")
+    if postprocess:  # the steps re-rank an exact in-memory search (simlearn.retrieval.postprocess)
+        cos, idx = postprocessed_top_k(queries, gallery.embeddings, k, postprocess)
+        return cos, idx, postprocessed_method(postprocess)
     index = search_index(gallery, faiss_threshold, factory)
     cos, idx = top_k(queries, gallery.searchable(), k, index=index)
     method = index.describe() if index is not None else "exact (float64 cosines, ties to the lower gallery index)"
@@ -513,3 +523,12 @@ def search_index(
         )
         return None
     return gallery_index(gallery.embeddings, gallery.index_path, factory or "Flat")
+
+
+def postprocessed_method(steps: Sequence[PostProcessor]) -> str:
+    """How a post-processed search went, for people (``search.json``'s printout, the service's ``search``)."""
+    names = "+".join(str(getattr(step, "name", type(step).__name__)) for step in steps)
+    return (
+        f"exact (float64 cosines, ties to the lower gallery index), then post-processed: {names} (the order is the "
+        f"steps'; each result's cosine is the query's own with it)"
+    )

@@ -24,7 +24,7 @@ item i and is never its own neighbour, also after the queries or the gallery hav
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
@@ -44,6 +44,7 @@ __all__ = [
     "apply_postprocess",
     "postprocess_names",
     "postprocessed_ranker",
+    "postprocessed_top_k",
     "postprocessors",
     "search_ranking",
 ]
@@ -351,10 +352,14 @@ def postprocess_names() -> list[str]:
     return sorted(path.stem for path in (config_dir() / "postprocess").glob("*.yaml"))
 
 
-def postprocessors(steps: Sequence[str | PostProcessor] | None, **search: Any) -> list[PostProcessor]:
+def postprocessors(
+    steps: Sequence[str | PostProcessor] | Mapping[str, Any] | None, key: str = "evaluation.postprocess", **search: Any
+) -> list[PostProcessor]:
     """The steps of a ``postprocess`` list: each entry a step's name (its YAML in ``configs/postprocess/``, built
     with ``search``'s ``chunk_size`` / ``backend`` unless the YAML sets them) or a step already built. An unknown
-    name is a :class:`UserError` listing the valid ones."""
+    name is a :class:`UserError` listing the valid ones; ``key`` is the option the message names. A mapping of
+    name → step config is what Hydra composes for ``postprocess=[aqe,dba]`` of the search command and the service
+    (the config group ``postprocess``, each YAML under its own name), built in its order."""
     from hydra.utils import instantiate
     from omegaconf import OmegaConf
 
@@ -364,6 +369,9 @@ def postprocessors(steps: Sequence[str | PostProcessor] | None, **search: Any) -
         return []
     if isinstance(steps, str):
         steps = [steps]
+    if isinstance(steps, Mapping) or OmegaConf.is_dict(steps):
+        # simlearn-search / simlearn-serve compose postprocess=[…] as the config group: name → its YAML, in order
+        steps = [instantiate(node, **{k: v for k, v in search.items() if k not in node}) for node in steps.values()]
     built = []
     for step in steps:
         if isinstance(step, str):
@@ -371,14 +379,14 @@ def postprocessors(steps: Sequence[str | PostProcessor] | None, **search: Any) -
             if not path.is_file():
                 raise UserError(
                     f"postprocess step {step!r} does not exist; valid: {postprocess_names()} (one YAML each in "
-                    f"configs/postprocess/), e.g. evaluation.postprocess=[aqe]."
+                    f"configs/postprocess/), e.g. {key}=[aqe]."
                 )
             cfg = OmegaConf.load(path)
             step = instantiate(cfg, **{k: v for k, v in search.items() if k not in cfg})
         if not isinstance(step, PostProcessor):
             raise UserError(
                 f"a postprocess entry must be a step name, one of {postprocess_names()}, got {step!r}; "
-                "e.g. evaluation.postprocess=[aqe,k_reciprocal]."
+                f"e.g. {key}=[aqe,k_reciprocal]."
             )
         built.append(step)
     return built
@@ -410,3 +418,26 @@ def postprocessed_ranker(
             yield NeighbourChunk(start, stop, indices, None, data)
 
     return rank
+
+
+def postprocessed_top_k(
+    queries: Any, gallery: Any, k: int, steps: Sequence[PostProcessor], exclude: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Each query's top k gallery items after ``steps``, for a search of a gallery (``simlearn-search``, the
+    service): ``(cosines, indices)``, (num_queries, k), in the post-processed order, the cosines those of the query
+    itself with each item (what a person reads as "how similar"; the order is the steps'). ``exclude``: per query a
+    gallery row left out (its own item, for an item's neighbours), or -1. Searched exactly in memory, as deep as the
+    steps need."""
+    queries = np.asarray(queries)
+    gallery = np.asarray(gallery)
+    extra = int(exclude is not None)
+    depth = max([k + extra, *(int(getattr(step, "depth", 0)) for step in steps)])
+    ranking = apply_postprocess(search_ranking(queries, gallery, depth), steps)
+    indices = ranking.indices
+    if exclude is not None:  # drop each query's own row, keeping the order of the rest
+        keep = indices != np.asarray(exclude)[:, None]
+        keep[keep.sum(axis=1) > indices.shape[1] - extra, -1] = False  # no own row: the last place goes
+        indices = indices[keep].reshape(len(indices), -1)
+    indices = indices[:, :k]
+    cosines = np.einsum("qd,qkd->qk", _unit64(queries), _unit64(gallery)[indices])
+    return cosines, indices

@@ -13,7 +13,7 @@ import json
 import logging
 import re
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +29,8 @@ from simlearn.errors import UserError
 from simlearn.evaluation.neighbours import prepare_gallery, top_k
 from simlearn.inference import InferenceModel, load_model, pick_device
 from simlearn.retrieval.candidates import CandidateSource
-from simlearn.retrieval.gallery import Gallery, load_gallery, non_finite_rows, search_index
+from simlearn.retrieval.gallery import Gallery, load_gallery, non_finite_rows, postprocessed_method, search_index
+from simlearn.retrieval.postprocess import PostProcessor, postprocessed_top_k, postprocessors
 from simlearn.retrieval.result import result_row
 from simlearn.serve.split_gallery import ItemImages, gallery_split, split_gallery
 
@@ -133,8 +134,11 @@ class SearchService:
         index: CandidateSource | None = None,
         images: ItemImages | None = None,
         source: str | None = None,
+        postprocess: Sequence[PostProcessor] = (),
     ) -> None:
         self.model = model
+        #: post-processing steps re-ranking every search (simlearn.retrieval.postprocess): exact, in memory
+        self.postprocess = list(postprocess)
         self.gallery = gallery
         self.device = model.device
         self.limits = limits or ServiceLimits()
@@ -163,7 +167,11 @@ class SearchService:
         self._map_lock = threading.Lock()
         self._map: dict[str, Any] | None = None
         self.method = (
-            index.describe() if index is not None else "exact (float64 cosines, ties to the lower gallery index)"
+            postprocessed_method(self.postprocess)
+            if self.postprocess
+            else index.describe()
+            if index is not None
+            else "exact (float64 cosines, ties to the lower gallery index)"
         )
 
     # -- facts -----------------------------------------------------------------------------------------------------
@@ -301,8 +309,13 @@ class SearchService:
         """The ``k`` gallery items most similar to ``vector``, most similar first (``exclude``: a row left out, the
         query's own item); ``label``: the query's, to mark each result as of the same label or another."""
         want = k + int(exclude is not None)
-        query = torch.as_tensor(vector[None]).to(self.device) if self.device.type != "cpu" else vector[None]
-        cos, idx = top_k(query, self._searched, min(want, self.size), index=self.index)
+        if self.postprocess:  # the same post-processed search as simlearn-search's
+            cos, idx = postprocessed_top_k(
+                vector[None], self.gallery.embeddings, min(want, self.size), self.postprocess
+            )
+        else:
+            query = torch.as_tensor(vector[None]).to(self.device) if self.device.type != "cpu" else vector[None]
+            cos, idx = top_k(query, self._searched, min(want, self.size), index=self.index)
         rows = [(int(i), float(c)) for i, c in zip(idx[0].tolist(), cos[0].tolist(), strict=True) if i != exclude]
         return [self.result(rank, i, c, label) for rank, (i, c) in enumerate(rows[:k], start=1)]
 
@@ -500,6 +513,9 @@ def open_service(cfg: DictConfig) -> SearchService:
     limits = ServiceLimits(
         **{name: _positive(cfg, name, getattr(defaults, name)) for name in ServiceLimits.__dataclass_fields__}
     )
+    steps = postprocessors(
+        cfg.get("postprocess"), key="postprocess"
+    )  # a wrong step name, too, before anything is loaded
     split = gallery_split(cfg.get("gallery"))
     ckpt = checkpoint_path(cfg.get("ckpt_path"), cfg.get("run_dir"))
     if str(cfg.get("ckpt_path") or "") != str(ckpt):
@@ -516,7 +532,7 @@ def open_service(cfg: DictConfig) -> SearchService:
         gallery = load_gallery(cfg.gallery, model, cfg)
     # as simlearn-search: a LanceDB gallery is searched through LanceDB, a large one through its saved faiss index
     index = search_index(gallery, cfg.get("faiss_threshold"), cfg.get("faiss_index") or "Flat")
-    return SearchService(model, gallery, limits, index, images, source)
+    return SearchService(model, gallery, limits, index, images, source, postprocess=steps)
 
 
 def _positive(cfg: DictConfig, name: str, default: float) -> Any:
