@@ -35,7 +35,6 @@ from simlearn.inference import InferenceModel, load_model, pick_device
 from simlearn.reports.plots import GridTile, save_retrieval_grid, similarity_captions
 from simlearn.retrieval.gallery import Gallery, diverged_hint, load_gallery, non_finite_rows, run_search
 from simlearn.retrieval.postprocess import postprocessors
-from simlearn.retrieval.result import result_row
 
 log = logging.getLogger(__name__)
 
@@ -107,14 +106,11 @@ def search(cfg: DictConfig) -> list[dict[str, Any]]:
     k = cfg.get("k", 5)
     factory = cfg.get("faiss_index") or "Flat"
     steps = postprocessors(cfg.get("postprocess"), key="postprocess")
-    cos, idx, method = run_search(queries.embeddings, gallery, k, cfg.get("faiss_threshold"), factory, steps)
+    found = run_search(queries.embeddings, gallery, k, cfg.get("faiss_threshold"), factory, steps)
+    method = found.method
     results = []
     for q, path in enumerate(queries.paths):
-        items = []
-        for rank, (i, c) in enumerate(zip(idx[q].tolist(), cos[q].tolist(), strict=True), start=1):
-            label = gallery.labels[i] if gallery.labels is not None else None
-            path_i = gallery.paths[i] if gallery.paths is not None else None
-            items.append(result_row(rank, i, gallery.name(i), path_i, label, c, queries.labels[q]))
+        items = found.rows(q, queries.labels[q])
         results.append({"query": str(path), "label": queries.labels[q], "results": items})
     _print(results, gallery, queries, method)
     if cfg.get("results"):

@@ -74,7 +74,8 @@ def test_a_post_processed_search_of_a_gallery_is_the_brute_force_step_and_report
         {**arrays, "embeddings": g}, Path("split:test"), SimpleNamespace(embedding_dim=5, path=MODEL.path)
     )
     for step, brute in ((AlphaQueryExpansion(n=3), brute_aqe), (DatabaseAugmentation(n=2), brute_dba)):
-        cos, idx, method = run_search(q, built, 6, postprocess=[step])
+        found = run_search(q, built, 6, postprocess=[step])
+        cos, idx, method = found.cosines, found.indices, found.method
         np.testing.assert_array_equal(idx, brute(q, g, False, step.n, step.alpha)[:, :6])
         np.testing.assert_allclose(cos, np.take_along_axis(_cos(q, g), idx, axis=1), atol=1e-12)  # the query's own
         assert f"post-processed: {step.name}" in method

@@ -209,13 +209,14 @@ def test_search_equals_a_float64_brute_force_ties_to_the_lower_index(trained, tm
     for threshold in (None, 1):  # searched exactly; through the saved faiss Flat index
         if threshold is not None:
             pytest.importorskip("faiss")
-        found_cos, found, method = run_search(queries, gallery, 8, faiss_threshold=threshold)
+        result = run_search(queries, gallery, 8, faiss_threshold=threshold)
+        found_cos, found, method = result.cosines, result.indices, result.method
         np.testing.assert_array_equal(found, order[:, :8])
         np.testing.assert_allclose(found_cos, np.take_along_axis(cos, found, axis=1), rtol=0, atol=1e-15)
-        assert method.startswith("exact") and "APPROXIMATE" not in method
+        assert method.startswith("exact") and "APPROXIMATE" not in method and result.exact
     assert npz.with_suffix(".faiss").is_file()
-    *_, method = run_search(queries, gallery, 8, faiss_threshold=1, factory="HNSW32")
-    assert "APPROXIMATE" in method
+    approximate = run_search(queries, gallery, 8, faiss_threshold=1, factory="HNSW32")
+    assert "APPROXIMATE" in approximate.method and not approximate.exact
 
 
 # -- hints that name the config key -------------------------------------------------------------------------------

@@ -210,7 +210,8 @@ def test_search_by_upload_is_the_exact_search(client, service, queries_dir):
     query = sorted(queries_dir.rglob("*.png"))[3]
     answer = client.post("/search", **upload(query, k="7")).json()
     queries = load_queries(query, service.model, service.gallery.classes)
-    cos, idx, _ = run_search(queries.embeddings, service.gallery, 7)
+    found = run_search(queries.embeddings, service.gallery, 7)
+    cos, idx = found.cosines, found.indices
     assert [r["id"] for r in answer["results"]] == idx[0].tolist()
     assert [r["rank"] for r in answer["results"]] == list(range(1, 8))
     np.testing.assert_allclose([r["cosine"] for r in answer["results"]], cos[0], atol=1e-6)

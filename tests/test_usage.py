@@ -178,13 +178,13 @@ def test_npz_gallery_uses_a_faiss_index_built_once_and_rebuilt_when_stale(traine
     loaded = load_model(trained["ckpt"])
     gallery = gallery_from_npz(npz, loaded)
     queries = gallery.embeddings[:3]
-    *_, how = run_search(queries, gallery, 5, faiss_threshold=1)
+    how = run_search(queries, gallery, 5, faiss_threshold=1).method
     assert "reused" in how
     # new embeddings in the same file: the saved index is stale and rebuilt
     arrays = dict(np.load(npz))
     arrays["embeddings"] = arrays["embeddings"][::-1].copy()
     np.savez(npz, **arrays)
-    *_, how = run_search(queries, gallery_from_npz(npz, loaded), 5, faiss_threshold=1)
+    how = run_search(queries, gallery_from_npz(npz, loaded), 5, faiss_threshold=1).method
     assert "built and saved" in how
 
 

@@ -34,6 +34,7 @@ from simlearn.inference import EmbeddedFiles, InferenceModel
 from simlearn.retrieval.cache import CACHE_VERSION, file_stats, fingerprint, load_fingerprinted, save_fingerprinted
 from simlearn.retrieval.candidates import CandidateSource, gallery_index
 from simlearn.retrieval.postprocess import PostProcessor, postprocessed_top_k
+from simlearn.retrieval.result import result_row
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +49,10 @@ __all__ = [
     "load_gallery",
     "non_finite_rows",
     "postprocessed_method",
+    "EXACT_METHOD",
+    "RetrievalResult",
     "run_search",
+    "search_gallery",
     "search_index",
 ]
 
@@ -471,6 +475,76 @@ def _write_cache(path: Path, fingerprint: str, paths: list[str], embeddings: np.
 
 
 # -- searching it ---------------------------------------------------------------------------------------------
+EXACT_METHOD = "exact (float64 cosines, ties to the lower gallery index)"
+
+
+@dataclass(frozen=True)
+class RetrievalResult:
+    """The one result of a search of a gallery, whoever asks (``simlearn-search``, the service): each query's top k
+    gallery items, ``indices`` (num_queries, k) gallery rows, most similar first (or in the post-processing steps'
+    order), ``cosines`` (num_queries, k) float64, each the query's own cosine with the item; ``exact``: whether the
+    top k are simlearn's exact ones (False through an approximate index); ``method``: how it searched, for people;
+    ``gallery``: the items' metadata (names, paths, labels)."""
+
+    indices: np.ndarray
+    cosines: np.ndarray
+    exact: bool
+    method: str
+    gallery: Gallery
+
+    def rows(self, query: int, query_label: str | None = None) -> list[dict[str, Any]]:
+        """The results of query ``query`` in the one schema (:func:`~simlearn.retrieval.result.result_row`)."""
+        g = self.gallery
+        out = []
+        for rank, (i, c) in enumerate(zip(self.indices[query].tolist(), self.cosines[query].tolist(), strict=True), 1):
+            label = g.labels[i] if g.labels is not None else None
+            path = g.paths[i] if g.paths is not None else None
+            out.append(result_row(rank, i, g.name(i), path, label, c, query_label))
+        return out
+
+
+def search_gallery(
+    queries: Any,
+    gallery: Gallery,
+    k: int,
+    *,
+    index: CandidateSource | None = None,
+    postprocess: Sequence[PostProcessor] = (),
+    exclude: np.ndarray | None = None,
+    searched: PreparedGallery | None = None,
+) -> RetrievalResult:
+    """The one search of a gallery: each query's top k by :func:`simlearn.evaluation.neighbours.top_k` (exact:
+    float64 cosines, ties to the lower gallery index), through ``index`` when given (:func:`search_index`: a LanceDB
+    table, a saved faiss index), or re-ranked by ``postprocess`` steps (an exact in-memory search, then the steps).
+    ``exclude``: per query a gallery row left out (an item's own row when searching its neighbours), or -1.
+    ``searched``: the gallery prepared on another device (a service's GPU); ``queries`` may be a tensor there."""
+    n = len(gallery.embeddings)
+    host = queries.detach().cpu().numpy() if isinstance(queries, torch.Tensor) else np.asarray(queries)
+    bad = non_finite_rows(host)
+    if len(bad):
+        raise UserError(
+            f"{len(bad)} of the {len(host)} query embeddings are not finite (rows {first_rows(bad)}); a NaN or "
+            f"inf has no similarity to rank. Embed the queries with a checkpoint whose weights are finite."
+        )
+    if isinstance(k, bool) or not isinstance(k, int | np.integer) or k < 1:
+        raise UserError(f"k must be an integer ≥ 1, got {k!r}; e.g. k=5.")
+    extra = int(exclude is not None)
+    if k + extra > n:
+        raise UserError(
+            f"k={k} but the gallery {gallery.source} has only {n - extra} items; use k={n - extra} or less."
+        )
+    if postprocess:  # the steps re-rank an exact in-memory search (simlearn.retrieval.postprocess)
+        cos, idx = postprocessed_top_k(host, gallery.embeddings, k, postprocess, exclude)
+        return RetrievalResult(idx, cos, True, postprocessed_method(postprocess), gallery)
+    cos, idx = top_k(queries, searched if searched is not None else gallery.searchable(), k + extra, index=index)
+    if exclude is not None:  # each query's own row left out, the others in order
+        keep = idx != np.asarray(exclude)[:, None]
+        keep[keep.sum(axis=1) > k, -1] = False  # no own row among them: the last place goes
+        idx, cos = idx[keep].reshape(len(idx), k), cos[keep].reshape(len(idx), k)
+    exact = index is None or bool(index.exact)
+    return RetrievalResult(idx, cos, exact, index.describe() if index is not None else EXACT_METHOD, gallery)
+
+
 def run_search(
     queries: np.ndarray,
     gallery: Gallery,
@@ -478,30 +552,13 @@ def run_search(
     faiss_threshold: int | None = 50000,
     factory: str = "Flat",
     postprocess: Sequence[PostProcessor] = (),
-) -> tuple[np.ndarray, np.ndarray, str]:
-    """Each query's top k gallery items: ``(cos, index, method)``, most similar first, by the one search of
-    :func:`simlearn.evaluation.neighbours.top_k`: exact (float64 cosines, ties to the lower gallery index). Galleries
-    of ``faiss_threshold`` items or more are searched through their saved faiss index (:func:`gallery_index`, built
-    once next to the gallery embeddings), which is exact for ``factory="Flat"``; a LanceDB gallery through LanceDB
-    (``gallery.candidates``). ``method`` says when an approximate index (e.g. HNSW32, IVF_PQ) was used."""
-    n = len(gallery.embeddings)
-    bad = non_finite_rows(np.asarray(queries))
-    if len(bad):
-        raise UserError(
-            f"{len(bad)} of the {len(queries)} query embeddings are not finite (rows {first_rows(bad)}); a NaN or "
-            f"inf has no similarity to rank. Embed the queries with a checkpoint whose weights are finite."
-        )
-    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-        raise UserError(f"k must be an integer ≥ 1, got {k!r}; e.g. k=5.")
-    if k > n:
-        raise UserError(f"k={k} but the gallery {gallery.source} has only {n} items; use k={n} or less.")
-    if postprocess:  # the steps re-rank an exact in-memory search (simlearn.retrieval.postprocess)
-        cos, idx = postprocessed_top_k(queries, gallery.embeddings, k, postprocess)
-        return cos, idx, postprocessed_method(postprocess)
-    index = search_index(gallery, faiss_threshold, factory)
-    cos, idx = top_k(queries, gallery.searchable(), k, index=index)
-    method = index.describe() if index is not None else "exact (float64 cosines, ties to the lower gallery index)"
-    return cos, idx, method
+) -> RetrievalResult:
+    """``simlearn-search``'s search: :func:`search_gallery` through what :func:`search_index` chooses (a LanceDB
+    gallery through LanceDB, galleries of ``faiss_threshold`` items or more through their saved faiss index, exact
+    for ``factory="Flat"``), or with the ``postprocess`` steps. Its ``method`` says when an approximate index (e.g.
+    HNSW32, IVF_PQ) was used."""
+    index = None if postprocess else search_index(gallery, faiss_threshold, factory)
+    return search_gallery(queries, gallery, k, index=index, postprocess=postprocess)
 
 
 def search_index(

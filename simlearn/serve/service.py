@@ -26,11 +26,18 @@ from PIL import Image
 
 from simlearn.data.images import DECODE_ERRORS, is_image_name
 from simlearn.errors import UserError
-from simlearn.evaluation.neighbours import prepare_gallery, top_k
+from simlearn.evaluation.neighbours import prepare_gallery
 from simlearn.inference import InferenceModel, load_model, pick_device
 from simlearn.retrieval.candidates import CandidateSource
-from simlearn.retrieval.gallery import Gallery, load_gallery, non_finite_rows, postprocessed_method, search_index
-from simlearn.retrieval.postprocess import PostProcessor, postprocessed_top_k, postprocessors
+from simlearn.retrieval.gallery import (
+    Gallery,
+    load_gallery,
+    non_finite_rows,
+    postprocessed_method,
+    search_gallery,
+    search_index,
+)
+from simlearn.retrieval.postprocess import PostProcessor, postprocessors
 from simlearn.retrieval.result import result_row
 from simlearn.serve.split_gallery import ItemImages, gallery_split, split_gallery
 
@@ -308,16 +315,18 @@ class SearchService:
     ) -> list[dict[str, Any]]:
         """The ``k`` gallery items most similar to ``vector``, most similar first (``exclude``: a row left out, the
         query's own item); ``label``: the query's, to mark each result as of the same label or another."""
-        want = k + int(exclude is not None)
-        if self.postprocess:  # the same post-processed search as simlearn-search's
-            cos, idx = postprocessed_top_k(
-                vector[None], self.gallery.embeddings, min(want, self.size), self.postprocess
-            )
-        else:
-            query = torch.as_tensor(vector[None]).to(self.device) if self.device.type != "cpu" else vector[None]
-            cos, idx = top_k(query, self._searched, min(want, self.size), index=self.index)
-        rows = [(int(i), float(c)) for i, c in zip(idx[0].tolist(), cos[0].tolist(), strict=True) if i != exclude]
-        return [self.result(rank, i, c, label) for rank, (i, c) in enumerate(rows[:k], start=1)]
+        query = torch.as_tensor(vector[None]).to(self.device) if self.device.type != "cpu" else vector[None]
+        found = search_gallery(
+            query,
+            self.gallery,
+            k,
+            index=self.index,
+            postprocess=self.postprocess,
+            exclude=None if exclude is None else np.array([exclude]),
+            searched=self._searched,
+        )
+        rows = zip(found.indices[0].tolist(), found.cosines[0].tolist(), strict=True)
+        return [self.result(rank, int(i), float(c), label) for rank, (i, c) in enumerate(rows, start=1)]
 
     def result(self, rank: int, i: int, cos: float, query_label: str | None) -> dict[str, Any]:
         # the one result schema (simlearn.retrieval.result), plus the item's image URL and label fields; its path
