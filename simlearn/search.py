@@ -97,7 +97,7 @@ def load_queries(spec: str | Path, model: InferenceModel, gallery_classes: set[s
 # -- searching -----------------------------------------------------------------------------------------------------
 def search(cfg: DictConfig) -> list[dict[str, Any]]:
     """The whole command: load, embed, search, print, write ``results`` and ``grid``; return the results."""
-    postprocessors(cfg.get("postprocess"), key="postprocess")  # a wrong step name is one line before anything is loaded
+    steps = postprocessors(cfg.get("postprocess"), key="postprocess")  # a wrong step: one line before any loading
     device = pick_device(cfg.get("device"))
     model = load_model(cfg.ckpt_path, device)
     find_queries(cfg.query, model.loader)  # a bad query fails before the gallery is embedded
@@ -105,7 +105,6 @@ def search(cfg: DictConfig) -> list[dict[str, Any]]:
     queries = load_queries(cfg.query, model, gallery.classes, int(cfg.get("batch_size") or 256))
     k = cfg.get("k", 5)
     factory = cfg.get("faiss_index") or "Flat"
-    steps = postprocessors(cfg.get("postprocess"), key="postprocess")
     found = run_search(queries.embeddings, gallery, k, cfg.get("faiss_threshold"), factory, steps)
     method = found.method
     results = []

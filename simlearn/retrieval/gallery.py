@@ -33,7 +33,7 @@ from simlearn.fields import NOT_LABEL_FIELDS
 from simlearn.inference import EmbeddedFiles, InferenceModel
 from simlearn.retrieval.cache import CACHE_VERSION, file_stats, fingerprint, load_fingerprinted, save_fingerprinted
 from simlearn.retrieval.candidates import CandidateSource, gallery_index
-from simlearn.retrieval.postprocess import PostProcessor, postprocessed_top_k
+from simlearn.retrieval.postprocess import PostProcessor, drop_rows, postprocessed_top_k
 from simlearn.retrieval.result import result_row
 
 log = logging.getLogger(__name__)
@@ -538,9 +538,7 @@ def search_gallery(
         return RetrievalResult(idx, cos, True, postprocessed_method(postprocess), gallery)
     cos, idx = top_k(queries, searched if searched is not None else gallery.searchable(), k + extra, index=index)
     if exclude is not None:  # each query's own row left out, the others in order
-        keep = idx != np.asarray(exclude)[:, None]
-        keep[keep.sum(axis=1) > k, -1] = False  # no own row among them: the last place goes
-        idx, cos = idx[keep].reshape(len(idx), k), cos[keep].reshape(len(idx), k)
+        idx, cos = drop_rows(exclude, idx, cos)
     exact = index is None or bool(index.exact)
     return RetrievalResult(idx, cos, exact, index.describe() if index is not None else EXACT_METHOD, gallery)
 

@@ -42,6 +42,7 @@ __all__ = [
     "PostProcessor",
     "Ranking",
     "apply_postprocess",
+    "drop_rows",
     "postprocess_names",
     "postprocessed_ranker",
     "postprocessed_top_k",
@@ -111,11 +112,19 @@ def _search(queries: np.ndarray, gallery: np.ndarray, self_search: bool, depth: 
         found = top_k(queries, None, depth, exclude_self=True, **search)
         return found.indices, found.similarities
     found = top_k(queries, gallery, depth + 1, **search)
-    own = found.indices == np.arange(len(queries))[:, None]
-    keep = ~own
-    keep[~own.any(axis=1), -1] = False  # own item not found: the last place goes instead
-    width = found.indices.shape[1] - 1
-    return found.indices[keep].reshape(-1, width), found.similarities[keep].reshape(-1, width)
+    indices, similarities = drop_rows(np.arange(len(queries)), found.indices, found.similarities)
+    return indices, similarities
+
+
+def drop_rows(rows: np.ndarray, indices: np.ndarray, *values: np.ndarray) -> tuple[np.ndarray, ...]:
+    """``indices`` (num_queries, m) and the ``values`` beside them with query q's gallery row ``rows[q]`` left out
+    (its own item), one place fewer, the others in their order; a query whose row is not among them (an
+    approximate search missed it, or ``rows[q]`` is -1) loses its last place instead, so that every query keeps
+    m - 1."""
+    keep = indices != np.asarray(rows)[:, None]
+    keep[keep.all(axis=1), -1] = False
+    width = indices.shape[1] - 1
+    return tuple(array[keep].reshape(len(indices), width) for array in (indices, *values))
 
 
 def search_ranking(
@@ -435,9 +444,7 @@ def postprocessed_top_k(
     ranking = apply_postprocess(search_ranking(queries, gallery, depth), steps)
     indices = ranking.indices
     if exclude is not None:  # drop each query's own row, keeping the order of the rest
-        keep = indices != np.asarray(exclude)[:, None]
-        keep[keep.sum(axis=1) > indices.shape[1] - extra, -1] = False  # no own row: the last place goes
-        indices = indices[keep].reshape(len(indices), -1)
+        (indices,) = drop_rows(exclude, indices)
     indices = indices[:, :k]
     cosines = np.einsum("qd,qkd->qk", _unit64(queries), _unit64(gallery)[indices])
     return cosines, indices
