@@ -43,6 +43,7 @@ def run(overrides: Sequence[str] | DictConfig = (), output_dir: str | os.PathLik
     from omegaconf import OmegaConf, open_dict  # torch & co. only when used: `import simlearn` stays cheap
 
     from simlearn.config import compose_config
+    from simlearn.console import quiet_console
     from simlearn.errors import user_errors_unwrapped
     from simlearn.train import train_run
 
@@ -54,5 +55,6 @@ def run(overrides: Sequence[str] | DictConfig = (), output_dir: str | os.PathLik
     else:
         given = [str(override) for override in overrides]
         cfg = compose_config(given, output_dir=output_dir)
+    quiet_console()  # as the command: no Lightning tips, no LeafSpec warning (a notebook's own logging is kept)
     with user_errors_unwrapped():  # a data or backbone class's refusal, not Hydra's InstantiationException around it
         return train_run(cfg, overrides=given)

@@ -50,7 +50,7 @@ def one_line(error: pytest.ExceptionInfo) -> str:
 
 
 @pytest.mark.slow  # trains the digits for one epoch (~10 s on a busy 2-core machine)
-def test_readme_from_python_example_runs(tmp_path, monkeypatch, capsys):
+def test_readme_from_python_example_runs(tmp_path, monkeypatch, capsys, caplog):
     """The README's example, as a user would paste it into a plain Python session: no Hydra run, relative paths."""
     blocks = readme_section_code("From Python")
     assert len(blocks) == 2
@@ -75,7 +75,11 @@ def test_readme_from_python_example_runs(tmp_path, monkeypatch, capsys):
 
     test = namespace["test"]
     assert test.embeddings.shape == (len(run.datamodule.datasets["test"]), run.cfg.head.out_dim)
-    assert f"test recall@1 {run.metrics['test/recall@1']:.3f}" in capsys.readouterr().out
+    printed = capsys.readouterr()
+    assert f"test recall@1 {run.metrics['test/recall@1']:.3f}" in printed.out
+    assert (
+        "Tip:" not in printed.out + printed.err + caplog.text
+    )  # Lightning's litlogger advert, quieted as in the commands
 
     built = namespace["built"]  # the second block: built, nothing trained or written
     assert built.cfg.head.out_dim == built.model.encoder.embedding_dim == built.model.encoder.backbone.out_features
