@@ -7,14 +7,15 @@
 For each size the gallery is random but clustered unit vectors (random unit class centres plus Gaussian noise of norm
 ``--noise``, L2-normalised, about ``--per-class`` items per class: items of one class have a cosine of about 0.6 like
 a trained model's, other classes about 0), written with
-:func:`simlearn.vectordb.write_embeddings` into a LanceDB table (with its labels) and indexed with IVF_PQ for the dot
+:func:`simlearn.retrieval.vectordb.write_embeddings` into a LanceDB table (with its labels) and indexed with IVF_PQ
+for the dot
 product (``--partitions``, default about sqrt(n); ``--sub-vectors``, default d/8). The queries are fresh items from the
 same distribution. Then, in a fresh subprocess that only reads the database (so that its peak memory is what a search
 service holding that gallery needs):
 
-* the gallery is prepared once (:func:`~simlearn.evaluation.neighbours.prepare_gallery`), as ``simlearn-search`` and
+* the gallery is prepared once (:func:`~simlearn.retrieval.inputs.prepare_gallery`), as ``simlearn-search`` and
   the service do;
-* the ground truth: simlearn's exact top 10 (:func:`simlearn.evaluation.neighbours.top_k`, float64 cosines, ties to
+* the ground truth: simlearn's exact top 10 (:func:`simlearn.retrieval.exact.top_k`, float64 cosines, ties to
   the lower index);
 * for every ``nprobes:refine_factor`` setting, the search through the index exactly as ``simlearn-search`` does it
   (LanceDB's candidates, re-scored and ordered by simlearn): recall@10 against the exact top 10 (the share of the
@@ -64,7 +65,7 @@ def percentiles(seconds: list[float]) -> dict[str, float]:
 
 def build(spec: dict) -> dict:
     """Write the gallery and its IVF_PQ index; the queries go next to it (an npy file)."""
-    from simlearn import vectordb
+    from simlearn.retrieval import vectordb
 
     n, d = spec["n"], spec["dim"]
     x, labels = make_data(n + spec["queries"], d, spec["per_class"], spec["noise"], spec["seed"])
@@ -82,8 +83,9 @@ def build(spec: dict) -> dict:
 
 def search(spec: dict) -> dict:
     """Read the database as simlearn-search does, then measure the exact and the approximate searches."""
-    from simlearn import vectordb
-    from simlearn.evaluation.neighbours import prepare_gallery, top_k
+    from simlearn.retrieval import vectordb
+    from simlearn.retrieval.exact import top_k
+    from simlearn.retrieval.inputs import prepare_gallery
 
     queries = np.load(Path(spec["db"]).with_suffix(".queries.npy"))
     import lancedb  # noqa: F401 (imported before the baseline is read: its libraries are no gallery memory)

@@ -13,12 +13,12 @@ from simlearn.data import DigitsDataModule, PairsCSVDataModule
 from simlearn.data.base import EmbeddingDataModule, Items
 from simlearn.data.in_memory import ImageTensors
 from simlearn.data.splits import class_split, split_class_count
-from simlearn.embed import embed_splits
 from simlearn.errors import UserError
 from simlearn.eval import evaluate
 from simlearn.evaluation import RetrievalEvaluator, retrieval_metrics
 from simlearn.evaluation.clustering import clustering_metrics, kmeans_labels
 from simlearn.evaluation.retrieval import per_class_metrics
+from simlearn.inference.embedding_files import embed_splits
 
 from .helpers import run_training
 from .photos import class_folders, distinct_pairs, write_csv

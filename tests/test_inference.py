@@ -14,7 +14,7 @@ import simlearn
 from simlearn.config import compose_config
 from simlearn.errors import UserError
 from simlearn.export import export
-from simlearn.model_folder import WEIGHTS
+from simlearn.inference.model_folder import WEIGHTS
 
 
 @pytest.fixture(scope="module")

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from simlearn.data.splits import cap_query_gallery
-from simlearn.embed import embed_splits, split_arrays, write_parquet
 from simlearn.errors import UserError
+from simlearn.inference.embedding_files import embed_splits, split_arrays, write_parquet
 
 from .test_class_split import QueryGalleryModule, digits
 

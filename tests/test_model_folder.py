@@ -23,7 +23,7 @@ from simlearn.errors import UserError
 from simlearn.export import export
 from simlearn.export.hub import push_to_hub
 from simlearn.inference import load_model
-from simlearn.model_folder import CARD, CONFIG, PREPROCESSING, WEIGHTS
+from simlearn.inference.model_folder import CARD, CONFIG, PREPROCESSING, WEIGHTS
 
 
 def export_cfg(ckpt, out, run_dir, *overrides):
@@ -212,8 +212,8 @@ def test_bad_weights_in_a_folder_are_one_line_with_the_fix(exported, tmp_path):
 def test_search_embed_and_serve_take_a_model_folder_as_they_take_its_checkpoint(exported, tmp_path):
     """ckpt_path= of simlearn-search, -embed and -serve takes a model folder (a shared model, without its training
     checkpoint): the same results as the checkpoint it was exported from."""
-    from simlearn.embed import embed_dataset
-    from simlearn.search import search
+    from simlearn.inference.embedding_files import embed_dataset
+    from simlearn.inference.search import search
     from simlearn.serve.service import open_service
 
     gallery, digits = tmp_path / "gallery", load_digits()

@@ -8,13 +8,13 @@ import numpy as np
 import pytest
 from lightning.pytorch.loggers import WandbLogger
 
-from simlearn import search
 from simlearn.build import build_datamodule
 from simlearn.config import compose_config
-from simlearn.evaluation.vectors import angle_deg
+from simlearn.inference import search
 from simlearn.models import EmbeddingSet
 from simlearn.reports import PlotsReport
 from simlearn.reports.plots import distinct_queries, save_embedding_scatter, similarity_captions
+from simlearn.retrieval.vectors import angle_deg
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -179,7 +179,7 @@ def test_search_png_tells_its_results_apart(tmp_path):
         for r, c in enumerate(cosines, start=1)
     ]
     results = [{"query": str(tmp_path / "query.png"), "label": "3", "results": items}]
-    with mock.patch("simlearn.search.save_retrieval_grid") as save:
+    with mock.patch("simlearn.inference.search.save_retrieval_grid") as save:
         search._grid(tmp_path / "search.png", results, SimpleNamespace(preprocessing={"channels": 1}), 16)
     (row,) = save.call_args.args[1]
     similarities = [tile.caption.split("\n")[1] for tile in row[1:]]

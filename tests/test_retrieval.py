@@ -267,7 +267,7 @@ def test_user_errors(kwargs, match):
 
 
 def test_unit_length_embeddings_are_searched_without_a_normalised_copy():
-    from simlearn.evaluation.neighbours import query_gallery
+    from simlearn.retrieval.inputs import query_gallery
 
     rng = np.random.default_rng(0)
     raw = rng.normal(size=(60, 8)).astype(np.float32) * 3

@@ -1,4 +1,4 @@
-"""retrieval_metrics backends: torch and faiss agree (and with the float64 brute force of test_neighbours, ties
+"""retrieval_metrics backends: torch and faiss agree (and with the float64 brute force of test_retrieval_exact, ties
 included), the blocked CPU top-k is exact, backend choice and errors."""
 
 from __future__ import annotations
@@ -10,8 +10,9 @@ import pytest
 import torch
 
 from simlearn.errors import UserError
-from simlearn.evaluation import neighbours
 from simlearn.evaluation.retrieval import choose_backend, retrieval_metrics
+from simlearn.retrieval import exact as neighbours
+from simlearn.retrieval import faiss_lib
 
 pytest.importorskip("faiss")
 
@@ -209,7 +210,8 @@ def test_a_faiss_that_is_present_but_broken_is_left_out_of_the_automatic_choices
     def broken():
         raise UserError("backend='faiss' needs the faiss package, which cannot be imported (libfaiss.so: no such file)")
 
-    monkeypatch.setattr(neighbours, "import_faiss", broken)
+    monkeypatch.setattr(faiss_lib, "import_faiss", broken)  # what faiss_installed tries
+    monkeypatch.setattr(neighbours, "import_faiss", broken)  # what an explicit backend='faiss' imports
     neighbours.faiss_installed.cache_clear()
     try:
         assert neighbours.faiss_installed() is False

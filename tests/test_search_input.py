@@ -17,16 +17,16 @@ from sklearn.datasets import load_digits
 
 from simlearn.build import check_config
 from simlearn.config import compose_config
-from simlearn.embed import embed_dataset
 from simlearn.errors import UserError
 from simlearn.evaluation import retrieval_metrics
 from simlearn.inference import load_model
+from simlearn.inference.embedding_files import embed_dataset
+from simlearn.inference.search import search
 from simlearn.retrieval import gallery_from_npz, run_search
-from simlearn.search import search
 from simlearn.train import train
 
 from .helpers import run_cli, run_main
-from .test_neighbours import reference_order
+from .test_retrieval_exact import reference_order
 
 
 @pytest.fixture(scope="module")

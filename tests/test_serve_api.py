@@ -27,11 +27,11 @@ from PIL import Image
 import simlearn.retrieval.gallery as gallery_module
 import simlearn.serve.split_gallery as split_module
 from simlearn.config import compose_config
-from simlearn.embed import embed_dataset
 from simlearn.errors import UserError
 from simlearn.inference import InferenceModel
+from simlearn.inference.embedding_files import embed_dataset
+from simlearn.inference.search import load_queries
 from simlearn.retrieval import Gallery, gallery_from_folder, run_search
-from simlearn.search import load_queries
 from simlearn.serve import SearchService, ServiceLimits, create_app, open_service
 from simlearn.serve.app import DOCS_ASSETS
 from simlearn.serve.server import bind, check_address, is_loopback, make_server, run_server, serve
@@ -673,7 +673,7 @@ def test_a_gallery_without_images_has_no_item_images(service, tmp_path):
 def test_a_lancedb_gallery_is_served_like_the_folder_it_was_made_of(service, client, tmp_path):
     """The folder gallery's embeddings, labels and files in a LanceDB table: searched through LanceDB (exact full
     scan), the service gives the same answers and the same images."""
-    from simlearn import vectordb
+    from simlearn.retrieval import vectordb
 
     gallery = service.gallery
     classes = sorted(gallery.classes)

@@ -17,11 +17,11 @@ from sklearn.datasets import load_digits
 
 from simlearn.build import check_config
 from simlearn.config import compose_config
-from simlearn.embed import embed_dataset
 from simlearn.errors import UserError
 from simlearn.inference import load_model
+from simlearn.inference.embedding_files import embed_dataset
+from simlearn.inference.search import search
 from simlearn.models.backbones import TimmBackbone, hub_reachable
-from simlearn.search import search
 from simlearn.train import train
 
 HUB_ID = "timm/test_resnet.r160_in1k"  # test_resnet's pretrained weights on the hub (never fetched here)

@@ -14,12 +14,12 @@ from sklearn.datasets import load_digits
 
 from simlearn.checkpoints import restore
 from simlearn.config import compose_config
-from simlearn.embed import embed_dataset
 from simlearn.errors import UserError
 from simlearn.export import export
 from simlearn.inference import load_model
+from simlearn.inference.embedding_files import embed_dataset
+from simlearn.inference.search import search
 from simlearn.retrieval import gallery_from_npz, run_search
-from simlearn.search import search
 from simlearn.train import train
 
 from .helpers import run_main
@@ -214,9 +214,9 @@ def test_search_takes_postprocessing_steps_in_their_order(trained, tmp_path, cap
     # postprocess=[dba,aqe] composes the config group in that order; the command's results are those steps applied to
     # the exact search of its queries' and gallery's embeddings, each with the query's own cosine to the item
     from simlearn.inference import load_model
+    from simlearn.inference.search import load_queries
     from simlearn.retrieval import load_gallery
     from simlearn.retrieval.postprocess import postprocessed_top_k, postprocessors
-    from simlearn.search import load_queries
 
     cfg = search_config(trained, tmp_path / "pp", "k=5", "postprocess=[dba,aqe]")
     results = search(cfg)

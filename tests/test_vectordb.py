@@ -1,4 +1,5 @@
-"""The LanceDB gallery (simlearn.vectordb): simlearn-embed db=PATH writes every column, the table reads back as it was
+"""The LanceDB gallery (simlearn.retrieval.vectordb): simlearn-embed db=PATH writes every column, the table reads
+back as it was
 written, the exact search through LanceDB equals simlearn's own exact search (exact duplicates and near-ties
 included), an approximate index is said to be one, simlearn-search searches a database, and every bad database is
 one line."""
@@ -13,15 +14,15 @@ import pytest
 from PIL import Image
 from sklearn.datasets import load_digits
 
-from simlearn import vectordb
 from simlearn.config import compose_config
-from simlearn.embed import embed_dataset
 from simlearn.errors import UserError
-from simlearn.evaluation.neighbours import prepare_gallery, top_k
-from simlearn.evaluation.vectors import unit_rows
 from simlearn.inference import load_model
-from simlearn.retrieval import load_gallery
-from simlearn.search import search
+from simlearn.inference.embedding_files import embed_dataset
+from simlearn.inference.search import search
+from simlearn.retrieval import load_gallery, vectordb
+from simlearn.retrieval.exact import top_k
+from simlearn.retrieval.inputs import prepare_gallery
+from simlearn.retrieval.vectors import unit_rows
 
 from .helpers import run_cli, run_main
 

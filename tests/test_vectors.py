@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from simlearn.evaluation.vectors import angle_deg, row_dots, row_norms, unit_rows
+from simlearn.retrieval.vectors import angle_deg, row_dots, row_norms, unit_rows
 
 
 def test_unit_rows_numpy_and_torch_agree_and_keep_their_kind():

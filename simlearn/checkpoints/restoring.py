@@ -102,7 +102,7 @@ def restore(cfg: DictConfig, with_loss: bool = True) -> RestoredRun:
     ``with_loss=False`` builds the inference model alone (no loss, so any data with images will do, whatever its
     label fields: ``simlearn-embed``): ``inference`` is set instead of ``model``.
     """
-    from simlearn.model_folder import folder_of
+    from simlearn.inference.model_folder import folder_of
 
     if folder_of(cfg.ckpt_path) is not None:
         return restore_folder(cfg, with_loss)
@@ -129,7 +129,7 @@ def restore_folder(cfg: DictConfig, with_loss: bool = False) -> RestoredRun:
     """:func:`restore` of a model folder (``simlearn-export format=hf``): its encoder and the data ``cfg`` names,
     whose keys left null take the folder's preprocessing. The folder holds neither the loss nor the data it was
     trained on, so ``with_loss`` and a ``cfg`` without ``data=`` are one :class:`UserError` each."""
-    from simlearn.model_folder import folder_of, read_model_folder
+    from simlearn.inference.model_folder import folder_of, read_model_folder
 
     folder = folder_of(cfg.ckpt_path)
     what = f"ckpt_path={str(cfg.ckpt_path)!r} is a model folder (simlearn-export format=hf)"

@@ -9,7 +9,7 @@ from simlearn.cli.common import hydra_command
 
 @hydra_command("embed")
 def main(cfg: DictConfig) -> None:
-    from simlearn.embed import embed_dataset  # after the config checks: see hydra_command
+    from simlearn.inference.embedding_files import embed_dataset  # after the config checks: see hydra_command
 
     embed_dataset(cfg)
 

@@ -9,7 +9,7 @@ from simlearn.cli.common import hydra_command
 
 @hydra_command("search")
 def main(cfg: DictConfig) -> None:
-    from simlearn.search import search  # after the config checks: see hydra_command
+    from simlearn.inference.search import search  # after the config checks: see hydra_command
 
     search(cfg)
 

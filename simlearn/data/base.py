@@ -61,8 +61,8 @@ from simlearn.data.splits import (
     some_names,
 )
 from simlearn.errors import UserError
-from simlearn.evaluation.vectors import as_numpy
 from simlearn.fields import GALLERY_FIELD, NOT_LABEL_FIELDS
+from simlearn.retrieval.vectors import as_numpy
 
 #: What :meth:`EmbeddingDataModule.loader` returns: a DataLoader, or batches drawn on the device (``on_device``).
 Loader = DataLoader | DeviceBatchLoader

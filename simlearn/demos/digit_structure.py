@@ -25,8 +25,8 @@ from typing import Any
 
 import numpy as np
 
-from simlearn.evaluation.vectors import angle_deg, as_numpy
 from simlearn.reports.similarity import class_similarity
+from simlearn.retrieval.vectors import angle_deg, as_numpy
 
 __all__ = ["PAIR_GROUPS", "digit_structure", "pair_group", "write_structure"]
 

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from sklearn.metrics import adjusted_mutual_info_score, normalized_mutual_info_score
 
-from simlearn.evaluation.neighbours import faiss_installed, import_faiss
+from simlearn.retrieval.faiss_lib import faiss_installed, import_faiss
 
 log = logging.getLogger(__name__)
 

@@ -47,7 +47,7 @@ class RetrievalEvaluator:
         clustering: str | None = "test",
         postprocess: str | Sequence[Any] | None = None,
     ) -> None:
-        # imported here: simlearn.retrieval searches through simlearn.evaluation.neighbours, whose package imports
+        # imported here: simlearn.retrieval searches through simlearn.retrieval.exact, whose package imports
         # this module
         from simlearn.retrieval.postprocess import postprocessors
 

@@ -11,7 +11,7 @@ from sklearn.metrics import roc_auc_score
 from torch import Tensor
 
 from simlearn.errors import UserError
-from simlearn.evaluation.vectors import unit_rows
+from simlearn.retrieval.vectors import unit_rows
 
 __all__ = ["PairEvaluator", "best_threshold", "pair_cosines", "pair_metrics"]
 

@@ -18,7 +18,7 @@ were scored.
 ``knn_accuracy@k`` (:func:`knn_accuracy`, or ``retrieval_metrics(knn_k=k)`` from the same search) is the accuracy
 of the majority label of each query's k nearest candidates, over every query, lone ones included.
 
-The nearest neighbours are searched exactly, in chunks of queries, by :mod:`simlearn.evaluation.neighbours`
+The nearest neighbours are searched exactly, in chunks of queries, by :mod:`simlearn.retrieval.exact`
 (backends ``"torch"``, ``"faiss"`` or ``"auto"``, with the same results): candidates are ranked by their cosine
 computed in float64, and candidates with equal cosines by their gallery index, the lower first. So every metric
 equals that of a float64 brute force, even where float32 cosines tie or differ below float32 resolution (as they
@@ -33,20 +33,14 @@ import numpy as np
 import torch
 
 from simlearn.errors import UserError
-from simlearn.evaluation.neighbours import (
-    BACKENDS,
-    NeighbourChunk,
-    QueryGallery,
-    choose_backend,
-    neighbour_chunks,
-    query_gallery,
-)
+from simlearn.retrieval.exact import BACKENDS, NeighbourChunk, choose_backend, neighbour_chunks
+from simlearn.retrieval.inputs import QueryGallery, query_gallery
 
 __all__ = ["BACKENDS", "Ranker", "choose_backend", "knn_accuracy", "per_class_metrics", "retrieval_metrics"]
 
 #: What ranks the candidates the metrics read: ``(checked queries and gallery, places needed per query) -> chunks``,
 #: each chunk's ``indices`` the ranked gallery rows of its queries, at least ``needed`` places each.
-#: :func:`~simlearn.evaluation.neighbours.neighbour_chunks` (the exact search) by default; a post-processed ranking
+#: :func:`~simlearn.retrieval.exact.neighbour_chunks` (the exact search) by default; a post-processed ranking
 #: (:func:`simlearn.retrieval.postprocess.postprocessed_ranker`) is scored by the same code.
 Ranker = Callable[[QueryGallery, torch.Tensor], Iterable[NeighbourChunk]]
 
@@ -130,11 +124,11 @@ def retrieval_metrics(
             queries are searched against themselves, leaving each query's own item out (leave-one-out).
         chunk_size: queries per chunk; memory grows with chunk_size x gallery size (torch) or chunk_size x the
             largest R_q (faiss). ``None`` picks it from a memory budget per device
-            (:func:`~simlearn.evaluation.neighbours.neighbour_chunks`).
+            (:func:`~simlearn.retrieval.exact.neighbour_chunks`).
         backend: ``"torch"``, ``"faiss"`` (CPU; needs ``pip install faiss-cpu``) or ``"auto"``: faiss for large
-            galleries on the CPU when faiss is installed, torch otherwise (:mod:`simlearn.evaluation.neighbours`).
+            galleries on the CPU when faiss is installed, torch otherwise (:mod:`simlearn.retrieval.exact`).
             Both give the same metrics: those of a float64 brute force with ties broken by the lower gallery
-            index (:mod:`simlearn.evaluation.neighbours`).
+            index (:mod:`simlearn.retrieval.exact`).
         knn_k: also report ``knn_accuracy@{knn_k}`` (see :func:`knn_accuracy`), from the same search.
         rank: score this ranking instead of the exact search's (a :data:`Ranker`, e.g. a post-processed one); the
             checks, the definitions and the relevant counts stay those of the given queries and gallery.

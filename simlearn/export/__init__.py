@@ -1,8 +1,8 @@
 """Exporting a trained encoder: ``simlearn-export ckpt_path=PATH format=onnx|torchscript|hf [out=PATH]``.
 
 One module per output: :mod:`.formats` (ONNX and TorchScript files, with a sidecar ``<out>.json`` of the
-preprocessing), the model folder of ``format=hf`` (written by :mod:`simlearn.model_folder`, which also reads it)
-with its model card (:mod:`.card`) and the Hub push (:mod:`.hub`); :mod:`.command` is the command itself.
+preprocessing), the model folder of ``format=hf`` (written by :mod:`simlearn.inference.model_folder`, which also
+reads it) with its model card (:mod:`.card`) and the Hub push (:mod:`.hub`); :mod:`.command` is the command itself.
 """
 
 from simlearn.export.command import export, export_folder

@@ -20,7 +20,7 @@ from omegaconf import OmegaConf
 import simlearn
 from simlearn.errors import UserError
 from simlearn.inference import InferenceModel
-from simlearn.model_folder import CONFIG, PREPROCESSING, WEIGHTS
+from simlearn.inference.model_folder import CONFIG, PREPROCESSING, WEIGHTS
 
 log = logging.getLogger(__name__)
 

@@ -61,12 +61,12 @@ def export(cfg: DictConfig) -> Path:
 
 
 def export_folder(cfg: DictConfig) -> Path:
-    """``format=hf``: the model folder (:func:`simlearn.model_folder.write_model_folder`) with its model card
+    """``format=hf``: the model folder (:func:`simlearn.inference.model_folder.write_model_folder`) with its model card
     (:func:`simlearn.export.card.model_card`), checked by loading it back and comparing its embeddings with the
     checkpoint's, then pushed to the Hub when ``push_to_hub=REPO_ID`` (:func:`simlearn.export.hub.push_to_hub`)."""
     from simlearn.export.card import model_card, run_info
     from simlearn.export.hub import check_repo_id, push_to_hub
-    from simlearn.model_folder import check_out, write_model_folder
+    from simlearn.inference.model_folder import check_out, write_model_folder
 
     repo_id = cfg.get("push_to_hub")
     if repo_id:

@@ -22,9 +22,9 @@ from simlearn.data.base import EmbeddingDataModule, SplitDataset
 from simlearn.data.images import thumbnail
 from simlearn.errors import UserError
 from simlearn.evaluation.evaluators import RetrievalEvaluator
-from simlearn.evaluation.neighbours import top_k
-from simlearn.evaluation.vectors import angle_deg, unit_rows
 from simlearn.reports.similarity import class_similarity
+from simlearn.retrieval.exact import top_k
+from simlearn.retrieval.vectors import angle_deg, unit_rows
 
 log = logging.getLogger(__name__)
 

@@ -26,8 +26,8 @@ from matplotlib.figure import Figure
 
 from simlearn.data.base import EmbeddingDataModule
 from simlearn.errors import UserError
-from simlearn.evaluation.vectors import angle_deg, unit_rows
 from simlearn.inference import embed
+from simlearn.retrieval.vectors import angle_deg, unit_rows
 
 __all__ = ["ProbeReport", "plot_circle", "probe_similarity"]
 
@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
-    """Unit vectors along the last axis, in float64 (the shared :func:`~simlearn.evaluation.vectors.unit_rows`)."""
+    """Unit vectors along the last axis, in float64 (the shared :func:`~simlearn.retrieval.vectors.unit_rows`)."""
     return unit_rows(x, np.float64)
 
 

@@ -13,7 +13,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from simlearn.errors import UserError
-from simlearn.evaluation.vectors import angle_deg, as_numpy, unit_rows
+from simlearn.retrieval.vectors import angle_deg, as_numpy, unit_rows
 
 __all__ = ["ClassSimilarity", "class_similarity"]
 

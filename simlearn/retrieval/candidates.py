@@ -1,8 +1,8 @@
 """Candidate sources: what a gallery can be searched through besides simlearn's exact in-memory search
-(:mod:`simlearn.evaluation.neighbours`, which re-scores whatever a source returns in float64 and orders it by the
+(:mod:`simlearn.retrieval.exact`, which re-scores whatever a source returns in float64 and orders it by the
 exact rule). A source is anything with the :class:`CandidateSource` interface: a faiss index (:class:`FaissIndex`,
-built and saved by :func:`gallery_index`), a LanceDB table (:class:`simlearn.vectordb.LanceCandidates`), or a new
-one (e.g. binary codes searched by Hamming distance): one class."""
+built and saved by :func:`gallery_index`), a LanceDB table (:class:`simlearn.retrieval.vectordb.LanceCandidates`), or
+a new one (e.g. binary codes searched by Hamming distance): one class."""
 
 from __future__ import annotations
 
@@ -18,9 +18,10 @@ import numpy as np
 import torch
 
 from simlearn.errors import UserError
-from simlearn.evaluation.neighbours import UNIT_TOLERANCE, as_tensor, import_faiss
-from simlearn.evaluation.vectors import unit_rows
 from simlearn.retrieval.cache import atomic_write
+from simlearn.retrieval.faiss_lib import import_faiss
+from simlearn.retrieval.inputs import UNIT_TOLERANCE, as_tensor
+from simlearn.retrieval.vectors import unit_rows
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +33,7 @@ class CandidateSource(Protocol):
     """A search of a gallery's unit float32 rows for candidates, which the exact search re-scores and orders.
 
     ``search(queries, k) -> (scores, rows)``: per query (unit float32 rows) the scores (descending; float32 inner
-    products, or within ``score_slack`` of them beyond :func:`~simlearn.evaluation.neighbours.score_error_bound`) and
+    products, or within ``score_slack`` of them beyond :func:`~simlearn.retrieval.exact.score_error_bound`) and
     the int64 gallery rows of its k best candidates, -1 where it has fewer. ``exact``: whether the search is
     exhaustive (then the result through it is simlearn's exact one); ``size`` vectors of dimension ``dim``;
     ``library`` names it in messages, ``describe()`` says for people how a search through it went."""

@@ -20,19 +20,16 @@ from omegaconf import DictConfig
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from simlearn import vectordb
 from simlearn.data.images import find_images, folder_label
 from simlearn.errors import UserError
-from simlearn.evaluation.neighbours import (
-    PreparedGallery,
-    faiss_installed,
-    prepare_gallery,
-    top_k,
-)
 from simlearn.fields import NOT_LABEL_FIELDS
 from simlearn.inference import EmbeddedFiles, InferenceModel
+from simlearn.retrieval import vectordb
 from simlearn.retrieval.cache import CACHE_VERSION, file_stats, fingerprint, load_fingerprinted, save_fingerprinted
 from simlearn.retrieval.candidates import CandidateSource, gallery_index
+from simlearn.retrieval.exact import top_k
+from simlearn.retrieval.faiss_lib import faiss_installed
+from simlearn.retrieval.inputs import PreparedGallery, prepare_gallery
 from simlearn.retrieval.postprocess import PostProcessor, drop_rows, postprocessed_top_k
 from simlearn.retrieval.result import result_row
 
@@ -159,7 +156,8 @@ def gallery_from_npz(path: Path, model: InferenceModel) -> Gallery:
 def gallery_from_arrays(
     arrays: Mapping[str, np.ndarray], source: Path, model: InferenceModel, index_path: Path | None = None
 ) -> Gallery:
-    """The gallery of the arrays of an npz of simlearn-embed (:func:`simlearn.embed.split_arrays`: ``embeddings``,
+    """The gallery of the arrays of an npz of simlearn-embed (:func:`simlearn.inference.embedding_files.split_arrays`:
+    ``embeddings``,
     ``labels`` with ``class_names``, ``paths``, ``index`` and ``split``, the label fields), without a file: refused
     with one message naming ``source`` when they do not fit together (another model's dimension, per-item arrays of
     other lengths, non-finite rows). ``index_path``: where a faiss index of them may be kept."""
@@ -243,7 +241,7 @@ def gallery_from_arrays(
 def gallery_from_database(path: Path, model: InferenceModel, cfg: DictConfig) -> Gallery:
     """The gallery of a LanceDB table written by ``simlearn-embed db=PATH`` (``path``: the database folder, its table
     ``cfg.db_table`` or its only one, or a ``<table>.lance`` folder), searched through LanceDB as ``cfg.db_search``
-    says (:func:`simlearn.vectordb.candidates`: ``auto``, ``exact``, ``index`` or ``memory``)."""
+    says (:func:`simlearn.retrieval.vectordb.candidates`: ``auto``, ``exact``, ``index`` or ``memory``)."""
     contents = vectordb.read_table(path, cfg.get("db_table"))
     where = f"gallery={str(path)!r} (LanceDB table {contents.name!r})"
     remake = f"write it anew with simlearn-embed ckpt_path={model.path} db=PATH"
@@ -513,7 +511,7 @@ def search_gallery(
     exclude: np.ndarray | None = None,
     searched: PreparedGallery | None = None,
 ) -> RetrievalResult:
-    """The one search of a gallery: each query's top k by :func:`simlearn.evaluation.neighbours.top_k` (exact:
+    """The one search of a gallery: each query's top k by :func:`simlearn.retrieval.exact.top_k` (exact:
     float64 cosines, ties to the lower gallery index), through ``index`` when given (:func:`search_index`: a LanceDB
     table, a saved faiss index), or re-ranked by ``postprocess`` steps (an exact in-memory search, then the steps).
     ``exclude``: per query a gallery row left out (an item's own row when searching its neighbours), or -1.

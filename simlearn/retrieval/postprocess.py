@@ -16,8 +16,8 @@ The steps shipped:
   re-ranked by ``(1 - lambda) * jaccard + lambda * d`` from k-reciprocal neighbour sets, in bounded memory.
 
 **Ranking rule.** After every step the order is total and reproducible: equal scores are ordered by the lower gallery
-index, the tie rule of the exact search (:mod:`simlearn.evaluation.neighbours`); αQE and DBA search again through
-that very search (:func:`~simlearn.evaluation.neighbours.top_k`). In self-search (leave-one-out) query i is gallery
+index, the tie rule of the exact search (:mod:`simlearn.retrieval.exact`); αQE and DBA search again through
+that very search (:func:`~simlearn.retrieval.exact.top_k`). In self-search (leave-one-out) query i is gallery
 item i and is never its own neighbour, also after the queries or the gallery have changed.
 """
 
@@ -33,7 +33,8 @@ import torch
 from scipy import sparse
 
 from simlearn.errors import UserError
-from simlearn.evaluation.neighbours import NeighbourChunk, SearchData, top_k
+from simlearn.retrieval.exact import NeighbourChunk, top_k
+from simlearn.retrieval.inputs import SearchData
 
 __all__ = [
     "AlphaQueryExpansion",
@@ -130,7 +131,7 @@ def drop_rows(rows: np.ndarray, indices: np.ndarray, *values: np.ndarray) -> tup
 def search_ranking(
     queries: Any, gallery: Any = None, depth: int = 10, chunk_size: int | None = None, backend: str = "auto"
 ) -> Ranking:
-    """The plain ranking of the exact search (:func:`~simlearn.evaluation.neighbours.top_k`): ``gallery`` None
+    """The plain ranking of the exact search (:func:`~simlearn.retrieval.exact.top_k`): ``gallery`` None
     searches the queries against themselves, leave-one-out. ``depth`` is capped at the candidates per query."""
     self_search = gallery is None
     queries = np.asarray(queries)

@@ -1,12 +1,12 @@
 """The one schema of a search result, whoever answers it: ``simlearn-search``'s ``search.json``, the service's HTTP
 answers and the page. A file of embeddings names each item's class ``class_name`` the same way (parquet and
-LanceDB rows: :mod:`simlearn.embed`, :mod:`simlearn.vectordb`)."""
+LanceDB rows: :mod:`simlearn.inference.embedding_files`, :mod:`simlearn.retrieval.vectordb`)."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from simlearn.evaluation.vectors import angle_deg
+from simlearn.retrieval.vectors import angle_deg
 
 __all__ = ["RESULT_FIELDS", "result_row"]
 

@@ -1,6 +1,6 @@
 """What the search service knows and does, without HTTP: the model, the gallery, searches and the gallery's map.
 
-Every search goes through :func:`simlearn.evaluation.neighbours.top_k` (exact: float64 cosines, ties to the lower
+Every search goes through :func:`simlearn.retrieval.exact.top_k` (exact: float64 cosines, ties to the lower
 gallery index), through the gallery's faiss index for galleries of ``faiss_threshold`` items or more, as
 ``simlearn-search`` does. Items are named by their row in the gallery (``id`` 0 … N-1) and nothing else: a client
 never names a file.
@@ -26,7 +26,6 @@ from PIL import Image
 
 from simlearn.data.images import DECODE_ERRORS, is_image_name
 from simlearn.errors import UserError
-from simlearn.evaluation.neighbours import prepare_gallery
 from simlearn.inference import InferenceModel, load_model, pick_device
 from simlearn.retrieval.candidates import CandidateSource
 from simlearn.retrieval.gallery import (
@@ -37,6 +36,7 @@ from simlearn.retrieval.gallery import (
     search_gallery,
     search_index,
 )
+from simlearn.retrieval.inputs import prepare_gallery
 from simlearn.retrieval.postprocess import PostProcessor, postprocessors
 from simlearn.retrieval.result import result_row
 from simlearn.serve.split_gallery import ItemImages, gallery_split, split_gallery
@@ -529,7 +529,9 @@ def open_service(cfg: DictConfig) -> SearchService:
     ckpt = checkpoint_path(cfg.get("ckpt_path"), cfg.get("run_dir"))
     if str(cfg.get("ckpt_path") or "") != str(ckpt):
         cfg = cfg.copy()  # the caller's config stays as it was given
-        with open_dict(cfg):  # a split's data is rebuilt from cfg.ckpt_path (simlearn.embed.rebuild)
+        with open_dict(
+            cfg
+        ):  # a split's data is rebuilt from cfg.ckpt_path (simlearn.inference.embedding_files.rebuild)
             cfg.ckpt_path, cfg.run_dir = str(ckpt), None
     device = pick_device(cfg.get("device"))
     model = load_model(ckpt, device)

@@ -1,7 +1,8 @@
 """A split of the checkpoint's own data as the gallery (``gallery=split:test``, the default of ``simlearn-serve``).
 
 The data is rebuilt from the checkpoint's config and embedded as ``simlearn-embed`` does it (the same functions:
-:func:`simlearn.embed.rebuild`, :func:`~simlearn.embed.embed_splits`, :func:`~simlearn.embed.split_arrays`), so the
+:func:`simlearn.inference.embedding_files.rebuild`, :func:`~simlearn.inference.embedding_files.embed_splits`,
+:func:`~simlearn.inference.embedding_files.split_arrays`), so the
 gallery holds exactly the arrays of that split's ``<split>.npz``: the embeddings, each item's label and label name,
 every label field, and the files of data read from files, made a gallery by
 :meth:`simlearn.retrieval.Gallery.from_arrays`. It is embedded once and cached in ``cache_dir``, keyed by the checkpoint
@@ -28,9 +29,9 @@ from omegaconf import DictConfig
 from PIL import Image
 
 from simlearn.data.in_memory import TensorImageDataset
-from simlearn.embed import embed_splits, rebuild, split_arrays
 from simlearn.errors import UserError
 from simlearn.inference import InferenceModel
+from simlearn.inference.embedding_files import embed_splits, rebuild, split_arrays
 from simlearn.retrieval.cache import (
     CACHE_VERSION,
     atomic_write,
@@ -138,7 +139,7 @@ def split_gallery(split: str, model: InferenceModel, cfg: DictConfig) -> SplitGa
             log.info("gallery embeddings of the %s split reused from %s", split, npz)
             return SplitGallery(cached[0], cached[1], description)
     arrays, pixels = _embed_split(split, model, datamodule, cfg, data_name)
-    # simlearn-embed's arrays and ckpt_path (simlearn.embed.write_npz)
+    # simlearn-embed's arrays and ckpt_path (simlearn.inference.embedding_files.write_npz)
     arrays = {**arrays, "ckpt_path": np.array(str(ckpt))}
     if npz is None:  # a gallery of the arrays, a faiss index (if any) built in memory
         gallery = Gallery.from_arrays(arrays, Path(f"{SPLIT_PREFIX}{split}"), model)

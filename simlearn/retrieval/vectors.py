@@ -3,7 +3,7 @@ angles (the evaluation reports, the retrieval metrics and ``simlearn-search`` al
 
 Norms are computed in float64, block by block of rows, so that float32 values whose squares overflow or underflow
 float32 are still scaled correctly, the rounding of the result is the only error (at most 2**-24 per component of a
-float32 result, see :func:`simlearn.evaluation.neighbours.score_error_bound`), and no float64 copy of a large array
+float32 result, see :func:`simlearn.retrieval.exact.score_error_bound`), and no float64 copy of a large array
 is ever held. NaN stays NaN: a row holding one comes out NaN, an angle of a NaN cosine is NaN (never 180°).
 """
 

@@ -2,9 +2,10 @@
 
 The query images are embedded with the checkpoint's encoder and preprocessing; the gallery is a folder of images
 (embedded too, and cached), an npz of embeddings written by ``simlearn-embed``, or a LanceDB table it wrote
-(``simlearn-embed db=PATH``, searched through LanceDB: :mod:`simlearn.vectordb`). Each query's k most similar gallery
+(``simlearn-embed db=PATH``, searched through LanceDB: :mod:`simlearn.retrieval.vectordb`). Each query's k most
+similar gallery
 items are printed with their cosine similarity and angle, written to ``search.json`` and drawn in a grid.
-The search is the one of :mod:`simlearn.evaluation.neighbours`: exact, with cosines in float64 and ties to the lower
+The search is the one of :mod:`simlearn.retrieval.exact`: exact, with cosines in float64 and ties to the lower
 gallery index. Galleries of at least ``faiss_threshold`` items are searched through a faiss inner-product index saved
 next to their embeddings (exact for ``faiss_index=Flat``; the output says when an approximate one was used).
 """

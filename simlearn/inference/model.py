@@ -26,8 +26,8 @@ from torch import Tensor, nn
 from simlearn.data.image_files import image_mode
 from simlearn.data.images import DECODE_ERRORS, ImageLoader
 from simlearn.errors import UserError
-from simlearn.evaluation.vectors import unit_rows
 from simlearn.models.module import EmbeddingSet
+from simlearn.retrieval.vectors import unit_rows
 
 __all__ = ["EmbeddedFiles", "InferenceModel", "embed", "load_model", "pick_device"]
 
@@ -216,7 +216,7 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> I
     neither is one :class:`UserError`."""
     # the readers build this module's class, so they are imported here, not at the top (a cycle otherwise)
     from simlearn.checkpoints import checkpoint_model, load_checkpoint
-    from simlearn.model_folder import folder_of, read_model_folder
+    from simlearn.inference.model_folder import folder_of, read_model_folder
 
     folder = folder_of(path)
     if folder is not None:

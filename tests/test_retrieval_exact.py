@@ -13,13 +13,13 @@ import pytest
 import torch
 
 from simlearn.errors import UserError
-from simlearn.evaluation import knn_accuracy, neighbours, retrieval_metrics
-from simlearn.retrieval import CandidateSource, FaissIndex, gallery_index
-from simlearn.vectordb import LanceCandidates
+from simlearn.evaluation import knn_accuracy, retrieval_metrics
+from simlearn.retrieval import CandidateSource, FaissIndex, exact, faiss_lib, gallery_index, inputs
+from simlearn.retrieval.vectordb import LanceCandidates
 
 BACKENDS = [
     "torch",
-    pytest.param("faiss", marks=pytest.mark.skipif(not neighbours.faiss_installed(), reason="no faiss")),
+    pytest.param("faiss", marks=pytest.mark.skipif(not faiss_lib.faiss_installed(), reason="no faiss")),
 ]
 KS = (1, 5, 10)
 KNN_K = 5
@@ -132,7 +132,7 @@ def test_metrics_equal_a_float64_brute_force_ties_to_the_lower_index(d, unit, mo
 def test_neighbour_lists_equal_a_float64_brute_force(d, unit, mode, backend):
     q, _, g, _ = split(*tie_data(d, unit), mode)
     order, cos, _ = reference(d, unit, mode)
-    similarities, indices = neighbours.top_k(q, q if g is None else g, 12, exclude_self=g is None, backend=backend)
+    similarities, indices = exact.top_k(q, q if g is None else g, 12, exclude_self=g is None, backend=backend)
     np.testing.assert_array_equal(indices, order[:, :12])
     np.testing.assert_allclose(similarities, np.take_along_axis(cos, indices, axis=1), rtol=0, atol=1e-15)
 
@@ -170,13 +170,13 @@ def test_ties_beyond_the_extra_candidates_are_searched_again(monkeypatch, backen
     x = rng.normal(size=(300, 8)).astype(np.float32)
     x[100:140] = x[7] * 4  # a power of two: every cosine among the 41 copies is exactly the same
     labels = np.arange(300) % 3
-    monkeypatch.setattr(neighbours, "EXTRA_CANDIDATES", 1)
+    monkeypatch.setattr(exact, "EXTRA_CANDIDATES", 1)
     counts = []
     for name in ("_torch_search", "_faiss_search"):
-        make = getattr(neighbours, name)
-        monkeypatch.setattr(neighbours, name, recording(make, counts))
+        make = getattr(exact, name)
+        monkeypatch.setattr(exact, name, recording(make, counts))
     order, _ = reference_order(x, x, True)
-    _, indices = neighbours.top_k(x, x, 5, exclude_self=True, backend=backend, chunk_size=64)
+    _, indices = exact.top_k(x, x, 5, exclude_self=True, backend=backend, chunk_size=64)
     assert max(counts) >= 40 > min(counts) == 6  # first k + 1 candidates, then doubled until the ties fit
     np.testing.assert_array_equal(indices, order[:, :5])
     assert indices[7].tolist() == [100, 101, 102, 103, 104]  # equal cosines: the lowest gallery indices
@@ -191,14 +191,14 @@ def test_each_query_gets_its_own_number_of_exact_neighbours(monkeypatch, backend
     """The metrics ask each query for its own number of neighbours (R_q): those places are exact, every place holds
     a gallery row, also when some queries of a chunk are searched again and faiss splits the chunk in blocks."""
     x, _ = tie_data(3, False)
-    monkeypatch.setattr(neighbours, "EXTRA_CANDIDATES", 1)  # exact ties at the k-th place: searched again
-    monkeypatch.setattr(neighbours, "_FAISS_MAX_CHUNK", 7)
+    monkeypatch.setattr(exact, "EXTRA_CANDIDATES", 1)  # exact ties at the k-th place: searched again
+    monkeypatch.setattr(exact, "_FAISS_MAX_CHUNK", 7)
     counts = []
     for name in ("_torch_search", "_faiss_search"):
-        monkeypatch.setattr(neighbours, name, recording(getattr(neighbours, name), counts))
+        monkeypatch.setattr(exact, name, recording(getattr(exact, name), counts))
     needed = torch.from_numpy(np.random.default_rng(0).integers(0, 30, len(x)))
     order, _ = reference_order(x, x, True)
-    for chunk in neighbours.neighbour_chunks(neighbours.search_data(x), needed, backend, chunk_size=50):
+    for chunk in exact.neighbour_chunks(inputs.search_data(x), needed, backend, chunk_size=50):
         indices = chunk.indices.numpy()
         assert indices.shape == (chunk.stop - chunk.start, int(needed[chunk.start : chunk.stop].max()))
         assert ((indices >= 0) & (indices < len(x))).all()
@@ -211,7 +211,7 @@ def test_every_candidate_searched_is_certain():
     """k = every other item: nothing lies outside the candidates, so no check can fail."""
     x, _ = tie_data(2, False)
     order, _ = reference_order(x[:50], x[:50], True)
-    _, indices = neighbours.top_k(x[:50], x[:50], 100, exclude_self=True)
+    _, indices = exact.top_k(x[:50], x[:50], 100, exclude_self=True)
     assert indices.shape == (50, 49)
     np.testing.assert_array_equal(indices, order)
 
@@ -222,7 +222,7 @@ def test_float64_inputs_are_ranked_by_their_own_values():
     q = np.array([[1.0, 0.0, 0.0]])
     g = np.array([[0.5, 1.0, 0.0], [0.5 - 1e-12, 1.0, 0.0], [0.5 + 1e-12, 1.0, 0.0], [0.0, 1.0, 0.0]])
     assert len(np.unique(g.astype(np.float32), axis=0)) == 2  # the first three are one vector in float32
-    similarities, indices = neighbours.top_k(q, g, 3)
+    similarities, indices = exact.top_k(q, g, 3)
     assert indices.tolist() == [[2, 0, 1]]  # cos = a / sqrt(a² + 1) grows with the first component a
     np.testing.assert_allclose(similarities, float64_cosines(q, g)[:, [2, 0, 1]], rtol=0, atol=1e-15)
 
@@ -237,13 +237,13 @@ def test_score_error_bound_holds():
             if kind != "scaled":
                 x /= np.linalg.norm(x, axis=1, keepdims=True)
             if kind == "edge of the tolerance":
-                x *= np.float32(1 + 0.7 * neighbours.UNIT_TOLERANCE)
-            data = neighbours.search_data(x, None)
+                x *= np.float32(1 + 0.7 * inputs.UNIT_TOLERANCE)
+            data = inputs.search_data(x, None)
             assert (data.queries.data_ptr() == torch.from_numpy(x).data_ptr()) == (kind != "scaled")
             s32 = (data.queries @ data.gallery.T).numpy().astype(np.float64)
             error = np.abs(s32 - float64_cosines(x, x)).max()
-            assert error <= neighbours.score_error_bound(d), (d, kind, error)
-    assert neighbours.score_error_bound(512) == pytest.approx(3.28e-5, rel=0.01)
+            assert error <= exact.score_error_bound(d), (d, kind, error)
+    assert exact.score_error_bound(512) == pytest.approx(3.28e-5, rel=0.01)
 
 
 def test_dtypes_numpy_lacks_are_searched_by_torch_alone():
@@ -255,7 +255,7 @@ def test_dtypes_numpy_lacks_are_searched_by_torch_alone():
     order, _ = reference_order(values, values, True)
     expected = reference_metrics(order, labels, labels)
     assert retrieval_metrics(as_bfloat16, labels, ks=KS, knn_k=KNN_K) == pytest.approx(expected, abs=1e-12, rel=0)
-    _, indices = neighbours.top_k(as_bfloat16, None, 10, exclude_self=True)
+    _, indices = exact.top_k(as_bfloat16, None, 10, exclude_self=True)
     np.testing.assert_array_equal(indices, order[:, :10])
 
 
@@ -280,13 +280,13 @@ def test_a_search_ending_never_lowers_the_precision_under_another_search_still_r
     seen_by_b = []
 
     def search_b():
-        with neighbours._ieee_float32():
+        with exact._ieee_float32():
             b_started.set()
             a_ended.wait(10)
             seen_by_b.append(torch.get_float32_matmul_precision())  # where B's matrix product runs
 
     try:
-        search_a = neighbours._ieee_float32()
+        search_a = exact._ieee_float32()
         search_a.__enter__()
         thread = threading.Thread(target=search_b)
         thread.start()
@@ -303,7 +303,7 @@ def test_a_search_ending_never_lowers_the_precision_under_another_search_still_r
 def test_concurrent_searches_all_multiply_in_ieee_float32_and_agree_with_one_at_a_time(monkeypatch):
     x, _ = tie_data(2, False)
     queries = [x[i * 40 : (i + 1) * 40] for i in range(8)]
-    expected = [neighbours.top_k(q, x, 5)[1] for q in queries]
+    expected = [exact.top_k(q, x, 5)[1] for q in queries]
     seen = []
     matmul = torch.Tensor.__matmul__
 
@@ -316,7 +316,7 @@ def test_concurrent_searches_all_multiply_in_ieee_float32_and_agree_with_one_at_
     torch.set_float32_matmul_precision("medium")
     try:
         with concurrent.futures.ThreadPoolExecutor(8) as pool:
-            found = list(pool.map(lambda i: neighbours.top_k(queries[i % 8], x, 5)[1], range(64)))
+            found = list(pool.map(lambda i: exact.top_k(queries[i % 8], x, 5)[1], range(64)))
         assert torch.get_float32_matmul_precision() == "medium"
     finally:
         torch.set_float32_matmul_precision(before)
@@ -338,11 +338,11 @@ def test_gpu_search_is_exact_too(mode):
 def test_top_k_checks_its_arguments():
     x, _ = tie_data(2, False)
     with pytest.raises(UserError, match="k must be an integer"):
-        neighbours.top_k(x, x, 0)
+        exact.top_k(x, x, 0)
     with pytest.raises(UserError, match="exclude_self=True searches the queries against themselves"):
-        neighbours.top_k(x[:5], x, 3, exclude_self=True)
+        exact.top_k(x[:5], x, 3, exclude_self=True)
     with pytest.raises(UserError, match="dim 3"):
-        neighbours.top_k(x, tie_data(3, False)[0], 3)
+        exact.top_k(x, tie_data(3, False)[0], 3)
 
 
 # ---------------------------------------------------------------- saved faiss indexes
@@ -358,7 +358,7 @@ def test_saved_flat_index_is_built_once_reused_rebuilt_when_stale_and_exact(tmp_
     reused = gallery_index(g, path)
     assert reused.how == f"reused {path}"
     order, cos = reference_order(q, g, False)
-    similarities, indices = neighbours.top_k(q, g, 10, index=reused)
+    similarities, indices = exact.top_k(q, g, 10, index=reused)
     np.testing.assert_array_equal(indices, order[:, :10])
     np.testing.assert_allclose(similarities, np.take_along_axis(cos, indices, axis=1), rtol=0, atol=1e-15)
     assert "exact" in reused.describe() and "APPROXIMATE" not in reused.describe()
@@ -367,7 +367,7 @@ def test_saved_flat_index_is_built_once_reused_rebuilt_when_stale_and_exact(tmp_
     with pytest.raises(UserError, match="not a faiss index_factory string"):
         gallery_index(g, None, "NoSuchIndex")
     with pytest.raises(UserError, match="build the index from this gallery"):
-        neighbours.top_k(q, g[:100], 3, index=reused)
+        exact.top_k(q, g[:100], 3, index=reused)
 
 
 def test_an_approximate_index_says_so_and_orders_its_candidates_by_the_rule():
@@ -376,7 +376,7 @@ def test_an_approximate_index_says_so_and_orders_its_candidates_by_the_rule():
     q, g = x[:300], x[300:]
     index = gallery_index(g, None, "HNSW32")
     assert not index.exact and "APPROXIMATE" in index.describe()
-    similarities, indices = neighbours.top_k(q, g, 10, index=index)
+    similarities, indices = exact.top_k(q, g, 10, index=index)
     cos = float64_cosines(q, g)
     np.testing.assert_allclose(similarities, np.take_along_axis(cos, indices, axis=1), rtol=0, atol=1e-15)
     for row_cos, row_index in zip(similarities, indices, strict=True):  # sorted by (-cos, index)
@@ -414,8 +414,8 @@ def test_any_class_with_the_candidate_source_interface_plugs_into_the_exact_sear
     assert isinstance(gallery_index(g, None), FaissIndex) and isinstance(gallery_index(g, None), CandidateSource)
     assert isinstance(LanceCandidates(None, 3, 2, True, "a table"), CandidateSource)
     order, cos = reference_order(q, g, False)
-    similarities, indices = neighbours.top_k(q, g, 10, index=source)
+    similarities, indices = exact.top_k(q, g, 10, index=source)
     np.testing.assert_array_equal(indices, order[:, :10])  # ties and near-ties ordered by the exact rule
     np.testing.assert_allclose(similarities, np.take_along_axis(cos, indices, axis=1), rtol=0, atol=1e-15)
     with pytest.raises(UserError, match=r"the numpy index holds \d+ vectors of dim 3, but the gallery has 100"):
-        neighbours.top_k(q, g[:100], 3, index=source)
+        exact.top_k(q, g[:100], 3, index=source)

@@ -2,8 +2,8 @@
 
 Every split is embedded with the evaluation transforms (no augmentation, also for train) and written as
 ``<split>.npz``; with pyarrow installed all splits also go to one ``embeddings.parquet``; with ``db=PATH`` all splits
-also go into a LanceDB table (an embedded vector database, :mod:`simlearn.vectordb`). The npz files and the database
-are galleries for ``simlearn-search`` and ``simlearn-serve``; the npz files plain arrays for anything else
+also go into a LanceDB table (an embedded vector database, :mod:`simlearn.retrieval.vectordb`). The npz files and the
+database are galleries for ``simlearn-search`` and ``simlearn-serve``; the npz files plain arrays for anything else
 (``numpy.load``).
 """
 
@@ -20,13 +20,13 @@ from omegaconf import DictConfig
 from rich.console import Console
 from rich.table import Table
 
-from simlearn import vectordb
 from simlearn.checkpoints import restore
 from simlearn.data.base import EmbeddingDataModule, Loader
 from simlearn.errors import UserError
 from simlearn.fields import NOT_LABEL_FIELDS
 from simlearn.inference import InferenceModel, embed, pick_device
 from simlearn.models import EmbeddingSet
+from simlearn.retrieval import vectordb
 
 log = logging.getLogger(__name__)
 

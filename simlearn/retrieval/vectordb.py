@@ -29,8 +29,8 @@ from typing import Any
 import numpy as np
 
 from simlearn.errors import UserError
-from simlearn.evaluation.vectors import row_norms, unit_rows
 from simlearn.fields import NOT_LABEL_FIELDS
+from simlearn.retrieval.vectors import row_norms, unit_rows
 
 # LanceDB's Rust core logs normal events (e.g. "No existing dataset … will be created") as WARN lines on stderr;
 # read when lancedb is first imported, so set before that (a user's own LANCEDB_LOG wins)
@@ -175,8 +175,9 @@ def write_embeddings(
     table: str = TABLE,
     overwrite: bool = False,
 ) -> Any:
-    """Write the arrays of every split (as :func:`simlearn.embed.split_arrays` makes them) into the LanceDB table
-    ``table`` of the database folder ``db_path`` (created when missing), one row per item, ``id`` 0 … N-1 in the
+    """Write the arrays of every split (as :func:`simlearn.inference.embedding_files.split_arrays` makes them) into
+    the LanceDB
+    table ``table`` of the database folder ``db_path`` (created when missing), one row per item, ``id`` 0 … N-1 in the
     order of the splits; returns the table. A table of that name already there is replaced only with ``overwrite``;
     otherwise that is a :class:`UserError`, and nothing is written."""
     import pyarrow as pa

@@ -1,0 +1,45 @@
+"""simlearn's one import of faiss (an optional dependency): whether it can be imported, and the import itself
+without the loader's misleading lines."""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import logging
+from typing import Any
+
+from simlearn.errors import UserError
+
+log = logging.getLogger(__name__)
+
+__all__ = ["faiss_installed", "import_faiss"]
+
+
+@functools.cache
+def faiss_installed() -> bool:
+    """Whether faiss can be imported (tried once per process, quietly): a package that is present but broken (a
+    missing shared library, a numpy it was not built for) counts as absent, so that the automatic choices (search
+    backend, k-means) fall back to torch and scikit-learn instead of failing."""
+    if importlib.util.find_spec("faiss") is None:
+        return False
+    try:
+        import_faiss()
+    except UserError as error:
+        log.warning("faiss is installed but cannot be imported (%s); searching and clustering without it", error)
+        return False
+    return True
+
+
+def import_faiss() -> Any:
+    """simlearn's one import of faiss: without the loader's lines ("Could not load library with AVX512 support due
+    to: ModuleNotFoundError …"), which read as errors when nothing is wrong. A :class:`UserError` when it cannot be
+    imported."""
+    try:
+        logging.getLogger("faiss.loader").setLevel(logging.WARNING)
+        import faiss
+    except ImportError as error:
+        raise UserError(
+            f"backend='faiss' needs the faiss package, which cannot be imported ({error}); install it with "
+            "`pip install faiss-cpu` (or `pip install simlearn[faiss]`), or use backend='torch' or 'auto'."
+        ) from error
+    return faiss
