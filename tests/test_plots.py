@@ -171,14 +171,14 @@ def test_search_png_tells_its_results_apart(tmp_path):
             "rank": r,
             "name": f"g{r}",
             "path": None,
-            "label": "3",
+            "class_name": "3",
             "cosine": c,
             "angle_deg": angle_deg(c),
-            "same_label": True,
+            "same_class": True,
         }
         for r, c in enumerate(cosines, start=1)
     ]
-    results = [{"query": str(tmp_path / "query.png"), "label": "3", "results": items}]
+    results = [{"query": str(tmp_path / "query.png"), "class_name": "3", "results": items}]
     with mock.patch("simlearn.inference.search.save_retrieval_grid") as save:
         search._grid(tmp_path / "search.png", results, SimpleNamespace(preprocessing={"channels": 1}), 16)
     (row,) = save.call_args.args[1]

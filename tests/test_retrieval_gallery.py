@@ -57,8 +57,8 @@ def test_the_fingerprint_tells_arrays_of_other_dtypes_or_shapes_apart():
 def test_a_result_row_has_the_one_schema():
     row = result_row(1, 7, "a.png", "a.png", "cat", 0.5, "cat")
     assert tuple(row) == RESULT_FIELDS
-    assert row["angle_deg"] == 60.0 and row["same_label"] is True and row["id"] == 7
-    assert result_row(2, 3, "x", None, None, 1.0, "cat")["same_label"] is None
+    assert row["angle_deg"] == 60.0 and row["same_class"] is True and row["id"] == 7
+    assert result_row(2, 3, "x", None, None, 1.0, "cat")["same_class"] is None
 
 
 def test_a_post_processed_search_of_a_gallery_is_the_brute_force_step_and_reports_the_querys_cosines():

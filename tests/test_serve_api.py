@@ -219,12 +219,12 @@ def test_search_by_upload_is_the_exact_search(client, service, queries_dir):
         [r["angle_deg"] for r in answer["results"]], np.degrees(np.arccos(np.clip(cos[0], -1, 1))), atol=1e-3
     )
     first = answer["results"][0]
-    assert first["label"] == service.gallery.labels[first["id"]]
+    assert first["class_name"] == service.gallery.labels[first["id"]]
     assert first["path"] == first["name"] == service.gallery.name(first["id"]) and not Path(first["path"]).is_absolute()
-    assert first["image"] == f"/items/{first['id']}" and first["same_label"] is None  # an upload has no label
+    assert first["image"] == f"/items/{first['id']}" and first["same_class"] is None  # an upload has no label
     # with the query's label given, each result says whether it has the same one
-    labelled = client.post("/search", **upload(query, k="7", label="3")).json()["results"]
-    assert [r["same_label"] for r in labelled] == [r["label"] == "3" for r in labelled]
+    labelled = client.post("/search", **upload(query, k="7", class_name="3")).json()["results"]
+    assert [r["same_class"] for r in labelled] == [r["class_name"] == "3" for r in labelled]
 
 
 def test_a_gallery_image_uploaded_finds_itself(client, service, gallery_dir):
@@ -243,7 +243,7 @@ def test_search_by_id_json_form_and_neighbours_agree(client, service):
     assert by_json["query"] == {
         "id": i,
         "name": service.gallery.name(i),
-        "label": service.gallery.labels[i],
+        "class_name": service.gallery.labels[i],
         "image": f"/items/{i}",
         "fields": None,  # a folder gallery has labels but no label fields
     }
@@ -251,7 +251,7 @@ def test_search_by_id_json_form_and_neighbours_agree(client, service):
     assert [r["id"] for r in by_json["results"]] == ids  # the item itself is left out
     np.testing.assert_allclose([r["cosine"] for r in by_json["results"]], cos, atol=1e-6)
     labels = service.gallery.labels
-    assert [r["same_label"] for r in by_json["results"]] == [labels[j] == labels[i] for j in ids]
+    assert [r["same_class"] for r in by_json["results"]] == [labels[j] == labels[i] for j in ids]
     # k defaults to the service's k
     assert len(client.get(f"/items/{i}/neighbours").json()["results"]) == 10
 
@@ -319,9 +319,9 @@ def test_the_default_gallery_is_the_test_split_as_simlearn_embed_embeds_it(split
         for item in [answer["query"], *answer["results"]]:
             j = item["id"]
             assert item["name"] == f"test[{npz['index'][j]}]" and item["image"] == f"/items/{j}"
-            assert item["label"] == str(names[npz["labels"][j]])
+            assert item["class_name"] == str(names[npz["labels"][j]])
             assert item["fields"] == {f: int(npz[f][j]) for f in ("digit", "magnitude", "parity")}
-        assert [r["same_label"] for r in answer["results"]] == [npz["labels"][j] == npz["labels"][i] for j in ids]
+        assert [r["same_class"] for r in answer["results"]] == [npz["labels"][j] == npz["labels"][i] for j in ids]
     # an upload is searched in the same gallery
     query = _png(Image.fromarray(np.kron(np.eye(8, dtype=np.uint8) * 255, np.ones((4, 4), np.uint8))))
     results = split_client.post("/search", files={"image": ("q.png", query, "image/png")}, data={"k": "5"}).json()
@@ -693,7 +693,7 @@ def test_a_lancedb_gallery_is_served_like_the_folder_it_was_made_of(service, cli
         want = client.get(f"/items/{i}/neighbours", params={"k": 8}).json()["results"]
         got = db_client.get(f"/items/{i}/neighbours", params={"k": 8}).json()["results"]
         assert [r["id"] for r in got] == [r["id"] for r in want]
-        assert [r["label"] for r in got] == [r["label"] for r in want]
+        assert [r["class_name"] for r in got] == [r["class_name"] for r in want]
         np.testing.assert_allclose([r["cosine"] for r in got], [r["cosine"] for r in want], atol=1e-6)
         assert db_client.get(f"/items/{i}").content == client.get(f"/items/{i}").content
     assert db_client.get("/map").json()["labels"] == client.get("/map").json()["labels"]

@@ -130,7 +130,7 @@ def test_upload_browse_and_map_in_a_real_browser(browser, page_service, tmp_path
             ("same" if "same" in c.get_attribute("class") else "other" if "other" in c.get_attribute("class") else None)
             for c in browser.find_elements(By.CSS_SELECTOR, "#results .card")
         ]
-        assert frames == [{True: "same", False: "other", None: None}[r["same_label"]] for r in neighbours]
+        assert frames == [{True: "same", False: "other", None: None}[r["same_class"]] for r in neighbours]
         wait_for(browser, images_loaded, "the thumbnails")
         sizes = browser.execute_script(
             "return [...document.querySelectorAll('#results img')].map(img => [img.naturalWidth, img.naturalHeight])"

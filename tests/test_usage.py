@@ -144,10 +144,10 @@ def test_search_a_folder_gallery_prints_writes_and_skips_unreadable_files(traine
     assert len(results) == 10 and all(len(r["results"]) == 5 for r in results)
     assert "1 unreadable file(s) skipped" in out and "cosine" in out and "angle" in out
     first = results[0]["results"][0]
-    assert first["path"].endswith(".png") and first["label"] is not None
+    assert first["path"].endswith(".png") and first["class_name"] is not None
     assert first["angle_deg"] == pytest.approx(np.degrees(np.arccos(min(1.0, first["cosine"]))), abs=1e-3)
-    assert all(r["label"] is not None for r in results)  # query folders are gallery classes
-    hits = sum(r["results"][0]["same_label"] for r in results)
+    assert all(r["class_name"] is not None for r in results)  # query folders are gallery classes
+    hits = sum(r["results"][0]["same_class"] for r in results)
     assert hits >= 8, f"top-1 hits {hits}/10"
     assert json.loads((tmp_path / "search.json").read_text()) == results
     assert (tmp_path / "search.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -158,7 +158,7 @@ def test_search_a_folder_gallery_prints_writes_and_skips_unreadable_files(traine
     stamp = cache[0].stat().st_mtime_ns
     query = next((trained["query"] / "7").glob("*.png"))
     single = search(search_config(trained, tmp_path / "single", f"query={query}", "k=3"))
-    assert len(single) == 1 and single[0]["label"] == "7" and len(single[0]["results"]) == 3
+    assert len(single) == 1 and single[0]["class_name"] == "7" and len(single[0]["results"]) == 3
     assert cache[0].stat().st_mtime_ns == stamp
 
 

@@ -158,7 +158,7 @@ def test_search_command_on_a_database_equals_the_in_memory_search(embedded, tmp_
     in_memory = search(search_cfg(embedded, tmp_path / "b", "k=7", "db_search=memory"))
     assert [r["results"] for r in through_db] == [r["results"] for r in in_memory]
     assert {r["results"][0]["name"].split("[")[0] for r in through_db} <= {"train", "val", "test"}
-    assert sum(r["results"][0]["same_label"] for r in through_db) >= 8  # a trained model finds its digits
+    assert sum(r["results"][0]["same_class"] for r in through_db) >= 8  # a trained model finds its digits
 
     result = run_cli(
         "-m",

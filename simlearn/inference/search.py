@@ -111,7 +111,7 @@ def search(cfg: DictConfig) -> list[dict[str, Any]]:
     results = []
     for q, path in enumerate(queries.paths):
         items = found.rows(q, queries.labels[q])
-        results.append({"query": str(path), "label": queries.labels[q], "results": items})
+        results.append({"query": str(path), "class_name": queries.labels[q], "results": items})
     _print(results, gallery, queries, method)
     if cfg.get("results"):
         out = Path(cfg.results)
@@ -126,22 +126,22 @@ def search(cfg: DictConfig) -> list[dict[str, Any]]:
 def _print(results: list[dict[str, Any]], gallery: Gallery, queries: Queries, method: str) -> None:
     console = Console()
     for result in results:
-        label = f" ({result['label']})" if result["label"] else ""
+        label = f" ({result['class_name']})" if result["class_name"] else ""
         table = Table(title=f"query {result['query']}{label}", title_justify="left")
-        for column in ("rank", "gallery item", "label", "cosine", "angle"):
+        for column in ("rank", "gallery item", "class", "cosine", "angle"):
             table.add_column(column, justify="right" if column in ("rank", "cosine", "angle") else "left")
-        if any(item["same_label"] is not None for item in result["results"]):
-            table.add_column("same label", justify="center")
+        if any(item["same_class"] is not None for item in result["results"]):
+            table.add_column("same class", justify="center")
         for item in result["results"]:
             cells = [
                 str(item["rank"]),
                 item["name"],
-                item["label"] or "",
+                item["class_name"] or "",
                 f"{item['cosine']:.4f}",
                 f"{item['angle_deg']:.1f}°",
             ]
             if len(table.columns) == 6:
-                cells.append({True: "[green]✓[/]", False: "[red]✗[/]", None: ""}[item["same_label"]])
+                cells.append({True: "[green]✓[/]", False: "[red]✗[/]", None: ""}[item["same_class"]])
             table.add_row(*cells)
         console.print(table)
     skipped = f", {gallery.skipped} unreadable file(s) skipped" if gallery.skipped else ""
@@ -151,9 +151,9 @@ def _print(results: list[dict[str, Any]], gallery: Gallery, queries: Queries, me
     )
     if queries.skipped:
         summary += f"; {len(queries.skipped)} unreadable query file(s) skipped"
-    labelled = [r for r in results if r["results"][0]["same_label"] is not None]
+    labelled = [r for r in results if r["results"][0]["same_class"] is not None]
     if labelled:
-        hits = sum(r["results"][0]["same_label"] for r in labelled)
+        hits = sum(r["results"][0]["same_class"] for r in labelled)
         summary += f"; top-1 hits {hits}/{len(labelled)} labelled queries"
     console.print(summary, highlight=False)
 
@@ -162,13 +162,13 @@ def _grid(path: Path, results: list[dict[str, Any]], model: InferenceModel, max_
     channels = int(model.preprocessing.get("channels", 3))
     rows = []
     for result in results[:max_queries]:
-        label = f"\n{result['label']}" if result["label"] else ""
+        label = f"\n{result['class_name']}" if result["class_name"] else ""
         row = [GridTile(thumbnail(result["query"], channels), f"query{label}")]
         similarities = similarity_captions([item["cosine"] for item in result["results"]])  # decimals to tell apart
         for item, similarity in zip(result["results"], similarities, strict=True):
             image = thumbnail(item["path"], channels) if item["path"] and is_image_name(Path(item["path"])) else None
-            caption = f"#{item['rank']} {item['label'] or item['name']}\n{similarity}"
-            row.append(GridTile(image, caption, item["same_label"]))
+            caption = f"#{item['rank']} {item['class_name'] or item['name']}\n{similarity}"
+            row.append(GridTile(image, caption, item["same_class"]))
         rows.append(row)
     shown = f" (first {max_queries} of {len(results)} queries)" if len(results) > max_queries else ""
     return save_retrieval_grid(path, rows, title=f"Queries and their top {len(results[0]['results'])}{shown}")

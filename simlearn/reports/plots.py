@@ -256,6 +256,7 @@ class SplitImages:
         return None if item is None else _display_image(item["image"], self.mean, self.std)
 
 
+@dataclass
 class PlotsReport:
     """After testing, for the test split: ``embedding_scatter.png`` (:func:`save_embedding_scatter`) and
     ``retrieval_grid.png``: the ``worst`` and ``best`` queries by precision@k (ties: the more confident top-1 first),
@@ -264,28 +265,20 @@ class PlotsReport:
     images under ``plots/``. Returns no metrics.
     """
 
-    def __init__(
-        self,
-        max_points: int = 2000,
-        k: int = 5,
-        worst: int = 4,
-        best: int = 4,
-        seed: int = 0,
-        wandb: bool = True,
-        scatter_name: str = "embedding_scatter.png",
-        grid_name: str = "retrieval_grid.png",
-    ) -> None:
-        for key, value in {"max_points": max_points, "k": k}.items():
+    max_points: int = 2000
+    k: int = 5
+    worst: int = 4
+    best: int = 4
+    seed: int = 0
+    wandb: bool = True
+    scatter_name: str = "embedding_scatter.png"
+    grid_name: str = "retrieval_grid.png"
+
+    def __post_init__(self) -> None:
+        for key in ("max_points", "k"):
+            value = getattr(self, key)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise UserError(f"reports.plots.{key} must be an integer ≥ 1, got {value!r}.")
-        self.max_points = max_points
-        self.k = k
-        self.worst = worst
-        self.best = best
-        self.seed = seed
-        self.wandb = wandb
-        self.scatter_name = scatter_name
-        self.grid_name = grid_name
 
     def __call__(
         self, trainer: Any, model: Any, datamodule: EmbeddingDataModule, output_dir: str | Path

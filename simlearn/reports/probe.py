@@ -17,6 +17,7 @@ import json
 import logging
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -186,16 +187,16 @@ def classifier_weights(model: Any, label_field: str, task: str | None = None) ->
     return None
 
 
+@dataclass
 class ProbeReport:
     """After testing: embed the data's probe classes (``datamodule.probe_dataloader()``), compare them with the
     test split's classes (:func:`probe_similarity`), write ``probe.json`` and, for 2-D embeddings, ``circle.png``
     (:func:`plot_circle`). Returns ``{"<probe>/<class>/cos": …, "<probe>/<class>/assigned": …}``.
     """
 
-    def __init__(self, task: str | None = None, json_name: str = "probe.json", figure_name: str = "circle.png") -> None:
-        self.task = task
-        self.json_name = json_name
-        self.figure_name = figure_name
+    task: str | None = None
+    json_name: str = "probe.json"
+    figure_name: str = "circle.png"
 
     def __call__(
         self, trainer: Any, model: Any, datamodule: EmbeddingDataModule, output_dir: str | Path

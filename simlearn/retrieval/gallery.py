@@ -490,14 +490,14 @@ class RetrievalResult:
     method: str
     gallery: Gallery
 
-    def rows(self, query: int, query_label: str | None = None) -> list[dict[str, Any]]:
+    def rows(self, query: int, query_class: str | None = None) -> list[dict[str, Any]]:
         """The results of query ``query`` in the one schema (:func:`~simlearn.retrieval.result.result_row`)."""
         g = self.gallery
         out = []
         for rank, (i, c) in enumerate(zip(self.indices[query].tolist(), self.cosines[query].tolist(), strict=True), 1):
             label = g.labels[i] if g.labels is not None else None
             path = g.paths[i] if g.paths is not None else None
-            out.append(result_row(rank, i, g.name(i), path, label, c, query_label))
+            out.append(result_row(rank, i, g.name(i), path, label, c, query_class))
         return out
 
 

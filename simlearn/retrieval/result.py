@@ -11,10 +11,11 @@ from simlearn.retrieval.vectors import angle_deg
 __all__ = ["RESULT_FIELDS", "result_row"]
 
 #: The fields of one result, in order: its rank (1 = most similar), the gallery item's ``id`` (its row in the
-#: gallery), ``name`` and file ``path`` (None for a gallery without files), its class name ``label`` (None without
-#: labels), the ``cosine`` similarity and the angle between the embeddings in degrees (``angle_deg``), and
-#: ``same_label``: whether its label is the query's (None when either is unknown).
-RESULT_FIELDS = ("rank", "id", "name", "path", "label", "cosine", "angle_deg", "same_label")
+#: gallery: LanceDB's ``id`` column), ``name`` and file ``path`` (None for a gallery without files: the ``path``
+#: column), its ``class_name`` (None without labels: the ``class_name`` column of parquet and LanceDB,
+#: ``class_names[labels[i]]`` of an npz), the ``cosine`` similarity and the angle between the embeddings in degrees
+#: (``angle_deg``), and ``same_class``: whether its class is the query's (None when either is unknown).
+RESULT_FIELDS = ("rank", "id", "name", "path", "class_name", "cosine", "angle_deg", "same_class")
 
 
 def result_row(
@@ -22,9 +23,9 @@ def result_row(
     item: int,
     name: str,
     path: str | None,
-    label: str | None,
+    class_name: str | None,
     cosine: float,
-    query_label: str | None = None,
+    query_class: str | None = None,
 ) -> dict[str, Any]:
     """One result in the fields of :data:`RESULT_FIELDS` (cosine to 6 decimals, angle to 3)."""
     return {
@@ -32,8 +33,8 @@ def result_row(
         "id": int(item),
         "name": name,
         "path": path,
-        "label": label,
+        "class_name": class_name,
         "cosine": round(float(cosine), 6),
         "angle_deg": round(angle_deg(cosine), 3),
-        "same_label": (label == query_label) if label is not None and query_label is not None else None,
+        "same_class": (class_name == query_class) if class_name is not None and query_class is not None else None,
     }

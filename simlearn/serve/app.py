@@ -66,7 +66,7 @@ SEARCH_BODY = {
                     "image": {"type": "string", "format": "binary", "description": "an image file to search with"},
                     "id": {"type": "integer", "description": "or: a gallery item id to search from"},
                     "k": {"type": "integer", "description": "how many results (default: the service's k)"},
-                    "label": {"type": "string", "description": "the uploaded image's label, to mark results"},
+                    "class_name": {"type": "string", "description": "the uploaded image's class, to mark results"},
                 },
             }
         },
@@ -232,9 +232,9 @@ def create_app(service: SearchService, auth_token: str | None = None) -> FastAPI
                     data = await image.read(service.limits.max_upload_bytes + 1)
                     if len(data) > service.limits.max_upload_bytes:
                         raise TooLarge(service.too_large_message(len(data)))
-                    label = fields.get("label")
-                    label = label if isinstance(label, str) else None
-                    return await run_in_threadpool(service.search_upload, data, k, label)
+                    class_name = fields.get("class_name")
+                    class_name = class_name if isinstance(class_name, str) else None
+                    return await run_in_threadpool(service.search_upload, data, k, class_name)
             finally:
                 await image.close()
         if image is not None:

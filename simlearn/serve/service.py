@@ -311,10 +311,10 @@ class SearchService:
         )
 
     def search_vector(
-        self, vector: np.ndarray, k: int, exclude: int | None = None, label: str | None = None
+        self, vector: np.ndarray, k: int, exclude: int | None = None, class_name: str | None = None
     ) -> list[dict[str, Any]]:
         """The ``k`` gallery items most similar to ``vector``, most similar first (``exclude``: a row left out, the
-        query's own item); ``label``: the query's, to mark each result as of the same label or another."""
+        query's own item); ``class_name``: the query's, to mark each result as of the same class or another."""
         query = torch.as_tensor(vector[None]).to(self.device) if self.device.type != "cpu" else vector[None]
         found = search_gallery(
             query,
@@ -326,19 +326,19 @@ class SearchService:
             searched=self._searched,
         )
         rows = zip(found.indices[0].tolist(), found.cosines[0].tolist(), strict=True)
-        return [self.result(rank, int(i), float(c), label) for rank, (i, c) in enumerate(rows, start=1)]
+        return [self.result(rank, int(i), float(c), class_name) for rank, (i, c) in enumerate(rows, start=1)]
 
-    def result(self, rank: int, i: int, cos: float, query_label: str | None) -> dict[str, Any]:
+    def result(self, rank: int, i: int, cos: float, query_class: str | None) -> dict[str, Any]:
         # the one result schema (simlearn.retrieval.result), plus the item's image URL and label fields; its path
         # is the name the gallery gives it (never a server's file system path)
         path = self.gallery.name(i) if self.gallery.paths is not None else None
         return {
-            **result_row(rank, i, self.gallery.name(i), path, self.label(i), cos, query_label),
+            **result_row(rank, i, self.gallery.name(i), path, self.class_name(i), cos, query_class),
             "image": f"/items/{i}" if self.has_images else None,
             "fields": self.fields(i),
         }
 
-    def label(self, i: int) -> str | None:
+    def class_name(self, i: int) -> str | None:
         return self.gallery.labels[i] if self.gallery.labels is not None else None
 
     def fields(self, i: int) -> dict[str, Any] | None:
@@ -348,35 +348,35 @@ class SearchService:
             return None
         return {name: _json_value(values[i]) for name, values in sorted(self.gallery.fields.items())}
 
-    def search_upload(self, data: bytes, k: Any = None, label: str | None = None) -> dict[str, Any]:
+    def search_upload(self, data: bytes, k: Any = None, class_name: str | None = None) -> dict[str, Any]:
         """``POST /search`` with an image: its top k."""
         k = self.check_k(k)
         vector = self.embed_image(data)
-        label = label or None
+        class_name = class_name or None
         return {
-            "query": {"id": None, "label": label},
+            "query": {"id": None, "class_name": class_name},
             "k": k,
             "search": self.method,
-            "results": self.search_vector(vector, k, label=label),
+            "results": self.search_vector(vector, k, class_name=class_name),
         }
 
     def neighbours(self, item: Any, k: Any = None) -> dict[str, Any]:
         """The top k of a gallery item (itself left out): ``POST /search`` with an id, ``/items/{id}/neighbours``."""
         i = self.item(item)
         k = self.check_k(k, exclude_one=True)
-        label = self.label(i)
+        class_name = self.class_name(i)
         vector = self.gallery.embeddings[i]
         return {
             "query": {
                 "id": i,
                 "name": self.gallery.name(i),
-                "label": label,
+                "class_name": class_name,
                 "image": f"/items/{i}" if self.has_images else None,
                 "fields": self.fields(i),
             },
             "k": k,
             "search": self.method,
-            "results": self.search_vector(np.asarray(vector), k, exclude=i, label=label),
+            "results": self.search_vector(np.asarray(vector), k, exclude=i, class_name=class_name),
         }
 
     def item_image(self, item: Any) -> Path | bytes:

@@ -202,8 +202,8 @@ function showQuery(query, described) {
   title.textContent = query.kind === "upload" ? `Query: ${query.file.name || "your image"}` : `Query: item ${query.id}`;
   what.append(title);
   if (described && described.name) what.append(described.name);
-  if (described && described.label !== null && described.label !== undefined) {
-    what.append(document.createElement("br"), `label ${described.label}`);
+  if (described && described.class_name !== null && described.class_name !== undefined) {
+    what.append(document.createElement("br"), `class ${described.class_name}`);
   }
   if (described && described.fields) what.append(document.createElement("br"), fieldsText(described.fields));
   box.append(img, what);
@@ -225,12 +225,12 @@ function showResults(answer) {
     card.className = "card";
     card.dataset.id = String(item.id);
     card.title = `search from item ${item.id}` + (item.fields ? ` (${fieldsText(item.fields)})` : "");
-    if (item.same_label === true) card.classList.add("same");
-    if (item.same_label === false) card.classList.add("other");
-    framed = framed || item.same_label !== null;
+    if (item.same_class === true) card.classList.add("same");
+    if (item.same_class === false) card.classList.add("other");
+    framed = framed || item.same_class !== null;
     const rank = document.createElement("span");
     rank.className = "rank";
-    rank.textContent = `#${item.rank}` + (item.label !== null ? ` · ${item.label}` : "");
+    rank.textContent = `#${item.rank}` + (item.class_name !== null ? ` · ${item.class_name}` : "");
     const name = document.createElement("span");
     name.className = "name";
     name.title = item.name;
