@@ -35,6 +35,7 @@ import logging
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
@@ -289,20 +290,11 @@ Equivalence = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
 
 def _ordered(
-    data: SearchData,
-    scores: np.ndarray,
-    found: np.ndarray,
-    query_rows: np.ndarray,
-    ks: np.ndarray,
-    width: int,
-    err: float,
-    exact: bool,
-    similarities: bool,
-    equivalent: Equivalence | None = None,
+    how: SearchPass, scores: np.ndarray, found: np.ndarray, query_rows: np.ndarray, ks: np.ndarray, width: int
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """The candidates ``found`` (float32 ``scores``, descending) in the exact order, by (-cos64, index), in their
-    first ``ks[i]`` places for query i; returns the first ``width`` (<= the candidates) places, ``(indices, cos64 or
-    None)``; places beyond a query's own k keep further candidates, in float32 order.
+    first ``ks[i]`` places for query i, as ``how`` says; returns the first ``width`` (<= the candidates) places,
+    ``(indices, cos64 or None)``; places beyond a query's own k keep further candidates, in float32 order.
 
     A run is a stretch of candidates whose consecutive float32 scores are within 2 ``err`` (the only ones float32
     may misorder; a candidate alone is a run of one). The order between runs is already the float64 order (their
@@ -311,6 +303,7 @@ def _ordered(
     all have one key keep their float32 order (interchangeable for the caller). ``exact=False`` (an approximate
     index): each query's candidates are one run, all re-scored. ``similarities``: the float64 cosines of the first
     k (every one re-scored) are returned too."""
+    data, err, exact, similarities, equivalent = how.data, how.err, how.exact, how.similarities, how.equivalent
     rows, count = scores.shape
     s = scores.astype(np.float64)
     ks = np.clip(ks, 1, count)
@@ -358,27 +351,39 @@ def _mixed_runs(group: np.ndarray, keys: np.ndarray) -> np.ndarray:
     return mixed[run]
 
 
+@dataclass(frozen=True)
+class SearchPass:
+    """How one search of a chunk's queries goes (what :func:`_search_rows` and :func:`_ordered` need besides the
+    rows): ``data`` searched through ``search`` (float32 candidates); ``block_rows(K)`` bounds the queries searched
+    at once for K candidates (memory); ``exact``: whether ``search`` is exhaustive (else its candidates are only
+    re-ordered, and queries for which it found fewer than k items are searched with ``fallback``, exact);
+    ``similarities``: return the float64 cosines too; ``equivalent``: keys of interchangeable candidates
+    (:func:`_equivalence`); ``score_slack``: how much further ``search``'s scores may be from the float64 cosines
+    than :func:`score_error_bound` (a candidate source's own rounding)."""
+
+    data: SearchData
+    search: Search
+    block_rows: Callable[[int], int]
+    exact: bool = True
+    similarities: bool = False
+    fallback: Search | None = None
+    equivalent: Equivalence | None = None
+    score_slack: float = 0.0
+
+    @property
+    def err(self) -> float:
+        return score_error_bound(self.data.queries.shape[1]) + self.score_slack
+
+
 def _search_rows(
-    data: SearchData,
-    search: Search,
-    rows: np.ndarray,
-    ks: np.ndarray,
-    block_rows: Callable[[int], int],
-    exact: bool = True,
-    similarities: bool = False,
-    fallback: Search | None = None,
-    equivalent: Equivalence | None = None,
-    width: int | None = None,
-    score_slack: float = 0.0,
+    how: SearchPass, rows: np.ndarray, ks: np.ndarray, width: int | None = None
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """The ``ks[i]`` nearest neighbours of each query ``rows[i]`` by the exact rule: ``(indices, cos64 or None)``,
     (len(rows), ``width``: max ks unless given); a query's places beyond its own k hold further candidates in
     float32 order. Queries whose top k the certainty test (module doc) cannot confirm are searched again with twice
-    the candidates; ``block_rows(K)`` bounds the queries searched at once for K candidates (memory).
-    ``exact=False``: ``search`` is approximate, its candidates are only re-ordered; queries for which it found fewer
-    than k items are searched with ``fallback`` (exact) instead. ``score_slack``: how much further ``search``'s
-    scores may be from the float64 cosines than :func:`score_error_bound` (a candidate source's own rounding)."""
-    err = score_error_bound(data.queries.shape[1]) + score_slack
+    the candidates (see :class:`SearchPass` for the rest)."""
+    data, search, block_rows, exact, similarities = how.data, how.search, how.block_rows, how.exact, how.similarities
+    err = how.err
     total = data.num_candidates
     ks = np.clip(ks, 1, total)
     width = min(int(ks.max()) if width is None else width, total)
@@ -403,17 +408,14 @@ def _search_rows(
                 again.append(part[~sure])
                 part, scores, found, part_ks = part[sure], scores[sure], found[sure], part_ks[sure]
             if len(part):
-                top, cos = _ordered(
-                    data, scores, found, rows[part], part_ks, width, err, exact, similarities, equivalent
-                )
+                top, cos = _ordered(how, scores, found, rows[part], part_ks, width)
                 out[part] = top
                 if out_cos is not None:
                     out_cos[part] = cos
         pending = np.concatenate(again) if again else pending[:0]
         if len(pending) and not exact:  # the approximate index found too few: search those queries exactly
-            top, cos = _search_rows(
-                data, fallback, rows[pending], ks[pending], block_rows, True, similarities, width=width
-            )
+            exhaustive = SearchPass(data, how.fallback, block_rows, True, similarities)
+            top, cos = _search_rows(exhaustive, rows[pending], ks[pending], width=width)
             out[pending] = top
             if out_cos is not None:
                 out_cos[pending] = cos
@@ -504,15 +506,15 @@ def neighbour_chunks(
 
     if chunk_size is None:
         chunk_size = max(1, block_rows(min(most + EXTRA_CANDIDATES, data.num_candidates)))
-    equivalent = _equivalence(data, interchangeable)
+    how = SearchPass(
+        data, search, block_rows, exact, similarities, fallback, _equivalence(data, interchangeable), slack
+    )
     for start in range(0, len(data.queries), chunk_size):
         stop = min(start + chunk_size, len(data.queries))
         ks = needed[start:stop]
         if int(ks.max()) > 0:
             rows = np.arange(start, stop)
-            top, cos = _search_rows(
-                data, search, rows, ks, block_rows, exact, similarities, fallback, equivalent, score_slack=slack
-            )
+            top, cos = _search_rows(how, rows, ks)
             yield NeighbourChunk(
                 start,
                 stop,
