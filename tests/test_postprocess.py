@@ -292,3 +292,26 @@ def test_evaluator_post_processes_queries_against_the_gallery():
     hits = labels_g[ranked] == labels_q[:, None]
     assert metrics["dba/recall@1"] == pytest.approx(hits[:, 0].mean())
     assert metrics["num_gallery"] == len(g) and "dba/num_gallery" not in metrics
+
+
+def test_dba_augments_a_gallery_once_for_many_searches(monkeypatch):
+    """A service searches one gallery many times: DBA's augmented gallery is computed at the first search only, the
+    later ones equal a fresh step's, and another gallery array is augmented anew."""
+    from simlearn.retrieval import postprocess
+
+    rng = np.random.default_rng(3)
+    gallery, other = rng.normal(size=(60, 8)), rng.normal(size=(60, 8))
+    step, calls = DatabaseAugmentation(n=3, alpha=1.0), []
+    real = postprocess._search
+    monkeypatch.setattr(postprocess, "_search", lambda *a, **k: calls.append(a[2]) or real(*a, **k))
+    answers = [postprocess.postprocessed_top_k(rng.normal(size=(2, 8)), gallery, 5, [step]) for _ in range(3)]
+    assert calls.count(True) == 1  # the gallery's own neighbours: searched once for three searches
+    assert len(answers) == 3
+    again = rng.normal(size=(4, 8))
+    np.testing.assert_array_equal(
+        postprocess.postprocessed_top_k(again, gallery, 5, [step])[1],
+        postprocess.postprocessed_top_k(again, gallery, 5, [DatabaseAugmentation(n=3, alpha=1.0)])[1],
+    )
+    calls.clear()
+    postprocess.postprocessed_top_k(again, other, 5, [step])
+    assert calls.count(True) == 1  # a new gallery: augmented again

@@ -187,7 +187,7 @@ class _Step:
         return Ranking(queries, gallery, ranking.self_search, indices, cos)
 
     def __repr__(self) -> str:
-        values = ", ".join(f"{k}={v!r}" for k, v in vars(self).items())
+        values = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if not k.startswith("_"))
         return f"{type(self).__name__}({values})"
 
 
@@ -213,7 +213,11 @@ class AlphaQueryExpansion(_Step):
 
 class DatabaseAugmentation(_Step):
     """αDBA: each gallery item becomes ``g + sum_i max(cos_i, 0)**alpha g_i`` over its own top ``n`` other gallery
-    items, renormalised, computed once; the queries (unchanged) are then searched against the augmented gallery."""
+    items, renormalised, computed once; the queries (unchanged) are then searched against the augmented gallery.
+
+    Computed once per gallery: the augmented gallery of the last gallery array seen is kept (with that array, so
+    its identity is a safe key), so a service answering many queries against one gallery augments it once, not at
+    every query (a gallery changed in place is not noticed: give a new array)."""
 
     name = "dba"
 
@@ -221,15 +225,24 @@ class DatabaseAugmentation(_Step):
         super().__init__(chunk_size, backend)
         self.n = _check_int("postprocess dba n", n, 0)
         self.alpha = _check_number("postprocess dba alpha", alpha, 0.0)
+        self._augmented: tuple[np.ndarray, np.ndarray] | None = None  # (the gallery given, its augmentation)
+
+    def augment(self, gallery: np.ndarray) -> np.ndarray:
+        """The augmented unit rows of ``gallery`` (from the cache when it is the gallery of the last call)."""
+        if self._augmented is not None and self._augmented[0] is gallery:
+            return self._augmented[1]
+        unit = _unit64(gallery)
+        n = min(self.n, len(unit) - 1)
+        if n > 0:
+            own, cos = _search(unit, unit, True, n, chunk_size=self.chunk_size, backend=self.backend)
+            augmented = _weighted_means(unit, unit, own, cos, self.alpha)
+        else:
+            augmented = unit
+        self._augmented = (gallery, augmented)
+        return augmented
 
     def process(self, ranking: Ranking) -> Ranking:
-        gallery = _unit64(ranking.gallery)
-        n = min(self.n, len(gallery) - 1)
-        if n > 0:
-            own, cos = _search(gallery, gallery, True, n, chunk_size=self.chunk_size, backend=self.backend)
-            augmented = _weighted_means(gallery, gallery, own, cos, self.alpha)
-        else:
-            augmented = gallery
+        augmented = self.augment(ranking.gallery)
         queries = _unit64(ranking.queries)
         return self._search(queries, augmented, ranking)
 
