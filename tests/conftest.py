@@ -61,3 +61,15 @@ def trained_run(tmp_path_factory) -> Path:
 def trained_run_console(trained_run) -> tuple[str, str]:
     """``(stdout, stderr)`` of the command that made ``trained_run``: what a user reads in the console."""
     return (trained_run.parent / "stdout.txt").read_text(), (trained_run.parent / "stderr.txt").read_text()
+
+
+@pytest.fixture
+def pairs_csv(tmp_path):
+    """60 pairs of generated photos of 4 colours; similar = same colour (the pairs data's and the pair training's
+    tests)."""
+    from .photos import class_folders, distinct_pairs, write_csv
+
+    files = class_folders(tmp_path / "photos", {"a": 8, "b": 8, "c": 8, "d": 8})
+    # distinct pairs: the data drops repeated pairs, which random draws would give
+    rows = [[str(a.relative_to(tmp_path)), str(b.relative_to(tmp_path)), s] for a, b, s in distinct_pairs(files, 60)]
+    return write_csv(tmp_path / "pairs.csv", ["path_a", "path_b", "similar"], rows)

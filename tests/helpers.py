@@ -11,6 +11,7 @@ from pathlib import Path
 from unittest import mock
 
 import lightning.pytorch as pl
+import numpy as np
 
 from simlearn.build import build_datamodule, build_model
 from simlearn.config import compose_config
@@ -83,3 +84,11 @@ def run_main(module: str, *args: str, capfd, env: dict | None = None) -> subproc
         HydraConfig.instance().cfg = None
     out, err = capfd.readouterr()
     return subprocess.CompletedProcess(argv, code, out, err)
+
+
+def clustered(n: int, classes: int, dim: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Overlapping class clusters, so that neighbours disagree and votes tie now and then."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, classes, size=n)
+    centres = rng.normal(size=(classes, dim))
+    return (centres[labels] + 1.2 * rng.normal(size=(n, dim))).astype(np.float32), labels
