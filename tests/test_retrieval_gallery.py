@@ -1,4 +1,4 @@
-"""simlearn.retrieval: a gallery built from arrays, the cache's fingerprint, the one result schema."""
+"""simlearn/retrieval/gallery.py: a gallery built from arrays, the one search of a gallery, post-processed."""
 
 from pathlib import Path
 from types import SimpleNamespace
@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from simlearn.errors import UserError
-from simlearn.retrieval import RESULT_FIELDS, Gallery, fingerprint, gallery_from_npz, result_row, search_index
+from simlearn.retrieval import Gallery, gallery_from_npz, search_index
 
 
 def _arrays(n: int = 12, d: int = 4) -> dict[str, np.ndarray]:
@@ -46,27 +46,12 @@ def test_arrays_that_do_not_fit_are_one_line_naming_the_source():
     assert "\n" not in str(error.value)
 
 
-def test_the_fingerprint_tells_arrays_of_other_dtypes_or_shapes_apart():
-    x = np.arange(6, dtype=np.int64)
-    assert fingerprint(x) == fingerprint(x.copy())
-    assert fingerprint(x) != fingerprint(x.reshape(2, 3))  # the same bytes
-    assert fingerprint(np.zeros(2, np.float64)) != fingerprint(np.zeros(4, np.float32))  # 16 zero bytes both
-    assert fingerprint("a", "b") != fingerprint("ab")
-
-
-def test_a_result_row_has_the_one_schema():
-    row = result_row(1, 7, "a.png", "a.png", "cat", 0.5, "cat")
-    assert tuple(row) == RESULT_FIELDS
-    assert row["angle_deg"] == 60.0 and row["same_class"] is True and row["id"] == 7
-    assert result_row(2, 3, "x", None, None, 1.0, "cat")["same_class"] is None
-
-
 def test_a_post_processed_search_of_a_gallery_is_the_brute_force_step_and_reports_the_querys_cosines():
     # simlearn-search and the service re-rank through the same function (run_search / postprocessed_top_k)
     from simlearn.retrieval import run_search
     from simlearn.retrieval.postprocess import AlphaQueryExpansion, DatabaseAugmentation, postprocessed_top_k
 
-    from .test_postprocess import _case, _cos, brute_aqe, brute_dba
+    from .test_retrieval_postprocess import _case, _cos, brute_aqe, brute_dba
 
     q, g, gallery, _ = _case("query-gallery")
     arrays = {"embeddings": g.astype(np.float32), "labels": np.zeros(len(g), dtype=np.int64)}
