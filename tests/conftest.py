@@ -1,3 +1,5 @@
+from __future__ import annotations
+
 import os
 from pathlib import Path
 
@@ -8,7 +10,14 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     for _name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ.setdefault(_name, "1")
 
+from typing import TYPE_CHECKING  # noqa: E402
+
 import pytest  # noqa: E402  (after the thread settings above)
+
+if TYPE_CHECKING:
+    from fastapi.testclient import TestClient
+
+    from simlearn.serve import SearchService
 
 REPO = Path(__file__).resolve().parents[1]
 #: Real MNIST (raw IDX files) lives beside the checkout on the project's machines and in CI.
@@ -73,3 +82,69 @@ def pairs_csv(tmp_path):
     # distinct pairs: the data drops repeated pairs, which random draws would give
     rows = [[str(a.relative_to(tmp_path)), str(b.relative_to(tmp_path)), s] for a, b, s in distinct_pairs(files, 60)]
     return write_csv(tmp_path / "pairs.csv", ["path_a", "path_b", "similar"], rows)
+
+
+# ---------------------------------------------------------------- the serve tests' galleries and services
+# Session-scoped (built once per worker) because several test files use them: the services embed their galleries
+# with the trained checkpoint, and the real commands of tests/test_serve_command.py reuse split_service's cache.
+# Read-only for tests: build a service of your own (open_service) to change one.
+
+
+@pytest.fixture(scope="session")
+def gallery_dir(tmp_path_factory) -> Path:
+    """scikit-learn's digits as PNG files (tests/serving.py), one broken file, and a secret file beside the folder."""
+    from .serving import write_digit_gallery
+
+    root = tmp_path_factory.mktemp("serve_gallery")
+    write_digit_gallery(root / "gallery")
+    (root / "gallery" / "3" / "broken.png").write_bytes(b"this is not a png")  # skipped and counted
+    (root / "secret.txt").write_text("TOPSECRET: outside the gallery\n")
+    return root / "gallery"
+
+
+@pytest.fixture(scope="session")
+def queries_dir(tmp_path_factory) -> Path:
+    from .serving import PER_CLASS, write_digit_gallery
+
+    folder = tmp_path_factory.mktemp("serve_queries")
+    write_digit_gallery(folder, per_class=1, offset=PER_CLASS)  # digits that are not in the gallery
+    return folder
+
+
+@pytest.fixture(scope="session")
+def service(trained_run, gallery_dir, tmp_path_factory) -> SearchService:
+    from simlearn.serve import open_service
+
+    from .serving import serve_config
+
+    cache = tmp_path_factory.mktemp("serve_cache") / "cache"
+    return open_service(serve_config(trained_run / "checkpoints" / "last.ckpt", gallery_dir, cache))
+
+
+@pytest.fixture(scope="session")
+def client(service) -> TestClient:
+    from fastapi.testclient import TestClient
+
+    from simlearn.serve import create_app
+
+    return TestClient(create_app(service))
+
+
+@pytest.fixture(scope="session")
+def split_service(trained_run, tmp_path_factory) -> SearchService:
+    """The one-command service: a checkpoint and no gallery (its data's test split)."""
+    from simlearn.serve import open_service
+
+    from .serving import serve_config
+
+    cache = tmp_path_factory.mktemp("serve_split") / "cache"
+    return open_service(serve_config(trained_run / "checkpoints" / "last.ckpt", None, cache))
+
+
+@pytest.fixture(scope="session")
+def split_client(split_service) -> TestClient:
+    from fastapi.testclient import TestClient
+
+    from simlearn.serve import create_app
+
+    return TestClient(create_app(split_service))
