@@ -148,3 +148,28 @@ def split_client(split_service) -> TestClient:
     from simlearn.serve import create_app
 
     return TestClient(create_app(split_service))
+
+
+@pytest.fixture(scope="session")
+def exported(trained_run, tmp_path_factory) -> dict:
+    """The trained digits checkpoint exported as a model folder, and a few digit PNGs (the model folder's and the
+    export's tests). Read-only for tests."""
+    import numpy as np
+    from PIL import Image
+    from sklearn.datasets import load_digits
+
+    from simlearn.export import export
+
+    from .helpers import export_cfg
+
+    root = tmp_path_factory.mktemp("model_folder")
+    ckpt = next((trained_run / "checkpoints").glob("best-epoch*.ckpt"))
+    folder = export(export_cfg(ckpt, root / "model", root / "run"))
+    digits = load_digits()
+    pngs = []
+    for index in (0, 1, 2, 3, 500):
+        path = root / "images" / f"{index}.png"
+        path.parent.mkdir(exist_ok=True)
+        Image.fromarray((digits.images[index] / 16 * 255).round().astype(np.uint8)).save(path)
+        pngs.append(path)
+    return {"root": root, "ckpt": ckpt, "folder": folder, "run": trained_run, "pngs": pngs}

@@ -23,7 +23,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def train_config(output_dir: Path, *overrides: str):
-    """The CLI's config for a quiet, fast run: no logger, no plots (tests/test_plots.py covers them)."""
+    """The CLI's config for a quiet, fast run: no logger, no plots (tests/test_reports_plots.py covers them)."""
     return compose_config(["logger=none", "reports.plots=null", *overrides], output_dir=output_dir)
 
 
@@ -92,3 +92,8 @@ def clustered(n: int, classes: int, dim: int, seed: int) -> tuple[np.ndarray, np
     labels = rng.integers(0, classes, size=n)
     centres = rng.normal(size=(classes, dim))
     return (centres[labels] + 1.2 * rng.normal(size=(n, dim))).astype(np.float32), labels
+
+
+def export_cfg(ckpt, out, run_dir, *overrides):
+    """simlearn-export's config: ``ckpt`` as a model folder (format=hf) at ``out``."""
+    return compose_config([f"ckpt_path={ckpt}", "format=hf", f"out={out}", *overrides], "export", run_dir)

@@ -338,3 +338,14 @@ def test_retrieval_metrics_reads_knn_accuracy_off_the_same_search_lone_queries_i
     without = retrieval_metrics(x, y, chunk_size=16)
     assert "knn_accuracy@5" not in without
     assert without == pytest.approx({k: v for k, v in metrics.items() if k != "knn_accuracy@5"}, abs=1e-12)
+
+
+def test_too_few_items_for_the_ks_names_evaluation_ks_and_a_valid_value():
+    rng = np.random.default_rng(0)
+    embeddings, labels = rng.normal(size=(8, 4)), np.arange(8) % 2
+    with pytest.raises(UserError) as caught:
+        retrieval_metrics(embeddings, labels, ks=(1, 5, 10))
+    message = str(caught.value)
+    assert "largest valid k is 7" in message and "evaluation.ks=[1,5]" in message
+    with pytest.raises(UserError, match=r"evaluation\.ks=\[3\]"):  # no k fits: the largest valid one
+        retrieval_metrics(embeddings, labels, ks=(4, 5), gallery_embeddings=embeddings[:3], gallery_labels=labels[:3])

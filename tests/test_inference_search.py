@@ -1,5 +1,6 @@
-"""Broken input refused with one clear message: simlearn-search galleries (npz arrays of different lengths,
-non-finite embeddings) and queries (non-finite embeddings), and the hints that name the config key to change.
+"""The search (simlearn/inference/search.py): broken input refused with one clear message (npz galleries with arrays
+of different lengths or non-finite embeddings, non-finite queries), and a sound gallery searched exactly (a float64
+brute force, ties to the lower index; faiss built once, approximate said so).
 
 One tiny checkpoint (digits, one epoch, no plots) and its test-split npz serve the whole module."""
 
@@ -11,14 +12,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from omegaconf import OmegaConf
 from PIL import Image
 from sklearn.datasets import load_digits
 
-from simlearn.build import check_config
 from simlearn.config import compose_config
 from simlearn.errors import UserError
-from simlearn.evaluation import retrieval_metrics
 from simlearn.inference import load_model
 from simlearn.inference.embedding_files import embed_dataset
 from simlearn.inference.search import search
@@ -217,35 +215,3 @@ def test_search_equals_a_float64_brute_force_ties_to_the_lower_index(trained, tm
     assert npz.with_suffix(".faiss").is_file()
     approximate = run_search(queries, gallery, 8, faiss_threshold=1, factory="HNSW32")
     assert "APPROXIMATE" in approximate.method and not approximate.exact
-
-
-# -- hints that name the config key -------------------------------------------------------------------------------
-def test_too_few_items_for_the_ks_names_evaluation_ks_and_a_valid_value():
-    rng = np.random.default_rng(0)
-    embeddings, labels = rng.normal(size=(8, 4)), np.arange(8) % 2
-    with pytest.raises(UserError) as caught:
-        retrieval_metrics(embeddings, labels, ks=(1, 5, 10))
-    message = str(caught.value)
-    assert "largest valid k is 7" in message and "evaluation.ks=[1,5]" in message
-    with pytest.raises(UserError, match=r"evaluation\.ks=\[3\]"):  # no k fits: the largest valid one
-        retrieval_metrics(embeddings, labels, ks=(4, 5), gallery_embeddings=embeddings[:3], gallery_labels=labels[:3])
-
-
-@pytest.mark.parametrize(
-    "key,example",
-    [
-        ("optimizer.lr", "0.001"),
-        ("optimizer.weight_decay", "0.01"),
-        ("data.val_fraction", "0.1"),
-        ("data.test_fraction", "0.2"),
-        ("trainer.max_epochs", "10"),
-        ("data.batch_size", "64"),
-        ("seed", "42"),
-    ],
-)
-def test_type_errors_suggest_a_sensible_value_for_each_key(key, example):
-    cfg = compose_config(["logger=none"])
-    OmegaConf.update(cfg, key, "abc")
-    with pytest.raises(UserError) as caught:
-        check_config(cfg)
-    assert str(caught.value).endswith(f"e.g. {key}={example}."), str(caught.value)
