@@ -173,3 +173,34 @@ def exported(trained_run, tmp_path_factory) -> dict:
         Image.fromarray((digits.images[index] / 16 * 255).round().astype(np.uint8)).save(path)
         pngs.append(path)
     return {"root": root, "ckpt": ckpt, "folder": folder, "run": trained_run, "pngs": pngs}
+
+
+@pytest.fixture(scope="session")
+def checkpoint_folders(tmp_path_factory) -> dict:
+    """A one-epoch digits checkpoint, a query folder (one PNG per digit) and a gallery folder (200 PNGs in class
+    folders, plus a broken PNG and a text file): the embed, search, export and command tests'. Read-only for tests."""
+    import numpy as np
+    from sklearn.datasets import load_digits
+
+    from simlearn.config import compose_config
+    from simlearn.train import train
+
+    from .helpers import save_digit
+
+    root = tmp_path_factory.mktemp("usage")
+    train(compose_config(["logger=none", "trainer.max_epochs=1"], output_dir=root / "run"))  # default reports: plots
+    digits = load_digits()
+    for i in range(10):
+        index = int(np.flatnonzero(digits.target == i)[0])
+        save_digit(root / "query" / str(i) / f"{index}.png", digits.images[index])
+    for index in range(100, 300):
+        save_digit(root / "gallery" / str(digits.target[index]) / f"{index}.png", digits.images[index])
+    (root / "gallery" / "3" / "broken.png").write_bytes(b"not a png")
+    (root / "gallery" / "notes.txt").write_text("not an image")
+    return {
+        "root": root,
+        "run": root / "run",
+        "ckpt": next((root / "run" / "checkpoints").glob("best-epoch*.ckpt")),
+        "query": root / "query",
+        "gallery": root / "gallery",
+    }

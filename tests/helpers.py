@@ -12,6 +12,7 @@ from unittest import mock
 
 import lightning.pytorch as pl
 import numpy as np
+from PIL import Image
 
 from simlearn.build import build_datamodule, build_model
 from simlearn.config import compose_config
@@ -97,3 +98,26 @@ def clustered(n: int, classes: int, dim: int, seed: int) -> tuple[np.ndarray, np
 def export_cfg(ckpt, out, run_dir, *overrides):
     """simlearn-export's config: ``ckpt`` as a model folder (format=hf) at ``out``."""
     return compose_config([f"ckpt_path={ckpt}", "format=hf", f"out={out}", *overrides], "export", run_dir)
+
+
+def save_digit(path, image: np.ndarray) -> None:
+    """A digit of scikit-learn's digits (8×8, 0-16) as a PNG file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray((image / 16 * 255).round().astype(np.uint8)).save(path)
+
+
+def folder_search_config(trained, out, *overrides):
+    """simlearn-search's config for the ``checkpoint_folders`` fixture (tests/conftest.py): its checkpoint, queries
+    and gallery folder."""
+    return compose_config(
+        [
+            f"ckpt_path={trained['ckpt']}",
+            f"query={trained['query']}",
+            f"gallery={trained['gallery']}",
+            f"paths.log_dir={trained['root'] / 'outputs'}",
+            "device=cpu",
+            *overrides,
+        ],
+        config_name="search",
+        output_dir=out,
+    )
