@@ -11,6 +11,8 @@ from pathlib import Path
 from unittest import mock
 
 import lightning.pytorch as pl
+import numpy as np
+from PIL import Image
 
 from simlearn.build import build_datamodule, build_model
 from simlearn.config import compose_config
@@ -22,7 +24,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def train_config(output_dir: Path, *overrides: str):
-    """The CLI's config for a quiet, fast run: no logger, no plots (tests/test_plots.py covers them)."""
+    """The CLI's config for a quiet, fast run: no logger, no plots (tests/test_reports_plots.py covers them)."""
     return compose_config(["logger=none", "reports.plots=null", *overrides], output_dir=output_dir)
 
 
@@ -83,3 +85,39 @@ def run_main(module: str, *args: str, capfd, env: dict | None = None) -> subproc
         HydraConfig.instance().cfg = None
     out, err = capfd.readouterr()
     return subprocess.CompletedProcess(argv, code, out, err)
+
+
+def clustered(n: int, classes: int, dim: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Overlapping class clusters, so that neighbours disagree and votes tie now and then."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, classes, size=n)
+    centres = rng.normal(size=(classes, dim))
+    return (centres[labels] + 1.2 * rng.normal(size=(n, dim))).astype(np.float32), labels
+
+
+def export_cfg(ckpt, out, run_dir, *overrides):
+    """simlearn-export's config: ``ckpt`` as a model folder (format=hf) at ``out``."""
+    return compose_config([f"ckpt_path={ckpt}", "format=hf", f"out={out}", *overrides], "export", run_dir)
+
+
+def save_digit(path, image: np.ndarray) -> None:
+    """A digit of scikit-learn's digits (8×8, 0-16) as a PNG file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray((image / 16 * 255).round().astype(np.uint8)).save(path)
+
+
+def folder_search_config(trained, out, *overrides):
+    """simlearn-search's config for the ``checkpoint_folders`` fixture (tests/conftest.py): its checkpoint, queries
+    and gallery folder."""
+    return compose_config(
+        [
+            f"ckpt_path={trained['ckpt']}",
+            f"query={trained['query']}",
+            f"gallery={trained['gallery']}",
+            f"paths.log_dir={trained['root'] / 'outputs'}",
+            "device=cpu",
+            *overrides,
+        ],
+        config_name="search",
+        output_dir=out,
+    )

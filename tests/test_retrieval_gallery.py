@@ -1,4 +1,6 @@
-"""simlearn.retrieval: a gallery built from arrays, the cache's fingerprint, the one result schema."""
+"""simlearn/retrieval/gallery.py: a gallery built from arrays, the one search of a gallery, post-processed."""
+
+from __future__ import annotations
 
 from pathlib import Path
 from types import SimpleNamespace
@@ -6,8 +8,12 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
+import simlearn.retrieval.gallery as gallery_module
 from simlearn.errors import UserError
-from simlearn.retrieval import RESULT_FIELDS, Gallery, fingerprint, gallery_from_npz, result_row, search_index
+from simlearn.inference import InferenceModel
+from simlearn.retrieval import Gallery, gallery_from_folder, gallery_from_npz, run_search, search_index
+
+from .serving import PER_CLASS, serve_config
 
 
 def _arrays(n: int = 12, d: int = 4) -> dict[str, np.ndarray]:
@@ -46,27 +52,11 @@ def test_arrays_that_do_not_fit_are_one_line_naming_the_source():
     assert "\n" not in str(error.value)
 
 
-def test_the_fingerprint_tells_arrays_of_other_dtypes_or_shapes_apart():
-    x = np.arange(6, dtype=np.int64)
-    assert fingerprint(x) == fingerprint(x.copy())
-    assert fingerprint(x) != fingerprint(x.reshape(2, 3))  # the same bytes
-    assert fingerprint(np.zeros(2, np.float64)) != fingerprint(np.zeros(4, np.float32))  # 16 zero bytes both
-    assert fingerprint("a", "b") != fingerprint("ab")
-
-
-def test_a_result_row_has_the_one_schema():
-    row = result_row(1, 7, "a.png", "a.png", "cat", 0.5, "cat")
-    assert tuple(row) == RESULT_FIELDS
-    assert row["angle_deg"] == 60.0 and row["same_class"] is True and row["id"] == 7
-    assert result_row(2, 3, "x", None, None, 1.0, "cat")["same_class"] is None
-
-
 def test_a_post_processed_search_of_a_gallery_is_the_brute_force_step_and_reports_the_querys_cosines():
     # simlearn-search and the service re-rank through the same function (run_search / postprocessed_top_k)
-    from simlearn.retrieval import run_search
     from simlearn.retrieval.postprocess import AlphaQueryExpansion, DatabaseAugmentation, postprocessed_top_k
 
-    from .test_postprocess import _case, _cos, brute_aqe, brute_dba
+    from .test_retrieval_postprocess import _case, _cos, brute_aqe, brute_dba
 
     q, g, gallery, _ = _case("query-gallery")
     arrays = {"embeddings": g.astype(np.float32), "labels": np.zeros(len(g), dtype=np.int64)}
@@ -99,3 +89,48 @@ def test_search_and_serve_refuse_an_unknown_step_in_one_line(tmp_path, capfd):
         result = run_main(module, *args, capfd=capfd)
         assert_clean_failure(result, "error:", "postprocess=", "'qe' is not an option of the config group postprocess")
         assert result.returncode == 2
+
+
+def test_an_interrupted_gallery_embedding_resumes_from_its_saved_parts(
+    service, gallery_dir, tmp_path, monkeypatch, capsys
+):
+    """The folder gallery is embedded in parts saved as they are done: a start interrupted after two parts embeds
+    only the rest next time, and gives the same gallery as an uninterrupted start; a progress bar is shown."""
+    monkeypatch.setattr(gallery_module, "CACHE_PART_FILES", 16)
+    cfg = serve_config(service.model.path, gallery_dir, tmp_path / "cache", "batch_size=8")
+    embedded_files = []
+
+    class Interrupted(Exception):
+        pass
+
+    real_embed = InferenceModel.embed_files
+
+    def interrupted(model, paths, *args, **kwargs):
+        if len(embedded_files) >= 32:  # after two parts of 16 files
+            raise Interrupted
+        embedded_files.extend(paths)
+        return real_embed(model, paths, *args, **kwargs)
+
+    monkeypatch.setattr(InferenceModel, "embed_files", interrupted)
+    with pytest.raises(Interrupted):
+        gallery_from_folder(gallery_dir, service.model, cfg)
+    parts = list((tmp_path / "cache").glob("*.parts/*.npz"))
+    assert len(parts) == 2
+    assert "embedding the gallery" in capsys.readouterr().err  # the progress bar (more than one batch)
+
+    resumed_files = []
+
+    def counted(model, paths, *args, **kwargs):
+        resumed_files.extend(paths)
+        return real_embed(model, paths, *args, **kwargs)
+
+    monkeypatch.setattr(InferenceModel, "embed_files", counted)
+    resumed = gallery_from_folder(gallery_dir, service.model, cfg)
+    total = 10 * PER_CLASS + 1  # broken.png too
+    assert len(resumed_files) == total - 32 and not set(resumed_files) & set(embedded_files)
+    assert resumed.paths == service.gallery.paths and resumed.skipped == 1
+    np.testing.assert_allclose(resumed.embeddings, service.gallery.embeddings, atol=1e-6)
+    assert not list((tmp_path / "cache").glob("*.parts"))  # the whole cache replaced its parts
+    resumed_files.clear()
+    again = gallery_from_folder(gallery_dir, service.model, cfg)  # now from the whole cache
+    assert resumed_files == [] and again.paths == resumed.paths

@@ -19,7 +19,7 @@ import pytest
 from simlearn.retrieval import Gallery
 from simlearn.serve import SearchService, ServiceLimits, create_app, open_service
 
-from .test_serve_api import TOKEN, live_server, serve_config, write_digit_gallery
+from .serving import TOKEN, live_server, serve_config, write_digit_gallery
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")

@@ -1,7 +1,8 @@
-"""The shareable model folder (simlearn-export format=hf, simlearn.load): export → load gives the checkpoint's
-embeddings for paths, PIL images, arrays and tensors; the files are what they say; the model card carries the run's
-real metrics and command; pushing offline or without credentials is one line and keeps the folder; a non-empty folder
-is never overwritten silently. (A UserError is one line and exit code 2 on the command line: tests/test_usage.py.)"""
+"""The shareable model folder (simlearn/inference/model_folder.py; simlearn-export format=hf, simlearn.load): export
+→ load gives the checkpoint's embeddings for paths, PIL images, arrays and tensors; the files are what they say; bad
+weights are one line; search, embed and serve take a folder as they take its checkpoint. (The card, the push and the
+overwrite refusal: tests/test_export_card.py, test_export_hub.py, test_export_command.py. A UserError is one line and
+exit code 2 on the command line: tests/test_usage.py.)"""
 
 from __future__ import annotations
 
@@ -12,7 +13,6 @@ import re
 import numpy as np
 import pytest
 import torch
-import yaml
 from PIL import Image
 from safetensors.torch import load_file
 from sklearn.datasets import load_digits
@@ -20,30 +20,8 @@ from sklearn.datasets import load_digits
 import simlearn
 from simlearn.config import compose_config
 from simlearn.errors import UserError
-from simlearn.export import export
-from simlearn.export.hub import push_to_hub
 from simlearn.inference import load_model
 from simlearn.inference.model_folder import CARD, CONFIG, PREPROCESSING, WEIGHTS
-
-
-def export_cfg(ckpt, out, run_dir, *overrides):
-    return compose_config([f"ckpt_path={ckpt}", "format=hf", f"out={out}", *overrides], "export", run_dir)
-
-
-@pytest.fixture(scope="module")
-def exported(trained_run, tmp_path_factory):
-    """The trained digits checkpoint exported as a model folder, and a few digit PNGs."""
-    root = tmp_path_factory.mktemp("model_folder")
-    ckpt = next((trained_run / "checkpoints").glob("best-epoch*.ckpt"))
-    folder = export(export_cfg(ckpt, root / "model", root / "run"))
-    digits = load_digits()
-    pngs = []
-    for index in (0, 1, 2, 3, 500):
-        path = root / "images" / f"{index}.png"
-        path.parent.mkdir(exist_ok=True)
-        Image.fromarray((digits.images[index] / 16 * 255).round().astype(np.uint8)).save(path)
-        pngs.append(path)
-    return {"root": root, "ckpt": ckpt, "folder": folder, "run": trained_run, "pngs": pngs}
 
 
 def test_export_load_round_trip_gives_the_checkpoints_embeddings(exported):
@@ -91,99 +69,6 @@ def test_the_folder_holds_weights_config_and_preprocessing(exported):
     assert config["embedding_dim"] == 64
     assert json.loads((folder / PREPROCESSING).read_text()) == loaded.preprocessing
     assert oct(os.stat(folder / WEIGHTS).st_mode & 0o044) == oct(0o044)  # readable by others, as files are shared
-
-
-def test_model_card_holds_the_runs_metrics_and_command(exported):
-    card = (exported["folder"] / CARD).read_text()
-    _, front, body = card.split("---\n", 2)
-    meta = yaml.safe_load(front)
-    assert meta["library_name"] == "simlearn" and meta["pipeline_tag"] == "image-feature-extraction"
-    assert meta["datasets"] == ["digits"] and {"simlearn", "metric-learning", "softmax"} <= set(meta["tags"])
-    metrics = json.loads((exported["run"] / "metrics.json").read_text())
-    (result,) = meta["model-index"][0]["results"]
-    assert result["dataset"]["split"] == "test"
-    reported = {m["type"]: m["value"] for m in result["metrics"]}
-    assert reported["recall@1"] == metrics["test/recall@1"] and reported["map@r"] == metrics["test/map@r"]
-    for name in ("recall@1", "recall@5", "precision@1", "r_precision", "map@r", "knn_accuracy@5"):
-        assert f"| {name} | {metrics[f'test/{name}']:.4f} |" in body
-    assert f"{int(metrics['test/num_queries'])} queries" in body
-    overrides = yaml.safe_load((exported["run"] / ".hydra" / "overrides.yaml").read_text())
-    assert f"simlearn-train {' '.join(overrides)}\n" in body
-    assert "NormalizedSoftmaxLoss" in body and "label field `digit`" in body and "`DigitsDataModule`" in body
-    for heading in ("## Training", "## Evaluation", "## Intended use", "## Limitations", "## Use"):
-        assert heading in body
-
-
-def test_a_non_empty_folder_is_not_overwritten_silently(exported, tmp_path):
-    out = tmp_path / "model"
-    out.mkdir()
-    (out / "notes.txt").write_text("mine")
-    with pytest.raises(UserError, match="is not empty .*notes.txt.*overwrite=true"):
-        export(export_cfg(exported["ckpt"], out, tmp_path / "a"))
-    assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]
-    export(export_cfg(exported["ckpt"], out, tmp_path / "b", "overwrite=true", "license=mit"))
-    assert (out / "notes.txt").read_text() == "mine" and (out / WEIGHTS).is_file()
-    assert yaml.safe_load((out / CARD).read_text().split("---\n")[1])["license"] == "mit"
-    with pytest.raises(UserError, match="is not a simlearn model folder: it lacks"):
-        simlearn.load(tmp_path)
-    with pytest.raises(UserError, match="does not exist"):
-        simlearn.load(tmp_path / "nowhere")
-
-
-def test_push_without_credentials_or_offline_is_one_line_and_keeps_the_folder(exported, tmp_path, monkeypatch):
-    from huggingface_hub import constants
-
-    folder = exported["folder"]
-    monkeypatch.delenv("HF_TOKEN", raising=False)
-    monkeypatch.delenv("HUGGING_FACE_HUB_TOKEN", raising=False)
-    monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(tmp_path / "no-token"))
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
-    with pytest.raises(UserError, match="no credentials .*kept at") as error:
-        push_to_hub(folder, "someone/digits")
-    assert "\n" not in str(error.value)
-    # credentials but no Hub to reach (a closed local port)
-    monkeypatch.setattr(constants, "ENDPOINT", "http://127.0.0.1:9")
-    with pytest.raises(UserError, match="could not push .*someone/digits .*kept at"):
-        push_to_hub(folder, "someone/digits", token="hf_not_a_token")
-    with pytest.raises(UserError, match="is not a Hub repository id"):
-        push_to_hub(folder, "no spaces/allowed here")
-
-    # the whole command offline: one line, and the exported folder is kept for a later push
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
-    out = tmp_path / "pushed"
-    with pytest.raises(UserError, match="HF_HUB_OFFLINE is set.*kept at") as error:
-        export(export_cfg(exported["ckpt"], out, tmp_path / "run", "push_to_hub=someone/digits"))
-    assert "\n" not in str(error.value)
-    assert (out / WEIGHTS).is_file() and (out / CARD).is_file()
-    with pytest.raises(UserError, match="is not a Hub repository id"):  # a bad id fails before anything is written
-        export(export_cfg(exported["ckpt"], tmp_path / "never", tmp_path / "run2", "push_to_hub=a/b/c"))
-    assert not (tmp_path / "never").exists()
-
-
-def test_the_card_says_when_the_backbone_started_from_random_weights(exported):
-    """A reader assumes a shared image model was pretrained: a card of random initial weights says so (small_cnn has
-    no pretrained weights at all; timm/torchvision with backbone.pretrained=false neither), a pretrained one names
-    its weights."""
-    from simlearn.export.card import RunInfo, model_card
-
-    card = (exported["folder"] / CARD).read_text()
-    assert "- initial weights: **random**, not pretrained (`SmallCNN` has none)" in card
-    assert "started from random weights, not from a pretrained image model" in card
-    loaded = load_model(exported["ckpt"])
-    info = RunInfo(None, {}, None, {})
-    timm_backbone = {"_target_": "simlearn.models.backbones.TimmBackbone", "name": "resnet50.a1_in1k"}
-    cases = [
-        (False, "**random**, not pretrained (`backbone.pretrained=false`)"),
-        (True, "- initial weights: pretrained: `resnet50.a1_in1k` with its library's"),
-    ]
-    for pretrained, expected in cases:
-        loaded.config.backbone = {**timm_backbone, "pretrained": pretrained}
-        card = model_card(loaded, info)
-        assert expected in card
-        assert ("started from random weights" in card) is (not pretrained)
-    assert "1×8×8" not in card and "shorter side resized to 8 (bilinear), centre cropped" in card  # no crop record
-    loaded.preprocessing = {**loaded.preprocessing, "image_size": 160, "crop_pct": 0.95, "interpolation": "bicubic"}
-    assert "resized to 168 (bicubic), the centre 160×160 cropped: crop_pct 0.95" in model_card(loaded, info)
 
 
 def test_bad_weights_in_a_folder_are_one_line_with_the_fix(exported, tmp_path):

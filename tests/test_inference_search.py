@@ -1,31 +1,31 @@
-"""Broken input refused with one clear message: simlearn-search galleries (npz arrays of different lengths,
-non-finite embeddings) and queries (non-finite embeddings), and the hints that name the config key to change.
+"""The search (simlearn/inference/search.py): broken input refused with one clear message (npz galleries with arrays
+of different lengths or non-finite embeddings, non-finite queries), and a sound gallery searched exactly (a float64
+brute force, ties to the lower index; faiss built once, approximate said so).
 
 One tiny checkpoint (digits, one epoch, no plots) and its test-split npz serve the whole module."""
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from omegaconf import OmegaConf
 from PIL import Image
 from sklearn.datasets import load_digits
 
-from simlearn.build import check_config
 from simlearn.config import compose_config
 from simlearn.errors import UserError
-from simlearn.evaluation import retrieval_metrics
+from simlearn.export import export
 from simlearn.inference import load_model
 from simlearn.inference.embedding_files import embed_dataset
 from simlearn.inference.search import search
 from simlearn.retrieval import gallery_from_npz, run_search
 from simlearn.train import train
 
-from .helpers import run_cli, run_main
+from .helpers import folder_search_config, run_cli, run_main
 from .test_retrieval_exact import reference_order
 
 
@@ -219,33 +219,98 @@ def test_search_equals_a_float64_brute_force_ties_to_the_lower_index(trained, tm
     assert "APPROXIMATE" in approximate.method and not approximate.exact
 
 
-# -- hints that name the config key -------------------------------------------------------------------------------
-def test_too_few_items_for_the_ks_names_evaluation_ks_and_a_valid_value():
-    rng = np.random.default_rng(0)
-    embeddings, labels = rng.normal(size=(8, 4)), np.arange(8) % 2
-    with pytest.raises(UserError) as caught:
-        retrieval_metrics(embeddings, labels, ks=(1, 5, 10))
-    message = str(caught.value)
-    assert "largest valid k is 7" in message and "evaluation.ks=[1,5]" in message
-    with pytest.raises(UserError, match=r"evaluation\.ks=\[3\]"):  # no k fits: the largest valid one
-        retrieval_metrics(embeddings, labels, ks=(4, 5), gallery_embeddings=embeddings[:3], gallery_labels=labels[:3])
+def test_search_a_folder_gallery_prints_writes_and_skips_unreadable_files(checkpoint_folders, tmp_path, capsys):
+    results = search(folder_search_config(checkpoint_folders, tmp_path, "k=5"))
+    out = " ".join(capsys.readouterr().out.split())  # rich wraps at 80 columns, wherever the long tmp paths end
+    assert len(results) == 10 and all(len(r["results"]) == 5 for r in results)
+    assert "1 unreadable file(s) skipped" in out and "cosine" in out and "angle" in out
+    first = results[0]["results"][0]
+    assert first["path"].endswith(".png") and first["class_name"] is not None
+    assert first["angle_deg"] == pytest.approx(np.degrees(np.arccos(min(1.0, first["cosine"]))), abs=1e-3)
+    assert all(r["class_name"] is not None for r in results)  # query folders are gallery classes
+    hits = sum(r["results"][0]["same_class"] for r in results)
+    assert hits >= 8, f"top-1 hits {hits}/10"
+    assert json.loads((tmp_path / "search.json").read_text()) == results
+    assert (tmp_path / "search.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    # a single query file, and the gallery embeddings now come from the cache
+    cache = list((checkpoint_folders["root"] / "outputs" / "search" / "cache").glob("gallery-*.npz"))
+    assert len(cache) == 1
+    stamp = cache[0].stat().st_mtime_ns
+    query = next((checkpoint_folders["query"] / "7").glob("*.png"))
+    single = search(folder_search_config(checkpoint_folders, tmp_path / "single", f"query={query}", "k=3"))
+    assert len(single) == 1 and single[0]["class_name"] == "7" and len(single[0]["results"]) == 3
+    assert cache[0].stat().st_mtime_ns == stamp
 
 
-@pytest.mark.parametrize(
-    "key,example",
-    [
-        ("optimizer.lr", "0.001"),
-        ("optimizer.weight_decay", "0.01"),
-        ("data.val_fraction", "0.1"),
-        ("data.test_fraction", "0.2"),
-        ("trainer.max_epochs", "10"),
-        ("data.batch_size", "64"),
-        ("seed", "42"),
-    ],
-)
-def test_type_errors_suggest_a_sensible_value_for_each_key(key, example):
-    cfg = compose_config(["logger=none"])
-    OmegaConf.update(cfg, key, "abc")
-    with pytest.raises(UserError) as caught:
-        check_config(cfg)
-    assert str(caught.value).endswith(f"e.g. {key}={example}."), str(caught.value)
+def test_npz_gallery_uses_a_faiss_index_built_once_and_rebuilt_when_stale(checkpoint_folders, tmp_path):
+    pytest.importorskip("faiss")
+    cfg = compose_config(
+        [f"ckpt_path={checkpoint_folders['ckpt']}", "device=cpu"], config_name="embed", output_dir=tmp_path
+    )
+    npz = embed_dataset(cfg)["test"]
+    exact = search(
+        folder_search_config(checkpoint_folders, tmp_path / "exact", f"gallery={npz}", "faiss_threshold=null")
+    )
+    indexed = search(
+        folder_search_config(checkpoint_folders, tmp_path / "faiss", f"gallery={npz}", "faiss_threshold=1")
+    )
+    index_file = npz.with_suffix(".faiss")
+    assert index_file.is_file()
+    for a, b in zip(exact, indexed, strict=True):
+        assert [r["id"] for r in a["results"]] == [r["id"] for r in b["results"]]
+        np.testing.assert_allclose([r["cosine"] for r in a["results"]], [r["cosine"] for r in b["results"]], atol=1e-5)
+    assert indexed[0]["results"][0]["name"].startswith("test[")  # split and dataset index of the npz item
+
+    loaded = load_model(checkpoint_folders["ckpt"])
+    gallery = gallery_from_npz(npz, loaded)
+    queries = gallery.embeddings[:3]
+    how = run_search(queries, gallery, 5, faiss_threshold=1).method
+    assert "reused" in how
+    # new embeddings in the same file: the saved index is stale and rebuilt
+    arrays = dict(np.load(npz))
+    arrays["embeddings"] = arrays["embeddings"][::-1].copy()
+    np.savez(npz, **arrays)
+    how = run_search(queries, gallery_from_npz(npz, loaded), 5, faiss_threshold=1).method
+    assert "built and saved" in how
+
+
+def test_search_takes_postprocessing_steps_in_their_order(checkpoint_folders, tmp_path, capsys):
+    # postprocess=[dba,aqe] composes the config group in that order; the command's results are those steps applied to
+    # the exact search of its queries' and gallery's embeddings, each with the query's own cosine to the item
+    from simlearn.inference import load_model
+    from simlearn.inference.search import load_queries
+    from simlearn.retrieval import load_gallery
+    from simlearn.retrieval.postprocess import postprocessed_top_k, postprocessors
+
+    cfg = folder_search_config(checkpoint_folders, tmp_path / "pp", "k=5", "postprocess=[dba,aqe]")
+    results = search(cfg)
+    steps = postprocessors(cfg.postprocess)
+    assert [type(step).__name__ for step in steps] == ["DatabaseAugmentation", "AlphaQueryExpansion"]
+    model = load_model(checkpoint_folders["ckpt"], "cpu")
+    gallery = load_gallery(cfg.gallery, model, cfg)
+    queries = load_queries(cfg.query, model, gallery.classes)
+    cos, idx = postprocessed_top_k(queries.embeddings, gallery.embeddings, 5, steps)
+    assert [[item["id"] for item in r["results"]] for r in results] == idx.tolist()
+    np.testing.assert_allclose([[item["cosine"] for item in r["results"]] for r in results], cos, atol=1e-6)
+    plain = queries.embeddings / np.linalg.norm(queries.embeddings, axis=1, keepdims=True)
+    unit = gallery.embeddings / np.linalg.norm(gallery.embeddings, axis=1, keepdims=True)
+    np.testing.assert_allclose(cos, np.einsum("qd,qkd->qk", plain, unit[idx]), atol=1e-6)  # the query's own cosine
+    assert "post-processed: dba+aqe" in " ".join(capsys.readouterr().out.split())  # the printout says how
+
+
+def test_search_user_errors(checkpoint_folders, tmp_path):
+    not_image = tmp_path / "photo.png"
+    not_image.write_text("not an image")
+    with pytest.raises(UserError, match="is not an image"):
+        search(folder_search_config(checkpoint_folders, tmp_path / "a", f"query={not_image}"))
+    with pytest.raises(UserError, match="does not exist"):
+        search(folder_search_config(checkpoint_folders, tmp_path / "b", f"query={tmp_path / 'missing.png'}"))
+    other = tmp_path / "other.npz"
+    np.savez(other, embeddings=np.ones((20, 2), np.float32), labels=np.arange(20) % 2)
+    with pytest.raises(UserError, match="2-d embeddings but the checkpoint .* makes 64-d"):
+        search(folder_search_config(checkpoint_folders, tmp_path / "c", f"gallery={other}"))
+    with pytest.raises(UserError, match="gallery has only"):
+        search(folder_search_config(checkpoint_folders, tmp_path / "d", "k=500"))
+    with pytest.raises(UserError, match="is not an export format; valid: \\['hf', 'onnx', 'torchscript'\\]"):
+        export(compose_config([f"ckpt_path={checkpoint_folders['ckpt']}", "format=tflite"], "export", tmp_path / "e"))

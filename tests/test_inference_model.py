@@ -11,10 +11,14 @@ from PIL import Image
 from sklearn.datasets import load_digits
 
 import simlearn
+from simlearn.checkpoints import restore
 from simlearn.config import compose_config
 from simlearn.errors import UserError
 from simlearn.export import export
+from simlearn.inference import load_model
 from simlearn.inference.model_folder import WEIGHTS
+
+from .helpers import save_digit
 
 
 @pytest.fixture(scope="module")
@@ -84,3 +88,22 @@ def test_a_bad_input_is_one_line(both, tmp_path):
     # a gallery or query folder is still embedded around a broken file: it is named, not raised
     embedded = model.embed_files([not_an_image, *both["pngs"]])
     assert embedded.paths == both["pngs"] and [path for path, _ in embedded.failed] == [not_an_image]
+
+
+def test_image_files_are_preprocessed_like_the_training_data(checkpoint_folders, tmp_path):
+    """A PNG of a test image embeds to (almost) the embedding of the same image inside the dataset."""
+    cfg = compose_config([f"ckpt_path={checkpoint_folders['ckpt']}"], config_name="eval", output_dir=tmp_path)
+    restored = restore(cfg)
+    test = restored.datamodule.datasets["test"]
+    rows = test.indices[:20].tolist()
+    digits = load_digits()
+    files = []
+    for row in rows:
+        files.append(tmp_path / f"{row}.png")
+        save_digit(files[-1], digits.images[row])
+    loaded = load_model(checkpoint_folders["ckpt"])
+    from_files = loaded.embed_files(files).embeddings
+    with torch.no_grad():
+        from_data = restored.model.encoder.eval()(test.__getitems__(list(range(20)))["image"]).numpy()
+    cos = (from_files * from_data).sum(axis=1)
+    assert cos.min() > 0.999

@@ -1,4 +1,5 @@
-"""Tests for simlearn.evaluation.retrieval_metrics: PML agreement, hand-computed cases, chunking, errors."""
+"""simlearn/evaluation/retrieval.py: retrieval_metrics (PML agreement, hand-computed cases, chunking, errors) and
+kNN accuracy (majority vote of the k nearest neighbours under cosine) against scikit-learn."""
 
 from __future__ import annotations
 
@@ -10,9 +11,13 @@ import torch
 from pytorch_metric_learning.distances import CosineSimilarity
 from pytorch_metric_learning.utils.accuracy_calculator import AccuracyCalculator
 from pytorch_metric_learning.utils.inference import CustomKNN
+from sklearn.model_selection import LeaveOneOut, cross_val_predict
+from sklearn.neighbors import KNeighborsClassifier
 
 from simlearn.errors import UserError
-from simlearn.evaluation import retrieval_metrics
+from simlearn.evaluation import RetrievalEvaluator, knn_accuracy, retrieval_metrics
+
+from .helpers import clustered
 
 CLASS_SIZES = (120, 90, 60, 45, 30, 15, 8)  # ~7 classes of unequal size
 
@@ -285,3 +290,62 @@ def test_finite_embeddings_whose_squares_overflow_are_normalised_not_rejected():
     labels = np.arange(40) % 4
     huge = x * np.float32(1e30)  # finite, but their squared norms overflow float32
     assert retrieval_metrics(huge, labels) == pytest.approx(retrieval_metrics(x, labels), abs=1e-12)
+
+
+@pytest.mark.parametrize("k", [1, 4, 5])
+def test_leave_one_out_matches_sklearn(k):
+    x, y = clustered(160, classes=4, dim=8, seed=k)
+    classifier = KNeighborsClassifier(n_neighbors=k, metric="cosine", algorithm="brute")
+    expected = (cross_val_predict(classifier, x, y, cv=LeaveOneOut()) == y).mean()
+    assert knn_accuracy(x, y, k=k) == pytest.approx(expected, abs=1e-12)
+    assert knn_accuracy(x, y, k=k, chunk_size=7) == pytest.approx(expected, abs=1e-12)  # chunking changes nothing
+    assert 0.3 < expected < 0.95  # neither trivial nor hopeless
+
+
+def test_against_a_separate_gallery_matches_sklearn():
+    x, y = clustered(300, classes=5, dim=6, seed=0)
+    queries, gallery = slice(0, 100), slice(100, 300)
+    classifier = KNeighborsClassifier(n_neighbors=5, metric="cosine", algorithm="brute").fit(x[gallery], y[gallery])
+    expected = (classifier.predict(x[queries]) == y[queries]).mean()
+    got = knn_accuracy(x[queries], y[queries], k=5, gallery_embeddings=x[gallery], gallery_labels=y[gallery])
+    assert got == pytest.approx(expected, abs=1e-12)
+
+
+def test_bad_k_is_a_user_error():
+    x, y = clustered(10, classes=2, dim=4, seed=0)
+    with pytest.raises(UserError, match="needs at least 10 neighbours per query, but there are 9"):
+        knn_accuracy(x, y, k=10)
+    with pytest.raises(UserError, match="evaluation.knn_k must be null or an integer ≥ 1"):
+        RetrievalEvaluator(label_field="digit", knn_k=0)
+
+
+@pytest.mark.parametrize("backend", ["torch", "faiss"])
+def test_each_backend_matches_sklearn(backend):
+    pytest.importorskip("faiss")
+    x, y = clustered(200, classes=4, dim=8, seed=7)
+    classifier = KNeighborsClassifier(n_neighbors=5, metric="cosine", algorithm="brute")
+    expected = (cross_val_predict(classifier, x, y, cv=LeaveOneOut()) == y).mean()
+    assert knn_accuracy(x, y, k=5, backend=backend, chunk_size=64) == pytest.approx(expected, abs=1e-12)
+
+
+def test_retrieval_metrics_reads_knn_accuracy_off_the_same_search_lone_queries_included():
+    x, y = clustered(150, classes=3, dim=8, seed=5)
+    y = y.copy()
+    y[:4] = [10, 11, 12, 13]  # four lone queries: left out of retrieval, counted (always wrong) by kNN accuracy
+    metrics = retrieval_metrics(x, y, knn_k=5, chunk_size=16)
+    assert metrics["num_lone_queries"] == 4
+    assert metrics["knn_accuracy@5"] == pytest.approx(knn_accuracy(x, y, k=5), abs=1e-12)
+    without = retrieval_metrics(x, y, chunk_size=16)
+    assert "knn_accuracy@5" not in without
+    assert without == pytest.approx({k: v for k, v in metrics.items() if k != "knn_accuracy@5"}, abs=1e-12)
+
+
+def test_too_few_items_for_the_ks_names_evaluation_ks_and_a_valid_value():
+    rng = np.random.default_rng(0)
+    embeddings, labels = rng.normal(size=(8, 4)), np.arange(8) % 2
+    with pytest.raises(UserError) as caught:
+        retrieval_metrics(embeddings, labels, ks=(1, 5, 10))
+    message = str(caught.value)
+    assert "largest valid k is 7" in message and "evaluation.ks=[1,5]" in message
+    with pytest.raises(UserError, match=r"evaluation\.ks=\[3\]"):  # no k fits: the largest valid one
+        retrieval_metrics(embeddings, labels, ks=(4, 5), gallery_embeddings=embeddings[:3], gallery_labels=labels[:3])
