@@ -108,7 +108,7 @@ def release_memory() -> None:
 
     The buffers of a large decoded image are freed to glibc's arenas (one per thread), which keep them: without
     this, 16 concurrent uploads of a 7000 × 7000 PNG left the service 1.5 GB larger (and peaked 1.6 GB above its
-    idle size rather than 0.44 GB), measured with tests/test_serve_api.py's digits model."""
+    idle size rather than 0.44 GB), measured with the serve tests' digits model (tests/conftest.py)."""
     if _TRIM is not None:
         _TRIM(0)
 

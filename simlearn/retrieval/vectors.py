@@ -77,8 +77,8 @@ def row_dots(a: Array, b: Array) -> Array:
 
     numpy arrays: ``einsum`` over C-contiguous float64 rows, one call of its sum-of-products kernel per row over
     the row's d values, without threads or casting buffers, so the summation order depends on d alone (checked
-    for many d and alignments in tests/test_vectors.py); 3x faster than halving. Tensors: the product summed by
-    :func:`pairwise_row_sums` (elementwise ops only: the same order on any device, for any number of rows).
+    for many d and alignments in tests/test_retrieval_vectors.py); 3x faster than halving. Tensors: the product
+    summed by :func:`pairwise_row_sums` (elementwise ops only: the same order on any device, for any number of rows).
     """
     if isinstance(a, torch.Tensor):
         return pairwise_row_sums(a * b)
