@@ -252,3 +252,44 @@ def test_label_free_training_runs_and_reports_the_labelled_metrics(tmp_path, los
         encoder = {k.removeprefix("encoder."): v for k, v in state.items() if k.startswith("encoder.")}
         assert teacher.keys() == encoder.keys()
         assert any(not torch.equal(teacher[k], encoder[k]) for k in teacher if teacher[k].is_floating_point())
+
+
+# -- DDP: negatives from every rank ----------------------------------------------------------------------------------
+def _rank(rank: int, world: int, init_file: str, views: torch.Tensor, out: str) -> None:
+    """One rank of two (gloo): the distributed simclr loss of its half of the images, and its gradient."""
+    from torch import distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        task = ViewContrastTask(SelfSupervisedLoss(NTXentLoss(temperature=0.2)), distributed=True)
+        per_rank = views.shape[1] // world
+        mine = torch.arange(rank * per_rank, (rank + 1) * per_rank)
+        local = views[:, mine].reshape(-1, views.shape[-1]).clone().requires_grad_(True)
+        batch = {VIEW_FIELD: torch.arange(2).repeat_interleave(per_rank), "index": mine.repeat(2)}
+        loss = task(local, batch)
+        loss.backward()
+        torch.save({"loss": loss.detach(), "grad": local.grad}, f"{out}/{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_under_ddp_the_negatives_are_the_views_of_every_ranks_images(tmp_path):
+    """Two processes, each with half the images: each rank's loss is PML's (the world size times the loss of all the
+    images in one process) and its gradient that of all the images, for its own rows, so the gradients DDP averages
+    are exactly one process's over the whole batch: every other rank's views are negatives."""
+    import torch.multiprocessing as mp
+
+    torch.manual_seed(0)
+    views = torch.randn(2, 12, 5)  # view × image × dimension
+    mp.get_context("spawn")
+    mp.spawn(_rank, args=(2, str(tmp_path / "init"), views, str(tmp_path)), nprocs=2, join=True)
+    whole = views.reshape(-1, 5).clone().requires_grad_(True)
+    expected = NTXentLoss(temperature=0.2)(whole, torch.arange(12).repeat(2))
+    expected.backward()
+    grad = whole.grad.view(2, 12, 5)
+    for rank in range(2):
+        result = torch.load(tmp_path / f"{rank}.pt")
+        torch.testing.assert_close(result["loss"], 2 * expected.detach())
+        mine = slice(rank * 6, (rank + 1) * 6)
+        torch.testing.assert_close(result["grad"].view(2, 6, 5), 2 * grad[:, mine])

@@ -83,8 +83,9 @@ class ViewContrastTask(ViewTask):
             if len(views) == 2 and not across_ranks:
                 return self.loss(views[0], views[1])
             inner = self.distributed_loss if across_ranks else self.loss.loss
-            images = batch["index"] if across_ranks else torch.arange(len(views[0]), device=embeddings.device)
-            return inner(torch.cat(views), images.repeat(len(views)))
+            # each row's image: its dataset index across ranks (a batch's rows of one rank are not another's)
+            local = torch.arange(len(views[0]), device=embeddings.device).repeat(len(views))
+            return inner(torch.cat(views), batch["index"] if across_ranks else local)
         loss = self.distributed_loss if across_ranks else self.loss
         pairs = [(a, b) for a in range(len(views)) for b in range(a + 1, len(views))]
         return torch.stack([loss(views[a], ref_emb=views[b]) for a, b in pairs]).mean()
