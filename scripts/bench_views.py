@@ -47,6 +47,36 @@ def rate(step, count: int, steps: int, repeat: int) -> float:
     return count * steps / best
 
 
+def measure(batch: torch.Tensor, transforms: list, steps: int, repeat: int) -> list[float]:
+    """Images/s of one view and of two views by ``transforms`` in batches, and of torchvision item by item."""
+    channels = batch.shape[1]
+    mean, std = [0.5] * channels, [0.25] * channels
+    normalised = {"image": (batch - 0.5) / 0.25, "index": torch.arange(len(batch), device=batch.device)}
+    two = ViewMaker(transforms, 2, mean, std)
+    generator = torch.Generator().manual_seed(0)
+
+    def one_view() -> None:
+        view = (normalised["image"] * 0.25 + 0.5).clamp(0, 1)
+        for transform in transforms:
+            view = transform(view, generator)
+        _ = ((view - 0.5) / 0.25).sum().item()
+
+    def two_views() -> None:
+        _ = two(normalised, 0)["image"].sum().item()
+
+    size = batch.shape[-1]
+    per_item = v2.Compose(
+        [v2.RandomResizedCrop(size, scale=(0.5, 1.0), antialias=True), v2.RandomAffine(15, (0.1, 0.1), shear=10)]
+    )
+    cpu = batch.cpu()
+
+    def item_by_item() -> None:
+        _ = torch.stack([per_item(image) for image in cpu]).sum().item()
+
+    figures = [rate(f, len(batch), steps, repeat) for f in (one_view, two_views)]
+    return [*figures, rate(item_by_item, len(batch), max(1, steps // 4), repeat)]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch", type=int, default=256)
@@ -57,37 +87,14 @@ def main() -> None:
     args = parser.parse_args()
     device = torch.device(args.device)
     print(f"torch threads {torch.get_num_threads()}, device {device}, batch {args.batch}")
-    print("| images | preset | 1 view (images/s) | 2 views (images/s, 2 views each) | item by item, torchvision crop + affine, 1 view (images/s) |")
+    print(
+        "| images | preset | 1 view (images/s) | 2 views (images/s, 2 views each) | item by item, torchvision "
+        "crop + affine, 1 view (images/s) |"
+    )
     print("| --- | --- | ---: | ---: | ---: |")
     for kind, preset in (("mnist", "ssl_digits"), ("colour 64×64", "ssl")):
         batch = images(kind, args.batch, args.data_root).to(device)
-        channels = batch.shape[1]
-        transforms = view_transforms(preset)
-        mean, std = [0.5] * channels, [0.25] * channels
-        normalised = {"image": (batch - 0.5) / 0.25, "index": torch.arange(len(batch), device=device)}
-        two = ViewMaker(transforms, 2, mean, std)
-        generator = torch.Generator().manual_seed(0)
-
-        def one_view() -> None:
-            view = (normalised["image"] * 0.25 + 0.5).clamp(0, 1)
-            for transform in transforms:
-                view = transform(view, generator)
-            _ = ((view - 0.5) / 0.25).sum().item()
-
-        def two_views() -> None:
-            _ = two(normalised, 0)["image"].sum().item()
-
-        size = batch.shape[-1]
-        per_item = v2.Compose(
-            [v2.RandomResizedCrop(size, scale=(0.5, 1.0), antialias=True), v2.RandomAffine(15, (0.1, 0.1), shear=10)]
-        )
-        cpu = batch.cpu()
-
-        def item_by_item() -> None:
-            _ = torch.stack([per_item(image) for image in cpu]).sum().item()
-
-        figures = [rate(f, len(batch), args.steps, args.repeat) for f in (one_view, two_views)]
-        figures.append(rate(item_by_item, len(batch), max(1, args.steps // 4), args.repeat))
+        figures = measure(batch, view_transforms(preset), args.steps, args.repeat)
         print(f"| {kind} | {preset} | {figures[0]:,.0f} | {figures[1]:,.0f} | {figures[2]:,.0f} |")
 
 
