@@ -51,8 +51,16 @@ def _last_epoch(path):
 
 
 @pytest.mark.slow
-def test_resume_after_sigkill_gives_the_uninterrupted_result(tmp_path):
-    overrides = ["trainer.max_epochs=6", "logger=none", "trainer.deterministic=true", "data.batch_size=32"]
+@pytest.mark.parametrize(
+    "loss",
+    # byol: a momentum teacher (an EMA of the encoder, in the checkpoint) and two views per image drawn from the run's
+    # seed and batch number, so the resumed run must restore the teacher and make the same views
+    [[], ["loss=byol", "data.max_train=512"]],
+    ids=["softmax", "byol"],
+)
+def test_resume_after_sigkill_gives_the_uninterrupted_result(tmp_path, loss):
+    common = ["trainer.max_epochs=6", "logger=none", "trainer.deterministic=true", "data.batch_size=32"]
+    overrides = [*common, *loss]
     reference = run_training(tmp_path / "reference", *overrides)
 
     killed_dir = tmp_path / "killed"
@@ -72,7 +80,8 @@ def test_resume_after_sigkill_gives_the_uninterrupted_result(tmp_path):
     assert 1 <= killed_at < 5, f"the run was not killed mid-training (last epoch {killed_at})"
     assert not (killed_dir / "metrics.json").exists()
 
-    result = run_cli("train.py", *overrides, "ckpt_path=last", f"hydra.run.dir={killed_dir}")
+    # the resume continues the run's saved config (a group option given again is refused)
+    result = run_cli("train.py", *common, "ckpt_path=last", f"hydra.run.dir={killed_dir}")
     assert result.returncode == 0, result.stderr[-2000:]
     resumed = json.loads((killed_dir / "metrics.json").read_text())
     for key in ("test/recall@1", "test/map@r", "test/r_precision", "val/recall@1", "val/map@r"):

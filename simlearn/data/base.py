@@ -28,7 +28,10 @@ plan):
 * loaders: shuffled by :class:`~simlearn.data.samplers.EpochSeededRandomSampler` or drawn by PML's
   ``MPerClassSampler`` (``m_per_class``) for training, in order for evaluation; ``on_device`` (in-memory data) draws
   batches from tensors on the training device instead of a DataLoader;
-* augmentation of the training split (``augment``), and :meth:`~EmbeddingDataModule.preprocessing`: image size,
+* augmentation of the training split (``augment``), or with ``views`` ≥ 2 that many views of each training image,
+  made in batches on the training device by ``view_augment`` (:mod:`simlearn.data.views`, in
+  :meth:`~EmbeddingDataModule.on_after_batch_transfer`: the same for every source), and
+  :meth:`~EmbeddingDataModule.preprocessing`: image size,
   channels and the mean/std that normalise every image (measured on the training split of in-memory data unless
   given; ImageNet's for image files unless given).
 
@@ -60,6 +63,7 @@ from simlearn.data.splits import (
     m_per_class_sampler,
     some_names,
 )
+from simlearn.data.views import ViewMaker, view_transforms
 from simlearn.errors import UserError
 from simlearn.fields import GALLERY_FIELD, NOT_LABEL_FIELDS
 from simlearn.retrieval.vectors import as_numpy
@@ -266,6 +270,8 @@ class EmbeddingDataModule(pl.LightningDataModule):
         on_device: bool = False,
         seed: int = 0,
         augment: Any = None,
+        views: int = 1,
+        view_augment: Any = None,
         mean: Sequence[float] | None = None,
         std: Sequence[float] | None = None,
         crop_pct: float | None = None,
@@ -297,6 +303,16 @@ class EmbeddingDataModule(pl.LightningDataModule):
         self.on_device = on_device
         self.seed = seed
         self.augment = augment_transforms(augment)
+        if isinstance(views, bool) or not isinstance(views, int) or views < 1:
+            raise UserError(
+                f"data.views must be an integer ≥ 1 (1: one image per item, as always; 2 or more: views of each "
+                f"training image for a label-free loss), got {views!r}; e.g. data.views=2."
+            )
+        self.views = views
+        #: The transforms of the views (``views`` ≥ 2), each a :class:`~simlearn.data.views.ViewTransform`.
+        self.view_transforms = view_transforms(view_augment) if views > 1 else []
+        #: Makes the views of a training batch on its device (set by :meth:`setup` when ``views`` ≥ 2).
+        self.view_maker: ViewMaker | None = None
         self.mean = None if mean is None else list(mean)
         self.std = None if std is None else list(std)
         self.crop_pct, self.interpolation = crop_pct, interpolation
@@ -460,8 +476,12 @@ class EmbeddingDataModule(pl.LightningDataModule):
             self.image_size, self.channels, mean, std, self.crop_pct, self.interpolation
         )
         self._items = items
+        # with views, the items come prepared as for evaluation and the views are made from them on the device
+        train_augment = self.augment if self.views == 1 else ()
+        if self.views > 1:
+            self.view_maker = ViewMaker(self.view_transforms, self.views, mean, std, seed=self.seed)
         self.datasets = {
-            split: items.dataset(index, self._preprocessing, self.augment if split == "train" else ())
+            split: items.dataset(index, self._preprocessing, train_augment if split == "train" else ())
             for split, index in plan.indices.items()
         }
         if self.probe_class_names:
@@ -505,6 +525,16 @@ class EmbeddingDataModule(pl.LightningDataModule):
             collate_fn=dataset.collate,
             persistent_workers=self.num_workers > 0,
         )
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """With ``views`` ≥ 2, a training batch (already on the training device) becomes its views
+        (:class:`~simlearn.data.views.ViewMaker`); everything else passes unchanged."""
+        trainer = self.trainer
+        if self.view_maker is None or trainer is None or not trainer.training:
+            return batch
+        # the batch's number in the run (Lightning's progress, saved in checkpoints): a resumed run makes the same views
+        number = trainer.fit_loop.epoch_loop.batch_progress.total.ready
+        return self.view_maker(batch, number, rank=trainer.global_rank)
 
     def train_dataloader(self) -> Loader:
         return self.loader("train", train=True)
@@ -570,7 +600,7 @@ class EmbeddingDataModule(pl.LightningDataModule):
     def _evaluation_dataset(self, split: str) -> SplitDataset:
         """The split's items without the training augmentation (embedding the training split reads it this way)."""
         dataset = self.datasets[split]
-        if split != "train" or not self.augment:
+        if split != "train" or not self.augment or self.views > 1:
             return dataset
         return self._items.dataset(dataset.indices, self._preprocessing, ())
 

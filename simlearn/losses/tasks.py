@@ -38,6 +38,14 @@ class Task(nn.Module):
         """Predicted label per embedding, for tasks that have a predictor (None otherwise)."""
         return None
 
+    def attach(self, encoder: nn.Module) -> None:
+        """Called once by the model with the encoder it trains, before any compilation: a task that keeps a copy of
+        it (a momentum teacher) makes it here. Nothing by default."""
+
+    def after_optimizer_step(self, encoder: nn.Module, step: int, total_steps: float) -> None:
+        """Called by the model after every optimiser step (``step``: the steps done, of ``total_steps``, which may be
+        inf): a momentum teacher follows the encoder here. Nothing by default."""
+
 
 class MetricTask(Task):
     """A pytorch-metric-learning loss (and optional miner) on the embedding, with class labels from ``field``.

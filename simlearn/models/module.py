@@ -71,12 +71,14 @@ class EmbeddingModule(pl.LightningModule):
     ) -> None:
         super().__init__()
         self.encoder = encoder
+        self.loss = MultiTaskLoss.wrap(loss)
         self.channels_last = channels_last
         if channels_last:
             self.encoder.to(memory_format=torch.channels_last)
+        for task in self.loss.tasks.values():  # a momentum teacher copies the encoder as built, before compiling it
+            task.attach(encoder)
         if compile:
             self.encoder.compile()  # in place: parameter names (and so checkpoints) stay the same
-        self.loss = MultiTaskLoss.wrap(loss)
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
         self.evaluator = evaluator or RetrievalEvaluator(label_field="label")
@@ -88,6 +90,8 @@ class EmbeddingModule(pl.LightningModule):
         self.metrics: dict[str, dict[str, float]] = {}
         #: Why training stopped on a non-finite loss; from then on no checkpoint of this state may be saved.
         self._diverged: str | None = None
+        #: The run's optimiser steps (Lightning's estimate), for tasks that follow a schedule over the run.
+        self._total_steps: float | None = None
 
     def forward(self, images: Tensor) -> Tensor:
         if self.channels_last:
@@ -227,6 +231,15 @@ class EmbeddingModule(pl.LightningModule):
         self._evaluate("test")
 
     # -- optimisation and checkpoints ----------------------------------------------------------------------
+    def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
+        """The optimiser's step, then each task's :meth:`~simlearn.losses.Task.after_optimizer_step` (a momentum
+        teacher follows the encoder): once per optimiser step, also when gradients are accumulated."""
+        super().optimizer_step(*args, **kwargs)
+        if self._total_steps is None:  # Lightning computes it from the loaders: once
+            self._total_steps = float(self.trainer.estimated_stepping_batches)
+        for task in self.loss.tasks.values():
+            task.after_optimizer_step(self.encoder, self.global_step, self._total_steps)
+
     def configure_optimizers(self) -> Any:
         optimizer = self.optimizer_factory(params=self.parameter_groups())
         for group in optimizer.param_groups:  # the optimiser filled in its lr; a task's own parameters scale it
