@@ -9,10 +9,25 @@ the other's heavy modules for a name.
 #: searches its queries against its gallery by it, and ``embeddings.npz`` carries it with the label fields.
 GALLERY_FIELD = "is_gallery"
 
+#: The embeddings of the test items' near-duplicate copies (the label-free metrics) among the outputs a model collects
+#: beside the label fields.
+COPY_EMBEDDINGS = "copy_embeddings"
+
 #: What a batch (``image``, ``index``) or a file of embeddings (the run's ``embeddings.npz``, ``simlearn-embed``'s npz,
 #: parquet and LanceDB rows) holds besides the label fields. The data refuses a label field of one of these names
 #: (:meth:`simlearn.data.base.EmbeddingDataModule.setup`); the readers of those files take every other array of one
 #: row per item as a label field.
 NOT_LABEL_FIELDS = frozenset(
-    {"image", "index", "embeddings", "labels", "class_names", "label_field", "split", "paths", "ckpt_path"}
+    {
+        "image",
+        "index",
+        "embeddings",
+        "labels",
+        "class_names",
+        "label_field",
+        "split",
+        "paths",
+        "ckpt_path",
+        COPY_EMBEDDINGS,
+    }
 )

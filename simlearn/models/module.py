@@ -12,8 +12,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from simlearn.data.copies import near_duplicates
 from simlearn.errors import UserError
 from simlearn.evaluation.evaluators import RetrievalEvaluator
+from simlearn.evaluation.label_free import label_free_metrics
+from simlearn.fields import COPY_EMBEDDINGS, GALLERY_FIELD
 from simlearn.losses import MultiTaskLoss, Task
 from simlearn.models.encoder import Encoder
 
@@ -22,6 +25,9 @@ class NonFiniteTrainingError(UserError):
     """The training loss (or the weights) became NaN or inf: training stops there, and nothing of that state is saved,
     so the checkpoints of earlier epochs stay as they were."""
 
+
+#: The seed of the test copies: the same copies for every run, so that runs compare on the same task.
+COPY_SEED = 0
 
 #: Learning rates users usually start from, by optimiser (class name); others: 1e-3.
 USUAL_LEARNING_RATES = {"SGD": 0.1, "Adagrad": 0.01, "Adadelta": 1.0, "LBFGS": 1.0}
@@ -151,16 +157,35 @@ class EmbeddingModule(pl.LightningModule):
         return advice + "."
 
     # -- evaluation ----------------------------------------------------------------------------------------
-    def _collect(self, batch: Mapping[str, Tensor]) -> None:
+    def _collect(self, batch: Mapping[str, Tensor], copies: bool) -> None:
         # float32 whatever the training precision: the metrics and task heads evaluate in float32
         self._outputs["embeddings"].append(self(batch["image"]).detach().float())
+        # the label-free metrics' copies: at test, and at validation of data without labels (its only metrics)
+        unlabelled = not any(key not in ("image", "index", GALLERY_FIELD) for key in batch)
+        if (copies or unlabelled) and (copied := self._copies(batch)) is not None:
+            self._outputs[COPY_EMBEDDINGS].append(self(copied).detach().float())
         for key, value in batch.items():
             if key != "image":
                 self._outputs[key].append(value.detach())
 
+    def _copies(self, batch: Mapping[str, Tensor]) -> Tensor | None:
+        """The batch's near-duplicate copies (:mod:`simlearn.data.copies`, item ``index`` edited as that item always
+        is), normalised as the model's input; None without the preprocessing to undo (a model built by hand)."""
+        preprocessing = self.config.get("preprocessing") or {}
+        images = batch["image"]
+        if "mean" not in preprocessing or "std" not in preprocessing or images.dim() != 4:
+            return None
+        shape = (1, images.shape[1], 1, 1)
+        mean = torch.tensor(preprocessing["mean"], dtype=torch.float32, device=images.device).view(shape)
+        std = torch.tensor(preprocessing["std"], dtype=torch.float32, device=images.device).view(shape)
+        # the edits work on pixels in [0, 1]: the normalisation is undone, then redone on the copies
+        pixels = (images.float() * std + mean).clamp(0, 1)
+        return ((near_duplicates(pixels, batch["index"], seed=COPY_SEED) - mean) / std).to(images.dtype)
+
     def _evaluate(self, split: str) -> dict[str, float]:
         outputs = self._gathered_outputs()
         embeddings = outputs.pop("embeddings")
+        copies = outputs.pop(COPY_EMBEDDINGS, None)
         index = outputs.pop("index")
         metrics = None
         if self.global_rank == 0:
@@ -168,6 +193,8 @@ class EmbeddingModule(pl.LightningModule):
             # this hook in
             with torch.autocast(embeddings.device.type, enabled=False):
                 metrics = {**self.evaluator(embeddings, outputs, split), **self._task_metrics(embeddings, outputs)}
+                if copies is not None:
+                    metrics.update(label_free_metrics(embeddings, copies))
         if self.trainer.world_size > 1:
             metrics = self.trainer.strategy.broadcast(metrics, src=0)
         self.metrics[split] = metrics
@@ -215,13 +242,13 @@ class EmbeddingModule(pl.LightningModule):
         return metrics
 
     def validation_step(self, batch: Mapping[str, Tensor], batch_idx: int) -> None:
-        self._collect(batch)
+        self._collect(batch, copies=False)
 
     def on_validation_epoch_end(self) -> None:
         self._evaluate("val")
 
     def test_step(self, batch: Mapping[str, Tensor], batch_idx: int) -> None:
-        self._collect(batch)
+        self._collect(batch, copies=True)
 
     def on_test_epoch_end(self) -> None:
         self._evaluate("test")
