@@ -9,7 +9,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from simlearn.data.copies import CopyEdits, near_duplicate, near_duplicates
 from simlearn.data.split_plan import SplitOptions, plan_splits
@@ -25,8 +24,7 @@ from simlearn.models.backbones import SmallCNN
 from .helpers import run_main, run_training, train_config
 from .photos import write_photo
 
-FAST = ("trainer.max_epochs=1", "trainer.enable_progress_bar=false", "callbacks.rich_progress_bar=null",
-        "callbacks.model_summary=null")  # fmt: skip
+FAST = ("trainer.max_epochs=1", "callbacks.rich_progress_bar=null", "callbacks.model_summary=null")
 
 
 class NearConstantBackbone(SmallCNN):
@@ -107,3 +105,184 @@ def test_the_collapse_rule_names_both_values_and_stays_quiet_otherwise():
     for collapsed in ({**healthy, "test/effective_rank": 1.01}, {**healthy, "test/mean_cosine": 0.9999}):
         line = collapse_warning(collapsed)
         assert line is not None and "\n" not in line and "collapsed" in line and "effective rank" in line
+
+
+# -- the collapse warning of a run ----------------------------------------------------------------------------------
+def test_a_collapsed_encoder_is_reported_in_one_line_at_the_end_of_training(tmp_path, capfd):
+    result = run_main(
+        "simlearn.cli.train",
+        "backbone._target_=tests.test_label_free.NearConstantBackbone",
+        "head=identity",
+        *FAST,
+        f"hydra.run.dir={tmp_path}",
+        "logger=none",
+        "reports.plots=null",
+        capfd=capfd,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    output = result.stdout + result.stderr
+    lines = [line for line in output.splitlines() if "embeddings have collapsed" in line]
+    assert len(lines) == 1, output[-3000:]
+    assert "effective rank 1.0" in lines[0]
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["test/effective_rank"] < COLLAPSE_EFFECTIVE_RANK < metrics["test/effective_rank"] + 2
+
+
+def test_a_healthy_run_raises_no_collapse_warning(trained_run, trained_run_console):
+    stdout, stderr = trained_run_console
+    assert "collapsed" not in stdout + stderr
+    metrics = json.loads((trained_run / "metrics.json").read_text())
+    # the label-free metrics are reported beside the labelled ones, in the printed table too
+    for key in ("copy/recall@1", "copy/mean_rank", "alignment", "uniformity", "effective_rank", "recall@1"):
+        assert f"test/{key}" in metrics and key in stdout, key
+    assert (
+        metrics["test/effective_rank"] > COLLAPSE_EFFECTIVE_RANK and metrics["test/mean_cosine"] < COLLAPSE_MEAN_COSINE
+    )
+
+
+# -- training without labels ---------------------------------------------------------------------------------------
+def test_labels_none_gives_the_loss_no_label_and_keeps_them_for_evaluation(tmp_path, monkeypatch):
+    from simlearn.losses.reconstruction import ReconstructionTask
+
+    seen: list[set[str]] = []
+    forward = ReconstructionTask.forward
+
+    def spy(self, embeddings, batch):
+        seen.append(set(batch))
+        return forward(self, embeddings, batch)
+
+    monkeypatch.setattr(ReconstructionTask, "forward", spy)
+    metrics = run_training(tmp_path, "loss=reconstruction", "data.labels=none", *FAST)
+    assert seen and all(keys == {"image", "index"} for keys in seen), seen[:3]
+    assert {"test/recall@1", "test/map@r", "test/copy/recall@1", "val/recall@1"} <= set(metrics)
+    splits = json.loads((tmp_path / "splits.json").read_text())
+    assert splits["labels"] == "none" and splits["splits"]["train"]["num_classes"] == 10
+    with np.load(tmp_path / "embeddings.npz") as arrays:
+        assert "digit" in arrays and "labels" in arrays  # the test labels, for evaluation
+
+
+@pytest.mark.parametrize("on_device", [False, True])
+def test_labels_none_batches_carry_no_label_field_in_training_only(on_device):
+    from simlearn.build import build_datamodule
+
+    cfg = train_config(Path("/tmp/unused"), "data.labels=none", f"data.on_device={str(on_device).lower()}")
+    datamodule = build_datamodule(cfg.data)
+    assert set(next(iter(datamodule.loader("train", train=True)))) == {"image", "index"}
+    assert {"digit", "parity", "magnitude"} <= set(next(iter(datamodule.loader("test"))))
+    assert datamodule.label_fields == ["digit", "parity", "magnitude"]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "fragments"),
+    [
+        (["data.labels=none"], ["reads the label field 'digit'", "data.labels=none", "loss=reconstruction"]),
+        (["data.labels=some"], ["data.labels must be one of train, none", "'some'"]),
+        (["data.label_fraction=0"], ["data.label_fraction must be in (0, 1]"]),
+        (["data.label_fraction=0.5", "data.labels=none"], ["data.labels=none trains with none"]),
+    ],
+)
+def test_label_options_that_cannot_work_are_one_line(tmp_path, capfd, overrides, fragments):
+    result = run_main("simlearn.cli.train", *overrides, f"hydra.run.dir={tmp_path}", "logger=none", capfd=capfd)
+    assert result.returncode == 2 and "Traceback" not in result.stderr + result.stdout
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    for fragment in fragments:
+        assert fragment in result.stderr, result.stderr
+
+
+def flat_folder(root: Path, count: int) -> list[Path]:
+    rng = np.random.default_rng(0)
+    colours = [(200, 60, 40), (40, 160, 60), (50, 70, 200), (220, 200, 40)]
+    return [write_photo(root / f"{i:03d}.jpg", colours[i % 4], rng, size=24) for i in range(count)]
+
+
+@pytest.mark.slow
+def test_a_flat_folder_trains_without_labels_writes_its_run_dir_and_its_checkpoint_serves(tmp_path, capfd):
+    from fastapi.testclient import TestClient
+
+    from simlearn.serve import create_app, open_service
+
+    from .test_serve_api import serve_config, upload
+
+    files = flat_folder(tmp_path / "photos", 40)
+    run = tmp_path / "run"
+    photos = [f"data.root={tmp_path / 'photos'}", "data.image_size=16", "augment=none"]
+    metrics = run_training(run, "data=image_folder", *photos, "loss=reconstruction", *FAST)
+    assert {"test/copy/recall@1", "test/copy/mean_rank", "test/alignment", "test/uniformity"} <= set(metrics)
+    assert not any(key.endswith(("/recall@1", "/map@r")) and "copy" not in key for key in metrics)
+    assert "val/best_copy/recall@1" in metrics  # the checkpoint monitors the label-free validation metric
+    splits = json.loads((run / "splits.json").read_text())
+    assert splits["labels"] == "absent" and splits["test_protocol"] == "label-free"
+    assert sum(split["num_items"] for split in splits["splits"].values()) == len(files)
+    assert not (run / "per_class.csv").exists() and not (run / "similarity.json").exists()
+    with np.load(run / "embeddings.npz") as arrays:
+        assert set(arrays) == {"embeddings", "index", "paths"}
+        assert len(arrays["embeddings"]) == splits["splits"]["test"]["num_items"]
+    ckpt = next((run / "checkpoints").glob("best-*.ckpt"))
+    # the checkpoint serves a search: its own test split (the default gallery), and the folder
+    split_service = open_service(serve_config(ckpt, None, tmp_path / "cache_split"))
+    assert len(split_service.gallery.embeddings) == splits["splits"]["test"]["num_items"]
+    client = TestClient(create_app(open_service(serve_config(ckpt, tmp_path / "photos", tmp_path / "cache"))))
+    answer = client.post("/search", **upload(files[7], k="3")).json()
+    assert answer["results"][0]["path"].endswith(files[7].name)
+    assert answer["results"][0]["cosine"] == pytest.approx(1.0, abs=1e-5) and answer["results"][0]["label"] is None
+
+
+def test_a_flat_folder_refuses_options_that_need_classes(tmp_path, capfd):
+    flat_folder(tmp_path / "photos", 12)
+    result = run_main(
+        "simlearn.cli.train", "data=image_folder", f"data.root={tmp_path / 'photos'}", "data.image_size=16",
+        "loss=reconstruction", "data.split_by=class", f"hydra.run.dir={tmp_path / 'run'}", capfd=capfd,
+    )  # fmt: skip
+    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert "data.split_by=class needs classes" in result.stderr and "no labels" in result.stderr
+
+
+# -- few labels -----------------------------------------------------------------------------------------------------
+def test_label_fraction_keeps_a_seeded_share_of_each_class_at_least_one():
+    codes = torch.tensor([0] * 60 + [1] * 30 + [2] * 6)
+    names = ["a", "b", "c"]
+    full = plan_splits(codes, names, None, SplitOptions(val_fraction=0.1, test_fraction=0.2, seed=3))
+    few = plan_splits(codes, names, None, SplitOptions(val_fraction=0.1, test_fraction=0.2, seed=3, label_fraction=0.1))
+    kept, train = few.indices["train"], full.indices["train"]
+    assert set(kept.tolist()) <= set(train.tolist())
+    for label in range(3):
+        n = int((full.labels[train] == label).sum())
+        assert int((few.labels[kept] == label).sum()) == max(1, round(0.1 * n))
+    assert torch.equal(few.indices["val"], full.indices["val"]) and torch.equal(
+        few.indices["test"], full.indices["test"]
+    )
+    assert few.train_items_before_fraction == len(train)
+    again = plan_splits(
+        codes, names, None, SplitOptions(val_fraction=0.1, test_fraction=0.2, seed=3, label_fraction=0.1)
+    )
+    other = plan_splits(
+        codes, names, None, SplitOptions(val_fraction=0.1, test_fraction=0.2, seed=4, label_fraction=0.1)
+    )
+    assert torch.equal(again.indices["train"], kept) and not torch.equal(other.indices["train"], kept)
+    with pytest.raises(UserError, match="label_fraction"):
+        SplitOptions(label_fraction=1.5)
+
+
+def test_label_fraction_items_are_recorded_in_splits_json(tmp_path):
+    from simlearn.build import build_datamodule
+    from simlearn.reports.outputs import write_splits
+
+    datamodule = build_datamodule(train_config(tmp_path, "data.label_fraction=0.05").data)
+    train = datamodule.datasets["train"]
+    entry = json.loads(write_splits(tmp_path, datamodule).read_text())["splits"]["train"]
+    assert entry["label_fraction"] == 0.05 and entry["labelled_items"] == train.indices.tolist()
+    assert entry["num_items"] == len(train) < entry["num_items_before_label_fraction"]
+    assert entry["num_classes"] == 10 and min(entry["items_per_class"].values()) >= 1
+
+
+def test_init_from_starts_the_encoder_from_a_checkpoint_and_refuses_other_shapes(trained_run, tmp_path):
+    from simlearn.build import build_run
+
+    ckpt = trained_run / "checkpoints" / "last.ckpt"
+    run = build_run(train_config(tmp_path / "a", f"init_from={ckpt}", "data.label_fraction=0.1"))
+    saved = torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"]
+    for name, value in run.model.encoder.state_dict().items():
+        assert torch.equal(value, saved[f"encoder.{name}"]), name
+    with pytest.raises(UserError, match=r"init_from=.*do not fit") as error:
+        build_run(train_config(tmp_path / "b", f"init_from={ckpt}", "head.out_dim=32"))
+    assert "\n" not in str(error.value)

@@ -12,10 +12,9 @@ in [0, 1]; :func:`near_duplicates` makes a batch, :func:`near_duplicate` one ima
 
 from __future__ import annotations
 
+import io
 from collections.abc import Sequence
 from dataclasses import dataclass
-
-import io
 
 import numpy as np
 import torch
