@@ -17,6 +17,7 @@ from simlearn.evaluation.label_free import (
     COLLAPSE_EFFECTIVE_RANK,
     COLLAPSE_MEAN_COSINE,
     collapse_warning,
+    copy_queries,
     label_free_metrics,
 )
 from simlearn.models.backbones import SmallCNN
@@ -60,14 +61,14 @@ def test_a_copy_depends_on_its_item_and_seed_only_and_stays_an_image():
 
 
 # -- the metrics, against a brute force --------------------------------------------------------------------------------
-def brute_force(embeddings: np.ndarray, copies: np.ndarray) -> dict[str, float]:
+def brute_force(embeddings: np.ndarray, copies: np.ndarray, queries: np.ndarray) -> dict[str, float]:
     unit = embeddings / np.linalg.norm(embeddings, axis=1, keepdims=True)
     copy = copies / np.linalg.norm(copies, axis=1, keepdims=True)
     n = len(unit)
     cos = unit @ unit.T
     copy_cos = (unit * copy).sum(axis=1)
     ranks, first = [], []
-    for i in range(n):
+    for i in queries:
         others = np.delete(cos[i], i)
         ranks.append(1 + int((others > copy_cos[i]).sum()))
         first.append(copy_cos[i] >= others.max())  # a tie goes to the copy (the lower gallery row)
@@ -77,7 +78,7 @@ def brute_force(embeddings: np.ndarray, copies: np.ndarray) -> dict[str, float]:
     return {
         "copy/recall@1": float(np.mean(first)),
         "copy/mean_rank": float(np.mean(ranks)),
-        "alignment": float(((unit - copy) ** 2).sum(axis=1).mean()),
+        "alignment": float(((unit - copy) ** 2).sum(axis=1)[queries].mean()),
         "uniformity": float(np.log(np.exp(-2 * (2 - 2 * cos[off])).mean())),
         "effective_rank": float(np.exp(-(p * np.log(p)).sum())),
         "mean_cosine": float(cos[off].mean()),
@@ -90,12 +91,19 @@ def test_label_free_metrics_equal_a_brute_force():
     # copies: some near their item, some far (so that recall@1 and the mean rank are neither 0 nor perfect)
     noise = np.where(np.arange(60)[:, None] < 30, 0.1, 3.0)
     copies = embeddings + noise * rng.normal(size=(60, 8))
-    found = label_free_metrics(torch.from_numpy(embeddings).float(), torch.from_numpy(copies).float())
-    expected = brute_force(embeddings.astype(np.float32).astype(np.float64), copies.astype(np.float32))
-    assert 0.3 < expected["copy/recall@1"] < 1 and expected["copy/mean_rank"] > 2
-    assert found.keys() == expected.keys()
-    for key, value in expected.items():
-        assert found[key] == pytest.approx(value, rel=1e-6, abs=1e-9), key
+    every = np.arange(60)
+    # a share of the items as the queries (a large split's): the others' copies are NaN rows
+    some = np.flatnonzero(copy_queries(torch.arange(60), 0.5).numpy())
+    assert 15 < len(some) < 45
+    for queries in (every, some):
+        given = copies.copy()
+        given[np.setdiff1d(every, queries)] = np.nan
+        found = label_free_metrics(torch.from_numpy(embeddings).float(), torch.from_numpy(given).float())
+        expected = brute_force(embeddings.astype(np.float32), copies.astype(np.float32), queries)
+        assert 0.3 < expected["copy/recall@1"] < 1 and expected["copy/mean_rank"] > 2
+        assert found.keys() == expected.keys()
+        for key, value in expected.items():
+            assert found[key] == pytest.approx(value, rel=1e-6, abs=1e-9), key
 
 
 def test_the_collapse_rule_names_both_values_and_stays_quiet_otherwise():
