@@ -26,6 +26,8 @@ from simlearn.models.backbones import Backbone
 from simlearn.schema import check_config as check_types
 from simlearn.schema import signature_hints
 
+log = logging.getLogger(__name__)
+
 #: The parts of a run's config a checkpoint needs to rebuild its model and data.
 MODEL_KEYS = (
     "data",
@@ -216,9 +218,72 @@ def build_model(cfg: DictConfig, datamodule: EmbeddingDataModule, check_training
     )
     model.config["preprocessing"] = datamodule.preprocessing()
     if check_training:
+        if datamodule.trains_without_labels:
+            check_label_free(model, datamodule)
         train = datamodule.datasets["train"]
         model.loss.check_fields({name: train.labels(name) for name in train.fields})
     return model
+
+
+def check_label_free(model: EmbeddingModule, datamodule: EmbeddingDataModule) -> None:
+    """One line when the loss reads a label but the training batches carry none (``data.labels=none``, or data
+    without labels). A task that reads only the images (``Task.reads_image``: the autoencoder) trains without."""
+    needs = {name: task for name, task in model.loss.tasks.items() if not task.reads_image}
+    if not needs:
+        return
+    name, task = next(iter(needs.items()))
+    why = (
+        "data.labels=none trains without labels"
+        if datamodule.labelled
+        else f"data '{datamodule.name}' has no labels (images directly in its root, no class folders)"
+    )
+    raise UserError(
+        f"the loss task {name!r} ({type(getattr(task, 'loss', task)).__name__}) reads the label field {task.field!r}, "
+        f"but {why}; use a loss that needs no label (loss=reconstruction), or drop data.labels=none."
+    )
+
+
+def init_encoder(model: EmbeddingModule, path: str) -> None:
+    """``init_from=<ckpt>``: the encoder starts from the encoder weights of a simlearn checkpoint (e.g. a label-free
+    pre-training run's), refused in one line when they do not fit this run's backbone and head."""
+    # imported here: simlearn.checkpoints.restoring builds models through this module
+    from simlearn.checkpoints.restoring import load_checkpoint
+    from simlearn.models.backbones import load_weights
+
+    checkpoint = load_checkpoint(path)
+    prefix = "encoder."
+    state = {k[len(prefix) :]: v for k, v in checkpoint["state_dict"].items() if k.startswith(prefix)}
+    load_weights(
+        model.encoder,
+        state,
+        f"init_from={path}: its encoder weights",
+        "give init_from a checkpoint of the same backbone and head (e.g. the same backbone=, head.out_dim=), or "
+        "set these to the checkpoint's (its run's config.yaml)",
+    )
+    log.info("encoder initialised from %s", path)
+
+
+#: Checkpoint monitors of labelled metrics, and what an unlabelled run monitors instead.
+LABEL_FREE_MONITOR = "val/copy/recall@1"
+
+
+def monitor_label_free(cfg: DictConfig) -> None:
+    """Data without labels has no ``val/recall@1``: the checkpoint callbacks that monitor a labelled validation
+    metric monitor ``val/copy/recall@1`` instead, and ``optimized_metric`` follows (said once in the log)."""
+    label_free = ("copy/", "alignment", "uniformity", "effective_rank", "mean_cosine")
+    changed = []
+    for entry in (cfg.get("callbacks") or {}).values():
+        monitor = entry.get("monitor") if OmegaConf.is_dict(entry) else None
+        if isinstance(monitor, str) and monitor.startswith("val/") and not monitor[4:].startswith(label_free):
+            changed.append(monitor)
+            entry.monitor = LABEL_FREE_MONITOR
+            if "mode" in entry:
+                entry.mode = "max"
+    optimized = cfg.get("optimized_metric")
+    if isinstance(optimized, str) and optimized.startswith("val/") and changed:
+        cfg.optimized_metric = LABEL_FREE_MONITOR.replace("/", "/best_", 1)
+    if changed:
+        log.info("data without labels: checkpoints monitor %s instead of %s", LABEL_FREE_MONITOR, changed[0])
 
 
 def build_loss(cfg: DictConfig) -> Any:
@@ -358,6 +423,10 @@ def build_run(cfg: DictConfig, launched: bool = False) -> Run:
         pl.seed_everything(cfg.seed, workers=True)
     datamodule = build_datamodule(cfg.data)
     model = build_model(cfg, datamodule)
+    if cfg.get("init_from"):
+        init_encoder(model, str(cfg.init_from))
+    if not datamodule.labelled:
+        monitor_label_free(cfg)
     callbacks = build_list(cfg.get("callbacks"))
     loggers = build_list(cfg.get("logger"))
     trainer = build_trainer(cfg, callbacks, loggers, launched=launched)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from lightning.pytorch.callbacks import RichProgressBar
@@ -10,9 +11,12 @@ from omegaconf import DictConfig
 from simlearn.build import build_trainer
 from simlearn.checkpoints import restore
 from simlearn.console import print_metrics
+from simlearn.evaluation.label_free import collapse_warning
 from simlearn.reports.outputs import write_splits, write_test_outputs
 
 __all__ = ["evaluate"]
+
+log = logging.getLogger(__name__)
 
 
 def evaluate(cfg: DictConfig) -> dict[str, float]:
@@ -28,4 +32,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     write_splits(output_dir, datamodule)
     metrics = write_test_outputs(run_cfg, trainer, model, datamodule, output_dir, metrics)
     print_metrics(metrics, title=f"simlearn-eval · {cfg.ckpt_path}")
+    collapsed = collapse_warning(metrics)
+    if collapsed:
+        log.warning(collapsed)
     return metrics

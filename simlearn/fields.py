@@ -13,10 +13,26 @@ GALLERY_FIELD = "is_gallery"
 #: The data writes it (:class:`simlearn.data.views.ViewMaker`), the label-free losses read it.
 VIEW_FIELD = "view"
 
+#: The embeddings of the test items' near-duplicate copies (the label-free metrics) among the outputs a model collects
+#: beside the label fields.
+COPY_EMBEDDINGS = "copy_embeddings"
+
 #: What a batch (``image``, ``index``) or a file of embeddings (the run's ``embeddings.npz``, ``simlearn-embed``'s npz,
 #: parquet and LanceDB rows) holds besides the label fields. The data refuses a label field of one of these names
 #: (:meth:`simlearn.data.base.EmbeddingDataModule.setup`); the readers of those files take every other array of one
 #: row per item as a label field.
 NOT_LABEL_FIELDS = frozenset(
-    {"image", "index", "view", "embeddings", "labels", "class_names", "label_field", "split", "paths", "ckpt_path"}
+    {
+        "image",
+        "index",
+        VIEW_FIELD,
+        "embeddings",
+        "labels",
+        "class_names",
+        "label_field",
+        "split",
+        "paths",
+        "ckpt_path",
+        COPY_EMBEDDINGS,
+    }
 )

@@ -25,6 +25,7 @@ from simlearn.build import Run, build_run, check_config, run_output_dir, spawn_l
 from simlearn.config import config_dir
 from simlearn.console import print_metrics, quiet_console
 from simlearn.errors import UserError, find_user_error
+from simlearn.evaluation.label_free import collapse_warning
 from simlearn.loggers import finish_wandb
 from simlearn.reports.outputs import write_splits, write_test_outputs
 from simlearn.run_dir import (
@@ -204,6 +205,9 @@ def train_run(cfg: DictConfig, overrides: Sequence[str] | None = None) -> Run:
             run = Run(cfg, output_dir, None, None, None, [], [], outcome.metrics, outcome.best_path)
         if outcome.reports:
             print_metrics(outcome.metrics, title=f"simlearn · {output_dir}")
+            collapsed = collapse_warning(outcome.metrics)
+            if collapsed:  # last, under the table: a useless model must not pass for a trained one
+                log.warning(collapsed)
             if outcome.best_path:
                 log.info("best checkpoint: %s", outcome.best_path)
         return run

@@ -25,6 +25,11 @@ plan):
   searches queries against the gallery by. Then the warning about classes too small for val/test, the caps
   ``max_train``/``max_val``/``max_test`` and the checks that every split has two classes and every query a gallery
   item of its class; :meth:`~EmbeddingDataModule.split_summary` (``splits.json``) says what each split holds;
+* labels (``labels``): ``train`` gives the training split's label fields to the loss; ``none`` gives it none (the
+  training batches hold the images and their ``index`` only: a label-free loss), the other splits keeping theirs for
+  evaluation. A source without labels (:attr:`Items.labelled` false: an image folder without class folders) trains
+  and evaluates without them: split by item (seeded), evaluated by the label-free metrics only. ``label_fraction``
+  keeps a seeded share of each class's training items (at least one per class) and drops the others from training;
 * loaders: shuffled by :class:`~simlearn.data.samplers.EpochSeededRandomSampler` or drawn by PML's
   ``MPerClassSampler`` (``m_per_class``) for training, in order for evaluation; ``on_device`` (in-memory data) draws
   batches from tensors on the training device instead of a DataLoader;
@@ -67,6 +72,9 @@ from simlearn.data.views import ViewMaker, view_transforms
 from simlearn.errors import UserError
 from simlearn.fields import GALLERY_FIELD, NOT_LABEL_FIELDS
 from simlearn.retrieval.vectors import as_numpy
+
+#: ``data.labels``: how training uses the labels (``train``: the loss reads them; ``none``: it reads none).
+LABEL_USES = ("train", "none")
 
 #: What :meth:`EmbeddingDataModule.loader` returns: a DataLoader, or batches drawn on the device (``on_device``).
 Loader = DataLoader | DeviceBatchLoader
@@ -200,6 +208,9 @@ class Items:
     fields: dict[str, torch.Tensor]
     names: dict[str, list[str]] = field(default_factory=dict)
     split: Sequence[str | None] | None = None
+    #: False for items without labels (an image folder without class folders): ``fields`` then holds one placeholder
+    #: class that only the seeded split reads; no split carries it
+    labelled: bool = True
 
     #: Whether the items are tensors in memory, which ``data.on_device`` can move to the training device.
     in_memory: ClassVar[bool] = False
@@ -276,8 +287,26 @@ class EmbeddingDataModule(pl.LightningDataModule):
         std: Sequence[float] | None = None,
         crop_pct: float | None = None,
         interpolation: str | None = None,
+        labels: str = "train",
+        label_fraction: float = 1.0,
     ) -> None:
         super().__init__()
+        if labels not in LABEL_USES:
+            raise UserError(
+                f"data.labels must be one of {', '.join(LABEL_USES)}, got {labels!r}: train (the loss reads the "
+                f"training labels) or none (training reads no label; the labels, if any, evaluate only)."
+            )
+        if labels == "none" and label_fraction != 1:
+            raise UserError(
+                f"data.label_fraction={label_fraction} keeps some training labels, but data.labels=none trains with "
+                f"none; drop one of them (pre-train with data.labels=none, then fine-tune with data.label_fraction "
+                f"and init_from=<that run's checkpoint>)."
+            )
+        if labels == "none" and m_per_class:
+            raise UserError(
+                f"data.m_per_class={m_per_class} draws batches by class, but data.labels=none trains without labels; "
+                f"set data.m_per_class=null."
+            )
         check_crop(crop_pct, interpolation)
         check_batches_and_fractions(batch_size, eval_batch_size, val_fraction, test_fraction)
         if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
@@ -316,6 +345,8 @@ class EmbeddingDataModule(pl.LightningDataModule):
         self.mean = None if mean is None else list(mean)
         self.std = None if std is None else list(std)
         self.crop_pct, self.interpolation = crop_pct, interpolation
+        self.labels = labels
+        self.label_fraction = label_fraction
         self.split_options()  # the split options are checked now, not when the data is set up
         #: Names of the labels 0..C−1 of ``label_field`` (set by :meth:`setup`): every class of train/val/test; with
         #: ``split_by=class`` the training classes first (0..T−1), then the val and the test classes.
@@ -331,6 +362,8 @@ class EmbeddingDataModule(pl.LightningDataModule):
         #: Split name → its items (set by :meth:`setup`).
         self.datasets: dict[str, SplitDataset] = {}
         self._items: Items | None = None
+        #: False once :meth:`setup` loaded a source without labels
+        self.labelled = True
         self._preprocessing: Preprocessing | None = None
         self._device_tensors: dict[tuple[int, str], tuple[torch.Tensor, dict[str, torch.Tensor]]] = {}
 
@@ -363,6 +396,7 @@ class EmbeddingDataModule(pl.LightningDataModule):
             test_fraction=self.test_fraction,
             limits=dict(self.limits),
             seed=self.seed,
+            label_fraction=self.label_fraction,
         )
 
     @property
@@ -390,8 +424,14 @@ class EmbeddingDataModule(pl.LightningDataModule):
 
     @property
     def label_fields(self) -> list[str]:
-        """Names of the label fields every batch carries (after :meth:`setup`)."""
-        return list(next(iter(self.datasets.values())).fields) if self.datasets else []
+        """Names of the label fields every evaluation batch carries (after :meth:`setup`; none for data without
+        labels). Under ``labels=none`` the training batches carry none of them."""
+        return list(self._items.fields) if self._items is not None else []
+
+    @property
+    def trains_without_labels(self) -> bool:
+        """Whether the training batches carry no label field (``labels=none``, or a source without labels)."""
+        return self.labels == "none" or not self.labelled
 
     def wanted_classes(self) -> list[str] | None:
         """The classes to read: the selected and the probe classes, or None for every class."""
@@ -410,6 +450,7 @@ class EmbeddingDataModule(pl.LightningDataModule):
         if self.datasets:
             return
         items = self.load()
+        self.labelled = items.labelled
         self._check_items(items)
         plan = plan_splits(
             items.fields[self.label_field],
@@ -427,8 +468,26 @@ class EmbeddingDataModule(pl.LightningDataModule):
 
     def _check_items(self, items: Items) -> None:
         """Reject items this config cannot use: a wrong image size or channels, ``on_device`` for files, an unknown
-        ``label_field``, a label field named like an array of the written files."""
+        ``label_field``, a label field named like an array of the written files, options that need labels on items
+        without."""
         items.check(self)
+        if self.labels == "none" and not items.has_classes:
+            raise UserError(
+                f"data.labels=none trains without labels, but data '{self.name}' holds pairs, whose label is what "
+                f"the pair loss learns; drop data.labels=none (or train on an image folder or CSV of the images)."
+            )
+        if not items.labelled:
+            needs = [key for key, given in (
+                ("data.split_by=class", self.split_by == "class"), ("data.classes", self.classes is not None),
+                ("data.probe_classes", bool(self.probe_classes)), ("data.m_per_class", bool(self.m_per_class)),
+                ("data.label_fraction", self.label_fraction != 1),
+                *((f"data.{split}_classes", True) for split in self.split_classes),
+            ) if given]  # fmt: skip
+            if needs:
+                raise UserError(
+                    f"{needs[0]} needs classes, but data '{self.name}' has no labels (its images are read as "
+                    f"unlabelled: no class folders); drop {' '.join(needs)}, or sort the images into class folders."
+                )
         if self.on_device and not items.in_memory:
             raise UserError(
                 f"data.on_device=true draws batches from tensors on the training device, but data '{self.name}' "
@@ -449,7 +508,16 @@ class EmbeddingDataModule(pl.LightningDataModule):
 
     def _check_plan(self, items: Items, plan: SplitPlan) -> None:
         """Reject a plan that cannot be trained or evaluated (:meth:`check_splits`), ``m_per_class`` batches that do
-        not fit, and a ``num_classes`` that is not the training classes' count."""
+        not fit, and a ``num_classes`` that is not the training classes' count (data without labels: only that
+        every split has items)."""
+        if not items.labelled:
+            empty = [split for split, index in plan.indices.items() if split != "val" and not len(index)]
+            if empty:
+                raise UserError(
+                    f"data '{self.name}' has {len(items)} unlabelled images, too few for a {empty[0]} split "
+                    f"(data.val_fraction={self.val_fraction}, data.test_fraction={self.test_fraction}); add images."
+                )
+            return
         self.check_splits(items, plan.labels, plan.indices)
         if self.m_per_class:  # now, not when training starts
             check_m_per_class(plan.labels[plan.indices["train"]], self.m_per_class, self.batch_size)
@@ -466,7 +534,8 @@ class EmbeddingDataModule(pl.LightningDataModule):
         training split's statistics unless the config gives them, augmented for training."""
         if plan.is_gallery is not None:
             items.fields = {**items.fields, GALLERY_FIELD: plan.is_gallery}
-        items.fields = {**items.fields, self.label_field: plan.labels}
+        # data without labels: its placeholder class was for the seeded split only; no split carries it
+        items.fields = {**items.fields, self.label_field: plan.labels} if items.labelled else {}
         if self.mean is None:
             mean, std = items.normalisation(plan.indices["train"])
         else:
@@ -484,6 +553,8 @@ class EmbeddingDataModule(pl.LightningDataModule):
             split: items.dataset(index, self._preprocessing, train_augment if split == "train" else ())
             for split, index in plan.indices.items()
         }
+        if self.labels == "none":  # the loss never sees a label: the training batches carry none
+            self.datasets["train"].fields = {}
         if self.probe_class_names:
             self.datasets["probe"] = items.dataset(plan.probe, self._preprocessing, ())
 
@@ -560,17 +631,24 @@ class EmbeddingDataModule(pl.LightningDataModule):
 
     def split_summary(self) -> dict[str, Any]:
         """What each split holds (``splits.json``): how items were split, the test protocol, and per split its
-        classes and item counts (per class too); for a query/gallery test, the query and gallery counts."""
+        classes and item counts (per class too); for a query/gallery test, the query and gallery counts. ``labels``
+        says how training used them (``train``, ``none``; ``absent`` for data without labels, whose splits list
+        item counts only); with ``label_fraction`` below 1, the training items kept (``labelled_items``: the item
+        numbers, the ``index`` of the run's files) and how many there were."""
         summary: dict[str, Any] = {
             "data": self.name,
-            "label_field": self.label_field,
+            "labels": self.labels if self.labelled else "absent",
+            "label_field": self.label_field if self.labelled else None,
             "split_by": self.split_by,
             "closed_set": self.split_by == "item",
-            "test_protocol": self.test_protocol,
+            "test_protocol": self.test_protocol if self.labelled else "label-free",
             "splits": {},
         }
         for split, dataset in self.datasets.items():
-            labels = dataset.labels(self.label_field)
+            if not self.labelled:
+                summary["splits"][split] = {"num_items": len(dataset)}
+                continue
+            labels = self.split_plan.labels[dataset.indices]
             values, counts = labels.unique(return_counts=True)
             entry: dict[str, Any] = {
                 "num_items": len(dataset),
@@ -583,6 +661,10 @@ class EmbeddingDataModule(pl.LightningDataModule):
             if split == "test" and GALLERY_FIELD in dataset.fields:
                 role = dataset.labels(GALLERY_FIELD)
                 entry["num_queries"], entry["num_gallery"] = int((role == 0).sum()), int((role == 1).sum())
+            if split == "train" and self.label_fraction < 1:
+                entry["label_fraction"] = self.label_fraction
+                entry["num_items_before_label_fraction"] = self.split_plan.train_items_before_fraction
+                entry["labelled_items"] = dataset.indices.tolist()
             summary["splits"][split] = entry
         return summary
 
@@ -617,5 +699,8 @@ class EmbeddingDataModule(pl.LightningDataModule):
                 {name: values.to(device) for name, values in dataset.fields.items()},
             )
         moved = copy.copy(dataset)
-        moved.images, moved.fields = self._device_tensors[key]
+        moved.images, fields = self._device_tensors[key]
+        # the splits share one source tensor but not their fields (the training split of labels=none has none)
+        fields.update({name: values.to(device) for name, values in dataset.fields.items() if name not in fields})
+        moved.fields = {name: fields[name] for name in dataset.fields}
         return moved.to(device)  # indices, mean, std; the shared tensors are already there

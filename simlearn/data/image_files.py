@@ -349,8 +349,14 @@ def _image_files_in(folder: Path, extensions: Sequence[str]) -> list[str]:
     return sorted(str(p) for p in folder.iterdir() if p.suffix.lower() in suffixes and p.is_file())
 
 
+#: The one class of the images of a folder without class folders: a placeholder the seeded split reads, never a label.
+UNLABELLED = "(unlabelled)"
+
+
 class ImageFolderDataModule(ImageFileDataModule):
-    """One sub-folder of ``root`` per class, holding that class's images (searched recursively)."""
+    """One sub-folder of ``root`` per class, holding that class's images (searched recursively); or, when ``root``
+    has no sub-folder but images directly in it, those images without labels (:attr:`Items.labelled` false: trained
+    by a label-free loss, split by item, evaluated by the label-free metrics)."""
 
     name = "image_folder"
 
@@ -401,6 +407,12 @@ class ImageFolderDataModule(ImageFileDataModule):
     def scan(self, wanted: Sequence[str] | None) -> FileTable:
         if not self.root.is_dir():
             raise self.missing_root()
+        if wanted is None and not self.available_classes():
+            loose = _image_files_in(self.root, self.extensions)
+            if loose:  # a flat folder of images: read without labels
+                table = FileTable.of(loose, {self.label_field: [UNLABELLED] * len(loose)})
+                table.labelled = False
+                return table
         names = list(wanted) if wanted is not None else self.available_classes()
         missing = [name for name in names if not self.class_folder(name).is_dir()]
         if missing:

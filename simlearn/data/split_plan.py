@@ -26,6 +26,7 @@ from simlearn.data.splits import (
     cap_query_gallery,
     cap_split,
     class_split,
+    label_subset,
     some_names,
     stratified_split,
     warn_small_classes,
@@ -53,8 +54,17 @@ class SplitOptions:
     #: ``data.max_<split>`` per split (None: no cap)
     limits: Mapping[str, int | None] = field(default_factory=dict)
     seed: int = 0
+    #: ``data.label_fraction``: the share of each class's training items kept (at least one per class, seeded); the
+    #: others are dropped from training
+    label_fraction: float = 1.0
 
     def __post_init__(self) -> None:
+        fraction = self.label_fraction
+        if isinstance(fraction, bool) or not isinstance(fraction, int | float) or not 0 < fraction <= 1:
+            raise UserError(
+                f"data.label_fraction must be in (0, 1] (the share of each class's training labels kept, e.g. "
+                f"data.label_fraction=0.01), got {fraction!r}."
+            )
         if self.split_by not in SPLIT_BY:
             raise UserError(
                 f"data.split_by must be one of {', '.join(SPLIT_BY)}, got {self.split_by!r}: item (every class in "
@@ -103,6 +113,9 @@ class SplitPlan:
     #: a query/gallery test's roles per source item (1 gallery, 0 query, −1 other; the field
     #: :data:`~simlearn.fields.GALLERY_FIELD`), None for a leave-one-out test
     is_gallery: torch.Tensor | None = None
+    #: how many training items there were before ``label_fraction`` kept some of each class (``indices["train"]``
+    #: holds those kept)
+    train_items_before_fraction: int | None = None
 
     @property
     def label_names(self) -> list[str]:
@@ -169,6 +182,9 @@ def plan_splits(
         # selecting classes does not change the split of in-memory data
         splits = _split_by_item(codes, trained, fixed_np, names, options, warn=has_classes)
     splits, is_gallery = _query_gallery(labels, splits, order, options)
+    before = len(splits["train"])
+    # after the caps: data.max_train bounds the training items, the fraction then keeps some of each class's labels
+    splits["train"] = label_subset(splits["train"], labels, options.label_fraction, options.seed)
     return SplitPlan(
         indices=MappingProxyType(splits),  # read-only, as the rest of the plan
         probe=torch.nonzero(probe).flatten(),
@@ -179,6 +195,7 @@ def plan_splits(
         code_of_label=np.array([code_of[name] for name in labelled], dtype=np.int64),
         num_train_labels=len(roles["train"]) if options.split_by == "class" else len(order),
         is_gallery=is_gallery,
+        train_items_before_fraction=before,
     )
 
 

@@ -146,6 +146,23 @@ def cap_split(index: torch.Tensor, limit: int | None, seed: int, split: str) -> 
     return index[torch.randperm(len(index), generator=split_generator(seed, split))[:limit]].sort().values
 
 
+def label_subset(index: torch.Tensor, labels: torch.Tensor, fraction: float, seed: int) -> torch.Tensor:
+    """``data.label_fraction``: of the items ``index``, a seeded ``fraction`` of each class (``round(n × fraction)``
+    items, at least one per class), sorted. Classes are visited in the order of their labels, each drawing from the
+    one generator, so the subset depends only on the labels, the fraction and the seed; all of ``index`` when
+    ``fraction`` is 1."""
+    if fraction >= 1:
+        return index
+    generator = torch.Generator().manual_seed(seed * 1000 + 17)  # not the caps' generators (split_generator)
+    own = labels[index]
+    kept = []
+    for label in own.unique().tolist():
+        members = index[own == label]
+        count = max(1, round(len(members) * fraction))
+        kept.append(members[torch.randperm(len(members), generator=generator)[:count]])
+    return torch.cat(kept).sort().values if kept else index
+
+
 def cap_query_gallery(
     query: torch.Tensor, gallery: torch.Tensor, labels: torch.Tensor, limit: int | None, seed: int
 ) -> tuple[torch.Tensor, torch.Tensor]:

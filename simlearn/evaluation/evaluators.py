@@ -12,10 +12,15 @@ from simlearn.evaluation.clustering import clustering_metrics
 from simlearn.evaluation.retrieval import per_class_metrics, retrieval_metrics
 from simlearn.fields import GALLERY_FIELD
 
-__all__ = ["RetrievalEvaluator"]
+__all__ = ["RetrievalEvaluator", "has_labels"]
 
 #: when ``clustering`` computes NMI/AMI
 CLUSTERING = ("test", "all", None)
+
+
+def has_labels(fields: Mapping[str, Any]) -> bool:
+    """Whether a split's fields hold any label field (unlabelled data has none: only ``is_gallery``, if anything)."""
+    return any(name != GALLERY_FIELD for name in fields)
 
 
 class RetrievalEvaluator:
@@ -33,6 +38,9 @@ class RetrievalEvaluator:
     :mod:`simlearn.retrieval.postprocess`), applied in order to the ranking; the test split then also reports the
     retrieval metrics of the post-processed ranking, by the same metric code, prefixed with the steps' names joined
     by ``+`` (``aqe/recall@1``, ``aqe+k_reciprocal/map@r``). Validation skips them, to keep epochs fast.
+
+    Data without labels (``data=image_folder`` on a folder without class folders) has no label field: it gets no
+    metric here, only the label-free ones (:mod:`simlearn.evaluation.label_free`, which the model adds).
     """
 
     main_metric = "recall@1"
@@ -64,6 +72,8 @@ class RetrievalEvaluator:
         self.knn_k = knn_k
 
     def __call__(self, embeddings: Tensor, fields: Mapping[str, Tensor], split: str = "test") -> dict[str, float]:
+        if not has_labels(fields):  # unlabelled data: only the label-free metrics (simlearn.evaluation.label_free)
+            return {}
         queries, gallery = self._protocol(embeddings, fields)
         metrics = retrieval_metrics(
             *queries,
@@ -93,7 +103,9 @@ class RetrievalEvaluator:
 
     def per_class(self, embeddings: Tensor, fields: Mapping[str, Tensor]) -> list[dict[str, float]]:
         """recall@1 and MAP@R per query class, by the same protocol (:func:`~simlearn.evaluation.retrieval.
-        per_class_metrics`)."""
+        per_class_metrics`); none for unlabelled data."""
+        if not has_labels(fields):
+            return []
         queries, gallery = self._protocol(embeddings, fields)
         return per_class_metrics(*queries, *gallery, chunk_size=self.chunk_size, backend=self.backend)
 

@@ -12,8 +12,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from simlearn.data.copies import near_duplicates
 from simlearn.errors import UserError
 from simlearn.evaluation.evaluators import RetrievalEvaluator
+from simlearn.evaluation.label_free import MAX_COPY_QUERIES, copy_queries, label_free_metrics
+from simlearn.fields import COPY_EMBEDDINGS, GALLERY_FIELD
 from simlearn.losses import MultiTaskLoss, Task
 from simlearn.models.encoder import Encoder
 
@@ -22,6 +25,9 @@ class NonFiniteTrainingError(UserError):
     """The training loss (or the weights) became NaN or inf: training stops there, and nothing of that state is saved,
     so the checkpoints of earlier epochs stay as they were."""
 
+
+#: The seed of the test copies: the same copies for every run, so that runs compare on the same task.
+COPY_SEED = 0
 
 #: Learning rates users usually start from, by optimiser (class name); others: 1e-3.
 USUAL_LEARNING_RATES = {"SGD": 0.1, "Adagrad": 0.01, "Adadelta": 1.0, "LBFGS": 1.0}
@@ -88,6 +94,8 @@ class EmbeddingModule(pl.LightningModule):
         #: Per split ("val", "test"): the last evaluation's embeddings and its metrics (full precision).
         self.results: dict[str, EmbeddingSet] = {}
         self.metrics: dict[str, dict[str, float]] = {}
+        #: The share of an evaluated split's items that are copy-detection queries (set at each epoch's start).
+        self._copy_share = 1.0
         #: Why training stopped on a non-finite loss; from then on no checkpoint of this state may be saved.
         self._diverged: str | None = None
         #: The run's optimiser steps (Lightning's estimate), for tasks that follow a schedule over the run.
@@ -155,16 +163,46 @@ class EmbeddingModule(pl.LightningModule):
         return advice + "."
 
     # -- evaluation ----------------------------------------------------------------------------------------
-    def _collect(self, batch: Mapping[str, Tensor]) -> None:
+    def _collect(self, batch: Mapping[str, Tensor], copies: bool) -> None:
         # float32 whatever the training precision: the metrics and task heads evaluate in float32
         self._outputs["embeddings"].append(self(batch["image"]).detach().float())
+        # the label-free metrics' copies: at test, and at validation of data without labels (its only metrics)
+        unlabelled = not any(key not in ("image", "index", GALLERY_FIELD) for key in batch)
+        if (copies or unlabelled) and (copied := self._copy_embeddings(batch)) is not None:
+            self._outputs[COPY_EMBEDDINGS].append(copied)
         for key, value in batch.items():
             if key != "image":
                 self._outputs[key].append(value.detach())
 
+    def _copy_embeddings(self, batch: Mapping[str, Tensor]) -> Tensor | None:
+        """The embeddings of the batch's near-duplicate copies (:mod:`simlearn.data.copies`, item ``index`` edited as
+        that item always is): a row per item, NaN for the items that are no copy-detection query
+        (:func:`~simlearn.evaluation.label_free.copy_queries`: at most about ``MAX_COPY_QUERIES`` per split); None
+        without the preprocessing to undo (a model built by hand)."""
+        preprocessing = self.config.get("preprocessing") or {}
+        images = batch["image"]
+        if "mean" not in preprocessing or "std" not in preprocessing or images.dim() != 4:
+            return None
+        chosen = copy_queries(batch["index"], self._copy_share)
+        out = torch.full((len(images), self.encoder.embedding_dim), float("nan"), device=images.device)
+        if bool(chosen.any()):
+            out[chosen] = self(self._copies(images[chosen], batch["index"][chosen], preprocessing)).detach().float()
+        return out
+
+    @staticmethod
+    def _copies(images: Tensor, index: Tensor, preprocessing: Mapping[str, Any]) -> Tensor:
+        """The copies of model inputs ``images`` (items ``index``), normalised as the model's input."""
+        shape = (1, images.shape[1], 1, 1)
+        mean = torch.tensor(preprocessing["mean"], dtype=torch.float32, device=images.device).view(shape)
+        std = torch.tensor(preprocessing["std"], dtype=torch.float32, device=images.device).view(shape)
+        # the edits work on pixels in [0, 1]: the normalisation is undone, then redone on the copies
+        pixels = (images.float() * std + mean).clamp(0, 1)
+        return ((near_duplicates(pixels, index, seed=COPY_SEED) - mean) / std).to(images.dtype)
+
     def _evaluate(self, split: str) -> dict[str, float]:
         outputs = self._gathered_outputs()
         embeddings = outputs.pop("embeddings")
+        copies = outputs.pop(COPY_EMBEDDINGS, None)
         index = outputs.pop("index")
         metrics = None
         if self.global_rank == 0:
@@ -172,6 +210,8 @@ class EmbeddingModule(pl.LightningModule):
             # this hook in
             with torch.autocast(embeddings.device.type, enabled=False):
                 metrics = {**self.evaluator(embeddings, outputs, split), **self._task_metrics(embeddings, outputs)}
+                if copies is not None:
+                    metrics.update(label_free_metrics(embeddings, copies))
         if self.trainer.world_size > 1:
             metrics = self.trainer.strategy.broadcast(metrics, src=0)
         self.metrics[split] = metrics
@@ -218,14 +258,28 @@ class EmbeddingModule(pl.LightningModule):
                 metrics[f"accuracy_{name}"] = (predicted == target).float().mean().item()
         return metrics
 
+    def _share_of_copies(self, split: str) -> None:
+        """Which share of the split's items are copy-detection queries: all of a small split, about
+        :data:`~simlearn.evaluation.label_free.MAX_COPY_QUERIES` of a large one (the edits of a 224-pixel photo take
+        about 40 ms of a core)."""
+        datamodule = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
+        dataset = getattr(datamodule, "datasets", {}).get(split) if datamodule is not None else None
+        self._copy_share = 1.0 if dataset is None else min(1.0, MAX_COPY_QUERIES / max(1, len(dataset)))
+
+    def on_validation_epoch_start(self) -> None:
+        self._share_of_copies("val")
+
+    def on_test_epoch_start(self) -> None:
+        self._share_of_copies("test")
+
     def validation_step(self, batch: Mapping[str, Tensor], batch_idx: int) -> None:
-        self._collect(batch)
+        self._collect(batch, copies=False)
 
     def on_validation_epoch_end(self) -> None:
         self._evaluate("val")
 
     def test_step(self, batch: Mapping[str, Tensor], batch_idx: int) -> None:
-        self._collect(batch)
+        self._collect(batch, copies=True)
 
     def on_test_epoch_end(self) -> None:
         self._evaluate("test")

@@ -54,6 +54,21 @@ def write_evaluation(
     return paths
 
 
+def write_unlabelled_embeddings(
+    output_dir: str | Path, embeddings: np.ndarray, index: np.ndarray, datamodule: Any
+) -> Path:
+    """``embeddings.npz`` of a test split without labels: ``embeddings``, ``index`` (the items' numbers) and, for
+    image files, ``paths``."""
+    path = Path(output_dir) / "embeddings.npz"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    arrays = {"embeddings": embeddings, "index": index}
+    paths = datamodule.datasets["test"].paths_of(index)
+    if paths is not None:
+        arrays["paths"] = np.array(paths, dtype=str)
+    np.savez_compressed(path, **arrays)
+    return path
+
+
 def write_metrics(output_dir: str | Path, metrics: Mapping[str, float | str]) -> Path:
     """``metrics.json``: the flat metric dict (``val/…``, ``test/…``), sorted by key; counts (``num_…``,
     ``train/epochs``: :func:`~simlearn.console.is_count`) as integers, other numbers as floats, the few descriptions
@@ -129,8 +144,16 @@ def write_test_outputs(
     output_dir: Any,
     metrics: Mapping[str, float],
 ) -> dict[str, float]:
-    """On rank 0 after testing: the test split's files, then the reports (their metrics added), then metrics.json."""
+    """On rank 0 after testing: the test split's files, then the reports (their metrics added), then metrics.json.
+    Data without labels (``datamodule.labelled`` false) gets ``embeddings.npz`` without labels
+    (:func:`write_unlabelled_embeddings`) and none of the files made of labels (``similarity.*``, ``per_class.csv``),
+    which ``splits.json`` says (``"labels": "absent"``)."""
     result = model.results["test"]
+    if not getattr(datamodule, "labelled", True):
+        write_unlabelled_embeddings(output_dir, result.embeddings, result.index, datamodule)
+        metrics = {**metrics, **run_reports(cfg, trainer, model, datamodule, output_dir)}
+        write_metrics(output_dir, {**metrics, "test/protocol": "label-free"})
+        return metrics
     write_evaluation(
         output_dir,
         result.embeddings,
