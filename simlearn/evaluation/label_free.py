@@ -5,7 +5,7 @@ whether its embeddings spread out or collapsed. Reported at test for every run, 
 
 * **copy detection**: each test image is a query against the other test images plus its own copy
   (:mod:`simlearn.data.copies`); ``copy/recall@1`` is the share of queries whose copy is at least as similar as
-  their nearest other test image (found by the one exact search, :func:`~simlearn.evaluation.neighbours.top_k`: a
+  their nearest other test image (found by the one exact search, :func:`~simlearn.retrieval.exact.top_k`: a
   tie goes to the copy), ``copy/mean_rank`` the mean place of the copy (1 is best): 1 + the number of other test
   images strictly more similar than the copy. A split of more than :data:`MAX_COPY_QUERIES` items has about that many
   queries (:func:`copy_queries`, the same items in every run), against all its items;
@@ -26,7 +26,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from simlearn.evaluation.neighbours import top_k
+from simlearn.retrieval.exact import top_k
 
 __all__ = [
     "COLLAPSE_EFFECTIVE_RANK",
