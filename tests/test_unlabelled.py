@@ -119,7 +119,7 @@ def test_the_collapse_rule_names_both_values_and_stays_quiet_otherwise():
 def test_a_collapsed_encoder_is_reported_in_one_line_at_the_end_of_training(tmp_path, capfd):
     result = run_main(
         "simlearn.cli.train",
-        "backbone._target_=tests.test_label_free.NearConstantBackbone",
+        "backbone._target_=tests.test_unlabelled.NearConstantBackbone",
         "head=identity",
         *FAST,
         f"hydra.run.dir={tmp_path}",
