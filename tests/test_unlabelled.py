@@ -209,12 +209,13 @@ def test_a_flat_folder_trains_without_labels_writes_its_run_dir_and_its_checkpoi
 
     from simlearn.serve import create_app, open_service
 
-    from .test_serve_api import serve_config, upload
+    from .serving import serve_config, upload
 
     files = flat_folder(tmp_path / "photos", 40)
     run = tmp_path / "run"
     photos = [f"data.root={tmp_path / 'photos'}", "data.image_size=16", "augment=none"]
-    metrics = run_training(run, "data=image_folder", *photos, "loss=reconstruction", *FAST)
+    # the label-free contrastive loss: two views of each photo, made in batches on the training device
+    metrics = run_training(run, "data=image_folder", *photos, "loss=simclr", *FAST)
     assert {"test/copy/recall@1", "test/copy/mean_rank", "test/alignment", "test/uniformity"} <= set(metrics)
     assert not any(key.endswith(("/recall@1", "/map@r")) and "copy" not in key for key in metrics)
     assert "val/best_copy/recall@1" in metrics  # the checkpoint monitors the label-free validation metric
@@ -232,7 +233,7 @@ def test_a_flat_folder_trains_without_labels_writes_its_run_dir_and_its_checkpoi
     client = TestClient(create_app(open_service(serve_config(ckpt, tmp_path / "photos", tmp_path / "cache"))))
     answer = client.post("/search", **upload(files[7], k="3")).json()
     assert answer["results"][0]["path"].endswith(files[7].name)
-    assert answer["results"][0]["cosine"] == pytest.approx(1.0, abs=1e-5) and answer["results"][0]["label"] is None
+    assert answer["results"][0]["cosine"] == pytest.approx(1.0, abs=1e-5) and answer["results"][0]["class_name"] is None
 
 
 def test_a_flat_folder_refuses_options_that_need_classes(tmp_path, capfd):
