@@ -213,7 +213,8 @@ def test_in_memory_class_too_small_for_val_and_test_is_reported(caplog):
 
 
 # -- 4. an image folder without images -----------------------------------------------------------------------------
-@pytest.mark.parametrize("layout", ["empty", "empty-class-folders", "images-not-in-class-folders"])
+# images directly in the root (no class folders) are unlabelled data since issue 23 (tests/test_unlabelled.py)
+@pytest.mark.parametrize("layout", ["empty", "empty-class-folders"])
 def test_image_folder_without_images_says_where_images_belong(tmp_path, layout):
     root = tmp_path / "photos"
     root.mkdir()
@@ -221,8 +222,6 @@ def test_image_folder_without_images_says_where_images_belong(tmp_path, layout):
         for name in ("cat", "dog"):
             (root / name).mkdir()
             (root / name / "notes.txt").write_text("no image")
-    elif layout == "images-not-in-class-folders":
-        class_folders(tmp_path, {"photos": 3})  # tmp_path/photos/000.jpg …
     with pytest.raises(UserError, match=r"holds no images with extensions \[.*'\.jpg'.*\] in class sub-folders") as e:
         ImageFolderDataModule(root=root, image_size=16, num_classes=2, num_workers=0).setup("fit")
     message = str(e.value)
@@ -230,8 +229,6 @@ def test_image_folder_without_images_says_where_images_belong(tmp_path, layout):
     assert "<root>/<class>/<image>" in message and "point data.root at the folder that holds" in message
     if layout == "empty-class-folders":
         assert "['cat', 'dog']" in message
-    if layout == "images-not-in-class-folders":
-        assert "3 images directly in it" in message
 
 
 @pytest.mark.slow
