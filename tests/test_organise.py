@@ -8,7 +8,7 @@ import pytest
 from scipy.sparse.csgraph import connected_components
 
 from simlearn.errors import UserError
-from simlearn.organise import cluster_embeddings, find_duplicates, uniqueness
+from simlearn.organise import cluster_embeddings, find_duplicates, leaks, uniqueness
 from simlearn.organise.clusters import NOISE
 
 
@@ -106,3 +106,29 @@ def test_uniqueness_is_one_minus_the_mean_cosine_to_the_nearest_others():
     expected = 1 - np.sort(sims, axis=1)[:, -3:].mean(axis=1)
     np.testing.assert_allclose(found.score, expected, atol=1e-9)
     assert found.order[0] == 0 and np.all(np.diff(found.score[found.order]) <= 0)
+
+
+def test_leaks_are_the_held_out_items_with_a_near_copy_in_train_as_brute_force_finds():
+    x, _ = _clustered(n=120)
+    rng = np.random.default_rng(4)
+    splits = np.array(["train"] * 80 + ["val"] * 20 + ["test"] * 20)
+    x[100:104] = x[[3, 10, 11, 50]] + 0.001 * rng.normal(size=(4, x.shape[1]))  # test items copied from train
+    x[85] = x[7] * 1.01  # a val item copied from train
+    x[110] = x[115] + 0.0001  # a copy within test: not a leak from train
+    paths = [f"img/{i}.png" for i in range(len(x))]
+    threshold = 0.999
+    found = leaks(x, paths, splits, threshold, chunk_size=5)
+    u = _unit(x)
+    sims = u[80:] @ u[:80].T
+    expected = {(80 + int(q), int(np.argmax(sims[q]))) for q in np.flatnonzero(sims.max(axis=1) >= threshold)}
+    assert {(leak.item, leak.train_item) for leak in found.leaks} == expected
+    assert {(100, 3), (101, 10), (102, 11), (103, 50), (85, 7)} <= expected
+    assert found.counts == {"val": 1, "test": 4} and found.checked == {"val": 20, "test": 20}
+    leak = next(leak for leak in found.leaks if leak.item == 85)
+    assert (leak.split, leak.path, leak.train_path) == ("val", "img/85.png", "img/7.png")
+    np.testing.assert_allclose(leak.cosine, sims[5, 7], atol=1e-9)
+
+
+def test_leaks_without_a_training_split_is_one_line():
+    with pytest.raises(UserError, match="no 'train' split"):
+        leaks(np.eye(3, dtype=np.float32), ["a", "b", "c"], ["val", "test", "test"])

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from .helpers import run_main
+from .helpers import run_cli, run_main
 from .test_errors import assert_clean_failure
 from .test_serve_api import write_digit_gallery
 
@@ -139,4 +139,62 @@ def test_an_empty_gallery_is_one_line(trained_run, tmp_path, capfd):
     empty.mkdir()
     result = organise(capfd, trained_run / "checkpoints" / "last.ckpt", empty, tmp_path / "run")
     assert_clean_failure(result, "holds no image files")
+    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+def test_leaks_between_splits_of_an_image_csv_name_both_files(trained_run, tmp_path, capfd):
+    """data=image_csv whose test split holds a near-copy (4 % brighter, under another name) of a training file."""
+    root = tmp_path / "photos"
+    files = write_digit_gallery(root, per_class=6)
+    # of each digit's 6 files: the first in test, the second in val, the others in train
+    rows = [
+        (f.relative_to(root), f.parent.name, {0: "test", 1: "val"}.get(i % 6, "train")) for i, f in enumerate(files)
+    ]
+    source = next(path for path, _, split in rows if split == "train")
+    pixels = np.asarray(Image.open(root / source), dtype=np.float64)
+    copy = Path("uploads") / "IMG_0001.png"
+    (root / copy).parent.mkdir()
+    Image.fromarray(np.clip(pixels * 1.04, 0, 255).round().astype(np.uint8)).save(root / copy)
+    rows.append((copy, source.parent.name, "test"))
+    with (root / "images.csv").open("w", newline="") as file:
+        csv.writer(file).writerows([("path", "label", "split"), *rows])
+    out = tmp_path / "run"
+    result = run_main(
+        "simlearn.cli.organise",
+        f"ckpt_path={trained_run / 'checkpoints' / 'last.ckpt'}",
+        "data=image_csv",
+        f"data.csv={root / 'images.csv'}",
+        "data.channels=1",
+        "data.num_workers=0",
+        f"hydra.run.dir={out}",
+        "device=cpu",
+        "k=10",
+        "sheets=false",
+        capfd=capfd,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    found = read_csv(out / "leaks.csv")
+    assert [(Path(r["path"]).name, Path(r["train_path"]).name, r["split"]) for r in found] == [
+        ("IMG_0001.png", source.name, "test")
+    ]
+    assert Path(found[0]["train_path"]) == (root / source)
+    summary = json.loads((out / "organise.json").read_text())
+    assert summary["leaks"]["counts"] == {"val": 0, "test": 1}
+    assert summary["leaks"]["checked"] == {"val": 10, "test": 11}
+    assert summary["items"] == len(rows) and "leaks from train: 1 of" in result.stdout
+
+
+def test_a_gallery_and_data_together_is_one_line(trained_run, catalogue, tmp_path, capfd):
+    folder, _ = catalogue
+    result = organise(capfd, trained_run / "checkpoints" / "last.ckpt", folder, tmp_path / "run", "data=image_csv")
+    assert_clean_failure(result, "gallery=", "data=", "not both")
+    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+@pytest.mark.slow
+def test_a_threshold_outside_minus_one_to_one_ends_the_real_process_in_one_line(tmp_path):
+    """End to end, a real process: the options are checked before the model loads."""
+    result = run_cli("-m", "simlearn.cli.organise", "ckpt_path=missing.ckpt", f"gallery={tmp_path}", "threshold=2",
+                     f"hydra.run.dir={tmp_path / 'run'}")  # fmt: skip
+    assert_clean_failure(result, "threshold=2", "from -1 to 1")
     assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr

@@ -1,9 +1,10 @@
 """``simlearn-organise``: a gallery's clusters, near-duplicate groups and outliers, written as files a person reads.
 
 The gallery is read as ``simlearn-search`` reads it (:func:`simlearn.retrieval.load_gallery`: an image folder, an
-npz of simlearn-embed, a LanceDB table); the work is :mod:`simlearn.organise`'s (no N × N matrix); this module only
-checks the input, writes the tables, the summary and the contact sheets (through the one grid of
-:func:`simlearn.reports.plots.save_retrieval_grid`).
+npz of simlearn-embed, a LanceDB table), or, without one, is every split of the checkpoint's data (or of ``data=``)
+embedded as ``simlearn-embed`` embeds them; then the leak check runs too (:func:`simlearn.organise.leaks.leaks`).
+The work is :mod:`simlearn.organise`'s (no N × N matrix); this module only checks the input, writes the tables,
+the summary and the contact sheets (through the one grid of :func:`simlearn.reports.plots.save_retrieval_grid`).
 """
 
 from __future__ import annotations
@@ -25,13 +26,14 @@ from simlearn.errors import UserError
 from simlearn.inference import load_model, pick_device
 from simlearn.organise.clusters import METHODS, NOISE, Clusters, cluster_embeddings, unit_embeddings
 from simlearn.organise.duplicates import DuplicateGroups, check_threshold, find_duplicates
+from simlearn.organise.leaks import Leaks, leaks
 from simlearn.organise.outliers import Uniqueness, uniqueness
 from simlearn.reports.plots import GridTile, save_retrieval_grid
 from simlearn.retrieval.gallery import Gallery, load_gallery
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Organised", "check_options", "organise", "organise_gallery", "write_outputs"]
+__all__ = ["Organised", "check_options", "data_gallery", "organise", "organise_gallery", "write_leaks", "write_outputs"]
 
 
 @dataclass
@@ -42,6 +44,8 @@ class Organised:
     clusters: Clusters
     duplicates: DuplicateGroups
     uniqueness: Uniqueness
+    #: the held-out items with a near-copy in the training split (a gallery made of a dataset's splits only)
+    leaks: Leaks | None = None
 
 
 def check_options(cfg: DictConfig) -> None:
@@ -55,6 +59,11 @@ def check_options(cfg: DictConfig) -> None:
     if method == "kmeans" and (isinstance(k, bool) or not isinstance(k, int) or k < 1):
         raise UserError(f"k={k!r}: k-means needs a whole number of clusters, at least 1; e.g. k=10.")
     check_threshold(cfg.get("threshold", 0.999))
+    if cfg.get("gallery") is not None and cfg.get("data"):
+        raise UserError(
+            "give gallery= (a folder, npz or LanceDB of items to organise) or data= (a dataset whose splits are "
+            "organised and checked for leaks), not both."
+        )
     uk = cfg.get("uniqueness_k", 5)
     if isinstance(uk, bool) or not isinstance(uk, int) or uk < 1:
         raise UserError(f"uniqueness_k={uk!r} must be a whole number ≥ 1 (the neighbours each item is compared with).")
@@ -98,13 +107,50 @@ def organise_gallery(gallery: Gallery, cfg: DictConfig) -> Organised:
 def organise(cfg: DictConfig) -> dict[str, Any]:
     """The whole command: check, load the model and the gallery, organise, write the files; return the summary."""
     check_options(cfg)
-    model = load_model(cfg.ckpt_path, pick_device(cfg.get("device")))
-    gallery = load_gallery(cfg.gallery, model, cfg)
+    device = pick_device(cfg.get("device"))
+    splits = None
+    if cfg.get("gallery") is None:
+        gallery, splits, model = data_gallery(cfg, device)
+    else:
+        model = load_model(cfg.ckpt_path, device)
+        gallery = load_gallery(cfg.gallery, model, cfg)
     found = organise_gallery(gallery, cfg)
+    if splits is not None:
+        paths = [_path(gallery, i) for i in range(len(gallery.embeddings))]
+        found.leaks = leaks(gallery.embeddings, paths, splits, found.duplicates.threshold)
     channels = int(model.preprocessing.get("channels", 3))
     summary = write_outputs(found, Path(cfg.paths.output_dir), cfg, channels)
     _print(summary)
     return summary
+
+
+def data_gallery(cfg: DictConfig, device: Any) -> tuple[Gallery, list[str], Any]:
+    """Every split of the checkpoint's data (or ``cfg.data``'s) embedded as simlearn-embed embeds it, as one gallery:
+    the gallery, each item's split and the inference model."""
+    from simlearn.inference.embedding_files import embed_splits, rebuild, split_arrays
+
+    datamodule, model = rebuild(cfg)
+    model.to(device)
+    results = embed_splits(model.encoder, datamodule, None, model.device, cfg.get("batch_size"))
+    embeddings, labels, paths, ids, splits = [], [], [], [], []
+    for split, result in results.items():
+        arrays = split_arrays(result, datamodule, split)
+        names = arrays["class_names"]
+        embeddings.append(arrays["embeddings"])
+        if "labels" in arrays:
+            labels += [str(names[int(v)]) if 0 <= int(v) < len(names) else str(v) for v in arrays["labels"]]
+        ids += [f"{split}[{int(i)}]" for i in arrays["index"]]
+        paths += [str(p) for p in arrays["paths"]] if "paths" in arrays else []
+        splits += [split] * len(arrays["embeddings"])
+    gallery = Gallery(
+        embeddings=np.concatenate(embeddings) if embeddings else np.zeros((0, model.embedding_dim), np.float32),
+        labels=labels if len(labels) == len(ids) else None,
+        paths=paths if len(paths) == len(ids) else None,
+        source=Path(f"data {datamodule.name}"),
+        index_path=None,
+        ids=ids,
+    )
+    return gallery, splits, model
 
 
 # -- files -----------------------------------------------------------------------------------------------------------
@@ -160,6 +206,8 @@ def write_outputs(found: Organised, out: Path, cfg: DictConfig, channels: int = 
     files["outliers"] = str(_write_csv(out / "outliers.csv", ["rank", "item", "path", "uniqueness"], rows))
     if cfg.get("sheets", True):
         files.update(write_sheets(found, out / "sheets", cfg, channels))
+    if found.leaks is not None:
+        files["leaks"] = str(write_leaks(found.leaks, out / "leaks.csv"))
 
     in_groups = int(sum(len(items) for items in duplicates.groups))
     summary: dict[str, Any] = {
@@ -190,9 +238,26 @@ def write_outputs(found: Organised, out: Path, cfg: DictConfig, channels: int = 
         },
         "files": files,
     }
+    if found.leaks is not None:
+        summary["leaks"] = {
+            "threshold": found.leaks.threshold,
+            "checked": found.leaks.checked,
+            "counts": found.leaks.counts,
+            "first": [vars(leak) for leak in found.leaks.leaks[:10]],
+        }
     (out / "organise.json").write_text(json.dumps(summary, indent=2) + "\n")
     summary["files"]["summary"] = str(out / "organise.json")
     return summary
+
+
+def write_leaks(found: Leaks, path: Path) -> Path:
+    """leaks.csv: one row per held-out item with a near-copy in the training split, with both files."""
+    rows = [[k.split, k.item, k.path, k.train_item, k.train_path, f"{k.cosine:.6f}"] for k in found.leaks]
+    if found.leaks:
+        counts = ", ".join(f"{count} of {found.checked[split]} {split}" for split, count in found.counts.items())
+        log.warning("leaks: %s items have a near-duplicate (cos >= %s) in the training split: %s", counts,
+                    found.threshold, path)  # fmt: skip
+    return _write_csv(path, ["split", "item", "path", "train_item", "train_path", "cosine"], rows)
 
 
 def _cell(value: float) -> str:
@@ -270,10 +335,12 @@ def _print(summary: dict[str, Any]) -> None:
     clusters, duplicates = summary["clusters"], summary["duplicates"]
     scores = "".join(f", {name.upper()} {clusters[name]:.3f}" for name in ("nmi", "ami") if name in clusters)
     noise = f", {clusters['noise']} noise" if clusters["method"] == "hdbscan" else ""
+    leak_counts = summary.get("leaks", {}).get("counts", {})
     Console().print(
         f"{summary['items']} items of {summary['gallery']}: {clusters['k']} clusters ({clusters['method']}{noise}"
         f"{scores}); {duplicates['groups']} near-duplicate groups of {duplicates['items_in_groups']} items at cos ≥ "
         f"{duplicates['threshold']} ({duplicates['pairs']} pairs, search: {duplicates['method']}); files in "
-        f"{Path(summary['files']['summary']).parent}",
+        f"{Path(summary['files']['summary']).parent}"
+        + "".join(f"; leaks from train: {n} of {summary['leaks']['checked'][s]} {s}" for s, n in leak_counts.items()),
         highlight=False,
     )
