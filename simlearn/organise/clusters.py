@@ -1,0 +1,130 @@
+"""Clusters of a collection: spherical k-means through faiss on the unit embeddings (``k`` given), or a density
+clustering that needs no k and leaves noise unassigned (scikit-learn's HDBSCAN, cluster ``-1``); with each item's
+cosine to its cluster's centre, and NMI/AMI against labels when the items have them."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+from sklearn.metrics import adjusted_mutual_info_score, normalized_mutual_info_score
+
+from simlearn.errors import UserError
+from simlearn.evaluation.clustering import KMEANS_ITERATIONS, KMEANS_SEED
+from simlearn.retrieval.faiss_lib import faiss_installed, import_faiss
+from simlearn.retrieval.vectors import unit_rows
+
+__all__ = ["NOISE", "Clusters", "cluster_embeddings", "unit_embeddings"]
+
+#: the cluster of an item the density clustering leaves unassigned
+NOISE = -1
+METHODS = ("kmeans", "hdbscan")
+
+
+@dataclass
+class Clusters:
+    """Each item's ``cluster`` (``NOISE`` for unassigned ones) and ``cosine`` to its cluster's centre (the unit mean
+    of its members; NaN for noise), the unit ``centres`` (one row per cluster id), and NMI/AMI against the labels
+    (``metrics``, empty without labels; noise counts as one cluster of its own)."""
+
+    cluster: np.ndarray
+    cosine: np.ndarray
+    centres: np.ndarray
+    method: str
+    metrics: dict[str, float] = field(default_factory=dict)
+
+    def summary(self, labels: Sequence[str | None] | None = None) -> list[dict[str, object]]:
+        """One row per cluster, largest first: ``cluster``, ``size``, ``mean_cosine`` to the centre and, with
+        labels, ``labels`` (each label inside and its count, most frequent first)."""
+        rows = []
+        for c in range(len(self.centres)):
+            members = np.flatnonzero(self.cluster == c)
+            row: dict[str, object] = {
+                "cluster": c,
+                "size": len(members),
+                "mean_cosine": float(self.cosine[members].mean()),
+            }
+            if labels is not None:
+                names, counts = np.unique([str(labels[i]) for i in members], return_counts=True)
+                order = np.argsort(-counts, kind="stable")
+                row["labels"] = {str(names[i]): int(counts[i]) for i in order}
+            rows.append(row)
+        return sorted(rows, key=lambda row: -int(row["size"]))
+
+
+def unit_embeddings(embeddings: np.ndarray) -> np.ndarray:
+    """``embeddings`` as unit float32 rows, C order (what faiss and the searches take)."""
+    return np.ascontiguousarray(unit_rows(np.asarray(embeddings)), dtype=np.float32)
+
+
+def _spherical_kmeans(x: np.ndarray, k: int, restarts: int) -> np.ndarray:
+    if not faiss_installed():
+        from sklearn.cluster import KMeans
+
+        # on unit rows the Euclidean assignment is the cosine one; the centres are normalised again below
+        return KMeans(n_clusters=k, n_init=restarts, max_iter=KMEANS_ITERATIONS, random_state=KMEANS_SEED).fit_predict(
+            x
+        )
+    faiss = import_faiss()
+    kmeans = faiss.Kmeans(
+        x.shape[1], k, niter=KMEANS_ITERATIONS, seed=KMEANS_SEED, spherical=True,
+        nredo=restarts, verbose=False,
+        min_points_per_centroid=1,
+    )  # fmt: skip
+    kmeans.train(x)
+    _, assigned = kmeans.index.search(x, 1)
+    return assigned[:, 0].astype(np.int64)
+
+
+def cluster_embeddings(
+    embeddings: np.ndarray,
+    k: int | None = None,
+    method: str = "kmeans",
+    min_cluster_size: int = 5,
+    labels: Sequence[object] | None = None,
+    restarts: int = 5,
+) -> Clusters:
+    """Cluster the items of ``embeddings`` (N, d): ``method="kmeans"`` (spherical, ``k`` clusters, needs
+    ``1 ≤ k ≤ N``) or ``"hdbscan"`` (no k; clusters of at least ``min_cluster_size`` items, the rest ``NOISE``).
+    ``restarts``: k-means runs from that many seeded starts and keeps the tightest (one start merged two of four
+    well-apart classes in a test). Cluster ids are renumbered by size, largest first.
+    ``labels``: the items' labels, for NMI/AMI."""
+    if method not in METHODS:
+        raise UserError(f"cluster method {method!r} is not one of {', '.join(METHODS)}; e.g. method=kmeans k=10.")
+    x = unit_embeddings(embeddings)
+    n = len(x)
+    if n == 0:
+        raise UserError("there are no items to cluster (the gallery is empty); give a gallery with items.")
+    if method == "kmeans":
+        if isinstance(k, bool) or not isinstance(k, int | np.integer) or not 1 <= k <= n:
+            raise UserError(f"k={k!r} clusters for {n} items: k must be an integer from 1 to {n}; give a smaller k.")
+        raw = _spherical_kmeans(x, int(k), max(1, int(restarts)))
+    else:
+        from sklearn.cluster import HDBSCAN
+
+        if n < 2:
+            raise UserError(f"HDBSCAN needs at least 2 items, the gallery has {n}; use method=kmeans k=1.")
+        # euclidean on unit rows orders pairs as the cosine does (|a - b|² = 2 - 2 cos)
+        raw = HDBSCAN(min_cluster_size=max(2, min(int(min_cluster_size), n)), copy=True).fit_predict(x).astype(np.int64)
+    # renumber by size, largest first, so that cluster 0 is the largest whatever the library numbered
+    ids, counts = np.unique(raw[raw != NOISE], return_counts=True)
+    order = ids[np.argsort(-counts, kind="stable")]
+    mapping = {int(old): new for new, old in enumerate(order)}
+    cluster = np.array([mapping.get(int(c), NOISE) for c in raw], dtype=np.int64)
+    centres = np.zeros((len(order), x.shape[1]), dtype=np.float32)
+    np.add.at(centres, cluster[cluster != NOISE], x[cluster != NOISE])
+    centres /= np.maximum(np.linalg.norm(centres, axis=1, keepdims=True), 1e-12)
+    cosine = np.full(n, np.nan)
+    assigned = cluster != NOISE
+    cosine[assigned] = np.einsum(
+        "ij,ij->i", x[assigned].astype(np.float64), centres[cluster[assigned]].astype(np.float64)
+    )
+    metrics: dict[str, float] = {}
+    if labels is not None and len(labels) == n:
+        truth = np.asarray([str(label) for label in labels])
+        metrics = {
+            "nmi": float(normalized_mutual_info_score(truth, cluster)),
+            "ami": float(adjusted_mutual_info_score(truth, cluster)),
+        }
+    return Clusters(cluster=cluster, cosine=cosine, centres=centres, method=method, metrics=metrics)

@@ -1,0 +1,346 @@
+"""``simlearn-organise``: a gallery's clusters, near-duplicate groups and outliers, written as files a person reads.
+
+The gallery is read as ``simlearn-search`` reads it (:func:`simlearn.retrieval.load_gallery`: an image folder, an
+npz of simlearn-embed, a LanceDB table), or, without one, is every split of the checkpoint's data (or of ``data=``)
+embedded as ``simlearn-embed`` embeds them; then the leak check runs too (:func:`simlearn.organise.leaks.leaks`).
+The work is :mod:`simlearn.organise`'s (no N × N matrix); this module only checks the input, writes the tables,
+the summary and the contact sheets (through the one grid of :func:`simlearn.reports.plots.save_retrieval_grid`).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from omegaconf import DictConfig
+from rich.console import Console
+
+from simlearn.data.images import is_image_name, thumbnail
+from simlearn.errors import UserError
+from simlearn.inference import load_model, pick_device
+from simlearn.organise.clusters import METHODS, NOISE, Clusters, cluster_embeddings, unit_embeddings
+from simlearn.organise.duplicates import DuplicateGroups, check_threshold, find_duplicates
+from simlearn.organise.leaks import Leaks, leaks
+from simlearn.organise.outliers import Uniqueness, uniqueness
+from simlearn.reports.plots import GridTile, save_retrieval_grid
+from simlearn.retrieval.gallery import Gallery, load_gallery
+
+log = logging.getLogger(__name__)
+
+__all__ = ["Organised", "check_options", "data_gallery", "organise", "organise_gallery", "write_leaks", "write_outputs"]
+
+
+@dataclass
+class Organised:
+    """What the command found for a gallery: its clusters, duplicate groups and uniqueness."""
+
+    gallery: Gallery
+    clusters: Clusters
+    duplicates: DuplicateGroups
+    uniqueness: Uniqueness
+    #: the held-out items with a near-copy in the training split (a gallery made of a dataset's splits only)
+    leaks: Leaks | None = None
+
+
+def check_options(cfg: DictConfig) -> None:
+    """The options that need no model, checked before it loads: one line each."""
+    method = cfg.get("method", "kmeans")
+    if method not in METHODS:
+        raise UserError(
+            f"method={method!r} is not one of {', '.join(METHODS)}; e.g. method=kmeans k=10 or method=hdbscan."
+        )
+    k = cfg.get("k")
+    if method == "kmeans" and (isinstance(k, bool) or not isinstance(k, int) or k < 1):
+        raise UserError(f"k={k!r}: k-means needs a whole number of clusters, at least 1; e.g. k=10.")
+    check_threshold(cfg.get("threshold", 0.999))
+    if cfg.get("gallery") is not None and cfg.get("data"):
+        raise UserError(
+            "give gallery= (a folder, npz or LanceDB of items to organise) or data= (a dataset whose splits are "
+            "organised and checked for leaks), not both."
+        )
+    uk = cfg.get("uniqueness_k", 5)
+    if isinstance(uk, bool) or not isinstance(uk, int) or uk < 1:
+        raise UserError(f"uniqueness_k={uk!r} must be a whole number ≥ 1 (the neighbours each item is compared with).")
+
+
+def _labels(gallery: Gallery) -> list[str] | None:
+    """The gallery's labels when every item has one (NMI/AMI need them all), else None."""
+    if gallery.labels is None or any(label is None for label in gallery.labels):
+        return None
+    return [str(label) for label in gallery.labels]
+
+
+def organise_gallery(gallery: Gallery, cfg: DictConfig) -> Organised:
+    """Cluster the gallery, find its near-duplicate groups and each item's uniqueness, as ``cfg`` says."""
+    n = len(gallery.embeddings)
+    if n == 0:
+        raise UserError(f"gallery={str(gallery.source)!r} has no items; give a gallery with at least 2 items.")
+    method = str(cfg.get("method", "kmeans"))
+    k = cfg.get("k")
+    if method == "kmeans" and int(k) > n:
+        raise UserError(f"k={k} clusters is more than the {n} items of the gallery; give k from 1 to {n}.")
+    clusters = cluster_embeddings(
+        gallery.embeddings,
+        k=int(k) if method == "kmeans" else None,
+        method=method,
+        min_cluster_size=int(cfg.get("min_cluster_size", 5)),
+        labels=_labels(gallery),
+        restarts=int(cfg.get("kmeans_restarts", 5)),
+    )
+    duplicates = find_duplicates(
+        gallery.embeddings,
+        threshold=check_threshold(cfg.get("threshold", 0.999)),
+        max_neighbours=int(cfg.get("max_neighbours", 32)),
+        exact_limit=int(cfg.get("exact_limit", 200_000)),
+        index_factory=str(cfg.get("faiss_index") or "HNSW32"),
+    )
+    unusual = uniqueness(gallery.embeddings, k=int(cfg.get("uniqueness_k", 5)))
+    return Organised(gallery=gallery, clusters=clusters, duplicates=duplicates, uniqueness=unusual)
+
+
+def organise(cfg: DictConfig) -> dict[str, Any]:
+    """The whole command: check, load the model and the gallery, organise, write the files; return the summary."""
+    check_options(cfg)
+    device = pick_device(cfg.get("device"))
+    splits = None
+    if cfg.get("gallery") is None:
+        gallery, splits, model = data_gallery(cfg, device)
+    else:
+        model = load_model(cfg.ckpt_path, device)
+        gallery = load_gallery(cfg.gallery, model, cfg)
+    found = organise_gallery(gallery, cfg)
+    if splits is not None:
+        paths = [_path(gallery, i) for i in range(len(gallery.embeddings))]
+        found.leaks = leaks(gallery.embeddings, paths, splits, found.duplicates.threshold)
+    channels = int(model.preprocessing.get("channels", 3))
+    summary = write_outputs(found, Path(cfg.paths.output_dir), cfg, channels)
+    _print(summary)
+    return summary
+
+
+def data_gallery(cfg: DictConfig, device: Any) -> tuple[Gallery, list[str], Any]:
+    """Every split of the checkpoint's data (or ``cfg.data``'s) embedded as simlearn-embed embeds it, as one gallery:
+    the gallery, each item's split and the inference model."""
+    from simlearn.inference.embedding_files import embed_splits, rebuild, split_arrays
+
+    datamodule, model = rebuild(cfg)
+    model.to(device)
+    results = embed_splits(model.encoder, datamodule, None, model.device, cfg.get("batch_size"))
+    embeddings, labels, paths, ids, splits = [], [], [], [], []
+    for split, result in results.items():
+        arrays = split_arrays(result, datamodule, split)
+        names = arrays["class_names"]
+        embeddings.append(arrays["embeddings"])
+        if "labels" in arrays:
+            labels += [str(names[int(v)]) if 0 <= int(v) < len(names) else str(v) for v in arrays["labels"]]
+        ids += [f"{split}[{int(i)}]" for i in arrays["index"]]
+        paths += [str(p) for p in arrays["paths"]] if "paths" in arrays else []
+        splits += [split] * len(arrays["embeddings"])
+    gallery = Gallery(
+        embeddings=np.concatenate(embeddings) if embeddings else np.zeros((0, model.embedding_dim), np.float32),
+        labels=labels if len(labels) == len(ids) else None,
+        paths=paths if len(paths) == len(ids) else None,
+        source=Path(f"data {datamodule.name}"),
+        index_path=None,
+        ids=ids,
+    )
+    return gallery, splits, model
+
+
+# -- files -----------------------------------------------------------------------------------------------------------
+def _path(gallery: Gallery, i: int) -> str:
+    return gallery.paths[i] if gallery.paths is not None else gallery.name(i)
+
+
+def _write_csv(path: Path, header: Sequence[str], rows: Sequence[Sequence[object]]) -> Path:
+    with path.open("w", newline="") as file:
+        writer = csv.writer(file)
+        writer.writerow(header)
+        writer.writerows(rows)
+    return path
+
+
+def _cosine(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.dot(a.astype(np.float64), b.astype(np.float64)))
+
+
+def write_outputs(found: Organised, out: Path, cfg: DictConfig, channels: int = 3) -> dict[str, Any]:
+    """Write clusters.csv, clusters_summary.csv, duplicates.csv, outliers.csv, organise.json and the contact sheets
+    into ``out``; return the summary (what organise.json holds)."""
+    out.mkdir(parents=True, exist_ok=True)
+    gallery, clusters, duplicates, unusual = found.gallery, found.clusters, found.duplicates, found.uniqueness
+    n = len(gallery.embeddings)
+    labels = gallery.labels
+    x = unit_embeddings(gallery.embeddings)
+    files: dict[str, str] = {}
+
+    rows = [
+        [i, _path(gallery, i), labels[i] if labels else "", int(clusters.cluster[i]), _cell(clusters.cosine[i])]
+        for i in range(n)
+    ]
+    files["clusters"] = str(_write_csv(out / "clusters.csv", ["item", "path", "label", "cluster", "cosine"], rows))
+    clean = _labels(gallery)
+    cluster_rows = clusters.summary(clean)
+    rows = [
+        [row["cluster"], row["size"], f"{row['mean_cosine']:.6f}", _label_counts(row.get("labels"))]
+        for row in cluster_rows
+    ]
+    files["clusters_summary"] = str(
+        _write_csv(out / "clusters_summary.csv", ["cluster", "size", "mean_cosine", "labels"], rows)
+    )
+    rows = []
+    for g, items in enumerate(duplicates.groups):
+        for position, i in enumerate(items):
+            rows.append([g, int(i), _path(gallery, int(i)), f"{_cosine(x[i], x[items[0]]):.6f}", position == 0])
+    files["duplicates"] = str(_write_csv(out / "duplicates.csv", ["group", "item", "path", "cosine", "keep"], rows))
+    rows = [
+        [rank, int(i), _path(gallery, int(i)), f"{unusual.score[i]:.6f}"]
+        for rank, i in enumerate(unusual.order, start=1)
+    ]
+    files["outliers"] = str(_write_csv(out / "outliers.csv", ["rank", "item", "path", "uniqueness"], rows))
+    if cfg.get("sheets", True):
+        files.update(write_sheets(found, out / "sheets", cfg, channels))
+    if found.leaks is not None:
+        files["leaks"] = str(write_leaks(found.leaks, out / "leaks.csv"))
+
+    in_groups = int(sum(len(items) for items in duplicates.groups))
+    summary: dict[str, Any] = {
+        "gallery": str(gallery.source),
+        "items": n,
+        "clusters": {
+            "method": clusters.method,
+            "k": len(clusters.centres),
+            "noise": int((clusters.cluster == NOISE).sum()),
+            "largest": cluster_rows[:10],
+            **clusters.metrics,
+        },
+        "duplicates": {
+            "threshold": duplicates.threshold,
+            "method": duplicates.method,
+            "exact": duplicates.exact,
+            "pairs": len(duplicates.pairs),
+            "groups": len(duplicates.groups),
+            "items_in_groups": in_groups,
+            "to_remove": in_groups - len(duplicates.groups),
+        },
+        "outliers": {
+            "uniqueness_k": unusual.k,
+            "top": [
+                {"item": int(i), "path": _path(gallery, int(i)), "uniqueness": float(unusual.score[i])}
+                for i in unusual.order[:10]
+            ],
+        },
+        "files": files,
+    }
+    if found.leaks is not None:
+        summary["leaks"] = {
+            "threshold": found.leaks.threshold,
+            "checked": found.leaks.checked,
+            "counts": found.leaks.counts,
+            "first": [vars(leak) for leak in found.leaks.leaks[:10]],
+        }
+    (out / "organise.json").write_text(json.dumps(summary, indent=2) + "\n")
+    summary["files"]["summary"] = str(out / "organise.json")
+    return summary
+
+
+def write_leaks(found: Leaks, path: Path) -> Path:
+    """leaks.csv: one row per held-out item with a near-copy in the training split, with both files."""
+    rows = [[k.split, k.item, k.path, k.train_item, k.train_path, f"{k.cosine:.6f}"] for k in found.leaks]
+    if found.leaks:
+        counts = ", ".join(f"{count} of {found.checked[split]} {split}" for split, count in found.counts.items())
+        log.warning("leaks: %s items have a near-duplicate (cos >= %s) in the training split: %s", counts,
+                    found.threshold, path)  # fmt: skip
+    return _write_csv(path, ["split", "item", "path", "train_item", "train_path", "cosine"], rows)
+
+
+def _cell(value: float) -> str:
+    return "" if np.isnan(value) else f"{value:.6f}"
+
+
+def _label_counts(counts: dict[str, int] | None) -> str:
+    return " ".join(f"{name}:{count}" for name, count in (counts or {}).items())
+
+
+# -- contact sheets ----------------------------------------------------------------------------------------------------
+def _tile(gallery: Gallery, i: int, caption: str, channels: int, hit: bool | None = None) -> GridTile:
+    path = gallery.paths[i] if gallery.paths is not None else None
+    image = thumbnail(path, channels) if path and is_image_name(Path(path)) else None
+    return GridTile(image, caption, hit)
+
+
+def _short(gallery: Gallery, i: int, width: int = 16) -> str:
+    name = Path(gallery.name(i)).name
+    return name if len(name) <= width else "…" + name[-(width - 1) :]
+
+
+def _rows(tiles: list[GridTile], columns: int) -> list[list[GridTile]]:
+    return [tiles[start : start + columns] for start in range(0, len(tiles), columns)]
+
+
+def _caption_tile(gallery: Gallery, i: int, head: str, value: str, channels: int, hit: bool | None = None) -> GridTile:
+    return _tile(gallery, i, f"{head}{_short(gallery, i)}\n{value}", channels, hit)
+
+
+def write_sheets(found: Organised, folder: Path, cfg: DictConfig, channels: int = 3) -> dict[str, str]:
+    """The contact sheets: ``cluster_<c>.png`` for the largest clusters (the items nearest the centre, then a row of
+    the farthest, framed red), ``duplicates.png`` (one row per largest group, the kept item first, framed green) and
+    ``outliers.png`` (the most unusual items, most unusual first). Returns their paths by name."""
+    gallery, clusters, duplicates, unusual = found.gallery, found.clusters, found.duplicates, found.uniqueness
+    columns = max(1, int(cfg.get("sheet_columns") or 8))
+    nearest_rows, farthest_rows = int(cfg.get("sheet_nearest_rows") or 3), int(cfg.get("sheet_farthest_rows") or 0)
+    x = unit_embeddings(gallery.embeddings)
+    written: dict[str, str] = {}
+    for c in range(min(int(cfg.get("sheet_clusters") or 0), len(clusters.centres))):
+        members = np.flatnonzero(clusters.cluster == c)
+        order = members[np.lexsort((members, -clusters.cosine[members]))]  # nearest the centre first
+        near = order[: nearest_rows * columns].tolist()
+        shown = set(near)
+        far = [i for i in order[::-1][: farthest_rows * columns].tolist() if i not in shown][::-1]
+        cos = clusters.cosine
+        rows = _rows([_caption_tile(gallery, i, "", f"cos {cos[i]:.3f}", channels) for i in near], columns)
+        rows += _rows([_caption_tile(gallery, i, "far: ", f"cos {cos[i]:.3f}", channels, False) for i in far], columns)
+        title = f"cluster {c}: {len(members)} items, the nearest its centre" + (", then the farthest" if far else "")
+        written[f"sheet_cluster_{c}"] = str(save_retrieval_grid(folder / f"cluster_{c}.png", rows, title=title))
+    groups = duplicates.groups[: int(cfg.get("sheet_groups") or 0)]
+    if groups:
+        rows = []
+        for g, items in enumerate(groups):
+            first = int(items[0])
+            row = [_caption_tile(gallery, first, f"group {g} keep\n", "", channels, True)]
+            for i in items[1:columns].tolist():
+                row.append(_caption_tile(gallery, i, "", f"cos {_cosine(x[i], x[first]):.4f}", channels, False))
+            rows.append(row)
+        # short: a sheet of pairs is two tiles wide, and the grid does not widen for its title
+        title = f"{len(groups)} of {len(duplicates.groups)} groups · cos ≥ {duplicates.threshold}"
+        written["sheet_duplicates"] = str(save_retrieval_grid(folder / "duplicates.png", rows, title=title))
+    top = unusual.order[: int(cfg.get("sheet_outliers") or 0)].tolist()
+    if top:
+        tiles = [
+            _caption_tile(gallery, i, f"#{r} ", f"uniq {unusual.score[i]:.3f}", channels) for r, i in enumerate(top, 1)
+        ]
+        title = f"the {len(top)} most unusual items (uniqueness: 1 - mean cos to the {unusual.k} nearest)"
+        sheet = save_retrieval_grid(folder / "outliers.png", _rows(tiles, columns), title=title)
+        written["sheet_outliers"] = str(sheet)
+    return written
+
+
+def _print(summary: dict[str, Any]) -> None:
+    clusters, duplicates = summary["clusters"], summary["duplicates"]
+    scores = "".join(f", {name.upper()} {clusters[name]:.3f}" for name in ("nmi", "ami") if name in clusters)
+    noise = f", {clusters['noise']} noise" if clusters["method"] == "hdbscan" else ""
+    leak_counts = summary.get("leaks", {}).get("counts", {})
+    Console().print(
+        f"{summary['items']} items of {summary['gallery']}: {clusters['k']} clusters ({clusters['method']}{noise}"
+        f"{scores}); {duplicates['groups']} near-duplicate groups of {duplicates['items_in_groups']} items at cos ≥ "
+        f"{duplicates['threshold']} ({duplicates['pairs']} pairs, search: {duplicates['method']}); files in "
+        f"{Path(summary['files']['summary']).parent}"
+        + "".join(f"; leaks from train: {n} of {summary['leaks']['checked'][s]} {s}" for s, n in leak_counts.items()),
+        highlight=False,
+    )

@@ -1,0 +1,134 @@
+"""simlearn.organise: clusters, near-duplicate groups and uniqueness on small generated embeddings, checked against
+brute force (float64, all pairs) where the library must avoid it."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy.sparse.csgraph import connected_components
+
+from simlearn.errors import UserError
+from simlearn.organise import cluster_embeddings, find_duplicates, leaks, uniqueness
+from simlearn.organise.clusters import NOISE
+
+
+def _clustered(n: int = 240, d: int = 16, classes: int = 4, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(classes, d)) * 6
+    labels = rng.integers(0, classes, n)
+    return (centres[labels] + rng.normal(size=(n, d))).astype(np.float32), labels
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    # the float32 unit rows the library searches, in float64: the brute force then differs only by summation order
+    x = x.astype(np.float64)
+    rows = (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32).astype(np.float64)
+    return rows / np.linalg.norm(rows, axis=1, keepdims=True)
+
+
+def test_duplicates_equal_brute_force_pairs_and_components():
+    x, _ = _clustered()
+    rng = np.random.default_rng(1)
+    x[200:220] = x[:20] + 0.01 * rng.normal(size=(20, x.shape[1]))  # planted copies
+    x[220] = x[0] + 0.01 * rng.normal(size=x.shape[1])  # a third copy of item 0: a group of three
+    threshold = 0.995
+    found = find_duplicates(x, threshold, chunk_size=7)  # many chunks
+    u = _unit(x)
+    sims = u @ u.T
+    a, b = np.nonzero(np.triu(sims >= threshold, 1))
+    assert {tuple(p) for p in found.pairs.tolist()} == set(zip(a.tolist(), b.tolist(), strict=True))
+    np.testing.assert_allclose(found.pair_cosines, sims[found.pairs[:, 0], found.pairs[:, 1]], atol=1e-9)
+    _, component = connected_components(np.triu(sims >= threshold, 1), directed=False)
+    expected = sorted(sorted(np.flatnonzero(component == c).tolist()) for c in np.unique(component)
+                      if (component == c).sum() >= 2)  # fmt: skip
+    assert sorted(g.tolist() for g in found.groups) == expected
+    assert found.groups[0].tolist() == [0, 200, 220] and found.exact
+    assert found.group_of(len(x))[220] == 0
+
+
+def test_duplicates_beyond_the_exact_limit_go_through_an_index_and_say_so():
+    x, _ = _clustered()
+    x[200:210] = x[:10] * 1.0001
+    exact = find_duplicates(x, 0.999)
+    ann = find_duplicates(x, 0.999, exact_limit=100, index_factory="Flat")
+    assert "faiss Flat" in ann.method and "exact (" in exact.method
+    assert ann.pairs.tolist() == exact.pairs.tolist()
+
+
+@pytest.mark.parametrize("threshold", [1.5, -1.01, "high", True])
+def test_a_threshold_outside_minus_one_to_one_is_one_line(threshold):
+    with pytest.raises(UserError, match="from -1 to 1"):
+        find_duplicates(np.eye(3, dtype=np.float32), threshold)
+
+
+def test_kmeans_finds_the_classes_and_reports_centre_cosines():
+    x, labels = _clustered()
+    clusters = cluster_embeddings(x, k=4, labels=labels)
+    assert clusters.metrics["nmi"] > 0.9 and clusters.metrics["ami"] > 0.9
+    u = _unit(x)
+    for c in range(4):
+        members = clusters.cluster == c
+        centre = u[members].mean(axis=0)
+        np.testing.assert_allclose(clusters.cosine[members], u[members] @ (centre / np.linalg.norm(centre)), atol=1e-5)
+    sizes = [row["size"] for row in clusters.summary([str(v) for v in labels])]
+    assert sizes == sorted(sizes, reverse=True) and sum(sizes) == len(x)
+
+
+def test_hdbscan_needs_no_k_and_leaves_noise_unassigned():
+    x, labels = _clustered()
+    far = np.random.default_rng(2).normal(size=(5, x.shape[1])).astype(np.float32) * 0.01  # near the origin: scattered
+    far += np.random.default_rng(3).normal(size=(5, x.shape[1])).astype(np.float32)
+    clusters = cluster_embeddings(np.vstack([x, far]), method="hdbscan", min_cluster_size=10)
+    assert len(clusters.centres) >= 2
+    assert np.isnan(clusters.cosine[clusters.cluster == NOISE]).all()
+
+
+@pytest.mark.parametrize(("k", "match"), [(241, "k must be an integer from 1 to 240"), (0, "from 1 to 240")])
+def test_k_larger_than_the_items_is_one_line(k, match):
+    with pytest.raises(UserError, match=match):
+        cluster_embeddings(_clustered()[0], k=k)
+
+
+def test_an_empty_gallery_is_one_line():
+    with pytest.raises(UserError, match="empty"):
+        find_duplicates(np.zeros((0, 4), dtype=np.float32))
+    with pytest.raises(UserError, match="empty"):
+        cluster_embeddings(np.zeros((0, 4), dtype=np.float32), k=1)
+
+
+def test_uniqueness_is_one_minus_the_mean_cosine_to_the_nearest_others():
+    x, _ = _clustered()
+    x[0] = -x[1:].mean(axis=0)  # opposite every cluster: the most unusual
+    found = uniqueness(x, k=3, chunk_size=11)
+    u = _unit(x)
+    sims = u @ u.T
+    np.fill_diagonal(sims, -np.inf)
+    expected = 1 - np.sort(sims, axis=1)[:, -3:].mean(axis=1)
+    np.testing.assert_allclose(found.score, expected, atol=1e-9)
+    assert found.order[0] == 0 and np.all(np.diff(found.score[found.order]) <= 0)
+
+
+def test_leaks_are_the_held_out_items_with_a_near_copy_in_train_as_brute_force_finds():
+    x, _ = _clustered(n=120)
+    rng = np.random.default_rng(4)
+    splits = np.array(["train"] * 80 + ["val"] * 20 + ["test"] * 20)
+    x[100:104] = x[[3, 10, 11, 50]] + 0.001 * rng.normal(size=(4, x.shape[1]))  # test items copied from train
+    x[85] = x[7] * 1.01  # a val item copied from train
+    x[110] = x[115] + 0.0001  # a copy within test: not a leak from train
+    paths = [f"img/{i}.png" for i in range(len(x))]
+    threshold = 0.999
+    found = leaks(x, paths, splits, threshold, chunk_size=5)
+    u = _unit(x)
+    sims = u[80:] @ u[:80].T
+    expected = {(80 + int(q), int(np.argmax(sims[q]))) for q in np.flatnonzero(sims.max(axis=1) >= threshold)}
+    assert {(leak.item, leak.train_item) for leak in found.leaks} == expected
+    assert {(100, 3), (101, 10), (102, 11), (103, 50), (85, 7)} <= expected
+    assert found.counts == {"val": 1, "test": 4} and found.checked == {"val": 20, "test": 20}
+    leak = next(leak for leak in found.leaks if leak.item == 85)
+    assert (leak.split, leak.path, leak.train_path) == ("val", "img/85.png", "img/7.png")
+    np.testing.assert_allclose(leak.cosine, sims[5, 7], atol=1e-9)
+
+
+def test_leaks_without_a_training_split_is_one_line():
+    with pytest.raises(UserError, match="no 'train' split"):
+        leaks(np.eye(3, dtype=np.float32), ["a", "b", "c"], ["val", "test", "test"])

@@ -1,0 +1,200 @@
+"""``simlearn-organise`` end to end on a folder of digit PNGs with planted near-copies: the files it writes, the
+planted groups it finds (precision and recall of the planted pairs), and its one-line errors."""
+
+from __future__ import annotations
+
+import csv
+import json
+from itertools import combinations
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from .helpers import run_cli, run_main
+from .test_errors import assert_clean_failure
+from .test_serve_api import write_digit_gallery
+
+#: planted copies: the source image's name -> its copies' names (exact copies and 4 % brighter copies)
+EXACT, BRIGHTER = 6, 6
+
+
+def plant_copies(folder: Path, files: list[Path]) -> list[set[str]]:
+    """Next to some of ``files``, an exact copy and a 4 % brighter copy under other names; return the planted
+    groups (source and copies, as paths)."""
+    groups = []
+    for n, source in enumerate(files[::7][: EXACT + BRIGHTER]):
+        pixels = np.asarray(Image.open(source), dtype=np.float64)
+        if n >= EXACT:  # brightness: what a re-upload through an editor does
+            pixels = np.clip(pixels * 1.04, 0, 255)
+        copy = source.with_name(f"copy_{n}_{source.name}")
+        Image.fromarray(pixels.round().astype(np.uint8)).save(copy)
+        groups.append({str(source), str(copy)})
+    return groups
+
+
+@pytest.fixture(scope="module")
+def catalogue(tmp_path_factory) -> tuple[Path, list[set[str]]]:
+    folder = tmp_path_factory.mktemp("organise") / "catalogue"
+    files = write_digit_gallery(folder, per_class=12)
+    return folder, plant_copies(folder, files)
+
+
+def organise(capfd, ckpt: Path, gallery: Path, out: Path, *overrides: str):
+    return run_main(
+        "simlearn.cli.organise",
+        f"ckpt_path={ckpt}",
+        f"gallery={gallery}",
+        f"hydra.run.dir={out}",
+        f"cache_dir={out.parent / 'cache'}",
+        "device=cpu",
+        *overrides,
+        capfd=capfd,
+    )
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    with path.open() as file:
+        return list(csv.DictReader(file))
+
+
+def test_organise_finds_the_planted_copies_and_writes_every_file(trained_run, catalogue, tmp_path, capfd):
+    folder, planted = catalogue
+    ckpt = trained_run / "checkpoints" / "last.ckpt"
+    out = tmp_path / "run"
+    result = organise(capfd, ckpt, folder, out, "k=10")
+    assert result.returncode == 0, result.stderr[-3000:]
+    for name in ("clusters.csv", "clusters_summary.csv", "duplicates.csv", "outliers.csv", "organise.json"):
+        assert (out / name).is_file(), name
+    summary = json.loads((out / "organise.json").read_text())
+    items = 120 + len(planted)
+    assert summary["items"] == items and summary["clusters"]["k"] == 10
+    assert 0 < summary["clusters"]["nmi"] <= 1 and "ami" in summary["clusters"]
+    assert summary["duplicates"]["exact"] and summary["duplicates"]["method"].startswith("exact")
+
+    clusters = read_csv(out / "clusters.csv")
+    assert len(clusters) == items and {row["cluster"] for row in clusters} == {str(c) for c in range(10)}
+    sizes = [int(row["size"]) for row in read_csv(out / "clusters_summary.csv")]
+    assert sum(sizes) == items and sizes == sorted(sizes, reverse=True)
+
+    # the planted pairs against the pairs of the groups found
+    found_groups: dict[str, set[str]] = {}
+    keep: dict[str, str] = {}
+    for row in read_csv(out / "duplicates.csv"):
+        found_groups.setdefault(row["group"], set()).add(row["path"])
+        if row["keep"] == "True":
+            keep[row["group"]] = row["path"]
+    assert set(keep) == set(found_groups)  # one item kept per group
+    found_pairs = {frozenset(p) for g in found_groups.values() for p in combinations(sorted(g), 2)}
+    planted_pairs = {frozenset(g) for g in planted}
+    recall = len(found_pairs & planted_pairs) / len(planted_pairs)
+    precision = len(found_pairs & planted_pairs) / max(1, len(found_pairs))
+    print(
+        f"planted pairs {len(planted_pairs)}, found {len(found_pairs)}: precision {precision:.3f} recall {recall:.3f}"
+    )
+    assert recall == 1.0
+    assert precision == 1.0, sorted(map(sorted, found_pairs - planted_pairs))[:5]
+
+    outliers = read_csv(out / "outliers.csv")
+    scores = [float(row["uniqueness"]) for row in outliers]
+    assert len(outliers) == items and scores == sorted(scores, reverse=True)
+
+    sheets = sorted(p.name for p in (out / "sheets").glob("*.png"))
+    assert sheets == sorted([*(f"cluster_{c}.png" for c in range(10)), "duplicates.png", "outliers.png"])
+    with Image.open(out / "sheets" / "duplicates.png") as sheet:  # one row per group: taller with more groups
+        assert sheet.height > 100 * min(len(found_groups), 12)
+
+
+def test_hdbscan_needs_no_k_and_leaves_noise(trained_run, catalogue, tmp_path, capfd):
+    folder, _ = catalogue
+    out = tmp_path / "run"
+    result = organise(capfd, trained_run / "checkpoints" / "last.ckpt", folder, out, "method=hdbscan", "sheets=false")
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads((out / "organise.json").read_text())
+    cluster_ids = {int(row["cluster"]) for row in read_csv(out / "clusters.csv")}
+    assert summary["clusters"]["method"] == "hdbscan" and summary["clusters"]["k"] == len(cluster_ids - {-1})
+    assert not (out / "sheets").exists()
+
+
+@pytest.mark.parametrize(
+    "overrides,fragments",
+    [
+        (["k=1000"], ["k=1000", "more than the 132 items", "from 1 to 132"]),
+        (["threshold=1.5"], ["threshold=1.5", "from -1 to 1"]),
+        (["threshold=-2"], ["threshold=-2", "from -1 to 1"]),
+        (["method=dbscan"], ["method='dbscan'", "kmeans, hdbscan"]),
+        (["k=0"], ["k=0", "at least 1"]),
+    ],
+)
+def test_bad_input_is_one_line(trained_run, catalogue, tmp_path, capfd, overrides, fragments):
+    folder, _ = catalogue
+    result = organise(capfd, trained_run / "checkpoints" / "last.ckpt", folder, tmp_path / "run", *overrides)
+    assert_clean_failure(result, *fragments)
+    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+def test_an_empty_gallery_is_one_line(trained_run, tmp_path, capfd):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    result = organise(capfd, trained_run / "checkpoints" / "last.ckpt", empty, tmp_path / "run")
+    assert_clean_failure(result, "holds no image files")
+    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+def test_leaks_between_splits_of_an_image_csv_name_both_files(trained_run, tmp_path, capfd):
+    """data=image_csv whose test split holds a near-copy (4 % brighter, under another name) of a training file."""
+    root = tmp_path / "photos"
+    files = write_digit_gallery(root, per_class=6)
+    # of each digit's 6 files: the first in test, the second in val, the others in train
+    rows = [
+        (f.relative_to(root), f.parent.name, {0: "test", 1: "val"}.get(i % 6, "train")) for i, f in enumerate(files)
+    ]
+    source = next(path for path, _, split in rows if split == "train")
+    pixels = np.asarray(Image.open(root / source), dtype=np.float64)
+    copy = Path("uploads") / "IMG_0001.png"
+    (root / copy).parent.mkdir()
+    Image.fromarray(np.clip(pixels * 1.04, 0, 255).round().astype(np.uint8)).save(root / copy)
+    rows.append((copy, source.parent.name, "test"))
+    with (root / "images.csv").open("w", newline="") as file:
+        csv.writer(file).writerows([("path", "label", "split"), *rows])
+    out = tmp_path / "run"
+    result = run_main(
+        "simlearn.cli.organise",
+        f"ckpt_path={trained_run / 'checkpoints' / 'last.ckpt'}",
+        "data=image_csv",
+        f"data.csv={root / 'images.csv'}",
+        "data.channels=1",
+        "data.num_workers=0",
+        f"hydra.run.dir={out}",
+        "device=cpu",
+        "k=10",
+        "sheets=false",
+        capfd=capfd,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    found = read_csv(out / "leaks.csv")
+    assert [(Path(r["path"]).name, Path(r["train_path"]).name, r["split"]) for r in found] == [
+        ("IMG_0001.png", source.name, "test")
+    ]
+    assert Path(found[0]["train_path"]) == (root / source)
+    summary = json.loads((out / "organise.json").read_text())
+    assert summary["leaks"]["counts"] == {"val": 0, "test": 1}
+    assert summary["leaks"]["checked"] == {"val": 10, "test": 11}
+    assert summary["items"] == len(rows) and "leaks from train: 1 of" in result.stdout
+
+
+def test_a_gallery_and_data_together_is_one_line(trained_run, catalogue, tmp_path, capfd):
+    folder, _ = catalogue
+    result = organise(capfd, trained_run / "checkpoints" / "last.ckpt", folder, tmp_path / "run", "data=image_csv")
+    assert_clean_failure(result, "gallery=", "data=", "not both")
+    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+@pytest.mark.slow
+def test_a_threshold_outside_minus_one_to_one_ends_the_real_process_in_one_line(tmp_path):
+    """End to end, a real process: the options are checked before the model loads."""
+    result = run_cli("-m", "simlearn.cli.organise", "ckpt_path=missing.ckpt", f"gallery={tmp_path}", "threshold=2",
+                     f"hydra.run.dir={tmp_path / 'run'}")  # fmt: skip
+    assert_clean_failure(result, "threshold=2", "from -1 to 1")
+    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
