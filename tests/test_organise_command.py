@@ -13,8 +13,8 @@ import pytest
 from PIL import Image
 
 from .helpers import run_cli, run_main
+from .serving import write_digit_gallery
 from .test_errors import assert_clean_failure
-from .test_serve_api import write_digit_gallery
 
 #: planted copies: the source image's name -> its copies' names (exact copies and 4 % brighter copies)
 EXACT, BRIGHTER = 6, 6
