@@ -14,5 +14,5 @@ GALLERY_FIELD = "is_gallery"
 #: (:meth:`simlearn.data.base.EmbeddingDataModule.setup`); the readers of those files take every other array of one
 #: row per item as a label field.
 NOT_LABEL_FIELDS = frozenset(
-    {"image", "index", "embeddings", "labels", "class_names", "label_field", "split", "paths", "ckpt_path"}
+    {"image", "index", "embeddings", "codes", "labels", "class_names", "label_field", "split", "paths", "ckpt_path"}
 )

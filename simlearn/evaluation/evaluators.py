@@ -33,6 +33,11 @@ class RetrievalEvaluator:
     :mod:`simlearn.retrieval.postprocess`), applied in order to the ranking; the test split then also reports the
     retrieval metrics of the post-processed ranking, by the same metric code, prefixed with the steps' names joined
     by ``+`` (``aqe/recall@1``, ``aqe+k_reciprocal/map@r``). Validation skips them, to keep epochs fast.
+
+    ``code_bits`` (a hashing head's ``head.bits``; null for float embeddings): the embeddings are relaxed codes, and
+    the metrics are those of their binary codes (signs) under the Hamming distance
+    (:func:`~simlearn.evaluation.hamming.hamming_metrics`: the tie rule, ``tie_aware/…``, ``map@1000``), float-free;
+    the float relaxation's own metrics are reported as ``float/…`` beside them, for comparison.
     """
 
     main_metric = "recall@1"
@@ -46,12 +51,19 @@ class RetrievalEvaluator:
         backend: str = "auto",
         clustering: str | None = "test",
         postprocess: str | Sequence[Any] | None = None,
+        code_bits: int | None = None,
     ) -> None:
         # imported here: simlearn.retrieval searches through simlearn.retrieval.exact, whose package imports
         # this module
         from simlearn.retrieval.postprocess import postprocessors
 
         self.postprocess = postprocessors(postprocess, chunk_size=chunk_size, backend=backend)
+        if code_bits is not None and self.postprocess:
+            raise UserError(
+                "evaluation.postprocess re-ranks float embeddings, but head=hash is evaluated on binary codes; "
+                "set evaluation.postprocess=[] with head=hash."
+            )
+        self.code_bits = code_bits
         if clustering not in CLUSTERING:
             raise UserError(f"evaluation.clustering must be test, all or null, got {clustering!r}.")
         self.clustering = clustering
@@ -65,6 +77,30 @@ class RetrievalEvaluator:
 
     def __call__(self, embeddings: Tensor, fields: Mapping[str, Tensor], split: str = "test") -> dict[str, float]:
         queries, gallery = self._protocol(embeddings, fields)
+        if self.code_bits is not None:
+            metrics = self._code_metrics(queries, gallery)
+        else:
+            metrics = self._float_metrics(queries, gallery, split)
+        if gallery[0] is not None:
+            metrics["num_gallery"] = float(len(gallery[0]))
+        if self.clustering == "all" or (self.clustering == "test" and split == "test"):
+            metrics.update(clustering_metrics(*queries))
+        return metrics
+
+    def _code_metrics(self, queries: tuple, gallery: tuple) -> dict[str, float]:
+        """The Hamming metrics of the codes, and the float relaxation's as ``float/…``."""
+        from simlearn.evaluation.hamming import hamming_metrics
+        from simlearn.retrieval.codes import pack_codes
+
+        codes = pack_codes(queries[0]), None if gallery[0] is None else pack_codes(gallery[0])
+        metrics = hamming_metrics(
+            codes[0], queries[1], codes[1], gallery[1], self.ks, knn_k=self.knn_k, chunk_size=self.chunk_size
+        )
+        floats = self._float_metrics(queries, gallery, "val")
+        metrics.update({f"float/{key}": value for key, value in floats.items() if not key.startswith("num_")})
+        return metrics
+
+    def _float_metrics(self, queries: tuple, gallery: tuple, split: str) -> dict[str, float]:
         metrics = retrieval_metrics(
             *queries,
             self.ks,
@@ -75,10 +111,6 @@ class RetrievalEvaluator:
         )
         if self.postprocess and split == "test":
             metrics.update(self._postprocessed(queries, gallery))
-        if gallery[0] is not None:
-            metrics["num_gallery"] = float(len(gallery[0]))
-        if self.clustering == "all" or (self.clustering == "test" and split == "test"):
-            metrics.update(clustering_metrics(*queries))
         return metrics
 
     def _postprocessed(self, queries: tuple, gallery: tuple) -> dict[str, float]:
@@ -95,6 +127,12 @@ class RetrievalEvaluator:
         """recall@1 and MAP@R per query class, by the same protocol (:func:`~simlearn.evaluation.retrieval.
         per_class_metrics`)."""
         queries, gallery = self._protocol(embeddings, fields)
+        if self.code_bits is not None:  # the ±1 signs: the exact search ranks them as the Hamming search does
+            from simlearn.retrieval.codes import pack_codes, unpack_signs
+
+            queries = unpack_signs(pack_codes(queries[0])), queries[1]
+            if gallery[0] is not None:
+                gallery = unpack_signs(pack_codes(gallery[0])), gallery[1]
         return per_class_metrics(*queries, *gallery, chunk_size=self.chunk_size, backend=self.backend)
 
     @staticmethod

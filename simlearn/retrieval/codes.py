@@ -21,6 +21,7 @@ search re-scores with the float embeddings and orders by its own rule.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -36,6 +37,7 @@ __all__ = [
     "HammingNeighbours",
     "check_bits",
     "code_index",
+    "distance_chunks",
     "hamming_chunks",
     "hamming_distances",
     "hamming_top_k",
@@ -123,17 +125,13 @@ class HammingNeighbours(NamedTuple):
     indices: np.ndarray
 
 
-def hamming_chunks(
-    query_codes: Any,
-    gallery_codes: Any,
-    k: int,
-    exclude_self: bool = False,
-    chunk_size: int | None = None,
-) -> Any:
-    """Yield ``(start, stop, distances, indices)`` for chunks of queries: their k nearest gallery items by Hamming
-    distance under the tie rule (module doc). Memory: ``chunk_size x gallery`` distances and int64 sort keys
-    (``None``: about 2**24 entries per chunk). ``exclude_self``: the queries are the gallery and item i is never
-    query i's neighbour; k is capped at the candidates per query."""
+def distance_chunks(
+    query_codes: Any, gallery_codes: Any | None, exclude_self: bool = False, chunk_size: int | None = None
+) -> Iterator[tuple[int, int, torch.Tensor]]:
+    """Yield ``(start, stop, distances)``: the int64 Hamming distances (stop - start, gallery) of chunks of queries,
+    ``chunk_size`` queries each (``None``: about 2**24 entries per chunk). ``exclude_self``: the queries are the
+    gallery (``gallery_codes`` None or the same) and each query's own item is at distance ``bits + 1``, farther than
+    any code."""
     q = _check_codes(query_codes, "query codes")
     g = q if gallery_codes is None else _check_codes(gallery_codes, "gallery codes")
     if q.shape[1] != g.shape[1]:
@@ -143,20 +141,34 @@ def hamming_chunks(
         )
     if exclude_self and len(q) != len(g):
         raise UserError("exclude_self=True searches the codes against themselves: pass the same array twice.")
-    n = len(g)
-    k = min(int(k), n - int(exclude_self))
-    if k < 1:
-        return
     query_words, gallery_columns = _words(q), _words(g).T.copy()
-    chunk = chunk_size or max(1, _CHUNK_ENTRIES // n)
-    columns = torch.arange(n, dtype=torch.int64)
-    beyond = q.shape[1] * 8 + 1  # farther than any code: the own item ranks last
+    chunk = chunk_size or max(1, _CHUNK_ENTRIES // len(g))
     for start in range(0, len(q), chunk):
         stop = min(start + chunk, len(q))
         dist = torch.from_numpy(_distances(query_words[start:stop], gallery_columns).astype(np.int64))
         if exclude_self:
             own = torch.arange(start, stop)
-            dist[own - start, own] = beyond
+            dist[own - start, own] = q.shape[1] * 8 + 1
+        yield start, stop, dist
+
+
+def hamming_chunks(
+    query_codes: Any,
+    gallery_codes: Any | None,
+    k: int,
+    exclude_self: bool = False,
+    chunk_size: int | None = None,
+) -> Iterator[tuple[int, int, np.ndarray, np.ndarray]]:
+    """Yield ``(start, stop, distances, indices)`` for chunks of queries: their k nearest gallery items by Hamming
+    distance under the tie rule (module doc), int32 and int64 (stop - start, k). Memory: ``chunk_size x gallery``
+    int64 distances and sort keys (:func:`distance_chunks`). ``exclude_self``: item i is never query i's neighbour;
+    k is capped at the candidates per query."""
+    n = len(query_codes) if gallery_codes is None else len(gallery_codes)
+    k = min(int(k), n - int(exclude_self))
+    if k < 1:
+        return
+    columns = torch.arange(n, dtype=torch.int64)
+    for start, stop, dist in distance_chunks(query_codes, gallery_codes, exclude_self, chunk_size):
         # one unique key per item, (distance, index): the k smallest keys are the tie rule's top k, in order
         key = dist.mul_(n).add_(columns)
         top = key.topk(k, dim=1, largest=False, sorted=True).values
