@@ -27,6 +27,7 @@ NOT_LABEL_FIELDS = frozenset(
         "index",
         VIEW_FIELD,
         "embeddings",
+        "codes",
         "labels",
         "class_names",
         "label_field",

@@ -41,6 +41,10 @@ class RetrievalEvaluator:
 
     Data without labels (``data=image_folder`` on a folder without class folders) has no label field: it gets no
     metric here, only the label-free ones (:mod:`simlearn.evaluation.label_free`, which the model adds).
+    ``code_bits`` (a hashing head's ``head.bits``; null for float embeddings): the embeddings are relaxed codes, and
+    the metrics are those of their binary codes (signs) under the Hamming distance
+    (:func:`~simlearn.evaluation.hamming.hamming_metrics`: the tie rule, ``tie_aware/…``, ``map@1000``), float-free;
+    the float relaxation's own metrics are reported as ``float/…`` beside them, for comparison.
     """
 
     main_metric = "recall@1"
@@ -54,12 +58,19 @@ class RetrievalEvaluator:
         backend: str = "auto",
         clustering: str | None = "test",
         postprocess: str | Sequence[Any] | None = None,
+        code_bits: int | None = None,
     ) -> None:
         # imported here: simlearn.retrieval searches through simlearn.retrieval.exact, whose package imports
         # this module
         from simlearn.retrieval.postprocess import postprocessors
 
         self.postprocess = postprocessors(postprocess, chunk_size=chunk_size, backend=backend)
+        if code_bits is not None and self.postprocess:
+            raise UserError(
+                "evaluation.postprocess re-ranks float embeddings, but head=hash is evaluated on binary codes; "
+                "set evaluation.postprocess=[] with head=hash."
+            )
+        self.code_bits = code_bits
         if clustering not in CLUSTERING:
             raise UserError(f"evaluation.clustering must be test, all or null, got {clustering!r}.")
         self.clustering = clustering
@@ -75,6 +86,30 @@ class RetrievalEvaluator:
         if not has_labels(fields):  # unlabelled data: only the label-free metrics (simlearn.evaluation.label_free)
             return {}
         queries, gallery = self._protocol(embeddings, fields)
+        if self.code_bits is not None:
+            metrics = self._code_metrics(queries, gallery)
+        else:
+            metrics = self._float_metrics(queries, gallery, split)
+        if gallery[0] is not None:
+            metrics["num_gallery"] = float(len(gallery[0]))
+        if self.clustering == "all" or (self.clustering == "test" and split == "test"):
+            metrics.update(clustering_metrics(*queries))
+        return metrics
+
+    def _code_metrics(self, queries: tuple, gallery: tuple) -> dict[str, float]:
+        """The Hamming metrics of the codes, and the float relaxation's as ``float/…``."""
+        from simlearn.evaluation.hamming import hamming_metrics
+        from simlearn.retrieval.codes import pack_codes
+
+        codes = pack_codes(queries[0]), None if gallery[0] is None else pack_codes(gallery[0])
+        metrics = hamming_metrics(
+            codes[0], queries[1], codes[1], gallery[1], self.ks, knn_k=self.knn_k, chunk_size=self.chunk_size
+        )
+        floats = self._float_metrics(queries, gallery, "val")
+        metrics.update({f"float/{key}": value for key, value in floats.items() if not key.startswith("num_")})
+        return metrics
+
+    def _float_metrics(self, queries: tuple, gallery: tuple, split: str) -> dict[str, float]:
         metrics = retrieval_metrics(
             *queries,
             self.ks,
@@ -85,10 +120,6 @@ class RetrievalEvaluator:
         )
         if self.postprocess and split == "test":
             metrics.update(self._postprocessed(queries, gallery))
-        if gallery[0] is not None:
-            metrics["num_gallery"] = float(len(gallery[0]))
-        if self.clustering == "all" or (self.clustering == "test" and split == "test"):
-            metrics.update(clustering_metrics(*queries))
         return metrics
 
     def _postprocessed(self, queries: tuple, gallery: tuple) -> dict[str, float]:
@@ -107,6 +138,12 @@ class RetrievalEvaluator:
         if not has_labels(fields):
             return []
         queries, gallery = self._protocol(embeddings, fields)
+        if self.code_bits is not None:  # the ±1 signs: the exact search ranks them as the Hamming search does
+            from simlearn.retrieval.codes import pack_codes, unpack_signs
+
+            queries = unpack_signs(pack_codes(queries[0])), queries[1]
+            if gallery[0] is not None:
+                gallery = unpack_signs(pack_codes(gallery[0])), gallery[1]
         return per_class_metrics(*queries, *gallery, chunk_size=self.chunk_size, backend=self.backend)
 
     @staticmethod

@@ -2,7 +2,7 @@
 
 from simlearn.models.backbones import Backbone, SmallCNN
 from simlearn.models.encoder import Encoder
-from simlearn.models.heads import ProjectionHead
+from simlearn.models.heads import HashHead, ProjectionHead
 from simlearn.models.module import EmbeddingModule, EmbeddingSet
 
-__all__ = ["Backbone", "EmbeddingModule", "EmbeddingSet", "Encoder", "ProjectionHead", "SmallCNN"]
+__all__ = ["Backbone", "EmbeddingModule", "EmbeddingSet", "Encoder", "HashHead", "ProjectionHead", "SmallCNN"]

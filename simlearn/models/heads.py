@@ -1,7 +1,8 @@
-"""Projection heads: backbone features → L2-normalised embeddings."""
+"""Projection heads: backbone features → L2-normalised embeddings, or the relaxed binary codes of a hashing head."""
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
@@ -56,3 +57,42 @@ class IdentityHead(nn.Module):
 
     def forward(self, features: Tensor) -> Tensor:
         return F.normalize(features.flatten(1), dim=1)
+
+
+class HashHead(nn.Module):
+    """A hashing head: a linear (or 2-layer MLP) projection to ``bits`` values squashed by tanh, the continuous
+    relaxation of a binary code that the losses train; the code is its sign pattern (bit j = value j > 0, exactly
+    ±1 / {0,1}: :func:`simlearn.retrieval.codes.pack_codes`), which evaluation and ``simlearn-embed`` use.
+
+    ``quantization`` weights the term that pulls the relaxation to ±1, ``mean((|u| - 1)^2)`` (as in CSQ, Yuan et al.
+    CVPR 2020, and DPSH-style methods), added to whatever loss trains the model (:meth:`quantization_loss`); 0: off.
+    ``out_dim`` only states the size for configs that read ``${head.out_dim}``: it must equal ``bits``."""
+
+    def __init__(
+        self,
+        in_features: int,
+        bits: int,
+        hidden_dim: int | None = None,
+        quantization: float = 0.1,
+        out_dim: int | None = None,
+    ) -> None:
+        super().__init__()
+        from simlearn.retrieval.codes import check_bits  # the one rule for bit counts; a leaf module
+
+        bits = check_bits(bits, "head.bits")
+        if out_dim is not None and out_dim != bits:
+            raise UserError(f"head=hash produces head.bits={bits} values, but head.out_dim={out_dim}; leave it null.")
+        if isinstance(quantization, bool) or not isinstance(quantization, int | float) or quantization < 0:
+            raise UserError(f"head.quantization must be a number ≥ 0 (0: off), got {quantization!r}; e.g. 0.1.")
+        self.relaxation = ProjectionHead(in_features, bits, hidden_dim, normalize=False)
+        self.out_dim = bits
+        #: marks an encoder whose embeddings are codes: evaluation ranks by Hamming distance, outputs hold codes
+        self.code_bits = bits
+        self.quantization = float(quantization)
+
+    def forward(self, features: Tensor) -> Tensor:
+        return torch.tanh(self.relaxation(features))
+
+    def quantization_loss(self, embeddings: Tensor) -> Tensor:
+        """The weighted quantization term of a batch of relaxed codes: ``quantization * mean((|u| - 1)^2)``."""
+        return self.quantization * (embeddings.abs() - 1).pow(2).mean()

@@ -112,6 +112,10 @@ class EmbeddingModule(pl.LightningModule):
         # bf16 embeddings would turn those parameters (and their optimiser updates) into bf16
         with torch.autocast(embeddings.device.type, enabled=False):
             losses = self.loss(embeddings.float(), batch)
+            quantization = getattr(self.encoder.head, "quantization_loss", None)  # a hashing head's own term
+            if quantization is not None and self.encoder.head.quantization > 0:
+                losses["quantization"] = quantization(embeddings.float())
+                losses["loss"] = losses["loss"] + losses["quantization"]
         total = losses.pop("loss")
         self._stop_unless_finite(total, batch_idx)
         batch_size = len(batch["image"])

@@ -17,6 +17,7 @@ from omegaconf import DictConfig
 from simlearn.console import is_count
 from simlearn.models import EmbeddingModule
 from simlearn.reports.similarity import class_similarity
+from simlearn.retrieval.codes import pack_codes
 
 
 def write_evaluation(
@@ -27,6 +28,7 @@ def write_evaluation(
     class_names: Sequence[str],
     dataset_fields: Mapping[str, np.ndarray] | None = None,
     dataset_class_names: Sequence[str] | None = None,
+    codes: np.ndarray | None = None,
 ) -> dict[str, Path]:
     """Write ``embeddings.npz``, ``similarity.json`` and ``similarity.png`` (class-to-class heatmap annotated with
     cosine and angle); return their paths.
@@ -35,7 +37,8 @@ def write_evaluation(
     the dataset's own values (``dataset_fields``, named by ``dataset_class_names``; the data module's
     :meth:`~simlearn.data.base.EmbeddingDataModule.dataset_fields`): ``embeddings``, ``labels`` (the codes of
     ``label_field``), ``class_names`` (``class_names[labels[i]]`` is item i's class) and one array per label field.
-    Without them the training labels are written, named by ``class_names``."""
+    Without them the training labels are written, named by ``class_names``. ``codes``: a hashing head's packed
+    binary codes (uint8, bits / 8 bytes per item), written as ``codes`` beside the float relaxation."""
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     paths = {name: output_dir / name for name in ("embeddings.npz", "similarity.json", "similarity.png")}
@@ -46,6 +49,8 @@ def write_evaluation(
         "labels": written[label_field],
         "class_names": np.array([str(n) for n in names], dtype=str),
     }
+    if codes is not None:
+        arrays["codes"] = codes
     # no label field is named like these (EmbeddingDataModule.setup refuses simlearn.fields.NOT_LABEL_FIELDS)
     np.savez_compressed(paths["embeddings.npz"], **arrays, **written)
     similarity = class_similarity(embeddings, fields[label_field], class_names=list(class_names))
@@ -162,6 +167,7 @@ def write_test_outputs(
         datamodule.class_names,
         dataset_fields=datamodule.dataset_fields(result.fields),
         dataset_class_names=datamodule.dataset_class_names,
+        codes=pack_codes(result.embeddings) if getattr(model.encoder.head, "code_bits", None) else None,
     )
     codes = datamodule.dataset_fields({datamodule.label_field: np.arange(len(datamodule.label_names))})
     write_per_class(

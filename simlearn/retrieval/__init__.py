@@ -5,7 +5,8 @@ through (:mod:`simlearn.retrieval.candidates`), a gallery
 from any source and the one search of it (:mod:`simlearn.retrieval.gallery`), the fingerprinted cache of embeddings
 (:mod:`simlearn.retrieval.cache`), the one schema of a result (:mod:`simlearn.retrieval.result`) and the
 post-processing of a ranking (:mod:`simlearn.retrieval.postprocess`: query expansion, database-side augmentation,
-k-reciprocal re-ranking) and the LanceDB store of embeddings (:mod:`simlearn.retrieval.vectordb`).
+k-reciprocal re-ranking), the LanceDB store of embeddings (:mod:`simlearn.retrieval.vectordb`) and binary
+codes searched by Hamming distance (:mod:`simlearn.retrieval.codes`).
 
 The names below are imported on first use (PEP 562): the metrics import :mod:`simlearn.retrieval.exact` while
 :mod:`simlearn.retrieval.gallery` needs the inference model, which needs the metrics' models; an eager package
@@ -21,6 +22,7 @@ _HOMES = {
     "AlphaQueryExpansion": "simlearn.retrieval.postprocess",
     "CACHE_VERSION": "simlearn.retrieval.cache",
     "CandidateSource": "simlearn.retrieval.candidates",
+    "CodeIndex": "simlearn.retrieval.codes",
     "DatabaseAugmentation": "simlearn.retrieval.postprocess",
     "EXACT_METHOD": "simlearn.retrieval.gallery",
     "FaissIndex": "simlearn.retrieval.candidates",
@@ -37,6 +39,7 @@ _HOMES = {
     "RetrievalResult": "simlearn.retrieval.gallery",
     "SearchData": "simlearn.retrieval.inputs",
     "apply_postprocess": "simlearn.retrieval.postprocess",
+    "code_index": "simlearn.retrieval.codes",
     "faiss_installed": "simlearn.retrieval.faiss_lib",
     "file_stats": "simlearn.retrieval.cache",
     "fingerprint": "simlearn.retrieval.cache",
@@ -45,8 +48,10 @@ _HOMES = {
     "gallery_from_folder": "simlearn.retrieval.gallery",
     "gallery_from_npz": "simlearn.retrieval.gallery",
     "gallery_index": "simlearn.retrieval.candidates",
+    "hamming_top_k": "simlearn.retrieval.codes",
     "load_gallery": "simlearn.retrieval.gallery",
     "neighbour_chunks": "simlearn.retrieval.exact",
+    "pack_codes": "simlearn.retrieval.codes",
     "postprocess_names": "simlearn.retrieval.postprocess",
     "postprocessed_ranker": "simlearn.retrieval.postprocess",
     "postprocessors": "simlearn.retrieval.postprocess",
@@ -60,6 +65,7 @@ _HOMES = {
     "search_index": "simlearn.retrieval.gallery",
     "search_ranking": "simlearn.retrieval.postprocess",
     "top_k": "simlearn.retrieval.exact",
+    "unpack_signs": "simlearn.retrieval.codes",
 }
 
 __all__ = sorted(_HOMES)

@@ -401,7 +401,8 @@ def _search_rows(
                 kth = scores[np.arange(len(part)), part_ks - 1].astype(np.float64)
                 sure = kth - scores[:, count - 1].astype(np.float64) > 2 * err
             elif not exact:
-                sure = ((found >= 0) | (np.arange(count) >= part_ks[:, None])).all(axis=1)
+                # an approximate source may return more candidates than asked (a re-ranking depth): all re-scored
+                sure = ((found >= 0) | (np.arange(found.shape[1]) >= part_ks[:, None])).all(axis=1)
             else:
                 sure = np.ones(len(part), dtype=bool)
             if not sure.all():
