@@ -4,7 +4,9 @@ Every split is embedded with the evaluation transforms (no augmentation, also fo
 ``<split>.npz``; with pyarrow installed all splits also go to one ``embeddings.parquet``; with ``db=PATH`` all splits
 also go into a LanceDB table (an embedded vector database, :mod:`simlearn.retrieval.vectordb`). The npz files and the
 database are galleries for ``simlearn-search`` and ``simlearn-serve``; the npz files plain arrays for anything else
-(``numpy.load``).
+(``numpy.load``). A hashing head's model (``head=hash``) also writes its packed binary codes: ``codes`` in the npz
+(uint8, bits / 8 bytes per item, :func:`simlearn.retrieval.codes.pack_codes`), a fixed-size binary column ``code`` in
+the parquet file; the LanceDB table would hold its floats only, so ``db=`` is refused for such a model.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from simlearn.fields import NOT_LABEL_FIELDS
 from simlearn.inference import InferenceModel, embed, pick_device
 from simlearn.models import EmbeddingSet
 from simlearn.retrieval import vectordb
+from simlearn.retrieval.codes import encoder_code_bits, pack_codes
 
 log = logging.getLogger(__name__)
 
@@ -65,10 +68,13 @@ def embed_splits(
     return {split: embed(encoder, split_loader(datamodule, split, batch_size), device) for split in splits}
 
 
-def split_arrays(result: EmbeddingSet, datamodule: EmbeddingDataModule, split: str) -> dict[str, np.ndarray]:
+def split_arrays(
+    result: EmbeddingSet, datamodule: EmbeddingDataModule, split: str, codes: bool = False
+) -> dict[str, np.ndarray]:
     """The arrays of one split's npz: embeddings, labels, index, label fields, class names, and file paths. The
     label fields hold the dataset's own values (:meth:`~simlearn.data.base.EmbeddingDataModule.dataset_fields`),
-    ``labels`` those of the label field and ``class_names[labels[i]]`` names item i's class, under any split."""
+    ``labels`` those of the label field and ``class_names[labels[i]]`` names item i's class, under any split.
+    ``codes``: the embeddings are a hashing head's relaxed codes; their packed codes go in ``codes`` (uint8)."""
     label_field = datamodule.label_field
     fields = datamodule.dataset_fields(result.fields)
     arrays: dict[str, np.ndarray] = {
@@ -76,6 +82,8 @@ def split_arrays(result: EmbeddingSet, datamodule: EmbeddingDataModule, split: s
         "index": result.index,
         **{name: values for name, values in fields.items() if name not in ("embeddings", "index")},
     }
+    if codes:
+        arrays["codes"] = pack_codes(arrays["embeddings"])
     if label_field in fields:
         arrays["labels"] = fields[label_field]
     arrays["class_names"] = np.array(datamodule.dataset_class_names, dtype=str)
@@ -103,7 +111,8 @@ def parquet_available() -> bool:
 
 def write_parquet(path: Path, per_split: dict[str, dict[str, np.ndarray]], ckpt_path: str) -> Path:
     """One row per item of every split: ``split``, ``index``, ``path`` (file data), ``label``, ``class_name``, the
-    label fields, and ``embedding`` (a fixed-size list of float32)."""
+    label fields, ``embedding`` (a fixed-size list of float32) and, for a hashing head, ``code`` (its packed code: a
+    fixed-size binary of bits / 8 bytes)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -125,6 +134,9 @@ def write_parquet(path: Path, per_split: dict[str, dict[str, np.ndarray]], ckpt_
                 columns[name] = pa.array(values)
         flat = pa.array(arrays["embeddings"].reshape(-1), type=pa.float32())
         columns["embedding"] = pa.FixedSizeListArray.from_arrays(flat, dim)
+        if "codes" in arrays:
+            packed = np.ascontiguousarray(arrays["codes"])
+            columns["code"] = pa.array([row.tobytes() for row in packed], type=pa.binary(packed.shape[1]))
         tables.append(pa.table(columns))
     table = pa.concat_tables(tables, promote_options="default")
     metadata = {b"simlearn.ckpt_path": str(Path(ckpt_path).resolve()).encode()}
@@ -163,10 +175,16 @@ def embed_dataset(cfg: DictConfig) -> dict[str, Path]:
         splits = [splits]
     device = pick_device(cfg.get("device"))
     datamodule, model = rebuild(cfg)
+    bits = encoder_code_bits(model.encoder)
+    if bits is not None and cfg.get("db"):
+        raise UserError(
+            f"db={cfg.db!r}: ckpt_path={cfg.ckpt_path} is a hashing model ({bits}-bit codes) and a LanceDB table "
+            "holds float vectors only here; leave out db= and search the npz files, which hold the codes."
+        )
     model.to(device)
     results = embed_splits(model.encoder, datamodule, splits, model.device, cfg.get("batch_size"))
     out_dir = Path(cfg.get("out_dir") or cfg.paths.output_dir)
-    per_split = {split: split_arrays(result, datamodule, split) for split, result in results.items()}
+    per_split = {split: split_arrays(result, datamodule, split, bits is not None) for split, result in results.items()}
     # the file the weights came from (a model folder's model.safetensors), as simlearn-search's model.path names it
     ckpt_path = model.path
     paths = {split: write_npz(out_dir / f"{split}.npz", arrays, ckpt_path) for split, arrays in per_split.items()}
@@ -192,7 +210,8 @@ def embed_dataset(cfg: DictConfig) -> dict[str, Path]:
         table.add_column(column, justify="right" if column in ("items", "dim") else "left")
     for split, arrays in per_split.items():
         n, dim = arrays["embeddings"].shape
-        table.add_row(split, str(n), str(dim), str(paths[split]))
+        shape = f"{dim} + {bits}-bit codes" if bits is not None else str(dim)
+        table.add_row(split, str(n), shape, str(paths[split]))
     total = str(sum(len(a["embeddings"]) for a in per_split.values()))
     if "parquet" in paths:
         table.add_row("all", total, "", str(paths["parquet"]))

@@ -7,7 +7,9 @@ similar gallery
 items are printed with their cosine similarity and angle, written to ``search.json`` and drawn in a grid.
 The search is the one of :mod:`simlearn.retrieval.exact`: exact, with cosines in float64 and ties to the lower
 gallery index. Galleries of at least ``faiss_threshold`` items are searched through a faiss inner-product index saved
-next to their embeddings (exact for ``faiss_index=Flat``; the output says when an approximate one was used).
+next to their embeddings (exact for ``faiss_index=Flat``; the output says when an approximate one was used). A code
+gallery (a ``head=hash`` model's) is searched by Hamming distance (``code_index``), its ``rerank`` nearest re-ranked
+by the float embeddings when set (:mod:`simlearn.retrieval.gallery`).
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from simlearn.data.images import (
 from simlearn.errors import UserError
 from simlearn.inference import InferenceModel, load_model, pick_device
 from simlearn.reports.plots import GridTile, save_retrieval_grid, similarity_captions
+from simlearn.retrieval.codes import check_code_search
 from simlearn.retrieval.gallery import Gallery, diverged_hint, load_gallery, non_finite_rows, run_search
 from simlearn.retrieval.postprocess import postprocessors
 
@@ -99,6 +102,7 @@ def load_queries(spec: str | Path, model: InferenceModel, gallery_classes: set[s
 def search(cfg: DictConfig) -> list[dict[str, Any]]:
     """The whole command: load, embed, search, print, write ``results`` and ``grid``; return the results."""
     steps = postprocessors(cfg.get("postprocess"), key="postprocess")  # a wrong step: one line before any loading
+    code_search, rerank = check_code_search(cfg.get("code_index"), cfg.get("rerank"))
     device = pick_device(cfg.get("device"))
     model = load_model(cfg.ckpt_path, device)
     find_queries(cfg.query, model.loader)  # a bad query fails before the gallery is embedded
@@ -106,7 +110,7 @@ def search(cfg: DictConfig) -> list[dict[str, Any]]:
     queries = load_queries(cfg.query, model, gallery.classes, int(cfg.get("batch_size") or 256))
     k = cfg.get("k", 5)
     factory = cfg.get("faiss_index") or "Flat"
-    found = run_search(queries.embeddings, gallery, k, cfg.get("faiss_threshold"), factory, steps)
+    found = run_search(queries.embeddings, gallery, k, cfg.get("faiss_threshold"), factory, steps, code_search, rerank)
     method = found.method
     results = []
     for q, path in enumerate(queries.paths):

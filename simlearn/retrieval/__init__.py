@@ -40,6 +40,7 @@ _HOMES = {
     "SearchData": "simlearn.retrieval.inputs",
     "apply_postprocess": "simlearn.retrieval.postprocess",
     "code_index": "simlearn.retrieval.codes",
+    "encoder_code_bits": "simlearn.retrieval.codes",
     "faiss_installed": "simlearn.retrieval.faiss_lib",
     "file_stats": "simlearn.retrieval.cache",
     "fingerprint": "simlearn.retrieval.cache",

@@ -36,8 +36,10 @@ __all__ = [
     "CodeIndex",
     "HammingNeighbours",
     "check_bits",
+    "check_code_search",
     "code_index",
     "distance_chunks",
+    "encoder_code_bits",
     "hamming_chunks",
     "hamming_distances",
     "hamming_top_k",
@@ -60,6 +62,13 @@ def check_bits(bits: Any, what: str = "bits") -> int:
             "e.g. 16, 32, 64 or 128."
         )
     return int(bits)
+
+
+def encoder_code_bits(encoder: Any) -> int | None:
+    """The code length of an encoder whose head is a hashing head (its ``code_bits``: its embeddings are relaxed
+    codes), None for an encoder of float embeddings."""
+    bits = getattr(getattr(encoder, "head", None), "code_bits", None)
+    return None if bits is None else int(bits)
 
 
 def pack_codes(embeddings: Any) -> np.ndarray:
@@ -257,6 +266,17 @@ class CodeIndex:
         if self.depth is not None:
             return f"{self.bits}-bit codes by {how}: the {self.depth} nearest re-ranked by the float embeddings"
         return f"{self.bits}-bit codes by Hamming distance, {how}; ties to the lower gallery index"
+
+
+def check_code_search(factory: Any, rerank: Any) -> tuple[str, int | None]:
+    """The options of a code gallery's search (``code_index``: one of :data:`CODE_FACTORIES`, ``rerank``: None or
+    an integer ≥ 1), checked before anything is loaded; each mistake is a :class:`UserError` naming the valid ones."""
+    factory = "exact" if factory is None else factory
+    if factory not in CODE_FACTORIES:
+        raise UserError(f"code_index={factory!r} is not a code search; valid: {list(CODE_FACTORIES)}.")
+    if rerank is not None and (isinstance(rerank, bool) or not isinstance(rerank, int) or rerank < 1):
+        raise UserError(f"rerank={rerank!r} must be null or an integer ≥ 1 (Hamming candidates re-ranked by floats).")
+    return str(factory), rerank
 
 
 def code_index(codes: Any, factory: str = "exact") -> CodeIndex:

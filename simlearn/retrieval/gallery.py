@@ -2,7 +2,14 @@
 built from arrays (:meth:`Gallery.from_arrays`), read from an npz of ``simlearn-embed`` (:func:`gallery_from_npz`),
 a LanceDB table (:func:`gallery_from_database`) or a folder of images, embedded once and cached
 (:func:`gallery_from_folder`, :mod:`simlearn.retrieval.cache`) — and the one search of a gallery that chooses the
-backend (:func:`run_search`: exact, through a saved faiss index from a size on, or through LanceDB)."""
+backend (:func:`run_search`: exact, through a saved faiss index from a size on, or through LanceDB).
+
+**Code galleries.** The gallery of a hashing model (``head=hash``) holds its packed binary codes (``codes``: from
+the npz of ``simlearn-embed``, or packed from a folder's embeddings) beside the float relaxation, and is searched by
+Hamming distance through a :class:`~simlearn.retrieval.codes.CodeIndex` (:func:`search_index`): the exact search of
+the ±1 sign vectors, which ranks as the Hamming search does (ties to the lower gallery index), each result's cosine
+that of the signs, ``1 - 2 h / bits``; with ``rerank=N`` the N Hamming-nearest are re-ranked by the float
+embeddings. A code gallery with a float model, or a float gallery with a hashing model, is refused in one line."""
 
 from __future__ import annotations
 
@@ -27,6 +34,7 @@ from simlearn.inference import EmbeddedFiles, InferenceModel
 from simlearn.retrieval import vectordb
 from simlearn.retrieval.cache import CACHE_VERSION, file_stats, fingerprint, load_fingerprinted, save_fingerprinted
 from simlearn.retrieval.candidates import CandidateSource, gallery_index
+from simlearn.retrieval.codes import CodeIndex, code_index, encoder_code_bits, pack_codes, unpack_signs
 from simlearn.retrieval.exact import top_k
 from simlearn.retrieval.faiss_lib import faiss_installed
 from simlearn.retrieval.inputs import PreparedGallery, prepare_gallery
@@ -73,7 +81,10 @@ class Gallery:
     fields: dict[str, np.ndarray] = field(default_factory=dict)
     #: a search of this gallery outside simlearn (a LanceDB table): :func:`run_search` searches through it
     candidates: CandidateSource | None = None
+    #: a hashing model's packed binary codes (N, bits / 8) uint8: the gallery is searched by Hamming distance
+    codes: np.ndarray | None = None
     _prepared: PreparedGallery | None = field(default=None, init=False, repr=False)
+    _prepared_signs: PreparedGallery | None = field(default=None, init=False, repr=False)
 
     @classmethod
     def from_arrays(
@@ -88,6 +99,14 @@ class Gallery:
         if self._prepared is None:
             self._prepared = prepare_gallery(self.embeddings)
         return self._prepared
+
+    def searchable_signs(self) -> PreparedGallery:
+        """The ±1 sign vectors of the codes, prepared once: the gallery of the Hamming search (module doc)."""
+        if self.codes is None:
+            raise ValueError("this gallery holds no binary codes")
+        if self._prepared_signs is None:
+            self._prepared_signs = prepare_gallery(unpack_signs(self.codes))
+        return self._prepared_signs
 
     @property
     def classes(self) -> set[str]:
@@ -175,6 +194,8 @@ def gallery_from_arrays(
         raise UserError(f"gallery={str(path)!r} holds 'embeddings' of dtype {embeddings.dtype}, not numbers; {remake}.")
     if len(embeddings) == 0:
         raise UserError(f"gallery={str(path)!r} holds no embeddings (0 rows); {remake}, or embed a non-empty split.")
+    # first: a gallery of the other kind (codes or floats) is named as such, whatever its dimension
+    codes = _checked_codes(arrays.get("codes"), len(embeddings), f"gallery={str(path)!r}", model)
     if embeddings.shape[1] != model.embedding_dim:
         raise UserError(
             f"gallery={str(path)!r} holds {embeddings.shape[1]}-d embeddings but the checkpoint {model.path} makes "
@@ -235,7 +256,34 @@ def gallery_from_arrays(
         index_path=index_path,
         ids=ids,
         fields=label_fields,
+        codes=codes,
     )
+
+
+def _checked_codes(codes: np.ndarray | None, rows: int, where: str, model: InferenceModel) -> np.ndarray | None:
+    """A gallery's packed codes, checked against the model: a hashing model needs codes of its bit count, one per
+    row; a float model, none. Anything else is one line (a gallery of another model)."""
+    bits = encoder_code_bits(getattr(model, "encoder", None))
+    if codes is None and bits is None:
+        return None
+    if codes is None:
+        raise UserError(
+            f"{where} holds float embeddings only, but ckpt_path={model.path} is a hashing model ({bits}-bit codes, "
+            f"searched by Hamming distance): the gallery comes from another model. Embed it with this checkpoint "
+            f"(simlearn-embed ckpt_path={model.path}, which writes the codes) or search with the model that made it."
+        )
+    if bits is None:
+        raise UserError(
+            f"{where} holds binary codes (a hashing model's), but ckpt_path={model.path} makes float embeddings: "
+            f"search it with the head=hash checkpoint that made it, or embed the gallery with this one."
+        )
+    codes = np.asarray(codes)
+    if codes.dtype != np.uint8 or codes.ndim != 2 or codes.shape != (rows, bits // 8):
+        raise UserError(
+            f"{where} holds 'codes' of {codes.dtype} {codes.shape}, but {rows} items of the {bits}-bit codes of "
+            f"ckpt_path={model.path} are uint8 ({rows}, {bits // 8}); re-run simlearn-embed ckpt_path={model.path}."
+        )
+    return np.ascontiguousarray(codes)
 
 
 def gallery_from_database(path: Path, model: InferenceModel, cfg: DictConfig) -> Gallery:
@@ -244,6 +292,7 @@ def gallery_from_database(path: Path, model: InferenceModel, cfg: DictConfig) ->
     says (:func:`simlearn.retrieval.vectordb.candidates`: ``auto``, ``exact``, ``index`` or ``memory``)."""
     contents = vectordb.read_table(path, cfg.get("db_table"))
     where = f"gallery={str(path)!r} (LanceDB table {contents.name!r})"
+    _checked_codes(None, len(contents.embeddings), where, model)  # a table holds float vectors only
     remake = f"write it anew with simlearn-embed ckpt_path={model.path} db=PATH"
     embeddings = contents.embeddings
     if embeddings.shape[1] != model.embedding_dim:
@@ -451,6 +500,8 @@ def _folder_gallery(
         index_path=cache_file.with_suffix(".faiss") if cache_file is not None else None,
         skipped=skipped,
         root=folder,
+        # embedded by this model just now (or cached under its fingerprint): a hashing model's codes are its signs
+        codes=pack_codes(embeddings) if encoder_code_bits(model.encoder) is not None else None,
     )
 
 
@@ -531,6 +582,13 @@ def search_gallery(
         raise UserError(
             f"k={k} but the gallery {gallery.source} has only {n - extra} items; use k={n - extra} or less."
         )
+    if gallery.codes is not None and (postprocess or not isinstance(index, CodeIndex)):
+        raise UserError(
+            "a gallery of binary codes is searched by Hamming distance (a code index: search_index), without "
+            "post-processing steps; leave out postprocess= (rerank=N re-ranks the Hamming candidates by floats)."
+        )
+    if isinstance(index, CodeIndex) and index.depth is None:  # the Hamming ranking: the exact search of the signs
+        queries, searched = unpack_signs(pack_codes(host)), gallery.searchable_signs()
     if postprocess:  # the steps re-rank an exact in-memory search (simlearn.retrieval.postprocess)
         cos, idx = postprocessed_top_k(host, gallery.embeddings, k, postprocess, exclude)
         return RetrievalResult(idx, cos, True, postprocessed_method(postprocess), gallery)
@@ -548,22 +606,38 @@ def run_search(
     faiss_threshold: int | None = 50000,
     factory: str = "Flat",
     postprocess: Sequence[PostProcessor] = (),
+    code_search: str = "exact",
+    rerank: int | None = None,
 ) -> RetrievalResult:
     """``simlearn-search``'s search: :func:`search_gallery` through what :func:`search_index` chooses (a LanceDB
-    gallery through LanceDB, galleries of ``faiss_threshold`` items or more through their saved faiss index, exact
-    for ``factory="Flat"``), or with the ``postprocess`` steps. Its ``method`` says when an approximate index (e.g.
-    HNSW32, IVF_PQ) was used."""
-    index = None if postprocess else search_index(gallery, faiss_threshold, factory)
+    gallery through LanceDB, a code gallery through its code index, galleries of ``faiss_threshold`` items or more
+    through their saved faiss index, exact for ``factory="Flat"``), or with the ``postprocess`` steps. Its ``method``
+    says when an approximate index (e.g. HNSW32, IVF_PQ) was used."""
+    index = None if postprocess else search_index(gallery, faiss_threshold, factory, code_search, rerank)
     return search_gallery(queries, gallery, k, index=index, postprocess=postprocess)
 
 
 def search_index(
-    gallery: Gallery, faiss_threshold: int | None = 50000, factory: str = "Flat"
+    gallery: Gallery,
+    faiss_threshold: int | None = 50000,
+    factory: str = "Flat",
+    code_search: str = "exact",
+    rerank: int | None = None,
 ) -> CandidateSource | None:
-    """What a gallery is searched through, for every search path (``simlearn-search``, the service): its own
-    candidate source (a LanceDB table, ``gallery.candidates``), else from ``faiss_threshold`` items on a faiss
-    inner-product index saved next to its embeddings (:func:`gallery_index`; exact for ``factory="Flat"``), else
-    nothing (None: the exact in-memory search)."""
+    """What a gallery is searched through, for every search path (``simlearn-search``, the service): a code
+    gallery's :func:`~simlearn.retrieval.codes.code_index` (``code_search``: ``exact``, ``Flat`` or ``HNSW32``;
+    ``rerank``: that many Hamming candidates re-ranked by the float embeddings), else its own candidate source (a
+    LanceDB table, ``gallery.candidates``), else from ``faiss_threshold`` items on a faiss inner-product index saved
+    next to its embeddings (:func:`gallery_index`; exact for ``factory="Flat"``), else nothing (None: the exact
+    in-memory search). ``rerank`` with a gallery of float embeddings is one line."""
+    if gallery.codes is not None:
+        codes = code_index(gallery.codes, str(code_search or "exact"))
+        return codes if rerank is None else codes.reranking(rerank)
+    if rerank is not None:
+        raise UserError(
+            f"rerank={rerank!r} re-ranks the Hamming candidates of a gallery of binary codes (a head=hash model's), "
+            "but this gallery holds float embeddings, searched exactly already; leave out rerank=."
+        )
     n = len(gallery.embeddings)
     if gallery.candidates is not None or faiss_threshold is None or n < int(faiss_threshold):
         return gallery.candidates

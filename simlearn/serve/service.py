@@ -2,8 +2,9 @@
 
 Every search goes through :func:`simlearn.retrieval.exact.top_k` (exact: float64 cosines, ties to the lower
 gallery index), through the gallery's faiss index for galleries of ``faiss_threshold`` items or more, as
-``simlearn-search`` does. Items are named by their row in the gallery (``id`` 0 … N-1) and nothing else: a client
-never names a file.
+``simlearn-search`` does, and a code gallery (a ``head=hash`` model's) by Hamming distance through its code index,
+optionally re-ranked by floats (``code_index``, ``rerank``). Items are named by their row in the gallery (``id`` 0 …
+N-1) and nothing else: a client never names a file.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from simlearn.data.images import DECODE_ERRORS, is_image_name
 from simlearn.errors import UserError
 from simlearn.inference import InferenceModel, load_model, pick_device
 from simlearn.retrieval.candidates import CandidateSource
+from simlearn.retrieval.codes import check_code_search
 from simlearn.retrieval.gallery import (
     Gallery,
     load_gallery,
@@ -525,6 +527,7 @@ def open_service(cfg: DictConfig) -> SearchService:
     steps = postprocessors(
         cfg.get("postprocess"), key="postprocess"
     )  # a wrong step name, too, before anything is loaded
+    code_search, rerank = check_code_search(cfg.get("code_index"), cfg.get("rerank"))
     split = gallery_split(cfg.get("gallery"))
     ckpt = checkpoint_path(cfg.get("ckpt_path"), cfg.get("run_dir"))
     if str(cfg.get("ckpt_path") or "") != str(ckpt):
@@ -542,7 +545,12 @@ def open_service(cfg: DictConfig) -> SearchService:
     else:
         gallery = load_gallery(cfg.gallery, model, cfg)
     # as simlearn-search: a LanceDB gallery is searched through LanceDB, a large one through its saved faiss index
-    index = search_index(gallery, cfg.get("faiss_threshold"), cfg.get("faiss_index") or "Flat")
+    if gallery.codes is not None and steps:  # refused at the start, not on every request
+        raise UserError(
+            "postprocess= re-ranks float embeddings, but this gallery holds binary codes, searched by Hamming "
+            "distance; leave out postprocess= (rerank=N re-ranks the Hamming candidates by the floats)."
+        )
+    index = search_index(gallery, cfg.get("faiss_threshold"), cfg.get("faiss_index") or "Flat", code_search, rerank)
     return SearchService(model, gallery, limits, index, images, source, postprocess=steps)
 
 

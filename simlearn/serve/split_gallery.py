@@ -40,6 +40,7 @@ from simlearn.retrieval.cache import (
     load_fingerprinted,
     save_fingerprinted,
 )
+from simlearn.retrieval.codes import encoder_code_bits
 from simlearn.retrieval.gallery import Gallery
 
 log = logging.getLogger(__name__)
@@ -201,7 +202,7 @@ def _embed_split(
     """The arrays of ``<split>.npz`` as simlearn-embed writes them and, for in-memory data, the items' pixels."""
     log.info("embedding the %s split of %s (%d items)", split, data_name, len(datamodule.datasets[split]))
     result = embed_splits(model.encoder, datamodule, [split], model.device, cfg.get("batch_size"))[split]
-    arrays = split_arrays(result, datamodule, split)
+    arrays = split_arrays(result, datamodule, split, encoder_code_bits(model.encoder) is not None)
     dataset = datamodule.datasets[split]
     pixels = None
     if isinstance(dataset, TensorImageDataset):

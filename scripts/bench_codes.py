@@ -1,0 +1,239 @@
+"""Binary codes (``head=hash``) against float embeddings: search speed and memory, and retrieval quality on MNIST.
+
+    python scripts/bench_codes.py --mnist-root /work/shared/data          # both tables
+    python scripts/bench_codes.py --sizes 100000 1000000                  # speed rows only
+    python scripts/bench_codes.py --skip-speed --mnist-root /work/shared/data --bits 64
+
+**Speed rows** (random data: speed does not depend on what the vectors mean): a gallery of n random codes
+(``--code-bits``) or unit float vectors (d = ``--dims``) and ``--queries`` fresh queries of the same kind, each
+measurement in a fresh interpreter (:func:`bench_common.measure_in_subprocess`): exact Hamming search by faiss
+``IndexBinaryFlat`` and by simlearn's :func:`~simlearn.retrieval.codes.hamming_top_k`, exact float search by faiss
+``IndexFlatIP`` and by simlearn's :func:`~simlearn.retrieval.top_k` (float64 re-scoring and the tie rule), the k =
+``--k`` nearest. "batched ms / query": one call with all queries, its wall time over the number of queries; "single
+ms / query": the mean of ``--single`` calls of one query each; "gallery MiB": the searched array's bytes; "build s":
+faiss's ``add`` (simlearn's searches build nothing). The headline is the float/Hamming ratio of the batched time,
+1M 64-d floats against 1M 64-bit codes, each library against itself.
+
+**Quality rows**: real MNIST, closed set (all ten digits in training and test), a model trained inside the script
+(``simlearn.train``: the small CNN, ``head=hash head.bits=B``, ``--epochs`` over at most ``--max-train`` training
+images, tested on at most ``--max-test`` of the official test images), its test split searched against itself
+(leave-one-out) three ways: the float embedding of the same network (the head's tanh relaxation, L2-normalised:
+:func:`simlearn.evaluation.retrieval_metrics`), its packed codes by Hamming distance
+(:func:`simlearn.evaluation.hamming.hamming_metrics`: by the tie rule and tie-aware), and the Hamming ranking whose
+top ``--rerank`` candidates are re-ranked by the float embeddings (:meth:`simlearn.retrieval.CodeIndex.reranking`
+through :func:`~simlearn.retrieval.top_k`; the places past them keep their Hamming order). "kept" is the share of
+the float MAP@R. Figures are wall-clock on whatever machine runs it; on a shared machine they are upper bounds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench_common import measure_in_subprocess, peak_rss_bytes  # noqa: E402
+from bench_postprocess import trained_embeddings  # noqa: E402
+
+#: the searches timed: (name, kind of gallery)
+METHODS = {
+    "faiss IndexBinaryFlat": "codes",
+    "simlearn hamming_top_k": "codes",
+    "faiss IndexFlatIP": "floats",
+    "simlearn top_k": "floats",
+}
+LOSSES = ("contrastive", "csq")
+
+
+def random_gallery(kind: str, n: int, width: int, seed: int) -> np.ndarray:
+    """n random packed codes of ``width`` bits, or n random unit float32 rows of dimension ``width``."""
+    rng = np.random.default_rng([seed, n, width])
+    if kind == "codes":
+        return rng.integers(0, 256, (n, width // 8), dtype=np.uint8)
+    x = rng.standard_normal((n, width), dtype=np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    return x
+
+
+def searcher(method: str, gallery: np.ndarray, k: int):
+    """``(build seconds, search(queries))`` of one method over the gallery."""
+    from simlearn.retrieval import hamming_top_k, prepare_gallery, top_k
+
+    started = time.perf_counter()
+    if method.startswith("faiss"):
+        import faiss
+
+        if method == "faiss IndexBinaryFlat":
+            index = faiss.IndexBinaryFlat(gallery.shape[1] * 8)
+        else:
+            index = faiss.IndexFlatIP(gallery.shape[1])
+        index.add(gallery)
+        return time.perf_counter() - started, lambda q: index.search(q, k)
+    if method == "simlearn hamming_top_k":
+        return 0.0, lambda q: hamming_top_k(q, gallery, k)
+    prepared = prepare_gallery(gallery)  # checked and normalised once, as a served gallery is
+    return 0.0, lambda q: top_k(q, prepared, k)
+
+
+def speed_worker(spec: dict) -> dict:
+    """One method at one size: build, one batched search, ``single`` one-query searches; times and bytes."""
+    kind = METHODS[spec["method"]]
+    gallery = random_gallery(kind, spec["n"], spec["width"], 0)
+    queries = random_gallery(kind, spec["queries"], spec["width"], 1)
+    build_s, search = searcher(spec["method"], gallery, spec["k"])
+    search(queries[:2])  # warm-up: thread pools, first allocations
+    started = time.perf_counter()
+    search(queries)
+    batched_s = time.perf_counter() - started
+    started = time.perf_counter()
+    for i in range(spec["single"]):
+        search(queries[i : i + 1])
+    single_s = (time.perf_counter() - started) / max(1, spec["single"])
+    return {"build_s": build_s, "batched_s": batched_s, "single_s": single_s, "bytes": gallery.nbytes,
+            "peak_rss": peak_rss_bytes()}  # fmt: skip
+
+
+def speed_rows(args: argparse.Namespace) -> list[str]:
+    rows = [
+        "| gallery | search | batched ms / query | single ms / query | gallery MiB | build s | peak MiB |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    batched: dict[tuple[int, str, int], float] = {}
+    for n in args.sizes:
+        runs = [(m, b) for m in METHODS if METHODS[m] == "codes" for b in args.code_bits]
+        runs += [(m, d) for m in METHODS if METHODS[m] == "floats" for d in args.dims]
+        for method, width in runs:
+            spec = {"method": method, "n": n, "width": width, "queries": args.queries, "k": args.k,
+                    "single": args.single}  # fmt: skip
+            what = f"{width}-bit codes" if METHODS[method] == "codes" else f"{width}-d float32"
+            result = measure_in_subprocess(os.path.abspath(__file__), spec, args.timeout)
+            if "error" in result:
+                rows.append(f"| {n:,} {what} | {method} | {result['error']} | | | | |")
+            else:
+                batched[n, method, width] = result["batched_s"]
+                rows.append(
+                    f"| {n:,} {what} | {method} | {1000 * result['batched_s'] / args.queries:.4f} | "
+                    f"{1000 * result['single_s']:.3f} | {result['bytes'] / 2**20:.1f} | {result['build_s']:.2f} | "
+                    f"{result['peak_rss'] / 2**20:.0f} |"
+                )
+            print(rows[-1], flush=True)
+    rows.append("")
+    for n in args.sizes:
+        for floats, codes in (
+            ("faiss IndexFlatIP", "faiss IndexBinaryFlat"),
+            ("simlearn top_k", "simlearn hamming_top_k"),
+        ):
+            for d in args.dims:
+                for b in args.code_bits:
+                    if (n, floats, d) in batched and (n, codes, b) in batched:
+                        ratio = batched[n, floats, d] / batched[n, codes, b]
+                        rows.append(f"- {n:,} items: {floats} of {d}-d floats / {codes} of {b}-bit codes: {ratio:.1f}x")
+    return rows
+
+
+def reranked_ranker(depth: int):
+    """A metrics ranker: the Hamming ranking (the tie rule) whose first ``depth`` candidates are re-ranked by the
+    float embeddings through ``CodeIndex.reranking`` (the library's float re-ranking); later places keep the Hamming
+    order."""
+    import torch
+
+    from simlearn.evaluation.hamming import hamming_ranker
+    from simlearn.retrieval import code_index, pack_codes, top_k
+
+    hamming = hamming_ranker()
+
+    def rank(data, needed):
+        queries = data.queries.cpu().numpy()
+        gallery = None if data.self_search else data.gallery.cpu().numpy()
+        codes = pack_codes(queries if gallery is None else gallery)
+        index = code_index(codes).reranking(depth)
+        head = top_k(queries, gallery, depth, exclude_self=data.self_search, index=index).indices
+        for chunk in hamming(data, needed):
+            tail = chunk.indices.cpu().numpy()
+            first = head[chunk.start : chunk.stop, : tail.shape[1]]
+            # each query: the re-ranked candidates first, then the rest of its Hamming ranking in order
+            rest = np.array([row[~np.isin(row, top)] for row, top in zip(tail, first, strict=True)])
+            merged = np.concatenate([first, rest], axis=1)[:, : tail.shape[1]]
+            yield chunk._replace(indices=torch.from_numpy(merged).to(chunk.indices.device))
+
+    return rank
+
+
+def quality_rows(args: argparse.Namespace) -> list[str]:
+    from simlearn.evaluation import retrieval_metrics
+    from simlearn.evaluation.hamming import hamming_metrics
+
+    data = [
+        "data=mnist",
+        f"data.root={args.mnist_root}",
+        "data.download=false",
+        "data.m_per_class=32",
+        "data.batch_size=160",
+        f"data.max_train={args.max_train}",
+        f"data.max_test={args.max_test}",
+        f"trainer.max_epochs={args.epochs}",
+        "head=hash",
+    ]
+    rows = [
+        f"| loss | bits | float MAP@R | Hamming MAP@R (kept) | tie-aware MAP@R | re-ranked top {args.rerank} MAP@R "
+        "(kept) | recall@1 float / Hamming | mAP@1000 | train + test s |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    with tempfile.TemporaryDirectory() as tmp:
+        for loss in args.losses:
+            for bits in args.bits:
+                started = time.perf_counter()
+                x, y = trained_embeddings([*data, f"loss={loss}", f"head.bits={bits}"], Path(tmp) / f"{loss}{bits}")
+                seconds = time.perf_counter() - started
+                codes = np.load(Path(tmp) / f"{loss}{bits}" / "embeddings.npz")["codes"]
+                flt = retrieval_metrics(x, y, ks=(1,))
+                ham = hamming_metrics(codes, y, ks=(1,))
+                rer = retrieval_metrics(x, y, ks=(1,), rank=reranked_ranker(args.rerank))
+                base = flt["map@r"]
+                row = (f"| {loss} | {bits} | {base:.4f} | {ham['map@r']:.4f} ({ham['map@r'] / base:.1%}) | "
+                       f"{ham['tie_aware/map@r']:.4f} | {rer['map@r']:.4f} ({rer['map@r'] / base:.1%}) | "
+                       f"{flt['recall@1']:.4f} / {ham['recall@1']:.4f} | {ham['map@1000']:.4f} | "
+                       f"{seconds:.0f} |")  # fmt: skip
+                print(row, flush=True)
+                rows.append(row)
+    return rows
+
+
+def main() -> None:
+    if len(sys.argv) == 3 and sys.argv[1] == "--worker":
+        print(json.dumps(speed_worker(json.loads(sys.argv[2]))))
+        return
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", type=int, nargs="*", default=[100_000, 1_000_000])
+    parser.add_argument("--code-bits", type=int, nargs="*", default=[64])
+    parser.add_argument("--dims", type=int, nargs="*", default=[64, 512])
+    parser.add_argument("--queries", type=int, default=1000)
+    parser.add_argument("--single", type=int, default=20, help="one-query searches timed per method")
+    parser.add_argument("--k", type=int, default=10)
+    parser.add_argument("--mnist-root", default=None, help="a folder holding MNIST/raw/: adds the quality rows")
+    parser.add_argument("--bits", type=int, nargs="*", default=[16, 32, 64])
+    parser.add_argument("--losses", nargs="*", default=list(LOSSES))
+    parser.add_argument("--epochs", type=int, default=1)
+    parser.add_argument("--max-train", type=int, default=20000)
+    parser.add_argument("--max-test", type=int, default=5000)
+    parser.add_argument("--rerank", type=int, default=100, help="re-rank this many Hamming candidates by floats")
+    parser.add_argument("--skip-speed", action="store_true")
+    parser.add_argument("--timeout", type=float, default=1800)
+    args = parser.parse_args()
+    os.environ.setdefault("WANDB_MODE", "offline")
+    rows = quality_rows(args) if args.mnist_root else []
+    rows += ["", *speed_rows(args)] if args.sizes and not args.skip_speed else []
+    print("\n".join(rows))
+
+
+if __name__ == "__main__":
+    main()
