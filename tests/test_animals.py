@@ -72,6 +72,23 @@ def test_toy_experiment_runs_the_whole_pipeline(tmp_path, where):
     assert (tmp_path / "circle.png").exists() and "val/best_map@r" in metrics
 
 
+@pytest.mark.slow
+def test_label_free_toy_experiment_trains_without_labels_and_probes_the_zebras(tmp_path):
+    metrics = run_training(
+        tmp_path,
+        "experiment=animals_2d_toy_label_free",
+        "data.per_class=24",
+        "data.probe_per_class=6",
+        "trainer.max_epochs=1",
+    )
+    assert json.loads((tmp_path / "splits.json").read_text())["labels"] == "none"
+    probe = json.loads((tmp_path / "probe.json").read_text())["zebra"]
+    assert list(probe) == ["dolphin", "tiger", "horse"]
+    # no classifier: cosines to each class's test images only, no share assigned to a class direction
+    assert all(v["assigned"] is None and -1.0 <= v["cos"] <= 1.0 for v in probe.values())
+    assert metrics["test/probe/zebra/horse/cos"] == pytest.approx(probe["horse"]["cos"], abs=1e-5)
+
+
 def test_awa2_class_names_and_folder_lookup(awa2_root):
     assert awa2_name("killer whale") == awa2_name("killer_whale") == "killer+whale"
     datamodule = AwA2DataModule(

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
+from omegaconf import OmegaConf
 
 from tests.helpers import run_cli
 
@@ -43,3 +47,27 @@ def test_bench_train_measures_every_loop(mnist_root):
     assert [row[2:5] for row in rows] == ["(a)", "(b)", "(c)"]
     assert all(float(row.split("|")[2]) > 0 for row in rows)  # images/s of each loop
     assert "(a)/(b) = " in done.stdout and "(a)/(c) = " in done.stdout
+
+
+@pytest.mark.slow
+def test_bench_label_free_fine_tunes_few_labels_from_the_label_free_row(tmp_path):
+    done = run_cli(
+        "scripts/bench_label_free.py", "--datasets", "digits", "--rows", "simclr", "few", "--fractions", "0.1",
+        "--epochs", "1", "--max-train", "200", "--max-test", "100", "--out", str(tmp_path), timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    results = json.loads((tmp_path / "digits" / "results.json").read_text())
+    assert results["best"] == "simclr"
+    assert list(results["rows"]) == ["simclr", "cosine 10% scratch", "cosine 10% fine-tuned from simclr"]
+    for row, metrics in results["rows"].items():
+        assert 0.0 <= metrics["test/map@r"] <= 1.0 and metrics["train/wall_s"] > 0, row
+        assert f"| {row} |" in done.stdout
+    # the simclr row trained without labels; the fine-tuned row starts from its best checkpoint, the scratch row not
+    runs = tmp_path / "digits"
+    assert json.loads((runs / "simclr" / "splits.json").read_text())["labels"] == "none"
+    scratch = OmegaConf.load(runs / "cosine_10pc_scratch" / "config.yaml")
+    tuned = OmegaConf.load(runs / "cosine_10pc_fine-tuned" / "config.yaml")
+    assert scratch.init_from is None and Path(tuned.init_from).parent == runs / "simclr" / "checkpoints"
+    assert scratch.trainer.max_epochs == tuned.trainer.max_epochs == 10  # the images of 1 epoch on 10 % of them
+    kept = json.loads((runs / "cosine_10pc_scratch" / "splits.json").read_text())["splits"]["train"]
+    assert 0 < len(kept["labelled_items"]) < kept["num_items_before_label_fraction"] // 5
