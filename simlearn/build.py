@@ -239,7 +239,8 @@ def check_label_free(model: EmbeddingModule, datamodule: EmbeddingDataModule) ->
     )
     raise UserError(
         f"the loss task {name!r} ({type(getattr(task, 'loss', task)).__name__}) reads the label field {task.field!r}, "
-        f"but {why}; use a loss that needs no label (loss=reconstruction), or drop data.labels=none."
+        f"but {why}; use a loss that needs no label (loss=simclr, vicreg, byol or reconstruction)"
+        + (", or drop data.labels=none." if datamodule.labelled else ".")
     )
 
 
@@ -250,7 +251,7 @@ def init_encoder(model: EmbeddingModule, path: str) -> None:
     from simlearn.checkpoints.restoring import load_checkpoint
     from simlearn.models.backbones import load_weights
 
-    checkpoint = load_checkpoint(path)
+    checkpoint = load_checkpoint(path, option="init_from")
     prefix = "encoder."
     state = {k[len(prefix) :]: v for k, v in checkpoint["state_dict"].items() if k.startswith(prefix)}
     load_weights(
@@ -260,6 +261,10 @@ def init_encoder(model: EmbeddingModule, path: str) -> None:
         "give init_from a checkpoint of the same backbone and head (e.g. the same backbone=, head.out_dim=), or "
         "set these to the checkpoint's (its run's config.yaml)",
     )
+    for task in model.loss.tasks.values():
+        teacher = getattr(task, "teacher", None)
+        if isinstance(teacher, torch.nn.Module):  # a momentum teacher starts as the loaded encoder, not a random one
+            teacher.load_state_dict(model.encoder.state_dict())
     log.info("encoder initialised from %s", path)
 
 

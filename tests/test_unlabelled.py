@@ -295,3 +295,18 @@ def test_init_from_starts_the_encoder_from_a_checkpoint_and_refuses_other_shapes
     with pytest.raises(UserError, match=r"init_from=.*do not fit") as error:
         build_run(train_config(tmp_path / "b", f"init_from={ckpt}", "head.out_dim=32"))
     assert "\n" not in str(error.value)
+
+
+def test_init_from_starts_a_momentum_teacher_as_the_loaded_encoder_and_names_itself(trained_run, tmp_path):
+    """BYOL fine-tuned from a checkpoint regresses onto the loaded encoder, not onto the random one it was built with;
+    a missing file is named as init_from (not ckpt_path)."""
+    from simlearn.build import build_run
+
+    ckpt = trained_run / "checkpoints" / "last.ckpt"
+    run = build_run(train_config(tmp_path / "a", f"init_from={ckpt}", "loss=byol"))
+    teacher = next(task.teacher for task in run.model.loss.tasks.values() if hasattr(task, "teacher"))
+    for name, value in run.model.encoder.state_dict().items():
+        assert torch.equal(teacher.state_dict()[name], value), name
+    with pytest.raises(UserError, match=r"^init_from='[^']*missing\.ckpt' is not a file") as error:
+        build_run(train_config(tmp_path / "b", f"init_from={tmp_path / 'missing.ckpt'}"))
+    assert "ckpt_path" not in str(error.value)

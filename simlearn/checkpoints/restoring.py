@@ -40,21 +40,22 @@ __all__ = [
 ]
 
 
-def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """A simlearn checkpoint: Lightning's dict plus the ``simlearn_config`` its model was built from."""
+def load_checkpoint(path: str | Path, option: str = "ckpt_path") -> dict[str, Any]:
+    """A simlearn checkpoint: Lightning's dict plus the ``simlearn_config`` its model was built from. ``option``:
+    the setting that named it, in the messages (``ckpt_path``, ``init_from``)."""
     path = Path(path)
     if not path.is_file():
+        folder = " or a model folder written by simlearn-export format=hf" if option == "ckpt_path" else ""
         raise UserError(
-            f"ckpt_path={str(path)!r} is not a file: it does not exist; give a .ckpt written by training or a model "
-            f"folder written by simlearn-export format=hf."
+            f"{option}={str(path)!r} is not a file: it does not exist; give a .ckpt written by training{folder}."
         )
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as error:  # torch raises many types for a file that is not a checkpoint
-        raise UserError(f"ckpt_path={str(path)!r} is not a readable PyTorch checkpoint ({error}).") from error
+        raise UserError(f"{option}={str(path)!r} is not a readable PyTorch checkpoint ({error}).") from error
     if not isinstance(checkpoint, dict) or "simlearn_config" not in checkpoint or "state_dict" not in checkpoint:
         raise UserError(
-            f"ckpt_path={str(path)!r} was not written by simlearn (no 'simlearn_config' in it); "
+            f"{option}={str(path)!r} was not written by simlearn (no 'simlearn_config' in it); "
             f"use a checkpoint from a run's checkpoints/ folder, or a model folder of simlearn-export format=hf."
         )
     return checkpoint
