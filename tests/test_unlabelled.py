@@ -183,7 +183,10 @@ def test_labels_none_batches_carry_no_label_field_in_training_only(on_device):
 @pytest.mark.parametrize(
     ("overrides", "fragments"),
     [
-        (["data.labels=none"], ["reads the label field 'digit'", "data.labels=none", "loss=reconstruction"]),
+        (
+            ["data.labels=none"],
+            ["reads the label field 'digit'", "data.labels=none", "loss=simclr, vicreg, byol or reconstruction"],
+        ),
         (["data.labels=some"], ["data.labels must be one of train, none", "'some'"]),
         (["data.label_fraction=0"], ["data.label_fraction must be in (0, 1]"]),
         (["data.label_fraction=0.5", "data.labels=none"], ["data.labels=none trains with none"]),
