@@ -13,6 +13,7 @@ from rich.console import Console
 from simlearn.errors import UserError
 from simlearn.export.formats import FORMATS, TOLERANCE, check_export, export_encoder
 from simlearn.inference import load_model
+from simlearn.retrieval.codes import encoder_code_bits
 
 __all__ = ["export", "export_folder"]
 
@@ -30,13 +31,19 @@ def export(cfg: DictConfig) -> Path:
     out = Path(cfg.get("out") or Path(cfg.paths.output_dir) / FORMATS[fmt])
     generator = torch.Generator().manual_seed(0)
     export_encoder(model.encoder, torch.randn(2, *shape, generator=generator), out, fmt, cfg.get("opset"))
+    bits = encoder_code_bits(model.encoder)
     sidecar = out.with_name(out.name + ".json")
+    output = {"name": "embedding", "shape": ["batch", model.embedding_dim], "normalized": bits is None}
+    described: dict = {"code_bits": bits}
+    if bits is not None and fmt == "onnx":  # the graph's second output (simlearn.export.formats.CodeOutputs)
+        described["codes"] = {"name": "codes", "shape": ["batch", bits // 8], "dtype": "uint8", "packing": "packbits"}
     sidecar.write_text(
         json.dumps(
             {
                 "format": fmt,
                 "input": {"name": "image", "shape": ["batch", *shape], "dtype": "float32"},
-                "output": {"name": "embedding", "shape": ["batch", model.embedding_dim], "normalized": True},
+                "output": output,
+                **described,
                 "preprocessing": model.preprocessing,
                 "ckpt_path": str(Path(cfg.ckpt_path).resolve()),
             },

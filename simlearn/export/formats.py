@@ -4,6 +4,11 @@ The exported model takes the preprocessed image batch ``image`` (N, C, H, W), an
 returns the unit-length embeddings ``embedding`` (N, d). ``<out>.json`` next to it says how to preprocess images
 (image_size, channels, mean, std: resize, scale to [0, 1], normalise) and the embedding dimension, so it can be used
 without simlearn.
+
+A hashing model (``head=hash``) exported to ONNX has a second output ``codes`` (N, bits / 8) uint8: the packed
+binary codes, bit j = embedding j > 0, most significant bit first, byte for byte what
+:func:`simlearn.retrieval.codes.pack_codes` gives (:class:`CodeOutputs` packs them inside the graph), so a runtime
+without simlearn gets the codes its Hamming search needs; its ``embedding`` is the tanh relaxation (not unit-length).
 """
 
 from __future__ import annotations
@@ -18,12 +23,14 @@ import torch
 from torch import nn
 
 from simlearn.errors import UserError
+from simlearn.retrieval.codes import encoder_code_bits
 
 log = logging.getLogger(__name__)
 
 __all__ = [
     "FORMATS",
     "TOLERANCE",
+    "CodeOutputs",
     "check_export",
     "export_encoder",
     "export_onnx",
@@ -37,29 +44,49 @@ FORMATS = {"onnx": "encoder.onnx", "torchscript": "encoder.pt", "hf": "model"}
 TOLERANCE = 1e-4
 
 
+class CodeOutputs(nn.Module):
+    """A hashing encoder with its packed codes as a second output: ``(embedding, codes)``, the codes (N, bits / 8)
+    uint8 as :func:`simlearn.retrieval.codes.pack_codes` packs them (bit j = embedding j > 0, the first of each 8 the
+    most significant). Packed by a weighted sum of each byte's 8 bits, as ONNX has no packbits operator."""
+
+    def __init__(self, encoder: nn.Module, bits: int) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.bits = bits
+        self.register_buffer("weights", 2 ** torch.arange(7, -1, -1, dtype=torch.int32), persistent=False)
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        embedding = self.encoder(images)
+        bits = (embedding > 0).to(torch.int32).reshape(embedding.shape[0], self.bits // 8, 8)
+        return embedding, (bits * self.weights).sum(dim=-1).to(torch.uint8)
+
+
 def _export_extra() -> str:
     return "pip install 'simlearn[export]' (onnx, onnxscript, onnxruntime)"
 
 
 def export_onnx(encoder: nn.Module, example: torch.Tensor, path: Path, opset: int | None = None) -> Path:
-    """ONNX with a dynamic batch dimension, through torch.export (needs onnx and onnxscript)."""
+    """ONNX with a dynamic batch dimension, through torch.export (needs onnx and onnxscript); a hashing encoder's
+    graph has the second output ``codes`` (:class:`CodeOutputs`)."""
     try:
         import onnx  # noqa: F401
         import onnxscript  # noqa: F401
     except ImportError as error:
         raise UserError(f"format=onnx needs the onnx and onnxscript packages ({error}); {_export_extra()}.") from error
     kwargs: dict[str, Any] = {"opset_version": opset} if opset is not None else {}
+    bits = encoder_code_bits(encoder)
+    module, outputs = (encoder, ["embedding"]) if bits is None else (CodeOutputs(encoder, bits), ["embedding", "codes"])
     batch = torch.export.Dim("batch", min=1)
     for name in ("onnx_ir", "onnxscript", "torch.onnx"):  # their INFO lines about graph passes are noise here
         logging.getLogger(name).setLevel(logging.WARNING)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", (DeprecationWarning, FutureWarning, UserWarning))
         torch.onnx.export(
-            encoder,
+            module,
             (example,),
             str(path),
             input_names=["image"],
-            output_names=["embedding"],
+            output_names=outputs,
             dynamic_shapes={"images": {0: batch}},
             dynamo=True,
             external_data=False,

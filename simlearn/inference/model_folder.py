@@ -3,7 +3,9 @@
 A model folder holds (:func:`write_model_folder`):
 
 * ``model.safetensors``: the encoder's weights (backbone and head),
-* ``config.json``: what rebuilds the encoder (the backbone and head configs, the embedding size, the simlearn version),
+* ``config.json``: what rebuilds the encoder (the backbone and head configs, the embedding size, the simlearn version)
+  and ``code_bits``: the code length of a hashing model (``head=hash``: its embeddings are relaxed binary codes, and
+  galleries and searches made with the folder use the packed codes, as with the checkpoint), null for floats,
 * ``preprocessing.json``: how images are prepared for it (image size, channels, mean, std, crop),
 * ``README.md``: its model card (written by :mod:`simlearn.export.card`).
 
@@ -28,6 +30,7 @@ import simlearn
 from simlearn.errors import UserError
 from simlearn.inference import InferenceModel
 from simlearn.models.backbones import safetensors_shapes, weights_mismatch
+from simlearn.retrieval.codes import encoder_code_bits
 
 __all__ = [
     "CARD",
@@ -97,6 +100,7 @@ def read_model_folder(folder: str | os.PathLike, device: str | torch.device = "c
     if problem is not None:
         raise UserError(f"{str(path / WEIGHTS)!r} does not fit {CONFIG} ({problem}). Fix: {again}.")
     load_model(encoder, str(path / WEIGHTS))
+    _check_code_bits(config, encoder, path)
     config_node = OmegaConf.create({**config, "preprocessing": preprocessing})
     return InferenceModel(encoder, preprocessing, config_node, path, "folder", path / WEIGHTS, device)
 
@@ -118,6 +122,20 @@ def _build(config: Mapping[str, Any], path: Path) -> torch.nn.Module:
         ) from error
 
 
+def _check_code_bits(config: Mapping[str, Any], encoder: torch.nn.Module, path: Path) -> None:
+    """A folder's ``code_bits`` must be what its head makes: a hashing folder rebuilt as a float model (or the
+    reverse) would search its galleries by the wrong distance. Folders written before ``code_bits`` lack it."""
+    if "code_bits" not in config:
+        return
+    built = encoder_code_bits(encoder)
+    if config["code_bits"] != built:
+        makes = f"{built}-bit codes" if built is not None else "float embeddings"
+        raise UserError(
+            f"{str(path / CONFIG)!r} says code_bits={config['code_bits']!r}, but its head config builds an encoder of "
+            f"{makes}; export the folder again (simlearn-export format=hf)."
+        )
+
+
 def _plain(node: Any) -> Any:
     return OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else node
 
@@ -125,6 +143,7 @@ def _plain(node: Any) -> Any:
 def folder_config(model: InferenceModel) -> dict[str, Any]:
     """The ``config.json`` of ``model``'s folder: what rebuilds its encoder, and what it makes."""
     encoder = model.encoder
+    bits = encoder_code_bits(encoder)
     return {
         "library_name": "simlearn",
         "simlearn_version": simlearn.__version__,
@@ -133,7 +152,8 @@ def folder_config(model: InferenceModel) -> dict[str, Any]:
         "backbone": _plain(model.config.backbone),
         "head": _plain(model.config.head),
         "embedding_dim": model.embedding_dim,
-        "normalized": True,
+        "code_bits": bits,
+        "normalized": bits is None,
         "similarity": "cosine",
     }
 
