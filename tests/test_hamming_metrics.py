@@ -74,7 +74,7 @@ def test_tie_aware_metrics_are_the_mean_over_every_order_of_the_tied_blocks():
             if (np.diff(d[i][list(p)]) >= 0).all()  # an order of the tied blocks
         ]
         rows.append(np.mean(per_order, axis=0))
-    got = tie_aware_metrics(q, ql, g, gl, ks=ks)
+    got = tie_aware_metrics(q, ql, gallery_codes=g, gallery_labels=gl, ks=ks)
     names = [f"recall@{k}" for k in ks] + ["precision@1", "r_precision", "map@r"]
     np.testing.assert_allclose([got[n] for n in names], np.mean(rows, axis=0), rtol=0, atol=1e-9)
     assert len(set(d.ravel())) < d.size  # the data has ties

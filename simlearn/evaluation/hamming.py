@@ -43,7 +43,8 @@ def hamming_ranker(chunk_size: int | None = None) -> Ranker:
         queries = pack_codes(data.queries)
         gallery = None if data.self_search else pack_codes(data.gallery)
         k = int(needed.max()) if len(needed) else 0
-        for start, stop, _, indices in hamming_chunks(queries, gallery, k, data.self_search, chunk_size):
+        found = hamming_chunks(queries, gallery, k, exclude_self=data.self_search, chunk_size=chunk_size)
+        for start, stop, _, indices in found:
             yield NeighbourChunk(start, stop, torch.from_numpy(indices).to(data.device), None, data)
 
     return rank
@@ -106,6 +107,7 @@ def _expected(n: np.ndarray, m: np.ndarray, r: np.ndarray, ks: Sequence[int]) ->
 def tie_aware_metrics(
     query_codes: Any,
     labels: Any,
+    *,
     gallery_codes: Any = None,
     gallery_labels: Any = None,
     ks: Sequence[int] = (1, 5, 10),
@@ -146,7 +148,9 @@ def _map_at(
     gallery_classes, query_classes = data.gallery_classes.cpu().numpy(), data.query_classes.cpu().numpy()
     relevant = data.relevant.cpu().numpy()
     total, depth = 0.0, min(depth, data.num_candidates)
-    for start, stop, _, indices in hamming_chunks(query_codes, gallery_codes, depth, data.self_search, chunk_size):
+    for start, stop, _, indices in hamming_chunks(
+        query_codes, gallery_codes, depth, exclude_self=data.self_search, chunk_size=chunk_size
+    ):
         rel = gallery_classes[indices] == query_classes[start:stop, None]
         rel = rel[relevant[start:stop] > 0]
         hits = np.cumsum(rel, axis=1)
@@ -179,6 +183,8 @@ def hamming_metrics(
         rank=hamming_ranker(chunk_size),
     )
     out[f"map@{MAP_AT}"] = _map_at(query_codes, labels, gallery_codes, gallery_labels, MAP_AT, chunk_size)
-    tied = tie_aware_metrics(query_codes, labels, gallery_codes, gallery_labels, ks, chunk_size)
+    tied = tie_aware_metrics(
+        query_codes, labels, gallery_codes=gallery_codes, gallery_labels=gallery_labels, ks=ks, chunk_size=chunk_size
+    )
     out.update({f"tie_aware/{key}": value for key, value in tied.items()})
     return out

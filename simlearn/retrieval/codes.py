@@ -162,11 +162,7 @@ def distance_chunks(
 
 
 def hamming_chunks(
-    query_codes: Any,
-    gallery_codes: Any | None,
-    k: int,
-    exclude_self: bool = False,
-    chunk_size: int | None = None,
+    query_codes: Any, gallery_codes: Any | None, k: int, *, exclude_self: bool = False, chunk_size: int | None = None
 ) -> Iterator[tuple[int, int, np.ndarray, np.ndarray]]:
     """Yield ``(start, stop, distances, indices)`` for chunks of queries: their k nearest gallery items by Hamming
     distance under the tie rule (module doc), int32 and int64 (stop - start, k). Memory: ``chunk_size x gallery``
@@ -185,17 +181,13 @@ def hamming_chunks(
 
 
 def hamming_top_k(
-    query_codes: Any,
-    gallery_codes: Any | None,
-    k: int,
-    exclude_self: bool = False,
-    chunk_size: int | None = None,
+    query_codes: Any, gallery_codes: Any | None, k: int, *, exclude_self: bool = False, chunk_size: int | None = None
 ) -> HammingNeighbours:
     """Each query's k nearest gallery codes by Hamming distance, ties to the lower gallery index (simlearn's own
     exact search, in chunks: :func:`hamming_chunks`). ``gallery_codes=None`` with ``exclude_self``: leave-one-out."""
     if isinstance(k, bool) or not isinstance(k, int | np.integer) or k < 1:
         raise UserError(f"k must be an integer ≥ 1, got {k!r}.")
-    parts = list(hamming_chunks(query_codes, gallery_codes, k, exclude_self, chunk_size))
+    parts = list(hamming_chunks(query_codes, gallery_codes, k, exclude_self=exclude_self, chunk_size=chunk_size))
     if not parts:
         return HammingNeighbours(np.zeros((len(query_codes), 0), np.int32), np.zeros((len(query_codes), 0), np.int64))
     return HammingNeighbours(np.concatenate([p[2] for p in parts]), np.concatenate([p[3] for p in parts]))
