@@ -220,9 +220,23 @@ def build_model(cfg: DictConfig, datamodule: EmbeddingDataModule, check_training
     if check_training:
         if datamodule.trains_without_labels:
             check_label_free(model, datamodule)
+        check_views(model, datamodule)
         train = datamodule.datasets["train"]
         model.loss.check_fields({name: train.labels(name) for name in train.fields})
     return model
+
+
+def check_views(model: EmbeddingModule, datamodule: EmbeddingDataModule) -> None:
+    """One line, before anything is trained or written, when a loss compares views of each image but the data makes
+    one (``data.views=1``): caught at the first step it would leave a claimed run dir behind."""
+    for task in model.loss.tasks.values():
+        wanted = getattr(task, "views", None)
+        if isinstance(wanted, int) and wanted >= 2 and getattr(datamodule, "views", 1) < 2:
+            raise UserError(
+                f"this label-free loss compares {wanted} views of each image, but data.views="
+                f"{getattr(datamodule, 'views', 1)} makes one image per item; set data.views={wanted} (it follows "
+                f"loss.views unless data.views is given)."
+            )
 
 
 def check_label_free(model: EmbeddingModule, datamodule: EmbeddingDataModule) -> None:
