@@ -14,9 +14,9 @@ from torch import Tensor
 
 from simlearn.data.copies import near_duplicates
 from simlearn.errors import UserError
-from simlearn.evaluation.evaluators import RetrievalEvaluator
+from simlearn.evaluation.evaluators import RetrievalEvaluator, has_labels
 from simlearn.evaluation.label_free import MAX_COPY_QUERIES, copy_queries, label_free_metrics
-from simlearn.fields import COPY_EMBEDDINGS, GALLERY_FIELD
+from simlearn.fields import COPY_EMBEDDINGS
 from simlearn.losses import MultiTaskLoss, Task
 from simlearn.models.encoder import Encoder
 
@@ -171,7 +171,7 @@ class EmbeddingModule(pl.LightningModule):
         # float32 whatever the training precision: the metrics and task heads evaluate in float32
         self._outputs["embeddings"].append(self(batch["image"]).detach().float())
         # the label-free metrics' copies: at test, and at validation of data without labels (its only metrics)
-        unlabelled = not any(key not in ("image", "index", GALLERY_FIELD) for key in batch)
+        unlabelled = not has_labels({key: value for key, value in batch.items() if key not in ("image", "index")})
         if (copies or unlabelled) and (copied := self._copy_embeddings(batch)) is not None:
             self._outputs[COPY_EMBEDDINGS].append(copied)
         for key, value in batch.items():
