@@ -58,3 +58,15 @@ def clustered_vectors(
         block /= np.linalg.norm(block, axis=1, keepdims=True)
         x[start:stop] = block
     return x, labels
+
+
+#: Overrides of a benchmark's training run: no logger, plots, structure report, progress bar, model summary or sweep
+#: metric (what the benchmarks measure is the metrics, not the console).
+QUIET_RUN = (
+    "logger=none",
+    "reports.plots=null",
+    "reports.structure=null",
+    "callbacks.rich_progress_bar=null",
+    "callbacks.model_summary=null",
+    "optimized_metric=null",
+)

@@ -37,6 +37,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from bench_common import QUIET_RUN  # noqa: E402  (scripts/ is on the path of a script run from it)
+
 LABEL_FREE = ["simclr", "vicreg", "byol"]
 COLUMNS = (
     ("test/recall@1", "recall@1"),
@@ -61,12 +63,7 @@ def common(args: argparse.Namespace, dataset: str) -> list[str]:
         f"data.batch_size={args.batch}",
         f"trainer.max_epochs={args.epochs}",
         f"seed={args.seed}",
-        "logger=none",
-        "reports.plots=null",
-        "reports.structure=null",
-        "callbacks.rich_progress_bar=null",
-        "callbacks.model_summary=null",
-        "optimized_metric=null",
+        *QUIET_RUN,
         *args.override,
     ]
 

@@ -34,6 +34,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from bench_common import QUIET_RUN  # noqa: E402  (scripts/ is on the path of a script run from it)
+
 LOSSES = [
     "softmax",
     "arcface",
@@ -67,12 +69,7 @@ def overrides(args: argparse.Namespace, protocol: str, loss: str, seed: int) -> 
         f"data.max_test={args.max_test}",
         f"trainer.max_epochs={args.epochs}",
         f"seed={seed}",
-        "logger=none",
-        "reports.plots=null",
-        "reports.structure=null",
-        "callbacks.rich_progress_bar=null",
-        "callbacks.model_summary=null",
-        "optimized_metric=null",
+        *QUIET_RUN,
     ]
     if loss == "untrained":
         return [*common, *PROTOCOLS[protocol], "train=false"]
