@@ -25,6 +25,7 @@ from simlearn.data.images import is_image_name, thumbnail
 from simlearn.errors import UserError
 from simlearn.inference import load_model, pick_device
 from simlearn.organise.clusters import METHODS, NOISE, Clusters, cluster_embeddings, unit_embeddings
+from simlearn.organise.copy_check import CopyCheck, check_copy_options, gallery_copy_check
 from simlearn.organise.duplicates import DuplicateGroups, check_threshold, find_duplicates
 from simlearn.organise.leaks import Leaks, leaks
 from simlearn.organise.outliers import Uniqueness, uniqueness
@@ -46,6 +47,8 @@ class Organised:
     uniqueness: Uniqueness
     #: the held-out items with a near-copy in the training split (a gallery made of a dataset's splits only)
     leaks: Leaks | None = None
+    #: the planted-copy check of the model on the gallery (:mod:`simlearn.organise.copy_check`)
+    copy_check: CopyCheck | None = None
 
 
 def check_options(cfg: DictConfig) -> None:
@@ -67,6 +70,7 @@ def check_options(cfg: DictConfig) -> None:
     uk = cfg.get("uniqueness_k", 5)
     if isinstance(uk, bool) or not isinstance(uk, int) or uk < 1:
         raise UserError(f"uniqueness_k={uk!r} must be a whole number ≥ 1 (the neighbours each item is compared with).")
+    check_copy_options(cfg)
 
 
 def _labels(gallery: Gallery) -> list[str] | None:
@@ -115,6 +119,7 @@ def organise(cfg: DictConfig) -> dict[str, Any]:
         model = load_model(cfg.ckpt_path, device)
         gallery = load_gallery(cfg.gallery, model, cfg)
     found = organise_gallery(gallery, cfg)
+    found.copy_check = gallery_copy_check(model, gallery, found.duplicates.threshold, cfg)
     if splits is not None:
         paths = [_path(gallery, i) for i in range(len(gallery.embeddings))]
         found.leaks = leaks(gallery.embeddings, paths, splits, found.duplicates.threshold)
@@ -245,6 +250,8 @@ def write_outputs(found: Organised, out: Path, cfg: DictConfig, channels: int = 
             "counts": found.leaks.counts,
             "first": [vars(leak) for leak in found.leaks.leaks[:10]],
         }
+    if found.copy_check is not None:
+        summary["copy_check"] = found.copy_check.summary()
     (out / "organise.json").write_text(json.dumps(summary, indent=2) + "\n")
     summary["files"]["summary"] = str(out / "organise.json")
     return summary

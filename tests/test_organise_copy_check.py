@@ -1,0 +1,139 @@
+"""The planted-copy check of ``simlearn-organise`` (:mod:`simlearn.organise.copy_check`): it warns for a model that
+cannot separate copies from classmates, says "lower the threshold" for one that separates them below it, stays quiet
+for a pixel-like embedder, and the command writes its figures into organise.json."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from omegaconf import OmegaConf
+from torch import nn
+
+from simlearn.inference import InferenceModel
+from simlearn.organise.copy_check import check_copies, copy_scores, gallery_copy_check
+from simlearn.retrieval.gallery import Gallery
+
+from .helpers import run_main
+from .serving import write_digit_gallery
+from .test_errors import assert_clean_failure
+
+
+class Pixels(nn.Module):
+    """The raw pixels as the embedding: a copy detector for photometric edits (no class knowledge at all)."""
+
+    embedding_dim = 64
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.flatten(1)
+
+
+class Collapsed(nn.Module):
+    """A class-collapsed encoder: every image whose mean ink falls in one of a few bins is the same point, as a
+    model trained to merge each class into one point makes classmates."""
+
+    embedding_dim = 4
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        bins = (x.mean(dim=(1, 2, 3)) * 12).long().clamp(0, 3)
+        return nn.functional.one_hot(bins, 4).float() + 0.01
+
+
+def fake_model(encoder: nn.Module) -> InferenceModel:
+    preprocessing = {"image_size": 8, "channels": 1, "mean": [0.0], "std": [1.0]}
+    return InferenceModel(encoder, preprocessing, OmegaConf.create({}), "fake.ckpt", "checkpoint", "fake.ckpt")
+
+
+@pytest.fixture(scope="module")
+def digit_files(tmp_path_factory) -> list[Path]:
+    return write_digit_gallery(tmp_path_factory.mktemp("copy_check") / "digits", per_class=10)
+
+
+def gallery_of(model: InferenceModel, files: list[Path]) -> Gallery:
+    embedded = model.embed_files(files)
+    return Gallery(embedded.embeddings, None, [str(p) for p in embedded.paths], files[0].parents[1], None)
+
+
+def test_a_class_collapsed_model_cannot_separate_copies(digit_files):
+    model = fake_model(Collapsed())
+    result = check_copies(model, gallery_of(model, digit_files), 0.999, sample=40)
+    assert result.checked == 40 and result.skipped is None
+    assert result.not_above_neighbour > 0.5 and not result.separates and result.warns
+    line = result.warning()
+    assert "cannot separate copies from classmates" in line and f"of {result.checked} planted" in line
+    assert f"{result.not_above_neighbour:.0%}" in line and "label-free model" in line and "\n" not in line
+
+
+def test_a_pixel_embedder_separates_copies_and_does_not_warn(digit_files):
+    model = fake_model(Pixels())
+    gallery = gallery_of(model, digit_files)
+    result = check_copies(model, gallery, 0.99, sample=40)
+    assert result.checked == 40 and result.not_above_neighbour == 0 and result.below_threshold == 0
+    assert not result.warns and result.warning() is None
+    # the copies are near (brightness/contrast and JPEG), not the sources themselves
+    assert 0.99 < result.median_copy_cosine < 1 and result.median_neighbour_cosine < result.median_copy_cosine
+    # the same model at a threshold above what its copies reach: separated, so the fix is the threshold
+    strict = check_copies(model, gallery, 0.99999, sample=40)
+    assert strict.separates and strict.below_threshold > 0.5 and strict.warns
+    line = strict.warning()
+    assert "lower the threshold" in line and f"threshold={strict.keep_threshold:.4f}" in line
+    assert strict.keep_threshold < 0.99999 and "cannot separate" not in line
+
+
+def test_copy_scores_rule():
+    """A copy fails when below the threshold or not above its source's nearest other item; an exact copy of the
+    source in the gallery counts as that nearest item."""
+    gallery = np.eye(4, dtype=np.float32)
+    gallery[3] = gallery[0]  # item 3 is an exact copy of item 0
+    sources = gallery[[0, 1, 2]]
+    copies = sources + np.float32(0.01) * np.roll(np.eye(4, dtype=np.float32), 1, axis=1)[[0, 1, 2]]
+    result = copy_scores(copies, sources, gallery, np.array([0, 1, 2]), threshold=0.9, warn_share=0.5)
+    assert result.checked == 3 and result.below_threshold == 0
+    assert result.not_above_neighbour == pytest.approx(1 / 3)  # item 0: its exact copy scores 1 > the copy's 0.99995
+    assert result.failed == pytest.approx(1 / 3) and not result.warns
+    assert copy_scores(copies, sources, gallery, np.array([0, 1, 2]), 0.9999999, warn_share=0.5).warns
+
+
+def test_a_gallery_without_image_files_is_skipped_and_says_so(caplog):
+    cfg = OmegaConf.create({"copy_check": True, "copy_check_sample": 10})
+    model = fake_model(Pixels())
+    gallery = Gallery(np.eye(3, dtype=np.float32), None, None, Path("data digits"), None, ids=["a", "b", "c"])
+    with caplog.at_level(logging.INFO, logger="simlearn.organise.copy_check"):
+        result = gallery_copy_check(model, gallery, 0.999, cfg)
+    assert result.checked == 0 and "no image files" in result.skipped and not result.warns
+    assert result.summary()["skipped"] == result.skipped and "no image files" in caplog.text
+    off = gallery_copy_check(model, gallery, 0.999, OmegaConf.create({"copy_check": False}))
+    assert off.skipped == "copy_check=false"
+
+
+def test_the_command_writes_the_check_into_organise_json(trained_run, digit_files, tmp_path, capfd):
+    out = tmp_path / "run"
+    args = [f"ckpt_path={trained_run / 'checkpoints' / 'last.ckpt'}", f"gallery={digit_files[0].parents[1]}"]
+    args += [f"hydra.run.dir={out}", f"cache_dir={tmp_path / 'cache'}", "device=cpu", "sheets=false"]
+    result = run_main("simlearn.cli.organise", *args, "copy_check_sample=30", capfd=capfd)
+    assert result.returncode == 0, result.stderr[-3000:]
+    check = json.loads((out / "organise.json").read_text())["copy_check"]
+    assert check["checked"] == 30 and check["threshold"] == 0.999 and check["skipped"] is None
+    assert 0 <= check["failed"] <= 1 and check["failed"] >= max(check["below_threshold"], check["not_above_neighbour"])
+    # the warning is logged exactly when the figures say so, as one line
+    logged = [line for line in (result.stdout + result.stderr).splitlines() if "copy check:" in line]
+    assert len(logged) == (1 if check["warns"] else 0)
+    if check["warns"]:
+        assert check["warning"] in logged[0]
+
+
+@pytest.mark.parametrize(
+    ("override", "fragment"),
+    [("copy_check_sample=0", "copy_check_sample=0 must be a whole number"), ("copy_check=maybe", "true or false")],
+)
+def test_bad_check_options_are_one_line(trained_run, tmp_path, capfd, override, fragment):
+    args = [
+        f"ckpt_path={trained_run / 'checkpoints' / 'last.ckpt'}",
+        f"gallery={tmp_path}",
+        f"hydra.run.dir={tmp_path}",
+    ]
+    assert_clean_failure(run_main("simlearn.cli.organise", *args, override, capfd=capfd), fragment)
