@@ -1,8 +1,9 @@
 """Which model finds near-duplicates: planted copies of real test images, found by four embeddings.
 
-    python scripts/bench_organise.py --quick                          # smoke run: about 2 min on a 2-core CPU
+    python scripts/bench_organise.py --quick                        # smoke run: about 6 min of a shared 2-core CPU
     nice -n 10 python scripts/bench_organise.py --mnist-root /work/shared/data/MNIST/raw --max-train 10000 --epochs 1
-        # README "Organising a catalogue": about 25 min of a shared 2-core CPU (SimCLR's training is most of it)
+        # README "Organising a catalogue": 30 min of a 2-core CPU shared with other jobs (load 10-16): planting the
+        # 18,000 MNIST copies 10 min, SimCLR's training 10 min, each model's scores 1-3 min
 
 For each dataset (real MNIST test images, read from ``--mnist-root``; the test split of scikit-learn's digits, the
 embedded default data) ``--sources`` test images get one planted copy of each edit kind (``KINDS``: an exact copy as
@@ -29,7 +30,7 @@ against the digits. Copy check: :func:`simlearn.organise.copy_check.copy_scores`
 sources with their brightness/contrast + JPEG check copy, at the default threshold 0.999.
 
 Bounded in time: the embeddings of (sources × 10 + distractors) items, the pair count is O(N² d) multiply-adds in
-chunks (26,000 MNIST items: about 10 s a model). Results: ``OUT/results.json`` and ``OUT/tables.md`` (printed);
+chunks (28,000 MNIST items: 1-2 min a model on that CPU). Results: ``OUT/results.json`` and ``OUT/tables.md`` (printed);
 trained rows are kept in ``OUT/<dataset>/<row>/`` and read back (their best checkpoint) when run again.
 """
 

@@ -104,7 +104,8 @@ class CopyCheck:
                 f"{self.median_neighbour_cosine:.4f}; {self.below_threshold:.0%} below threshold={self.threshold}): "
                 f"this model cannot separate copies from classmates, so its duplicate groups mix different images "
                 f"or miss copies at any threshold; for duplicates use a label-free model (loss=simclr "
-                f"data.labels=none), as README 'Organising a catalogue' measures against a pixel baseline."
+                f"data.labels=none; trained longer if this is one) or compare the pixels, which README 'Organising a "
+                f"catalogue' measures as the best copy finder."
             )
         return (
             copies + f"{self.below_threshold:.0%} score below threshold={self.threshold} against their source, though "
