@@ -137,3 +137,35 @@ def test_bad_check_options_are_one_line(trained_run, tmp_path, capfd, override, 
         f"hydra.run.dir={tmp_path}",
     ]
     assert_clean_failure(run_main("simlearn.cli.organise", *args, override, capfd=capfd), fragment)
+
+
+@pytest.fixture
+def bench(monkeypatch):
+    """scripts/bench_organise.py as a module (scripts/ on the path, as when it runs)."""
+    import importlib
+
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "scripts"))
+    return importlib.import_module("bench_organise")
+
+
+def test_bench_counts_the_planted_pairs_as_its_docstring_says(bench):
+    """The counting rule of scripts/bench_organise.py: every pair at cosine ≥ t is found, true when both items are
+    of one source's group; checked against all pairs counted one by one."""
+    rng = np.random.default_rng(0)
+    images = torch.from_numpy(rng.random((12, 1, 8, 8), dtype=np.float32))
+    catalogue = bench.planted_catalogue(images, sources=3, distractors=5, seed=0)
+    group, kind = catalogue["group"], catalogue["kind"]
+    per_source = len(bench.KINDS) + 1
+    assert len(group) == 3 * per_source + 5 and (group == -1).sum() == 5
+    assert [int((kind[group == s] >= 0).sum()) for s in range(3)] == [len(bench.KINDS)] * 3
+    exact = catalogue["images"][kind == bench.KINDS.index("exact")]
+    assert np.array_equal(exact, catalogue["images"][catalogue["source_item"]])
+    x = bench.unit(catalogue["images"])
+    thresholds = (0.5, 0.9, 0.99)
+    counts = bench.pair_counts(x, group, thresholds, chunk=7)
+    cos = x.astype(np.float64) @ x.T.astype(np.float64)
+    i, j = np.triu_indices(len(x), k=1)
+    same = (group[i] == group[j]) & (group[i] >= 0)
+    for (found, true), t in zip(counts.tolist(), thresholds, strict=True):
+        assert found == int((cos[i, j] >= t).sum()) and true == int(((cos[i, j] >= t) & same).sum())
+    assert counts[-1, 1] >= 3  # the exact copies at least
