@@ -286,7 +286,8 @@ def _whole_ties(search: Any, query_codes: np.ndarray, k: int, size: int) -> tupl
     whole) or every item is returned; then (distance, row) picks."""
     out_d = np.empty((len(query_codes), k), dtype=np.int32)
     out_r = np.empty((len(query_codes), k), dtype=np.int64)
-    pending, count = np.arange(len(query_codes)), k
+    # k alone is never known whole (its k-th distance is its last): start with twice k
+    pending, count = np.arange(len(query_codes)), min(2 * k, size)
     while len(pending):
         distances, rows = search(query_codes[pending], count)
         distances, rows = np.asarray(distances), np.asarray(rows, dtype=np.int64)
