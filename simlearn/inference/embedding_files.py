@@ -197,7 +197,7 @@ def embed_dataset(cfg: DictConfig) -> dict[str, Path]:
             Path(str(cfg.db)).expanduser(), per_split, ckpt_path, table_name, bool(cfg.get("db_overwrite"))
         )
         paths["db"] = Path(str(cfg.db)).expanduser()
-        db_note = f"LanceDB table {table_name!r}"
+        db_note = f"LanceDB table {table_name!r}" + (", codes in column 'code'" if bits is not None else "")
         if db_index is not None:
             built = vectordb.create_index(
                 table, str(db_index), cfg.get("db_index_partitions"), cfg.get("db_index_sub_vectors"), bits is not None

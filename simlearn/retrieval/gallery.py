@@ -630,7 +630,8 @@ def search_index(
 ) -> CandidateSource | None:
     """What a gallery is searched through, for every search path (``simlearn-search``, the service): a code
     gallery's :func:`~simlearn.retrieval.codes.code_index` (``code_search``: ``exact``, ``Flat`` or ``HNSW32``;
-    ``rerank``: that many Hamming candidates re-ranked by the float embeddings), else its own candidate source (a
+    a LanceDB code gallery's own LanceDB Hamming search instead, where ``code_search`` other than ``exact`` is one
+    line; ``rerank``: that many Hamming candidates re-ranked by the float embeddings), else its own candidate source (a
     LanceDB table, ``gallery.candidates``), else from ``faiss_threshold`` items on a faiss inner-product index saved
     next to its embeddings (:func:`gallery_index`; exact for ``factory="Flat"``), else nothing (None: the exact
     in-memory search). ``rerank`` with a gallery of float embeddings is one line."""
