@@ -6,7 +6,8 @@ also go into a LanceDB table (an embedded vector database, :mod:`simlearn.retrie
 database are galleries for ``simlearn-search`` and ``simlearn-serve``; the npz files plain arrays for anything else
 (``numpy.load``). A hashing head's model (``head=hash``) also writes its packed binary codes: ``codes`` in the npz
 (uint8, bits / 8 bytes per item, :func:`simlearn.retrieval.codes.pack_codes`), a fixed-size binary column ``code`` in
-the parquet file; the LanceDB table would hold its floats only, so ``db=`` is refused for such a model.
+the parquet file and a ``code`` column of LanceDB's binary vector type (``fixed_size_list<uint8>``, searched by
+Hamming distance) in the LanceDB table, whose ``db_index`` then indexes the codes (IVF_FLAT or IVF_HNSW_FLAT).
 """
 
 from __future__ import annotations
@@ -176,11 +177,8 @@ def embed_dataset(cfg: DictConfig) -> dict[str, Path]:
     device = pick_device(cfg.get("device"))
     datamodule, model = rebuild(cfg)
     bits = encoder_code_bits(model.encoder)
-    if bits is not None and cfg.get("db"):
-        raise UserError(
-            f"db={cfg.db!r}: ckpt_path={cfg.ckpt_path} is a hashing model ({bits}-bit codes) and a LanceDB table "
-            "holds float vectors only here; leave out db= and search the npz files, which hold the codes."
-        )
+    if bits is not None and cfg.get("db") and db_index is not None:  # a hashing model's index is on its codes
+        vectordb.check_index_type(db_index, codes=True)
     model.to(device)
     results = embed_splits(model.encoder, datamodule, splits, model.device, cfg.get("batch_size"))
     out_dir = Path(cfg.get("out_dir") or cfg.paths.output_dir)
@@ -199,10 +197,10 @@ def embed_dataset(cfg: DictConfig) -> dict[str, Path]:
             Path(str(cfg.db)).expanduser(), per_split, ckpt_path, table_name, bool(cfg.get("db_overwrite"))
         )
         paths["db"] = Path(str(cfg.db)).expanduser()
-        db_note = f"LanceDB table {table_name!r}"
+        db_note = f"LanceDB table {table_name!r}" + (", codes in column 'code'" if bits is not None else "")
         if db_index is not None:
             built = vectordb.create_index(
-                table, str(db_index), cfg.get("db_index_partitions"), cfg.get("db_index_sub_vectors")
+                table, str(db_index), cfg.get("db_index_partitions"), cfg.get("db_index_sub_vectors"), bits is not None
             )
             db_note += f", {built} index"
     table = Table(title=f"simlearn-embed · {cfg.ckpt_path}", title_justify="left")

@@ -9,7 +9,9 @@ the npz of ``simlearn-embed``, or packed from a folder's embeddings) beside the 
 Hamming distance through a :class:`~simlearn.retrieval.codes.CodeIndex` (:func:`search_index`): the exact search of
 the ±1 sign vectors, which ranks as the Hamming search does (ties to the lower gallery index), each result's cosine
 that of the signs, ``1 - 2 h / bits``; with ``rerank=N`` the N Hamming-nearest are re-ranked by the float
-embeddings. A code gallery with a float model, or a float gallery with a hashing model, is refused in one line."""
+embeddings. A LanceDB table of codes is searched by LanceDB's Hamming search (``db_search``: a full scan, exact, or
+its hamming index; ``memory``: by ``code_index`` as an npz). A code gallery with a float model, or a float gallery
+with a hashing model, is refused in one line."""
 
 from __future__ import annotations
 
@@ -292,7 +294,8 @@ def gallery_from_database(path: Path, model: InferenceModel, cfg: DictConfig) ->
     says (:func:`simlearn.retrieval.vectordb.candidates`: ``auto``, ``exact``, ``index`` or ``memory``)."""
     contents = vectordb.read_table(path, cfg.get("db_table"))
     where = f"gallery={str(path)!r} (LanceDB table {contents.name!r})"
-    _checked_codes(None, len(contents.embeddings), where, model)  # a table holds float vectors only
+    # a code table (column ``code``) with a float model, or a float table with a hashing one: one line
+    codes = _checked_codes(contents.codes, len(contents.embeddings), where, model)
     remake = f"write it anew with simlearn-embed ckpt_path={model.path} db=PATH"
     embeddings = contents.embeddings
     if embeddings.shape[1] != model.embedding_dim:
@@ -322,6 +325,7 @@ def gallery_from_database(path: Path, model: InferenceModel, cfg: DictConfig) ->
         ids=contents.ids,
         fields=contents.fields,
         candidates=source,
+        codes=codes,
     )
 
 
@@ -626,12 +630,20 @@ def search_index(
 ) -> CandidateSource | None:
     """What a gallery is searched through, for every search path (``simlearn-search``, the service): a code
     gallery's :func:`~simlearn.retrieval.codes.code_index` (``code_search``: ``exact``, ``Flat`` or ``HNSW32``;
-    ``rerank``: that many Hamming candidates re-ranked by the float embeddings), else its own candidate source (a
+    a LanceDB code gallery's own LanceDB Hamming search instead, where ``code_search`` other than ``exact`` is one
+    line; ``rerank``: that many Hamming candidates re-ranked by the float embeddings), else its own candidate source (a
     LanceDB table, ``gallery.candidates``), else from ``faiss_threshold`` items on a faiss inner-product index saved
     next to its embeddings (:func:`gallery_index`; exact for ``factory="Flat"``), else nothing (None: the exact
     in-memory search). ``rerank`` with a gallery of float embeddings is one line."""
     if gallery.codes is not None:
-        codes = code_index(gallery.codes, str(code_search or "exact"))
+        codes = gallery.candidates if isinstance(gallery.candidates, CodeIndex) else None
+        if codes is not None and str(code_search or "exact") != "exact":
+            raise UserError(
+                f"code_index={code_search!r} searches codes in memory, but this LanceDB gallery's codes are searched "
+                f"through LanceDB (db_search=auto|exact|index); set db_search=memory to use code_index="
+                f"{code_search}, or leave out code_index=."
+            )
+        codes = codes or code_index(gallery.codes, str(code_search or "exact"))
         return codes if rerank is None else codes.reranking(rerank)
     if rerank is not None:
         raise UserError(
