@@ -4,6 +4,7 @@ and writes leaks.csv naming a test file that is a near-copy of a training file u
 from __future__ import annotations
 
 import csv
+import json
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +21,8 @@ def test_off_by_default_no_leaks_file(trained_run):
 
 
 def planted_csv(root: Path) -> tuple[Path, Path, Path]:
-    """image_csv data of digit PNGs (of each digit's 8 files: 2 in test, 2 in val, the others in train) and a test file that is a 2 % brighter copy of a training file: the CSV, the training file, the copy."""
+    """image_csv data of digit PNGs (of each digit's 8 files: 2 in test, 2 in val, the others in train) and a test
+    file that is a 2 % brighter copy of a training file: the CSV, the training file, the copy."""
     files = write_digit_gallery(root, per_class=8)
     rows = [
         (f.relative_to(root), f.parent.name, {0: "test", 1: "test", 2: "val", 3: "val"}.get(i % 8, "train"))
@@ -75,6 +77,8 @@ def test_the_leak_check_names_both_files_and_warns(tmp_path, capfd):
     for row in found:
         counts[row["split"]] += 1
     assert f"{counts['test']} of 21 test" in warnings[0] and "of 20 val" in warnings[0], warnings
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["test/leaks/test"] == counts["test"] and metrics["test/leaks/val"] == counts.get("val", 0)
 
 
 @pytest.mark.parametrize("threshold", ["1.5", "-2"])
