@@ -238,12 +238,15 @@ def npz_galleries(trained_run, catalogue, tmp_path_factory) -> dict[str, Path]:
     }
 
 
-def test_the_digest_names_the_weights_not_the_file(npz_galleries):
+def test_the_digest_names_the_weights_not_the_file(npz_galleries, tmp_path):
     from simlearn.inference import load_model
+    from simlearn.inference.model_folder import write_model_folder
 
     model = load_model(npz_galleries["ckpt"])
     assert len(model.digest) == 64 and str(np.load(npz_galleries["digest"])["model_digest"]) == model.digest
     assert load_model(npz_galleries["copied"]).digest == model.digest
+    # the same model exported as a model folder (safetensors weights) is the same model
+    assert load_model(write_model_folder(model, tmp_path / "folder", "card")).digest == model.digest
     assert load_model(npz_galleries["other"]).digest != model.digest
     assert "model_digest" not in np.load(npz_galleries["old"]).files
 
