@@ -329,3 +329,30 @@ def test_sheets_of_in_memory_digits_show_the_items(trained_run, tmp_path, capfd)
         spreads = [float(area.std()) for area in tile_areas(sheet, rows, 8)]
         # an empty tile is one flat grey (std 0); a digit is dark strokes on light
         assert min(spreads) > 20, (name, spreads)
+
+
+def test_simlearn_embed_records_the_digest_in_every_file_and_a_table_of_another_model_is_refused(
+    npz_galleries, tmp_path
+):
+    import pyarrow.parquet as pq
+
+    from simlearn.config import compose_config
+    from simlearn.errors import UserError
+    from simlearn.inference import load_model
+    from simlearn.inference.embedding_files import embed_dataset
+    from simlearn.retrieval import vectordb
+    from simlearn.retrieval.gallery import load_gallery
+
+    db = tmp_path / "digits.lancedb"
+    cfg = compose_config(
+        [f"ckpt_path={npz_galleries['ckpt']}", f"db={db}", "splits=[test]", "device=cpu"], "embed", tmp_path / "e"
+    )
+    written = embed_dataset(cfg)
+    digest = load_model(npz_galleries["ckpt"]).digest
+    assert str(np.load(written["test"])["model_digest"]) == digest
+    assert pq.read_schema(written["parquet"]).metadata[b"simlearn.model_digest"] == digest.encode()
+    assert vectordb.read_table(db).model_digest == digest
+    search_cfg = compose_config([], "search")
+    with pytest.raises(UserError, match=r"LanceDB table 'embeddings'\) was embedded by another model \(digest "):
+        load_gallery(db, load_model(npz_galleries["other"]), search_cfg, refuse_other_model=True)
+    assert load_gallery(db, load_model(npz_galleries["copied"]), search_cfg, refuse_other_model=True).ids
