@@ -172,12 +172,10 @@ class DataGallery:
         return leaks(self.gallery.embeddings, paths, self.splits, threshold)
 
 
-def embed_data_gallery(
-    encoder: Any, datamodule: Any, device: Any, batch_size: int | None = None, source: str | None = None
-) -> DataGallery:
+def embed_data_gallery(encoder: Any, datamodule: Any, device: Any, batch_size: int | None = None) -> DataGallery:
     """Every split of a set-up data module with items, embedded by ``encoder`` as simlearn-embed embeds them
-    (evaluation transforms, also for train), as one gallery (``source``: how it is named, default ``data <name>``);
-    what ``simlearn-organise`` without ``gallery=`` and the leak check of training (``reports.leaks``) work on."""
+    (evaluation transforms, also for train), as one gallery: what ``simlearn-organise`` without ``gallery=`` and the
+    leak check of training (``reports.leaks``) work on."""
     from simlearn.inference.embedding_files import embed_splits, split_arrays
 
     results = embed_splits(encoder, datamodule, None, device, batch_size)
@@ -197,7 +195,7 @@ def embed_data_gallery(
         embeddings=np.concatenate(embeddings) if embeddings else np.zeros((0, dim), np.float32),
         labels=labels if len(labels) == len(ids) else None,
         paths=paths if len(paths) == len(ids) else None,
-        source=Path(source or f"data {datamodule.name}"),
+        source=Path(f"data {datamodule.name}"),
         index_path=None,
         ids=ids,
     )
