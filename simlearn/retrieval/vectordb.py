@@ -192,12 +192,14 @@ def write_embeddings(
     ckpt_path: str | Path | None = None,
     table: str = TABLE,
     overwrite: bool = False,
+    model_digest: str | None = None,
 ) -> Any:
     """Write the arrays of every split (as :func:`simlearn.inference.embedding_files.split_arrays` makes them) into
     the LanceDB
     table ``table`` of the database folder ``db_path`` (created when missing), one row per item, ``id`` 0 … N-1 in the
     order of the splits; returns the table. A table of that name already there is replaced only with ``overwrite``;
-    otherwise that is a :class:`UserError`, and nothing is written."""
+    otherwise that is a :class:`UserError`, and nothing is written. ``model_digest`` (the model's
+    :attr:`~simlearn.inference.InferenceModel.digest`) goes into the table's metadata with ``ckpt_path``."""
     import pyarrow as pa
 
     lancedb = _lancedb()
@@ -248,6 +250,7 @@ def write_embeddings(
     metadata = {
         "version": "1",
         "ckpt_path": str(Path(ckpt_path).resolve()) if ckpt_path else "",
+        "model_digest": model_digest or "",
         "embedding_dim": str(next(iter(dims.values()))),
         "class_names": json.dumps(class_names),
         "label_field": str(first["label_field"]) if "label_field" in first else "",
@@ -344,6 +347,8 @@ class TableContents:
     codes: np.ndarray | None = None
     #: the vector indexes on the ``code`` column (hamming), as their type names
     indexed_codes: list[str] = field(default_factory=list)
+    #: the digest of the model that wrote it (:attr:`~simlearn.inference.InferenceModel.digest`); None: older tables
+    model_digest: str | None = None
 
     @property
     def ids(self) -> list[str]:
@@ -434,6 +439,7 @@ def read_table(spec: str | Path, table: str | None = None) -> TableContents:
         indexed=_vector_indexes(handle),
         codes=codes,
         indexed_codes=_vector_indexes(handle, "code") if codes is not None else [],
+        model_digest=metadata.get("simlearn.model_digest") or None,
     )
 
 
