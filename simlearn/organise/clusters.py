@@ -15,11 +15,15 @@ from simlearn.evaluation.clustering import KMEANS_ITERATIONS, KMEANS_SEED
 from simlearn.retrieval.faiss_lib import faiss_installed, import_faiss
 from simlearn.retrieval.vectors import unit_rows
 
-__all__ = ["NOISE", "Clusters", "cluster_embeddings", "unit_embeddings"]
+__all__ = ["HDBSCAN_LIMIT", "NOISE", "Clusters", "cluster_embeddings", "unit_embeddings"]
 
 #: the cluster of an item the density clustering leaves unassigned
 NOISE = -1
 METHODS = ("kmeans", "hdbscan")
+#: the most items HDBSCAN is run on: its minimum spanning tree costs time quadratic in N in 128 dimensions (where its
+#: k-d tree no longer prunes): HDBSCAN_TIMING on a 2-core machine shared with other jobs (README "Organising a
+#: catalogue"); k-means takes 1M items in minutes
+HDBSCAN_LIMIT = 50_000
 
 
 @dataclass
@@ -84,12 +88,14 @@ def cluster_embeddings(
     min_cluster_size: int = 5,
     labels: Sequence[object] | None = None,
     restarts: int = 5,
+    hdbscan_limit: int = HDBSCAN_LIMIT,
 ) -> Clusters:
     """Cluster the items of ``embeddings`` (N, d): ``method="kmeans"`` (spherical, ``k`` clusters, needs
     ``1 ≤ k ≤ N``) or ``"hdbscan"`` (no k; clusters of at least ``min_cluster_size`` items, the rest ``NOISE``).
     ``restarts``: k-means runs from that many seeded starts and keeps the tightest (one start merged two of four
     well-apart classes in a test). Cluster ids are renumbered by size, largest first.
-    ``labels``: the items' labels, for NMI/AMI."""
+    ``labels``: the items' labels, for NMI/AMI. More than ``hdbscan_limit`` items for HDBSCAN is one line (its time
+    grows as N², :data:`HDBSCAN_LIMIT`)."""
     if method not in METHODS:
         raise UserError(f"cluster method {method!r} is not one of {', '.join(METHODS)}; e.g. method=kmeans k=10.")
     x = unit_embeddings(embeddings)
@@ -105,13 +111,20 @@ def cluster_embeddings(
 
         if n < 2:
             raise UserError(f"HDBSCAN needs at least 2 items, the gallery has {n}; use method=kmeans k=1.")
+        if n > hdbscan_limit:
+            raise UserError(
+                f"method=hdbscan on {n:,} items: its time grows as the square of the items and it takes at most "
+                f"{hdbscan_limit:,}; use method=kmeans (e.g. k=100), or organise a sample of the gallery."
+            )
         # euclidean on unit rows orders pairs as the cosine does (|a - b|² = 2 - 2 cos)
         raw = HDBSCAN(min_cluster_size=max(2, min(int(min_cluster_size), n)), copy=True).fit_predict(x).astype(np.int64)
     # renumber by size, largest first, so that cluster 0 is the largest whatever the library numbered
     ids, counts = np.unique(raw[raw != NOISE], return_counts=True)
     order = ids[np.argsort(-counts, kind="stable")]
-    mapping = {int(old): new for new, old in enumerate(order)}
-    cluster = np.array([mapping.get(int(c), NOISE) for c in raw], dtype=np.int64)
+    # a lookup table, not a Python loop over the N items
+    lookup = np.full(int(raw.max()) + 2, NOISE, dtype=np.int64)  # the last entry: NOISE (raw -1) maps to itself
+    lookup[order] = np.arange(len(order))
+    cluster = lookup[raw]
     centres = np.zeros((len(order), x.shape[1]), dtype=np.float32)
     np.add.at(centres, cluster[cluster != NOISE], x[cluster != NOISE])
     centres /= np.maximum(np.linalg.norm(centres, axis=1, keepdims=True), 1e-12)
