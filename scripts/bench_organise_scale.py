@@ -152,6 +152,8 @@ def measure(args: argparse.Namespace, out: Path) -> list[dict]:
         runs += [("ann", n, {"factory": f}) for f in args.factories]
         runs += [("kmeans", n, {"k": k}) for k in args.k]
     runs += [("hdbscan", n, {}) for n in [*args.hdbscan_sizes, *args.sizes]]
+    if args.tasks:
+        runs = [run for run in runs if run[0] in args.tasks]
     rows, baseline = [], {}
     for task, n, extra in runs:
         spec = {**common, **extra, "task": task, "n": n}
@@ -254,6 +256,7 @@ def main() -> None:
     parser.add_argument("--factories", nargs="*", default=["HNSW32"], help="faiss index_factory strings")
     parser.add_argument("--k", type=int, nargs="*", default=[100, 1000])
     parser.add_argument("--hdbscan-sizes", type=int, nargs="*", default=[5000, 10_000, 20_000])
+    parser.add_argument("--tasks", nargs="*", default=None, help="only these (e.g. baseline kmeans); default all")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--timeout", type=float, default=3600)
     parser.add_argument("--json", default=None, help="write the rows here")

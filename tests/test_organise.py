@@ -77,6 +77,16 @@ def test_kmeans_finds_the_classes_and_reports_centre_cosines():
     assert sizes == sorted(sizes, reverse=True) and sum(sizes) == len(x)
 
 
+def test_the_centres_and_cosines_computed_in_blocks_of_rows_are_the_same(monkeypatch):
+    x, labels = _clustered()
+    whole = cluster_embeddings(x, k=4)
+    monkeypatch.setattr("simlearn.organise.clusters._BLOCK_ROWS", 7)  # 35 blocks, the last one short
+    blocks = cluster_embeddings(x, k=4)
+    np.testing.assert_array_equal(blocks.cluster, whole.cluster)
+    np.testing.assert_array_equal(blocks.centres, whole.centres)
+    np.testing.assert_array_equal(blocks.cosine, whole.cosine)
+
+
 def test_hdbscan_needs_no_k_and_leaves_noise_unassigned():
     x, labels = _clustered()
     far = np.random.default_rng(2).normal(size=(5, x.shape[1])).astype(np.float32) * 0.01  # near the origin: scattered

@@ -24,6 +24,8 @@ METHODS = ("kmeans", "hdbscan")
 #: k-d tree no longer prunes): HDBSCAN_TIMING on a 2-core machine shared with other jobs (README "Organising a
 #: catalogue"); k-means takes 1M items in minutes
 HDBSCAN_LIMIT = 50_000
+#: rows per block of the centres' and cosines' computation (64k x 128 float64: 64 MB)
+_BLOCK_ROWS = 65_536
 
 
 @dataclass
@@ -125,14 +127,19 @@ def cluster_embeddings(
     lookup = np.full(int(raw.max()) + 2, NOISE, dtype=np.int64)  # the last entry: NOISE (raw -1) maps to itself
     lookup[order] = np.arange(len(order))
     cluster = lookup[raw]
+    # in blocks of rows: a float64 copy of all rows (and of their centres) would be four times the embeddings
+    blocks = [slice(start, min(start + _BLOCK_ROWS, n)) for start in range(0, n, _BLOCK_ROWS)]
     centres = np.zeros((len(order), x.shape[1]), dtype=np.float32)
-    np.add.at(centres, cluster[cluster != NOISE], x[cluster != NOISE])
+    for rows in blocks:
+        assigned = cluster[rows] != NOISE
+        np.add.at(centres, cluster[rows][assigned], x[rows][assigned])
     centres /= np.maximum(np.linalg.norm(centres, axis=1, keepdims=True), 1e-12)
     cosine = np.full(n, np.nan)
-    assigned = cluster != NOISE
-    cosine[assigned] = np.einsum(
-        "ij,ij->i", x[assigned].astype(np.float64), centres[cluster[assigned]].astype(np.float64)
-    )
+    for rows in blocks:
+        assigned = np.flatnonzero(cluster[rows] != NOISE) + rows.start
+        cosine[assigned] = np.einsum(
+            "ij,ij->i", x[assigned].astype(np.float64), centres[cluster[assigned]].astype(np.float64)
+        )
     metrics: dict[str, float] = {}
     if labels is not None and len(labels) == n:
         truth = np.asarray([str(label) for label in labels])
