@@ -98,7 +98,7 @@ def test_hdbscan_needs_no_k_and_leaves_noise_unassigned():
 
 def test_hdbscan_above_its_limit_is_one_line_naming_the_way_out():
     x, _ = _clustered(n=60)
-    with pytest.raises(UserError, match="method=hdbscan on 60 items.*at most 50; use method=kmeans"):
+    with pytest.raises(UserError, match="method=hdbscan on 60 items: it takes at most 50 .*; use method=kmeans"):
         cluster_embeddings(x, method="hdbscan", hdbscan_limit=50)
     assert len(cluster_embeddings(x, method="hdbscan", hdbscan_limit=60).cluster) == 60
 

@@ -20,10 +20,10 @@ __all__ = ["HDBSCAN_LIMIT", "NOISE", "Clusters", "cluster_embeddings", "unit_emb
 #: the cluster of an item the density clustering leaves unassigned
 NOISE = -1
 METHODS = ("kmeans", "hdbscan")
-#: the most items HDBSCAN is run on: its minimum spanning tree costs time quadratic in N in 128 dimensions (where its
-#: k-d tree no longer prunes): HDBSCAN_TIMING on a 2-core machine shared with other jobs (README "Organising a
-#: catalogue"); k-means takes 1M items in minutes
-HDBSCAN_LIMIT = 50_000
+#: the most items HDBSCAN is run on: in 128 dimensions its time grows faster than N² (its k-d tree no longer prunes):
+#: 5 s at 5,000 items, 19 s at 10,000, 156 s at 20,000 (d = 128, 1,000 clusters; 2-core machine shared with other
+#: jobs, README "Organising a catalogue"), so 50,000 would take most of an hour; k-means takes 1M items in minutes
+HDBSCAN_LIMIT = 20_000
 #: rows per block of the centres' and cosines' computation (64k x 128 float64: 64 MB)
 _BLOCK_ROWS = 65_536
 
@@ -100,6 +100,11 @@ def cluster_embeddings(
     grows as N², :data:`HDBSCAN_LIMIT`)."""
     if method not in METHODS:
         raise UserError(f"cluster method {method!r} is not one of {', '.join(METHODS)}; e.g. method=kmeans k=10.")
+    if method == "hdbscan" and len(embeddings) > hdbscan_limit:  # before the unit copy of all rows
+        raise UserError(
+            f"method=hdbscan on {len(embeddings):,} items: it takes at most {hdbscan_limit:,} (its time grows faster "
+            f"than the square of the items); use method=kmeans (e.g. k=100), or organise a sample of the gallery."
+        )
     x = unit_embeddings(embeddings)
     n = len(x)
     if n == 0:
@@ -113,11 +118,6 @@ def cluster_embeddings(
 
         if n < 2:
             raise UserError(f"HDBSCAN needs at least 2 items, the gallery has {n}; use method=kmeans k=1.")
-        if n > hdbscan_limit:
-            raise UserError(
-                f"method=hdbscan on {n:,} items: its time grows as the square of the items and it takes at most "
-                f"{hdbscan_limit:,}; use method=kmeans (e.g. k=100), or organise a sample of the gallery."
-            )
         # euclidean on unit rows orders pairs as the cosine does (|a - b|² = 2 - 2 cos)
         raw = HDBSCAN(min_cluster_size=max(2, min(int(min_cluster_size), n)), copy=True).fit_predict(x).astype(np.int64)
     # renumber by size, largest first, so that cluster 0 is the largest whatever the library numbered
