@@ -136,10 +136,11 @@ def find_duplicates(
     if len(pairs):
         graph = coo_matrix((np.ones(len(pairs)), (pairs[:, 0], pairs[:, 1])), shape=(n, n))
         _, component = connected_components(graph, directed=False)
-        # one sort splits the items by component (a pass over all N items per group would be groups × N)
-        order = np.argsort(component, kind="stable")
-        starts = np.flatnonzero(np.r_[True, np.diff(component[order]) != 0])
-        groups = [items for items in np.split(order, starts[1:]) if len(items) >= 2]
+        # one sort splits the grouped items by component (a pass over all N items per group would be groups × N)
+        members = np.flatnonzero(np.bincount(component)[component] >= 2)
+        members = members[np.argsort(component[members], kind="stable")]
+        starts = np.flatnonzero(np.r_[True, np.diff(component[members]) != 0])
+        groups = np.split(members, starts[1:])
         groups.sort(key=lambda items: (-len(items), int(items[0])))
     exact = index is None or bool(index.exact)
     return DuplicateGroups(pairs, cosines, groups, threshold, method, exact)
