@@ -3,6 +3,8 @@ brute force (float64, all pairs) where the library must avoid it."""
 
 from __future__ import annotations
 
+import tracemalloc
+
 import numpy as np
 import pytest
 from scipy.sparse.csgraph import connected_components
@@ -10,6 +12,7 @@ from scipy.sparse.csgraph import connected_components
 from simlearn.errors import UserError
 from simlearn.organise import cluster_embeddings, find_duplicates, leaks, uniqueness
 from simlearn.organise.clusters import NOISE
+from simlearn.organise.duplicates import neighbour_index
 
 
 def _clustered(n: int = 240, d: int = 16, classes: int = 4, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -74,6 +77,16 @@ def test_kmeans_finds_the_classes_and_reports_centre_cosines():
     assert sizes == sorted(sizes, reverse=True) and sum(sizes) == len(x)
 
 
+def test_the_centres_and_cosines_computed_in_blocks_of_rows_are_the_same(monkeypatch):
+    x, labels = _clustered()
+    whole = cluster_embeddings(x, k=4)
+    monkeypatch.setattr("simlearn.organise.clusters._BLOCK_ROWS", 7)  # 35 blocks, the last one short
+    blocks = cluster_embeddings(x, k=4)
+    np.testing.assert_array_equal(blocks.cluster, whole.cluster)
+    np.testing.assert_array_equal(blocks.centres, whole.centres)
+    np.testing.assert_array_equal(blocks.cosine, whole.cosine)
+
+
 def test_hdbscan_needs_no_k_and_leaves_noise_unassigned():
     x, labels = _clustered()
     far = np.random.default_rng(2).normal(size=(5, x.shape[1])).astype(np.float32) * 0.01  # near the origin: scattered
@@ -81,6 +94,13 @@ def test_hdbscan_needs_no_k_and_leaves_noise_unassigned():
     clusters = cluster_embeddings(np.vstack([x, far]), method="hdbscan", min_cluster_size=10)
     assert len(clusters.centres) >= 2
     assert np.isnan(clusters.cosine[clusters.cluster == NOISE]).all()
+
+
+def test_hdbscan_above_its_limit_is_one_line_naming_the_way_out():
+    x, _ = _clustered(n=60)
+    with pytest.raises(UserError, match="method=hdbscan on 60 items: it takes at most 50 .*; use method=kmeans"):
+        cluster_embeddings(x, method="hdbscan", hdbscan_limit=50)
+    assert len(cluster_embeddings(x, method="hdbscan", hdbscan_limit=60).cluster) == 60
 
 
 @pytest.mark.parametrize(("k", "match"), [(241, "k must be an integer from 1 to 240"), (0, "from 1 to 240")])
@@ -132,3 +152,40 @@ def test_leaks_are_the_held_out_items_with_a_near_copy_in_train_as_brute_force_f
 def test_leaks_without_a_training_split_is_one_line():
     with pytest.raises(UserError, match="no 'train' split"):
         leaks(np.eye(3, dtype=np.float32), ["a", "b", "c"], ["val", "test", "test"])
+
+
+def test_uniqueness_beyond_the_exact_limit_goes_through_the_index_shared_with_the_duplicates():
+    x, _ = _clustered()
+    x[200:210] = x[:10] * 1.0001
+    exact = uniqueness(x, k=3)
+    flat = uniqueness(x, k=3, exact_limit=100, index_factory="Flat")  # an exhaustive index: the same result
+    np.testing.assert_allclose(flat.score, exact.score, atol=1e-9)
+    assert flat.exact and exact.exact
+    index = neighbour_index(x, exact_limit=100, index_factory="HNSW32")
+    assert neighbour_index(x, exact_limit=len(x)) is None  # up to the limit: the exact search
+    approximate = uniqueness(x, k=3, index=index)
+    assert not approximate.exact
+    duplicates = find_duplicates(x, 0.999, index=index)
+    assert "faiss HNSW32 index (approximate)" in duplicates.method and not duplicates.exact
+    assert duplicates.pairs.tolist() == find_duplicates(x, 0.999).pairs.tolist()
+    # what the index finds is re-scored exactly: an item can only look more unusual (a closer neighbour missed)
+    assert np.all(approximate.score >= exact.score - 1e-9)
+
+
+@pytest.mark.parametrize("search", ["duplicates", "uniqueness"])
+def test_the_neighbour_searches_never_hold_all_items_neighbours_at_once(search):
+    # 5,000 items x 64 neighbours: one (N, 64) float64 array alone is 2.4 MiB (holding every item's neighbours takes
+    # three such arrays); chunks of 100 queries and the checks of the (N, 4) input take well under one
+    n, neighbours = 5000, 64
+    x = np.random.default_rng(5).normal(size=(n, 4)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    tracemalloc.start()
+    try:
+        if search == "duplicates":
+            find_duplicates(x, 0.9999, max_neighbours=neighbours, chunk_size=100)
+        else:
+            uniqueness(x, k=neighbours, chunk_size=100)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < n * neighbours * 8, f"peak {peak / 2**20:.2f} MiB"

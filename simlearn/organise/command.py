@@ -28,7 +28,13 @@ from simlearn.errors import UserError
 from simlearn.inference import load_model, pick_device
 from simlearn.organise.clusters import METHODS, NOISE, Clusters, cluster_embeddings, unit_embeddings
 from simlearn.organise.copy_check import CopyCheck, check_copy_options, gallery_copy_check
-from simlearn.organise.duplicates import DuplicateGroups, check_threshold, find_duplicates
+from simlearn.organise.duplicates import (
+    EXACT_LIMIT,
+    DuplicateGroups,
+    check_threshold,
+    find_duplicates,
+    neighbour_index,
+)
 from simlearn.organise.leaks import Leaks, leaks, write_leaks
 from simlearn.organise.outliers import Uniqueness, uniqueness
 from simlearn.reports.plots import GridTile, save_retrieval_grid
@@ -112,14 +118,17 @@ def organise_gallery(gallery: Gallery, cfg: DictConfig) -> Organised:
         labels=_labels(gallery),
         restarts=int(cfg.get("kmeans_restarts", 5)),
     )
+    # one index (beyond exact_limit items) for both neighbour searches
+    index = neighbour_index(
+        gallery.embeddings, int(cfg.get("exact_limit", EXACT_LIMIT)), str(cfg.get("faiss_index") or "HNSW32")
+    )
     duplicates = find_duplicates(
         gallery.embeddings,
         threshold=check_threshold(cfg.get("threshold", 0.999)),
         max_neighbours=int(cfg.get("max_neighbours", 32)),
-        exact_limit=int(cfg.get("exact_limit", 200_000)),
-        index_factory=str(cfg.get("faiss_index") or "HNSW32"),
+        index=index,
     )
-    unusual = uniqueness(gallery.embeddings, k=int(cfg.get("uniqueness_k", 5)))
+    unusual = uniqueness(gallery.embeddings, k=int(cfg.get("uniqueness_k", 5)), index=index)
     return Organised(gallery=gallery, clusters=clusters, duplicates=duplicates, uniqueness=unusual)
 
 

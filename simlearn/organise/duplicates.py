@@ -1,23 +1,36 @@
 """Near-duplicate groups: every pair of items whose cosine is at least a threshold, grouped transitively (connected
-components), found through the one exact search (:func:`simlearn.retrieval.exact.top_k`, in chunks of queries:
-memory N × ``max_neighbours``, never N × N) up to ``exact_limit`` items and through a faiss index beyond it (the
-result says which, and whether it was exact)."""
+components), found through the one exact search (:func:`simlearn.retrieval.exact.neighbour_chunks`, in chunks of
+queries, each chunk's pairs below the threshold dropped at once: memory N × d for the embeddings plus one chunk plus
+the pairs found, never N × N nor N × ``max_neighbours``) up to ``exact_limit`` items and through a faiss index
+beyond it (the result says which, and whether it was exact).
+
+``exact_limit`` = 200,000 by default: the exact search costs time quadratic in N, an HNSW32 index about linear time
+but misses pairs. On a 2-core machine shared with other jobs (load average 6-15), d = 128: exact, 309 s at 100k
+items (so about 20 min at 200k) and an estimated 6.8 h at 1M; HNSW32, 58 s to build and 48 s to search at 100k, 422
+s and 262 s at 1M, finding 96.9 % and 94.3 % of the pairs (README "Organising a catalogue",
+``scripts/bench_organise_scale.py``). Up to 200k a batch job can afford every pair."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
 from simlearn.errors import UserError
 from simlearn.organise.clusters import unit_embeddings
-from simlearn.retrieval.candidates import gallery_index
-from simlearn.retrieval.exact import top_k
+from simlearn.retrieval.candidates import FaissIndex, gallery_index
+from simlearn.retrieval.exact import neighbour_chunks
 from simlearn.retrieval.faiss_lib import faiss_installed
+from simlearn.retrieval.inputs import search_data
 
-__all__ = ["DuplicateGroups", "find_duplicates"]
+__all__ = ["EXACT_LIMIT", "DuplicateGroups", "find_duplicates", "neighbour_index", "self_neighbours"]
+
+#: up to this many items the pairs are searched exactly, beyond it through a faiss index (module doc: the figures)
+EXACT_LIMIT = 200_000
 
 
 @dataclass
@@ -51,50 +64,83 @@ def check_threshold(threshold: float, key: str = "threshold") -> float:
     return float(threshold)
 
 
+def neighbour_index(
+    embeddings: np.ndarray, exact_limit: int = EXACT_LIMIT, index_factory: str = "HNSW32"
+) -> FaissIndex | None:
+    """The faiss ``index_factory`` index the neighbour searches of a collection of more than ``exact_limit`` items
+    go through (built in memory from the unit rows); None (the exact chunked search) up to it or without faiss.
+    Build it once and pass it to :func:`find_duplicates` and :func:`~simlearn.organise.outliers.uniqueness`."""
+    n = len(embeddings)
+    if n <= int(exact_limit) or n < 2 or not faiss_installed():
+        return None
+    return gallery_index(unit_embeddings(embeddings), None, index_factory)
+
+
+def self_neighbours(
+    x: np.ndarray, k: int, index: FaissIndex | None = None, chunk_size: int | None = None
+) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+    """Each item's ``k`` nearest other items (k < len(x)) of the unit rows ``x``, chunk by chunk: ``(start,
+    cosines, indices)`` for the items ``start:start + len(cosines)``, (rows, k) float64 / int64 (-1: an approximate
+    ``index`` found fewer), by the exact rule of :mod:`simlearn.retrieval.exact`. Memory: one chunk at a time."""
+    data = search_data(x, None)
+    needed = torch.full((len(x),), int(k))
+    for chunk in neighbour_chunks(data, needed, chunk_size=chunk_size, similarities=True, index=index):
+        yield chunk.start, chunk.similarities.cpu().numpy(), chunk.indices.cpu().numpy()
+
+
 def find_duplicates(
     embeddings: np.ndarray,
     threshold: float = 0.98,
     max_neighbours: int = 32,
-    exact_limit: int = 200_000,
+    exact_limit: int = EXACT_LIMIT,
     index_factory: str = "HNSW32",
     chunk_size: int | None = None,
+    index: FaissIndex | None = None,
 ) -> DuplicateGroups:
     """The near-duplicate pairs and groups of ``embeddings`` (N, d) at cosine ≥ ``threshold``.
 
     Each item's ``max_neighbours`` nearest others are searched (an item with more copies than that keeps its
     groups through the copies' own lists, as grouping is transitive). Up to ``exact_limit`` items the search is
     exact; beyond it through a faiss ``index_factory`` index (approximate for e.g. HNSW32: a pair may be missed,
-    the re-scored cosines of what it finds are exact)."""
+    the re-scored cosines of what it finds are exact). ``index``: one :func:`neighbour_index` built already
+    (then ``exact_limit`` and ``index_factory`` are not used)."""
     threshold = check_threshold(threshold)
     x = unit_embeddings(embeddings)
     n = len(x)
     if n == 0:
         raise UserError("there are no items to look for duplicates in (the gallery is empty); give one with items.")
     k = min(int(max_neighbours), n - 1)
-    index = None
+    if index is None:
+        index = neighbour_index(x, exact_limit, index_factory)
     method = "exact (float64 cosines, chunked)"
-    if n > exact_limit and faiss_installed():
-        index = gallery_index(x, None, index_factory)
-        method = f"faiss {index_factory} index ({'exact' if index.exact else 'approximate'}), candidates re-scored"
-    if k < 1:
-        pairs, cosines = np.zeros((0, 2), dtype=np.int64), np.zeros(0)
-    else:
-        found = top_k(x, None, k, exclude_self=True, chunk_size=chunk_size, index=index)
-        rows = np.repeat(np.arange(n), found.indices.shape[1])
-        cols, sims = found.indices.ravel(), found.similarities.ravel()
-        keep = (sims >= threshold) & (cols >= 0)
-        a, b = np.minimum(rows[keep], cols[keep]), np.maximum(rows[keep], cols[keep])
+    if index is not None:
+        method = f"faiss {index.factory} index ({'exact' if index.exact else 'approximate'}), candidates re-scored"
+    found_a, found_b, found_cos = [], [], []
+    if k >= 1:
+        for start, sims, cols in self_neighbours(x, k, index, chunk_size):
+            # only the pairs above the threshold are kept from each chunk: memory grows with the pairs, not N × k
+            keep = (sims >= threshold) & (cols >= 0)
+            rows = start + np.nonzero(keep)[0]
+            found_a.append(np.minimum(rows, cols[keep]))
+            found_b.append(np.maximum(rows, cols[keep]))
+            found_cos.append(sims[keep])
+    if found_a:
+        a, b = np.concatenate(found_a), np.concatenate(found_b)
         # each pair is found from both ends: one row per pair
         unique, first = np.unique(a * n + b, return_index=True)
         pairs = np.stack([unique // n, unique % n], axis=1).astype(np.int64)
-        cosines = sims[keep][first]
+        cosines = np.concatenate(found_cos)[first]
+    else:
+        pairs, cosines = np.zeros((0, 2), dtype=np.int64), np.zeros(0)
     groups: list[np.ndarray] = []
     if len(pairs):
         graph = coo_matrix((np.ones(len(pairs)), (pairs[:, 0], pairs[:, 1])), shape=(n, n))
         _, component = connected_components(graph, directed=False)
-        counts = np.bincount(component)
-        for c in np.flatnonzero(counts >= 2):
-            groups.append(np.flatnonzero(component == c))
+        # one sort splits the grouped items by component (a pass over all N items per group would be groups × N)
+        members = np.flatnonzero(np.bincount(component)[component] >= 2)
+        members = members[np.argsort(component[members], kind="stable")]
+        starts = np.flatnonzero(np.r_[True, np.diff(component[members]) != 0])
+        groups = np.split(members, starts[1:])
         groups.sort(key=lambda items: (-len(items), int(items[0])))
     exact = index is None or bool(index.exact)
     return DuplicateGroups(pairs, cosines, groups, threshold, method, exact)
