@@ -189,3 +189,28 @@ def test_the_neighbour_searches_never_hold_all_items_neighbours_at_once(search):
     finally:
         tracemalloc.stop()
     assert peak < n * neighbours * 8, f"peak {peak / 2**20:.2f} MiB"
+
+
+@pytest.mark.parametrize("max_neighbours, uniqueness_k", [(3, 7), (8, 2)])
+def test_the_command_searches_once_for_duplicates_and_uniqueness_and_gets_what_each_finds_alone(
+    monkeypatch, max_neighbours, uniqueness_k
+):
+    from omegaconf import OmegaConf
+
+    import simlearn.organise.command as command
+    from simlearn.retrieval.gallery import Gallery
+
+    x, labels = _clustered(n=120, d=8)
+    x[60] = x[3] + 1e-4  # a planted copy, so that there is a pair
+    searches = []
+    scan = command.self_neighbours
+    monkeypatch.setattr(command, "self_neighbours", lambda *a, **kw: searches.append(a[1]) or scan(*a, **kw))
+    gallery = Gallery(x, [str(v) for v in labels], None, "planted", None)
+    cfg = OmegaConf.create({"k": 4, "threshold": 0.95, "max_neighbours": max_neighbours, "uniqueness_k": uniqueness_k})
+    found = command.organise_gallery(gallery, cfg)
+    assert searches == [max(max_neighbours, uniqueness_k)]
+    alone = find_duplicates(x, threshold=0.95, max_neighbours=max_neighbours)
+    assert np.array_equal(found.duplicates.pairs, alone.pairs) and len(alone.pairs) >= 1
+    assert [g.tolist() for g in found.duplicates.groups] == [g.tolist() for g in alone.groups]
+    scores = uniqueness(x, k=uniqueness_k)
+    assert np.array_equal(found.uniqueness.score, scores.score) and np.array_equal(found.uniqueness.order, scores.order)

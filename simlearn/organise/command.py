@@ -31,12 +31,13 @@ from simlearn.organise.copy_check import CopyCheck, check_copy_options, gallery_
 from simlearn.organise.duplicates import (
     EXACT_LIMIT,
     DuplicateGroups,
+    PairCollector,
     check_threshold,
-    find_duplicates,
     neighbour_index,
+    self_neighbours,
 )
 from simlearn.organise.leaks import Leaks, leaks, write_leaks
-from simlearn.organise.outliers import Uniqueness, uniqueness
+from simlearn.organise.outliers import Uniqueness, UniquenessScores, check_uniqueness_k
 from simlearn.reports.plots import GridTile, save_retrieval_grid
 from simlearn.retrieval.gallery import Gallery, load_gallery
 
@@ -118,17 +119,18 @@ def organise_gallery(gallery: Gallery, cfg: DictConfig) -> Organised:
         labels=_labels(gallery),
         restarts=int(cfg.get("kmeans_restarts", 5)),
     )
-    # one index (beyond exact_limit items) for both neighbour searches
-    index = neighbour_index(
-        gallery.embeddings, int(cfg.get("exact_limit", EXACT_LIMIT)), str(cfg.get("faiss_index") or "HNSW32")
-    )
-    duplicates = find_duplicates(
-        gallery.embeddings,
-        threshold=check_threshold(cfg.get("threshold", 0.999)),
-        max_neighbours=int(cfg.get("max_neighbours", 32)),
-        index=index,
-    )
-    unusual = uniqueness(gallery.embeddings, k=int(cfg.get("uniqueness_k", 5)), index=index)
+    x = unit_embeddings(gallery.embeddings)
+    threshold = check_threshold(cfg.get("threshold", 0.999))
+    uniqueness_k = check_uniqueness_k(cfg.get("uniqueness_k", 5), n)
+    duplicate_k = min(int(cfg.get("max_neighbours", 32)), n - 1)
+    # one index (beyond exact_limit items) and one neighbour search for both: each item's nearest others, as many
+    # as the longer of the two lists needs (the exact search's lists are ordered, so each takes its first columns)
+    index = neighbour_index(x, int(cfg.get("exact_limit", EXACT_LIMIT)), str(cfg.get("faiss_index") or "HNSW32"))
+    pairs, scores = PairCollector(n, threshold, duplicate_k), UniquenessScores(n, uniqueness_k)
+    for start, sims, cols in self_neighbours(x, max(duplicate_k, uniqueness_k), index):
+        pairs.add(start, sims, cols)
+        scores.add(start, sims, cols)
+    duplicates, unusual = pairs.groups(index), scores.result(index)
     return Organised(gallery=gallery, clusters=clusters, duplicates=duplicates, uniqueness=unusual)
 
 

@@ -27,7 +27,7 @@ from simlearn.retrieval.exact import neighbour_chunks
 from simlearn.retrieval.faiss_lib import faiss_installed
 from simlearn.retrieval.inputs import search_data
 
-__all__ = ["EXACT_LIMIT", "DuplicateGroups", "find_duplicates", "neighbour_index", "self_neighbours"]
+__all__ = ["EXACT_LIMIT", "DuplicateGroups", "PairCollector", "find_duplicates", "neighbour_index", "self_neighbours"]
 
 #: up to this many items the pairs are searched exactly, beyond it through a faiss index (module doc: the figures)
 EXACT_LIMIT = 200_000
@@ -112,35 +112,57 @@ def find_duplicates(
     k = min(int(max_neighbours), n - 1)
     if index is None:
         index = neighbour_index(x, exact_limit, index_factory)
-    method = "exact (float64 cosines, chunked)"
-    if index is not None:
-        method = f"faiss {index.factory} index ({'exact' if index.exact else 'approximate'}), candidates re-scored"
-    found_a, found_b, found_cos = [], [], []
+    pairs = PairCollector(n, threshold, k)
     if k >= 1:
         for start, sims, cols in self_neighbours(x, k, index, chunk_size):
-            # only the pairs above the threshold are kept from each chunk: memory grows with the pairs, not N × k
-            keep = (sims >= threshold) & (cols >= 0)
-            rows = start + np.nonzero(keep)[0]
-            found_a.append(np.minimum(rows, cols[keep]))
-            found_b.append(np.maximum(rows, cols[keep]))
-            found_cos.append(sims[keep])
-    if found_a:
-        a, b = np.concatenate(found_a), np.concatenate(found_b)
-        # each pair is found from both ends: one row per pair
-        unique, first = np.unique(a * n + b, return_index=True)
-        pairs = np.stack([unique // n, unique % n], axis=1).astype(np.int64)
-        cosines = np.concatenate(found_cos)[first]
-    else:
-        pairs, cosines = np.zeros((0, 2), dtype=np.int64), np.zeros(0)
-    groups: list[np.ndarray] = []
-    if len(pairs):
-        graph = coo_matrix((np.ones(len(pairs)), (pairs[:, 0], pairs[:, 1])), shape=(n, n))
-        _, component = connected_components(graph, directed=False)
-        # one sort splits the grouped items by component (a pass over all N items per group would be groups × N)
-        members = np.flatnonzero(np.bincount(component)[component] >= 2)
-        members = members[np.argsort(component[members], kind="stable")]
-        starts = np.flatnonzero(np.r_[True, np.diff(component[members]) != 0])
-        groups = np.split(members, starts[1:])
-        groups.sort(key=lambda items: (-len(items), int(items[0])))
-    exact = index is None or bool(index.exact)
-    return DuplicateGroups(pairs, cosines, groups, threshold, method, exact)
+            pairs.add(start, sims, cols)
+    return pairs.groups(index)
+
+
+class PairCollector:
+    """The pairs at cosine ≥ ``threshold`` among each item's ``k`` nearest others, gathered chunk by chunk from a
+    neighbour search (:func:`self_neighbours`, whose lists may be longer: their first ``k`` columns are used), so
+    that one search can feed it and :class:`~simlearn.organise.outliers.UniquenessScores` at once."""
+
+    def __init__(self, n: int, threshold: float, k: int) -> None:
+        self.n, self.threshold, self.k = n, float(threshold), int(k)
+        self._a: list[np.ndarray] = []
+        self._b: list[np.ndarray] = []
+        self._cos: list[np.ndarray] = []
+
+    def add(self, start: int, sims: np.ndarray, cols: np.ndarray) -> None:
+        """One chunk: the neighbours ``cols`` (rows, ≥ k; -1: none) and cosines ``sims`` of items ``start:``."""
+        sims, cols = sims[:, : self.k], cols[:, : self.k]
+        # only the pairs above the threshold are kept from each chunk: memory grows with the pairs, not N × k
+        keep = (sims >= self.threshold) & (cols >= 0)
+        rows = start + np.nonzero(keep)[0]
+        self._a.append(np.minimum(rows, cols[keep]))
+        self._b.append(np.maximum(rows, cols[keep]))
+        self._cos.append(sims[keep])
+
+    def groups(self, index: FaissIndex | None = None) -> DuplicateGroups:
+        """The pairs (one row each) and their groups; ``index``: the faiss index searched (None: exact)."""
+        n = self.n
+        method = "exact (float64 cosines, chunked)"
+        if index is not None:
+            method = f"faiss {index.factory} index ({'exact' if index.exact else 'approximate'}), candidates re-scored"
+        if self._a:
+            a, b = np.concatenate(self._a), np.concatenate(self._b)
+            # each pair is found from both ends: one row per pair
+            unique, first = np.unique(a * n + b, return_index=True)
+            pairs = np.stack([unique // n, unique % n], axis=1).astype(np.int64)
+            cosines = np.concatenate(self._cos)[first]
+        else:
+            pairs, cosines = np.zeros((0, 2), dtype=np.int64), np.zeros(0)
+        groups: list[np.ndarray] = []
+        if len(pairs):
+            graph = coo_matrix((np.ones(len(pairs)), (pairs[:, 0], pairs[:, 1])), shape=(n, n))
+            _, component = connected_components(graph, directed=False)
+            # one sort splits the grouped items by component (a pass over all N items per group would be groups × N)
+            members = np.flatnonzero(np.bincount(component)[component] >= 2)
+            members = members[np.argsort(component[members], kind="stable")]
+            starts = np.flatnonzero(np.r_[True, np.diff(component[members]) != 0])
+            groups = np.split(members, starts[1:])
+            groups.sort(key=lambda items: (-len(items), int(items[0])))
+        exact = index is None or bool(index.exact)
+        return DuplicateGroups(pairs, cosines, groups, self.threshold, method, exact)
