@@ -125,7 +125,9 @@ def organise_gallery(gallery: Gallery, cfg: DictConfig) -> Organised:
     duplicate_k = min(int(cfg.get("max_neighbours", 32)), n - 1)
     # one index (beyond exact_limit items) and one neighbour search for both: each item's nearest others, as many
     # as the longer of the two lists needs (the exact search's lists are ordered, so each takes its first columns)
-    index = neighbour_index(x, int(cfg.get("exact_limit", EXACT_LIMIT)), str(cfg.get("faiss_index") or "HNSW32"))
+    index = neighbour_index(
+        x, int(cfg.get("exact_limit", EXACT_LIMIT)), str(cfg.get("faiss_index") or "HNSW32"), cfg.get("faiss_params")
+    )
     pairs, scores = PairCollector(n, threshold, duplicate_k), UniquenessScores(n, uniqueness_k)
     for start, sims, cols in self_neighbours(x, max(duplicate_k, uniqueness_k), index):
         pairs.add(start, sims, cols)

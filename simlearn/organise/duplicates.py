@@ -24,7 +24,7 @@ from simlearn.errors import UserError
 from simlearn.organise.clusters import unit_embeddings
 from simlearn.retrieval.candidates import FaissIndex, gallery_index
 from simlearn.retrieval.exact import neighbour_chunks
-from simlearn.retrieval.faiss_lib import faiss_installed
+from simlearn.retrieval.faiss_lib import faiss_installed, import_faiss
 from simlearn.retrieval.inputs import search_data
 
 __all__ = ["EXACT_LIMIT", "DuplicateGroups", "PairCollector", "find_duplicates", "neighbour_index", "self_neighbours"]
@@ -65,15 +65,33 @@ def check_threshold(threshold: float, key: str = "threshold") -> float:
 
 
 def neighbour_index(
-    embeddings: np.ndarray, exact_limit: int = EXACT_LIMIT, index_factory: str = "HNSW32"
+    embeddings: np.ndarray, exact_limit: int = EXACT_LIMIT, index_factory: str = "HNSW32", params: str | None = None
 ) -> FaissIndex | None:
     """The faiss ``index_factory`` index the neighbour searches of a collection of more than ``exact_limit`` items
     go through (built in memory from the unit rows); None (the exact chunked search) up to it or without faiss.
-    Build it once and pass it to :func:`find_duplicates` and :func:`~simlearn.organise.outliers.uniqueness`."""
+    ``params``: faiss search parameters as ``faiss.ParameterSpace`` reads them (``"efSearch=128"`` for HNSW: a
+    deeper search finds more pairs, slower; ``"nprobe=32"`` for IVF). Build it once and pass it to
+    :func:`find_duplicates` and :func:`~simlearn.organise.outliers.uniqueness`."""
     n = len(embeddings)
     if n <= int(exact_limit) or n < 2 or not faiss_installed():
         return None
-    return gallery_index(unit_embeddings(embeddings), None, index_factory)
+    index = gallery_index(unit_embeddings(embeddings), None, index_factory)
+    if params:
+        set_search_parameters(index, str(params))
+    return index
+
+
+def set_search_parameters(index: FaissIndex, params: str) -> None:
+    """Set faiss search parameters (``"efSearch=128"``, ``"nprobe=32,efSearch=64"``) on ``index``, else one line."""
+    faiss = import_faiss()
+    try:
+        faiss.ParameterSpace().set_index_parameters(index.index, params)
+    except (RuntimeError, ValueError) as error:
+        detail = str(error).strip().splitlines()[-1] if str(error).strip() else type(error).__name__
+        raise UserError(
+            f"faiss_params={params!r} does not fit the faiss {index.factory} index ({detail[:160]}); give "
+            f"comma-separated name=value pairs it has, e.g. faiss_params=efSearch=128 for HNSW or nprobe=32 for IVF."
+        ) from None
 
 
 def self_neighbours(
