@@ -159,13 +159,23 @@ def reranked_ranker(depth: int):
         head = top_k(queries, gallery, depth, exclude_self=data.self_search, index=index).indices
         for chunk in hamming(data, needed):
             tail = chunk.indices.cpu().numpy()
-            first = head[chunk.start : chunk.stop, : tail.shape[1]]
-            # each query: the re-ranked candidates first, then the rest of its Hamming ranking in order
-            rest = np.array([row[~np.isin(row, top)] for row, top in zip(tail, first, strict=True)])
-            merged = np.concatenate([first, rest], axis=1)[:, : tail.shape[1]]
+            first = head[chunk.start : chunk.stop]
+            if first.shape[1] >= tail.shape[1]:  # the metrics read no place past the re-ranked candidates
+                merged = first[:, : tail.shape[1]]
+            else:  # each query: the re-ranked candidates first, then the rest of its Hamming ranking in order
+                rest = np.array([row[~np.isin(row, top)] for row, top in zip(tail, first, strict=True)])
+                merged = np.concatenate([first, rest], axis=1)[:, : tail.shape[1]]
             yield chunk._replace(indices=torch.from_numpy(merged).to(chunk.indices.device))
 
     return rank
+
+
+#: the quality rows' protocols: closed set (every digit trained and tested, MNIST's official test images) and unseen
+#: classes (compare_losses's: ``data.split_by=class``, training on the digits 0-4, testing on the never-seen 5-9)
+SPLITS = {
+    "closed": [],
+    "unseen": ["data.split_by=class", "data.train_classes=[0,1,2,3,4]", "data.test_classes=[5,6,7,8,9]"],
+}
 
 
 def quality_rows(args: argparse.Namespace) -> list[str]:
@@ -181,30 +191,41 @@ def quality_rows(args: argparse.Namespace) -> list[str]:
         f"data.max_train={args.max_train}",
         f"data.max_test={args.max_test}",
         f"trainer.max_epochs={args.epochs}",
+        f"seed={args.seed}",
         "head=hash",
     ]
     rows = [
-        f"| loss | bits | float MAP@R | Hamming MAP@R (kept) | tie-aware MAP@R | re-ranked top {args.rerank} MAP@R "
-        "(kept) | recall@1 float / Hamming | mAP@1000 | train + test s |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        f"| split | loss | bits | quantization | float MAP@R | Hamming MAP@R (kept) | tie-aware MAP@R | re-ranked top "
+        f"{args.rerank} MAP@R (kept) | re-ranked top {args.rerank_deep} MAP@R (kept) | recall@1 float / Hamming | "
+        "mAP@1000 | train + test s |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
+    splits = list(SPLITS) if args.split == "both" else [args.split]
     with tempfile.TemporaryDirectory() as tmp:
-        for loss in args.losses:
-            for bits in args.bits:
-                started = time.perf_counter()
-                x, y = trained_embeddings([*data, f"loss={loss}", f"head.bits={bits}"], Path(tmp) / f"{loss}{bits}")
-                seconds = time.perf_counter() - started
-                codes = np.load(Path(tmp) / f"{loss}{bits}" / "embeddings.npz")["codes"]
-                flt = retrieval_metrics(x, y, ks=(1,))
-                ham = hamming_metrics(codes, y, ks=(1,))
-                rer = retrieval_metrics(x, y, ks=(1,), rank=reranked_ranker(args.rerank))
-                base = flt["map@r"]
-                row = (f"| {loss} | {bits} | {base:.4f} | {ham['map@r']:.4f} ({ham['map@r'] / base:.1%}) | "
-                       f"{ham['tie_aware/map@r']:.4f} | {rer['map@r']:.4f} ({rer['map@r'] / base:.1%}) | "
-                       f"{flt['recall@1']:.4f} / {ham['recall@1']:.4f} | {ham['map@1000']:.4f} | "
-                       f"{seconds:.0f} |")  # fmt: skip
-                print(row, flush=True)
-                rows.append(row)
+        for split in splits:
+            for loss in args.losses:
+                for bits in args.bits:
+                    for weight in args.quantization:
+                        out = Path(tmp) / f"{split}-{loss}-{bits}-{weight}"
+                        quant = [] if weight is None else [f"head.quantization={weight}"]
+                        started = time.perf_counter()
+                        overrides = [*data, *SPLITS[split], f"loss={loss}", f"head.bits={bits}", *quant]
+                        x, y = trained_embeddings(overrides, out)
+                        seconds = time.perf_counter() - started
+                        codes = np.load(out / "embeddings.npz")["codes"]
+                        flt = retrieval_metrics(x, y, ks=(1,))
+                        ham = hamming_metrics(codes, y, ks=(1,))
+                        rer = retrieval_metrics(x, y, ks=(1,), rank=reranked_ranker(args.rerank))
+                        deep = retrieval_metrics(x, y, ks=(1,), rank=reranked_ranker(args.rerank_deep))
+                        base = flt["map@r"]
+                        row = (f"| {split} | {loss} | {bits} | {'0.1 (default)' if weight is None else weight} | "
+                               f"{base:.4f} | {ham['map@r']:.4f} ({ham['map@r'] / base:.1%}) | "
+                               f"{ham['tie_aware/map@r']:.4f} | {rer['map@r']:.4f} ({rer['map@r'] / base:.1%}) | "
+                               f"{deep['map@r']:.4f} ({deep['map@r'] / base:.1%}) | "
+                               f"{flt['recall@1']:.4f} / {ham['recall@1']:.4f} | {ham['map@1000']:.4f} | "
+                               f"{seconds:.0f} |")  # fmt: skip
+                        print(row, flush=True)
+                        rows.append(row)
     return rows
 
 
@@ -226,6 +247,11 @@ def main() -> None:
     parser.add_argument("--max-train", type=int, default=20000)
     parser.add_argument("--max-test", type=int, default=5000)
     parser.add_argument("--rerank", type=int, default=100, help="re-rank this many Hamming candidates by floats")
+    parser.add_argument("--rerank-deep", type=int, default=1000, help="the extra column's re-ranking depth")
+    parser.add_argument("--split", choices=[*SPLITS, "both"], default="both", help="the quality rows' protocols")
+    parser.add_argument("--quantization", type=float, nargs="*", default=[None],
+                        help="head.quantization weights to train with (default: the head config's)")  # fmt: skip
+    parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--skip-speed", action="store_true")
     parser.add_argument("--timeout", type=float, default=1800)
     args = parser.parse_args()
