@@ -48,9 +48,16 @@ from bench_postprocess import trained_embeddings  # noqa: E402
 METHODS = {
     "faiss IndexBinaryFlat": "codes",
     "simlearn hamming_top_k": "codes",
+    "simlearn hamming_top_k numpy": "codes",
     "faiss IndexFlatIP": "floats",
     "simlearn top_k": "floats",
 }
+#: the headline pairs (float search, Hamming search), timed side by side in one interpreter
+HEADLINE = (
+    ("faiss IndexFlatIP", "faiss IndexBinaryFlat"),
+    ("faiss IndexFlatIP", "simlearn hamming_top_k"),
+    ("simlearn top_k", "simlearn hamming_top_k"),
+)
 LOSSES = ("contrastive", "csq")
 
 
@@ -65,7 +72,9 @@ def random_gallery(kind: str, n: int, width: int, seed: int) -> np.ndarray:
 
 
 def searcher(method: str, gallery: np.ndarray, k: int):
-    """``(build seconds, search(queries))`` of one method over the gallery."""
+    """``(build seconds, search(queries))`` of one method over the gallery. "faiss IndexBinaryFlat" is faiss as it
+    ships (its heap k-selection); simlearn's ``hamming_top_k`` runs on faiss's counting k-selection when faiss is
+    installed, its "numpy" row on numpy's popcount (``backend="numpy"``)."""
     from simlearn.retrieval import hamming_top_k, prepare_gallery, top_k
 
     started = time.perf_counter()
@@ -80,63 +89,101 @@ def searcher(method: str, gallery: np.ndarray, k: int):
         return time.perf_counter() - started, lambda q: index.search(q, k)
     if method == "simlearn hamming_top_k":
         return 0.0, lambda q: hamming_top_k(q, gallery, k)
+    if method == "simlearn hamming_top_k numpy":
+        return 0.0, lambda q: hamming_top_k(q, gallery, k, backend="numpy")
     prepared = prepare_gallery(gallery)  # checked and normalised once, as a served gallery is
     return 0.0, lambda q: top_k(q, prepared, k)
 
 
 def speed_worker(spec: dict) -> dict:
-    """One method at one size: build, one batched search, ``single`` one-query searches; times and bytes."""
-    kind = METHODS[spec["method"]]
-    gallery = random_gallery(kind, spec["n"], spec["width"], 0)
-    queries = random_gallery(kind, spec["queries"], spec["width"], 1)
-    build_s, search = searcher(spec["method"], gallery, spec["k"])
-    search(queries[:2])  # warm-up: thread pools, first allocations
-    started = time.perf_counter()
-    search(queries)
-    batched_s = time.perf_counter() - started
-    started = time.perf_counter()
-    for i in range(spec["single"]):
-        search(queries[i : i + 1])
-    single_s = (time.perf_counter() - started) / max(1, spec["single"])
-    return {"build_s": build_s, "batched_s": batched_s, "single_s": single_s, "bytes": gallery.nbytes,
-            "peak_rss": peak_rss_bytes()}  # fmt: skip
+    """Methods at one size, side by side: each builds its gallery, then ``repeats`` rounds of one batched search by
+    each method in turn (the best round counts: the least disturbed by other jobs), then ``single`` one-query
+    searches each; per method its times and bytes, and the process's peak memory."""
+    if spec["threads"]:
+        import faiss
+        import torch
+
+        faiss.omp_set_num_threads(spec["threads"])
+        torch.set_num_threads(spec["threads"])
+    searches, out = {}, {}
+    for method, width in spec["methods"]:
+        kind = METHODS[method]
+        gallery = random_gallery(kind, spec["n"], width, 0)
+        queries = random_gallery(kind, spec["queries"], width, 1)
+        build_s, search = searcher(method, gallery, spec["k"])
+        search(queries[:2])  # warm-up: thread pools, first allocations
+        searches[method] = search, queries
+        out[method] = {"build_s": build_s, "batched_s": float("inf"), "bytes": gallery.nbytes}
+    for _ in range(spec["repeats"]):
+        for method, (search, queries) in searches.items():
+            started = time.perf_counter()
+            search(queries)
+            out[method]["batched_s"] = min(out[method]["batched_s"], time.perf_counter() - started)
+    for method, (search, queries) in searches.items():
+        started = time.perf_counter()
+        for i in range(spec["single"]):
+            search(queries[i : i + 1])
+        out[method]["single_s"] = (time.perf_counter() - started) / max(1, spec["single"])
+    return {"methods": out, "peak_rss": peak_rss_bytes()}
+
+
+def load_average() -> str:
+    """The 1-minute load average now (how busy the machine is: the times are upper bounds when it exceeds the
+    cores)."""
+    return f"{os.getloadavg()[0]:.1f}" if hasattr(os, "getloadavg") else "?"
 
 
 def speed_rows(args: argparse.Namespace) -> list[str]:
+    """The table (each method alone in a fresh interpreter: its own peak memory) and the headline ratios (float and
+    Hamming search side by side in one interpreter, best of ``--repeats`` alternating rounds)."""
+    script = os.path.abspath(__file__)
+    common = {"queries": args.queries, "k": args.k, "single": args.single, "repeats": args.repeats,
+              "threads": args.threads}  # fmt: skip
     rows = [
-        "| gallery | search | batched ms / query | single ms / query | gallery MiB | build s | peak MiB |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
+        f"{os.cpu_count()} cores, threads: {args.threads or 'the libraries default (all cores)'}, k = {args.k}, "
+        f"{args.queries} queries batched, best of {args.repeats}; load average at the start {load_average()}",
+        "",
+        "| gallery | search | batched ms / query | single ms / query | gallery MiB | build s | peak MiB | load |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
-    batched: dict[tuple[int, str, int], float] = {}
     for n in args.sizes:
-        runs = [(m, b) for m in METHODS if METHODS[m] == "codes" for b in args.code_bits]
-        runs += [(m, d) for m in METHODS if METHODS[m] == "floats" for d in args.dims]
+        runs = [(m, b) for m in args.methods if METHODS[m] == "codes" for b in args.code_bits]
+        runs += [(m, d) for m in args.methods if METHODS[m] == "floats" for d in args.dims]
         for method, width in runs:
-            spec = {"method": method, "n": n, "width": width, "queries": args.queries, "k": args.k,
-                    "single": args.single}  # fmt: skip
             what = f"{width}-bit codes" if METHODS[method] == "codes" else f"{width}-d float32"
-            result = measure_in_subprocess(os.path.abspath(__file__), spec, args.timeout)
+            load = load_average()
+            result = measure_in_subprocess(script, {**common, "methods": [[method, width]], "n": n}, args.timeout)
             if "error" in result:
-                rows.append(f"| {n:,} {what} | {method} | {result['error']} | | | | |")
+                rows.append(f"| {n:,} {what} | {method} | {result['error']} | | | | | {load} |")
             else:
-                batched[n, method, width] = result["batched_s"]
+                one = result["methods"][method]
                 rows.append(
-                    f"| {n:,} {what} | {method} | {1000 * result['batched_s'] / args.queries:.4f} | "
-                    f"{1000 * result['single_s']:.3f} | {result['bytes'] / 2**20:.1f} | {result['build_s']:.2f} | "
-                    f"{result['peak_rss'] / 2**20:.0f} |"
+                    f"| {n:,} {what} | {method} | {1000 * one['batched_s'] / args.queries:.4f} | "
+                    f"{1000 * one['single_s']:.3f} | {one['bytes'] / 2**20:.1f} | {one['build_s']:.2f} | "
+                    f"{result['peak_rss'] / 2**20:.0f} | {load} |"
                 )
             print(rows[-1], flush=True)
     rows.append("")
+    bits, dim = args.code_bits[0], args.dims[0]
     for n in args.sizes:
-        for floats, codes in (
-            ("faiss IndexFlatIP", "faiss IndexBinaryFlat"),
-            ("simlearn top_k", "simlearn hamming_top_k"),
-        ):
-            for d in args.dims:
-                for b in args.code_bits:
-                    if (n, floats, d) in batched and (n, codes, b) in batched:
-                        ratio = batched[n, floats, d] / batched[n, codes, b]
-                        rows.append(f"- {n:,} items: {floats} of {d}-d floats / {codes} of {b}-bit codes: {ratio:.1f}x")
+        pairs = [p for p in HEADLINE if p[0] in args.methods and p[1] in args.methods]
+        methods = sorted({m for p in pairs for m in p}, key=list(METHODS).index)
+        spec = {**common, "n": n, "methods": [[m, bits if METHODS[m] == "codes" else dim] for m in methods]}
+        load = load_average()
+        result = measure_in_subprocess(script, spec, args.timeout)
+        if "error" in result:
+            rows.append(f"- {n:,} items side by side: {result['error']}")
+            continue
+        times = {m: result["methods"][m]["batched_s"] for m in methods}
+        for floats, codes in pairs:
+            rows.append(
+                f"- {n:,} items, side by side (load {load}): {floats} of {dim}-d floats "
+                f"{1000 * times[floats] / args.queries:.4f} ms / {codes} of {bits}-bit codes "
+                f"{1000 * times[codes] / args.queries:.4f} ms per batched query: "
+                f"**{times[floats] / times[codes]:.1f}x**"
+            )
+            print(rows[-1], flush=True)
+    rows.append(f"- load average at the end {load_average()}")
     return rows
 
 
@@ -239,6 +286,9 @@ def main() -> None:
     parser.add_argument("--dims", type=int, nargs="*", default=[64, 512])
     parser.add_argument("--queries", type=int, default=1000)
     parser.add_argument("--single", type=int, default=20, help="one-query searches timed per method")
+    parser.add_argument("--repeats", type=int, default=3, help="batched searches per method; the best counts")
+    parser.add_argument("--threads", type=int, default=None, help="faiss's and torch's threads (default: theirs)")
+    parser.add_argument("--methods", nargs="*", choices=list(METHODS), default=list(METHODS))
     parser.add_argument("--k", type=int, default=10)
     parser.add_argument("--mnist-root", default=None, help="a folder holding MNIST/raw/: adds the quality rows")
     parser.add_argument("--bits", type=int, nargs="*", default=[16, 32, 64])
