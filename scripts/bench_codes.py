@@ -2,27 +2,35 @@
 
     python scripts/bench_codes.py --mnist-root /work/shared/data          # both tables
     python scripts/bench_codes.py --sizes 100000 1000000                  # speed rows only
-    python scripts/bench_codes.py --skip-speed --mnist-root /work/shared/data --bits 64
+    python scripts/bench_codes.py --skip-speed --mnist-root /work/shared/data --bits 64 --split closed
 
 **Speed rows** (random data: speed does not depend on what the vectors mean): a gallery of n random codes
 (``--code-bits``) or unit float vectors (d = ``--dims``) and ``--queries`` fresh queries of the same kind, each
-measurement in a fresh interpreter (:func:`bench_common.measure_in_subprocess`): exact Hamming search by faiss
-``IndexBinaryFlat`` and by simlearn's :func:`~simlearn.retrieval.codes.hamming_top_k`, exact float search by faiss
-``IndexFlatIP`` and by simlearn's :func:`~simlearn.retrieval.top_k` (float64 re-scoring and the tie rule), the k =
-``--k`` nearest. "batched ms / query": one call with all queries, its wall time over the number of queries; "single
-ms / query": the mean of ``--single`` calls of one query each; "gallery MiB": the searched array's bytes; "build s":
-faiss's ``add`` (simlearn's searches build nothing). The headline is the float/Hamming ratio of the batched time,
-1M 64-d floats against 1M 64-bit codes, each library against itself.
+method in a fresh interpreter (:func:`bench_common.measure_in_subprocess`): exact Hamming search by faiss
+``IndexBinaryFlat`` as it ships (heap k-selection), by simlearn's :func:`~simlearn.retrieval.codes.hamming_top_k`
+(faiss's counting k-selection when installed) and by its numpy fallback (``backend="numpy"``), exact float search by
+faiss ``IndexFlatIP`` and by simlearn's :func:`~simlearn.retrieval.top_k` (float64 re-scoring and the tie rule), the
+k = ``--k`` nearest. "batched ms / query": the best of ``--repeats`` calls with all queries, its wall time over the
+number of queries; "single ms / query": the mean of ``--single`` calls of one query each; "gallery MiB": the
+searched array's bytes; "build s": faiss's ``add`` (simlearn's searches build nothing); "load": the 1-minute load
+average when the row started. ``--threads`` sets faiss's and torch's threads (default: theirs, all cores). The
+headline is the float/Hamming ratio of the batched time at each size, 64-d floats against 64-bit codes (the first
+``--dims`` and ``--code-bits``), measured **side by side**: both galleries in one interpreter, the searches in
+alternating rounds, the best of ``--repeats`` each, so that a change in the machine's load hits both.
 
-**Quality rows**: real MNIST, closed set (all ten digits in training and test), a model trained inside the script
-(``simlearn.train``: the small CNN, ``head=hash head.bits=B``, ``--epochs`` over at most ``--max-train`` training
-images, tested on at most ``--max-test`` of the official test images), its test split searched against itself
-(leave-one-out) three ways: the float embedding of the same network (the head's tanh relaxation, L2-normalised:
+**Quality rows**: real MNIST, ``--split closed`` (all ten digits in training and test, MNIST's official test
+images), ``unseen`` (``data.split_by=class``: training on the digits 0-4, testing on the never-seen 5-9, the loss
+comparison's protocol) or ``both``; a model trained inside the script (``simlearn.train``: the small CNN,
+``head=hash head.bits=B`` with each ``--quantization`` weight, ``--epochs`` over at most ``--max-train`` training
+images, tested on at most ``--max-test`` test images), its test split searched against itself (leave-one-out) four
+ways: the float embedding of the same network (the head's tanh relaxation, L2-normalised:
 :func:`simlearn.evaluation.retrieval_metrics`), its packed codes by Hamming distance
 (:func:`simlearn.evaluation.hamming.hamming_metrics`: by the tie rule and tie-aware), and the Hamming ranking whose
-top ``--rerank`` candidates are re-ranked by the float embeddings (:meth:`simlearn.retrieval.CodeIndex.reranking`
-through :func:`~simlearn.retrieval.top_k`; the places past them keep their Hamming order). "kept" is the share of
-the float MAP@R. Figures are wall-clock on whatever machine runs it; on a shared machine they are upper bounds.
+top ``--rerank`` (and, an extra column, ``--rerank-deep``) candidates are re-ranked by the float embeddings
+(:meth:`simlearn.retrieval.CodeIndex.reranking` through :func:`~simlearn.retrieval.top_k`; the places past them keep
+their Hamming order; MAP@R reads R places, R ≈ 500 closed-set and ≈ 1000 unseen at 5,000 test images, which the top
+100 do not cover). "kept" is the share of the float MAP@R. Figures are wall-clock on whatever machine runs it; on a
+shared machine they are upper bounds.
 """
 
 from __future__ import annotations
