@@ -16,7 +16,7 @@ Two searches ship: :func:`hamming_top_k`, simlearn's own exact one, and faiss's 
 on faiss's ``IndexBinaryFlat`` when faiss is installed (``backend="auto"``): its counting k-selection
 (``use_heap=False``, codes of up to :data:`FAISS_COUNT_MAX_BITS` bits) and its heap (longer codes) both keep, per
 distance, the items met first in gallery order, so they return the tie rule's ranking (tested against a brute force
-on data full of ties), 5-10x faster than numpy (``scripts/bench_codes.py``, README); else (``backend="numpy"``)
+on data full of ties), about 10x faster than numpy (``scripts/bench_codes.py``, README); else (``backend="numpy"``)
 numpy's popcount in chunks of queries, memory bounded by ``chunk x gallery`` small ints, the tie rule built into its
 sort key. Float re-ranking
 (:meth:`CodeIndex.reranking`): the ``depth`` best items by Hamming distance are the candidates that the exact float
