@@ -23,6 +23,7 @@ from simlearn.data.base import CROP_KEYS, EmbeddingDataModule
 from simlearn.errors import UserError
 from simlearn.models import EmbeddingModule, Encoder
 from simlearn.models.backbones import Backbone
+from simlearn.organise.duplicates import check_threshold
 from simlearn.schema import check_config as check_types
 from simlearn.schema import signature_hints
 
@@ -57,6 +58,9 @@ def check_config(cfg: DictConfig) -> None:
         raise UserError(
             f"evaluation.ks must be a non-empty list of integers ≥ 1, got {ks}; e.g. evaluation.ks=[1,5,10]."
         )
+    leak_threshold = OmegaConf.select(cfg, "reports.leaks.threshold", default=None)
+    if leak_threshold is not None:  # checked now, not after the training the leak check runs after
+        check_threshold(leak_threshold, "reports.leaks.threshold")
 
 
 #: Data keys that may be left null for the model to fill (:meth:`Backbone.preprocessing`).

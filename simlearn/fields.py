@@ -34,6 +34,7 @@ NOT_LABEL_FIELDS = frozenset(
         "split",
         "paths",
         "ckpt_path",
+        "model_digest",
         COPY_EMBEDDINGS,
     }
 )

@@ -113,8 +113,8 @@ def test_embed_writes_the_codes_to_the_npz_and_a_binary_parquet_column(tmp_path)
 @pytest.mark.slow
 def test_embed_search_and_serve_a_code_gallery_end_to_end(tmp_path, capfd, trained_run):
     """A 16-bit digits model: simlearn-embed writes the codes, simlearn-search returns the brute-force Hamming items
-    and the service the same; a float checkpoint searching the code gallery, and db= for the hashing model, are one
-    line each."""
+    and the service the same, from the npz and from a LanceDB table (re-ranked by floats: the same as the npz's); a
+    float checkpoint searching the code gallery, and a PQ index on the codes, are one line each."""
     from PIL import Image
     from sklearn.datasets import load_digits
 
@@ -155,7 +155,31 @@ def test_embed_search_and_serve_a_code_gallery_end_to_end(tmp_path, capfd, train
     refused = run_main("simlearn.cli.search", f"ckpt_path={float_ckpt}", f"query={queries}", f"gallery={gallery}",
                        f"hydra.run.dir={tmp_path / 'f'}", capfd=capfd)  # fmt: skip
     assert_clean_failure(refused, "holds binary codes", "makes float embeddings")
-    no_db = run_main("simlearn.cli.embed", f"ckpt_path={ckpt}", f"db={tmp_path / 'db'}", f"out_dir={tmp_path / 'x'}",
-                     f"hydra.run.dir={tmp_path / 'd'}", capfd=capfd)  # fmt: skip
-    assert_clean_failure(no_db, "is a hashing model (16-bit codes)", "holds float vectors only")
+    # a LanceDB table of the codes: simlearn-search and the service through LanceDB's Hamming search, the same items
+    db = tmp_path / "codes.lancedb"
+    pq_index = run_main("simlearn.cli.embed", f"ckpt_path={ckpt}", f"db={db}", "db_index=IVF_PQ", "splits=[test]",
+                        f"out_dir={tmp_path / 'x'}", f"hydra.run.dir={tmp_path / 'd'}", capfd=capfd)  # fmt: skip
+    assert_clean_failure(pq_index, "db_index='IVF_PQ': a hashing model's codes", "IVF_FLAT")
     assert not (tmp_path / "x").exists()  # refused before anything was embedded
+    with_db = run_main("simlearn.cli.embed", f"ckpt_path={ckpt}", f"db={db}", "splits=[test]",
+                       f"out_dir={tmp_path / 'x'}", f"hydra.run.dir={tmp_path / 'd'}", capfd=capfd)  # fmt: skip
+    assert with_db.returncode == 0, with_db.stderr[-2000:]
+    from simlearn.retrieval import vectordb
+
+    np.testing.assert_array_equal(vectordb.read_table(db).codes, npz["codes"])
+    db_json = tmp_path / "db_search.json"
+    searched = run_main("simlearn.cli.search", f"ckpt_path={ckpt}", f"query={queries}", f"gallery={db}", "k=5",
+                        f"results={db_json}", "grid=null", f"hydra.run.dir={tmp_path / 't'}", capfd=capfd)  # fmt: skip
+    assert searched.returncode == 0, searched.stderr[-2000:]
+    assert "LanceDB's Hamming full scan" in searched.stdout
+    assert [r["results"] for r in json.loads(db_json.read_text())] == [r["results"] for r in found]
+    db_service = open_service(compose_config(
+        [f"ckpt_path={ckpt}", f"gallery={db}", "device=cpu", "rerank=20"], config_name="serve",
+        output_dir=tmp_path / "w"))  # fmt: skip
+    reranked = open_service(compose_config(
+        [f"ckpt_path={ckpt}", f"gallery={gallery}", "device=cpu", "rerank=20"], config_name="serve",
+        output_dir=tmp_path / "u"))  # fmt: skip
+    for result in found:
+        query = db_service.model.embed([Path(result["query"])])
+        want = [item["id"] for item in reranked.search_vector(query[0], 5)]
+        assert [item["id"] for item in db_service.search_vector(query[0], 5)] == want

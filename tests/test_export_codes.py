@@ -1,8 +1,10 @@
-"""A hashing model (head=hash) exported: the ONNX graph's second output ``codes`` is pack_codes of the embeddings, and
-the model folder records ``code_bits`` so that simlearn.load(folder) is a hashing model, as the checkpoint is."""
+"""A hashing model (head=hash) exported: the ONNX graph's second output ``codes`` and the TorchScript module's
+``codes`` method are pack_codes of the embeddings (and the command's check catches codes that are not), and the model
+folder records ``code_bits`` so that simlearn.load(folder) is a hashing model with the checkpoint's codes."""
 
 from __future__ import annotations
 
+import copy
 import json
 
 import numpy as np
@@ -12,6 +14,7 @@ import torch
 from simlearn.config import compose_config
 from simlearn.errors import UserError
 from simlearn.export import export
+from simlearn.export.formats import check_codes
 from simlearn.inference import load_model
 from simlearn.retrieval.codes import encoder_code_bits, pack_codes
 
@@ -48,6 +51,33 @@ def test_the_onnx_export_of_a_hash_model_outputs_its_packed_codes(hash_ckpt, tmp
     sidecar = json.loads(path.with_name(path.name + ".json").read_text())
     assert sidecar["code_bits"] == BITS and sidecar["codes"]["shape"] == ["batch", BITS // 8]
     assert sidecar["output"]["normalized"] is False
+
+
+@pytest.mark.slow
+def test_the_torchscript_export_of_a_hash_model_has_a_codes_method(hash_ckpt, tmp_path, capsys):
+    model = load_model(hash_ckpt)
+    images = torch.randn(9, 1, 8, 8, generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        expected = model.encoder(images).numpy()
+    path = export(compose_config([f"ckpt_path={hash_ckpt}", "format=torchscript"], "export", tmp_path))
+    assert "check: the codes of a batch of 8 equal pack_codes" in capsys.readouterr().out
+    scripted = torch.jit.load(str(path))
+    for batch in (images, images[:1]):  # one output, the embedding, as a float model's; the codes by their method
+        with torch.no_grad():
+            embeddings, codes = scripted(batch).numpy(), scripted.codes(batch).numpy()
+        np.testing.assert_allclose(embeddings, expected[: len(batch)], atol=1e-5)
+        assert codes.dtype == np.uint8 and codes.shape == (len(batch), BITS // 8)
+        np.testing.assert_array_equal(codes, pack_codes(expected[: len(batch)]))
+    assert len(np.unique(pack_codes(expected), axis=0)) > 1  # the codes differ: the comparison can fail
+    sidecar = json.loads(path.with_name(path.name + ".json").read_text())
+    assert sidecar["codes"] == {"method": "codes", "shape": ["batch", 2], "dtype": "uint8", "packing": "packbits"}
+    # the check counts the images whose codes differ: against an encoder whose every sign is flipped, all of them
+    flipped = copy.deepcopy(model.encoder)
+    with torch.no_grad():
+        for parameter in flipped.head.parameters():
+            parameter.neg_()
+    assert check_codes(path, "torchscript", model.encoder, images) == 0
+    assert check_codes(path, "torchscript", flipped, images) == len(images)
 
 
 @pytest.mark.slow

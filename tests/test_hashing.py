@@ -43,6 +43,32 @@ def test_the_quantization_term_is_added_to_the_loss_and_pulls_to_plus_minus_one(
     assert float(head.quantization_loss(torch.ones(2, 16))) == 0.0
 
 
+def test_ste_trains_on_plus_minus_one_with_tanhs_gradient_and_embeds_the_same_codes():
+    """head.relaxation=ste: in training the forward is exactly ±1 (the sign pattern pack_codes reads), the gradient
+    that of tanh (straight through: equal to the tanh head's for the same upstream gradient); out of training, the
+    tanh values, whose codes are those of the ±1."""
+    from simlearn.retrieval.codes import pack_codes
+
+    ste, tanh = HashHead(8, 16, relaxation="ste"), HashHead(8, 16, relaxation="tanh")
+    tanh.load_state_dict(ste.state_dict())
+    x = torch.randn(32, 8, generator=torch.Generator().manual_seed(0))
+    upstream = torch.randn(32, 16, generator=torch.Generator().manual_seed(1))
+    signs = ste.train()(x)
+    assert set(signs.unique().tolist()) == {-1.0, 1.0}
+    (signs * upstream).sum().backward()
+    (tanh.train()(x) * upstream).sum().backward()
+    for (name, a), (_, b) in zip(ste.named_parameters(), tanh.named_parameters(), strict=True):
+        assert a.grad is not None and float(a.grad.abs().sum()) > 0, name
+        torch.testing.assert_close(a.grad, b.grad, rtol=0, atol=0)
+    with torch.no_grad():
+        relaxed = ste.eval()(x)
+    torch.testing.assert_close(relaxed, tanh.eval()(x).detach(), rtol=0, atol=0)
+    assert not set(relaxed.unique().tolist()) <= {-1.0, 1.0}  # a float relaxation to re-rank with
+    np.testing.assert_array_equal(pack_codes(relaxed), pack_codes(signs))
+    with pytest.raises(UserError, match=r"head.relaxation='sign' is not a relaxation of the code; valid: \['tanh'"):
+        HashHead(8, 16, relaxation="sign")
+
+
 def test_the_training_step_adds_the_heads_quantization_term(tmp_path):
     from simlearn.build import build_datamodule, build_model
     from simlearn.config import compose_config

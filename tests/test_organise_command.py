@@ -198,3 +198,161 @@ def test_a_threshold_outside_minus_one_to_one_ends_the_real_process_in_one_line(
                      f"hydra.run.dir={tmp_path / 'run'}")  # fmt: skip
     assert_clean_failure(result, "threshold=2", "from -1 to 1")
     assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+# -- the model a gallery was embedded by ---------------------------------------------------------------------------
+def other_checkpoint(ckpt: Path, out: Path) -> Path:
+    """The checkpoint with one encoder weight changed: another model of the same dimension."""
+    import torch
+
+    checkpoint = torch.load(ckpt, map_location="cpu", weights_only=False)
+    name = next(k for k, v in checkpoint["state_dict"].items() if k.startswith("encoder.") and v.is_floating_point())
+    checkpoint["state_dict"][name] = checkpoint["state_dict"][name] + 0.05
+    torch.save(checkpoint, out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def npz_galleries(trained_run, catalogue, tmp_path_factory) -> dict[str, Path]:
+    """The catalogue embedded by the trained checkpoint, as simlearn-embed writes an npz (write_npz): with the
+    model's digest, and as an older simlearn wrote it (no digest); a copy of the checkpoint, and another model."""
+    from simlearn.data.images import find_images
+    from simlearn.inference import load_model
+    from simlearn.inference.embedding_files import write_npz
+
+    folder, _ = catalogue
+    root = tmp_path_factory.mktemp("digest")
+    ckpt = trained_run / "checkpoints" / "last.ckpt"
+    model = load_model(ckpt)
+    embedded = model.embed_files(find_images(folder))
+    arrays = {"embeddings": embedded.embeddings, "paths": np.array([str(p) for p in embedded.paths])}
+    copied = root / "copied" / "renamed.ckpt"
+    copied.parent.mkdir()
+    copied.write_bytes(ckpt.read_bytes())
+    return {
+        "ckpt": ckpt,
+        "digest": write_npz(root / "digest.npz", arrays, str(ckpt), model.digest),
+        "old": write_npz(root / "old.npz", arrays, str(ckpt)),
+        "copied": copied,
+        "other": other_checkpoint(ckpt, root / "other.ckpt"),
+    }
+
+
+def test_the_digest_names_the_weights_not_the_file(npz_galleries, tmp_path):
+    from simlearn.inference import load_model
+    from simlearn.inference.model_folder import write_model_folder
+
+    model = load_model(npz_galleries["ckpt"])
+    assert len(model.digest) == 64 and str(np.load(npz_galleries["digest"])["model_digest"]) == model.digest
+    assert load_model(npz_galleries["copied"]).digest == model.digest
+    # the same model exported as a model folder (safetensors weights) is the same model
+    assert load_model(write_model_folder(model, tmp_path / "folder", "card")).digest == model.digest
+    assert load_model(npz_galleries["other"]).digest != model.digest
+    assert "model_digest" not in np.load(npz_galleries["old"]).files
+
+
+def test_a_gallery_of_another_model_of_the_same_dimension_is_refused_in_one_line(npz_galleries, tmp_path, capfd):
+    result = organise(capfd, npz_galleries["other"], npz_galleries["digest"], tmp_path / "run", "sheets=false")
+    assert_clean_failure(result, "digest.npz", "was embedded by another model (digest ", "simlearn-embed ckpt_path=")
+    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    digest = str(np.load(npz_galleries["digest"])["model_digest"])
+    assert f"digest {digest[:12]}…" in result.stderr
+    assert not (tmp_path / "run" / "clusters.csv").exists()
+
+
+def test_a_copied_checkpoint_organises_its_gallery_without_a_warning(npz_galleries, tmp_path, capfd):
+    result = organise(capfd, npz_galleries["copied"], npz_galleries["digest"], tmp_path / "run", "sheets=false")
+    assert result.returncode == 0, result.stderr[-3000:]
+    log = (tmp_path / "run" / "organise.log").read_text()  # the command's warnings are in its log file
+    assert (tmp_path / "run" / "clusters.csv").is_file() and "WARNING" not in log, log
+
+
+def test_an_old_gallery_without_a_digest_is_only_warned_about_by_path(npz_galleries, tmp_path, capfd):
+    result = organise(capfd, npz_galleries["other"], npz_galleries["old"], tmp_path / "run", "sheets=false")
+    assert result.returncode == 0, result.stderr[-3000:]
+    warnings = [line for line in (tmp_path / "run" / "organise.log").read_text().splitlines() if "WARNING" in line]
+    assert len(warnings) == 1 and "old.npz' was embedded with" in warnings[0], warnings
+    assert str(npz_galleries["ckpt"]) in warnings[0] and "records no model digest" in warnings[0]
+    assert (tmp_path / "run" / "clusters.csv").is_file()
+
+
+def test_search_warns_by_digest(npz_galleries, caplog):
+    """simlearn-search and -serve read galleries through load_gallery: another model's is warned about (by digest,
+    whatever its path), a copied checkpoint's is not."""
+    from simlearn.config import compose_config
+    from simlearn.inference import load_model
+    from simlearn.retrieval.gallery import load_gallery
+
+    cfg = compose_config([], "search")
+    for ckpt, warned in (("copied", False), ("other", True), ("ckpt", False)):
+        caplog.clear()
+        with caplog.at_level("WARNING"):
+            load_gallery(npz_galleries["digest"], load_model(npz_galleries[ckpt]), cfg)
+        messages = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+        assert any("was embedded by another model" in m for m in messages) == warned, (ckpt, messages)
+        assert not any("was embedded with" in m for m in messages), messages  # the path no longer counts
+
+
+# -- contact sheets of data held in memory -----------------------------------------------------------------------
+def tile_areas(sheet: np.ndarray, rows: int, columns: int, tile: int = 96) -> list[np.ndarray]:
+    """The image area of each tile of a sheet saved by save_retrieval_grid (its layout: a title band of 28 px, per
+    cell a 30 px caption band, a 4 px frame and a 10 px gap), without the frame."""
+    head, caption, frame, gap = 28, 30, 4, 10
+    cell_w, cell_h = tile + 2 * frame + gap, caption + tile + 2 * frame + gap
+    areas = []
+    for r in range(rows):
+        for c in range(columns):
+            y, x = head + r * cell_h + caption + frame, c * cell_w + gap // 2 + frame
+            areas.append(sheet[y + 8 : y + tile - 8, x + 8 : x + tile - 8])
+    return areas
+
+
+def test_sheets_of_in_memory_digits_show_the_items(trained_run, tmp_path, capfd):
+    """Without gallery=, the checkpoint's digits (in memory, no files): the tiles hold the digits' pixels."""
+    out = tmp_path / "run"
+    result = run_main(
+        "simlearn.cli.organise",
+        f"ckpt_path={trained_run / 'checkpoints' / 'last.ckpt'}",
+        f"hydra.run.dir={out}",
+        "device=cpu",
+        "sheet_clusters=1",
+        "sheet_nearest_rows=1",
+        "sheet_farthest_rows=0",
+        "sheet_groups=0",
+        "sheet_outliers=8",
+        capfd=capfd,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    for name, rows in (("cluster_0.png", 1), ("outliers.png", 1)):
+        with Image.open(out / "sheets" / name) as image:
+            sheet = np.asarray(image.convert("L"), dtype=np.float64)
+        spreads = [float(area.std()) for area in tile_areas(sheet, rows, 8)]
+        # an empty tile is one flat grey (std 0); a digit is dark strokes on light
+        assert min(spreads) > 20, (name, spreads)
+
+
+def test_simlearn_embed_records_the_digest_in_every_file_and_a_table_of_another_model_is_refused(
+    npz_galleries, tmp_path
+):
+    import pyarrow.parquet as pq
+
+    from simlearn.config import compose_config
+    from simlearn.errors import UserError
+    from simlearn.inference import load_model
+    from simlearn.inference.embedding_files import embed_dataset
+    from simlearn.retrieval import vectordb
+    from simlearn.retrieval.gallery import load_gallery
+
+    db = tmp_path / "digits.lancedb"
+    cfg = compose_config(
+        [f"ckpt_path={npz_galleries['ckpt']}", f"db={db}", "splits=[test]", "device=cpu"], "embed", tmp_path / "e"
+    )
+    written = embed_dataset(cfg)
+    digest = load_model(npz_galleries["ckpt"]).digest
+    assert str(np.load(written["test"])["model_digest"]) == digest
+    assert pq.read_schema(written["parquet"]).metadata[b"simlearn.model_digest"] == digest.encode()
+    assert vectordb.read_table(db).model_digest == digest
+    search_cfg = compose_config([], "search")
+    with pytest.raises(UserError, match=r"LanceDB table 'embeddings'\) was embedded by another model \(digest "):
+        load_gallery(db, load_model(npz_galleries["other"]), search_cfg, refuse_other_model=True)
+    assert load_gallery(db, load_model(npz_galleries["copied"]), search_cfg, refuse_other_model=True).ids

@@ -9,6 +9,7 @@ import pytest
 
 from simlearn.errors import UserError
 from simlearn.retrieval.codes import (
+    CodeIndex,
     code_index,
     hamming_distances,
     hamming_top_k,
@@ -121,14 +122,49 @@ def test_float_reranking_is_the_float_search_over_the_hamming_candidates(factory
     _, cand = brute_hamming(q, g, depth)  # the depth nearest codes, by the tie rule
     unit_g = floats / np.linalg.norm(floats.astype(np.float64), axis=1, keepdims=True)
     unit_q = queries / np.linalg.norm(queries.astype(np.float64), axis=1, keepdims=True)
+    cut = 0  # queries whose items tied at the depth-th distance do not all fit: the tie rule picks among them
     for i in range(len(q)):
-        if factory == "Flat":  # faiss's choice among items tied at the depth-th distance is its own
-            d = hamming_distances(q[i : i + 1], g)[0]
-            if (d[cand[i]] == d[cand[i][-1]]).sum() < (d == d[cand[i][-1]]).sum():
-                continue
+        d = hamming_distances(q[i : i + 1], g)[0]
+        cut += int((d[cand[i]] == d[cand[i][-1]]).sum() < (d == d[cand[i][-1]]).sum())
         cos = (unit_g[cand[i]] * unit_q[i]).sum(axis=1)  # row by row: equal rows give equal cosines (BLAS may not)
         want = cand[i][np.lexsort((cand[i], -cos))][:k]
         np.testing.assert_array_equal(got.indices[i], want)
+    assert cut > 5  # the test can tell an index's own choice among the tied from the tie rule's
+
+
+class ReversedTies:
+    """An exhaustive binary index (faiss's ``search`` interface) that returns the count nearest items with equal
+    distances in the reverse order of the rule, the higher row first: the order an index may choose."""
+
+    def __init__(self, codes: np.ndarray) -> None:
+        self.codes, self.calls = codes, []
+
+    def search(self, query_codes: np.ndarray, count: int) -> tuple[np.ndarray, np.ndarray]:
+        self.calls.append(count)
+        d = hamming_distances(query_codes, self.codes)
+        order = np.lexsort((-np.arange(len(self.codes))[None, :].repeat(len(d), 0), d), axis=1)[:, :count]
+        return np.take_along_axis(d, order, axis=1), order
+
+
+@pytest.mark.parametrize("depth", [None, 30])
+def test_an_exhaustive_index_with_its_own_tie_order_gives_the_tie_rule(depth):
+    """The items tied at the k-th distance are asked for until their block is whole, then the rule picks: the same
+    top k (and re-ranking candidates) as simlearn's own search, whatever order the index returns ties in."""
+    g = tied_codes(300, 2, seed=8, distinct=5)
+    q = tied_codes(20, 2, seed=9, distinct=5)
+    index = ReversedTies(g)
+    source = CodeIndex(g, "lancedb", index=index)
+    assert source.exact
+    distances, rows = source.hamming(q, 12)
+    want_d, want_i = brute_hamming(q, g, 12)
+    np.testing.assert_array_equal(rows, want_i)
+    np.testing.assert_array_equal(distances, want_d)
+    assert max(index.calls) > 24  # tied blocks longer than twice k: asked again
+    assert not np.array_equal(index.search(q, 12)[1], want_i)  # the index's own order is not the rule's
+    floats = unpack_signs(g)
+    searched = source if depth is None else source.reranking(depth)
+    got = top_k(unpack_signs(q), floats, 10, index=searched)
+    np.testing.assert_array_equal(got.indices, top_k(unpack_signs(q), floats, 10, index=code_index(g)).indices)
 
 
 def test_bad_codes_and_bit_counts_are_one_clear_line():

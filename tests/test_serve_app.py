@@ -15,9 +15,10 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from simlearn.inference.search import load_queries
-from simlearn.retrieval import run_search
+from simlearn.retrieval import Gallery, run_search
 from simlearn.serve import SearchService, ServiceLimits, create_app, open_service
 from simlearn.serve.app import DOCS_ASSETS
+from simlearn.serve.views import GalleryViews, MapOptions
 
 from .serving import (
     PER_CLASS,
@@ -52,6 +53,7 @@ def test_health_info_and_page(client, service):
     assert client.get("/docs").status_code == 200
     paths = client.get("/openapi.json").json()["paths"]
     assert {"/search", "/items/{item_id}", "/items/{item_id}/neighbours", "/map", "/health"} <= set(paths)
+    assert {"/clusters", "/clusters/{cluster}", "/duplicates"} <= set(paths)
 
 
 def test_search_by_upload_is_the_exact_search(client, service, queries_dir):
@@ -113,22 +115,99 @@ def test_item_image_is_the_gallery_file(client, service):
         assert response.content == Path(service.gallery.paths[i]).read_bytes()
 
 
-def test_map_is_pca_of_the_embeddings_with_labels_computed_once(client, service):
+def test_map_is_a_tsne_with_labels_and_clusters_computed_once(client, service):
     answer = client.get("/map").json()
-    e = service.gallery.embeddings.astype(np.float64)
-    assert answer["projection"].startswith("PCA") and answer["total"] == answer["shown"] == len(e)
+    e = service.gallery.embeddings
+    assert answer["projection"].startswith("t-SNE") and answer["total"] == answer["shown"] == len(e)
     assert answer["ids"] == list(range(len(e)))
     assert [answer["classes"][c] for c in answer["labels"]] == service.gallery.labels
-    # the first two principal components, each up to its sign
-    centred = e - e.mean(axis=0)
-    _, values, axes = np.linalg.svd(centred, full_matrices=False)
-    for column, axis in zip(("x", "y"), axes[:2], strict=True):
-        expected = centred @ axis
-        got = np.array(answer[column])
-        assert min(np.abs(got - expected).max(), np.abs(got + expected).max()) < 1e-5
-    share = values[:2] ** 2 / (values**2).sum()
-    np.testing.assert_allclose(answer["explained_variance_ratio"], share, atol=1e-3)
-    assert service.map() is service.map()  # computed once
+    # each point's cluster, simlearn-organise's
+    assert answer["clusters"] == service.organised().clusters.cluster.tolist() and answer["cluster_count"] == 10
+    assert service.map() == service.map() and service.views.map() is service.views.map()  # computed once
+    # map.projection=pca: the first two principal components (tests/test_serve_views.py checks them)
+    pca = SearchService(service.model, service.gallery, views=GalleryViews(service.gallery, None, MapOptions("pca")))
+    assert pca.map()["projection"].startswith("PCA") and len(pca.map()["explained_variance_ratio"]) == 2
+
+
+def planted_service(service: SearchService) -> SearchService:
+    """The folder gallery with item 5's file a second time, as the last item: a near-duplicate group (5, last)."""
+    g = service.gallery
+    gallery = Gallery(
+        np.concatenate([g.embeddings, g.embeddings[5:6]]),
+        [*g.labels, g.labels[5]],
+        [*g.paths, g.paths[5]],
+        g.source,
+        None,
+        root=g.root,
+    )
+    return SearchService(service.model, gallery, views=GalleryViews(gallery, {"k": 10}))
+
+
+def test_clusters_are_simlearn_organises_with_their_items_nearest_the_centre_first(client, service):
+    found = service.organised()
+    summary = client.get("/clusters").json()
+    assert summary["method"] == "kmeans" and summary["k"] == 10 and summary["noise"] == 0
+    assert summary["items"] == len(service.gallery.embeddings)
+    assert summary["nmi"] == pytest.approx(found.clusters.metrics["nmi"], abs=1e-6) and "ami" in summary
+    sizes = [row["size"] for row in summary["clusters"]]
+    assert sizes == sorted(sizes, reverse=True) and sum(sizes) == summary["items"]
+    labels = np.array(service.gallery.labels)
+    for row in summary["clusters"]:
+        members = np.flatnonzero(found.clusters.cluster == row["cluster"])
+        assert row["size"] == len(members) and sum(row["labels"].values()) == len(members)
+        assert row["labels"] == dict(zip(*np.unique(labels[members], return_counts=True), strict=True))
+    # a cluster's items: search results (the same fields, image URLs), by cosine to its centre, most similar first
+    c = summary["clusters"][0]["cluster"]
+    page = client.get(f"/clusters/{c}").json()
+    members = np.flatnonzero(found.clusters.cluster == c)
+    assert page["size"] == len(members) and sorted(r["id"] for r in page["items"]) == sorted(members.tolist())
+    centre = found.clusters.centres[c].astype(np.float64)
+    e = service.gallery.embeddings.astype(np.float64)
+    cosines = [r["cosine"] for r in page["items"]]
+    np.testing.assert_allclose(cosines, [e[r["id"]] @ centre / np.linalg.norm(e[r["id"]]) for r in page["items"]],
+                               atol=1e-6)  # fmt: skip
+    assert cosines == sorted(cosines, reverse=True) and [r["rank"] for r in page["items"]] == list(
+        range(1, 1 + len(members))
+    )
+    result = client.get("/items/0/neighbours", params={"k": 2}).json()["results"][0]
+    assert set(page["items"][0]) == set(result)
+    first = page["items"][0]
+    assert first["image"] == f"/items/{first['id']}" and first["class_name"] == service.gallery.labels[first["id"]]
+    assert [p["id"] for p in summary["clusters"][0]["preview"]] == [r["id"] for r in page["items"][:6]]
+    # paged: offset and limit cut the same list
+    part = client.get(f"/clusters/{c}", params={"offset": 2, "limit": 3}).json()
+    assert part["items"] == page["items"][2:5] and part["offset"] == 2 and part["limit"] == 3
+
+
+def test_duplicate_groups_name_the_planted_copy_and_the_item_to_keep(service):
+    planted = planted_service(service)
+    last = len(planted.gallery.embeddings) - 1
+    answer = TestClient(create_app(planted)).get("/duplicates").json()
+    assert answer["threshold"] == 0.999 and answer["exact"] is True and answer["method"].startswith("exact")
+    groups = [[r["id"] for r in g["items"]] for g in answer["groups"]]
+    assert [5, last] in groups and answer["groups_total"] == len(groups)
+    group = answer["groups"][groups.index([5, last])]
+    assert [r["keep"] for r in group["items"]] == [True, False] and group["size"] == 2
+    assert group["items"][1]["cosine"] == pytest.approx(1.0, abs=1e-6)
+    assert group["items"][1]["image"] == f"/items/{last}" and group["items"][1]["name"] == planted.gallery.name(5)
+    assert answer["to_remove"] == answer["items_in_groups"] - answer["groups_total"]
+    assert TestClient(create_app(planted)).get("/duplicates", params={"offset": len(groups)}).json()["groups"] == []
+
+
+@pytest.mark.parametrize(
+    ("path", "params", "status", "expected"),
+    [
+        ("/clusters/10", {}, 404, "no cluster '10': clusters are the integers 0 to 9"),
+        ("/clusters/-1", {}, 404, "no cluster '-1'"),
+        ("/clusters/two", {}, 404, "no cluster 'two'"),
+        ("/clusters/0", {"offset": "-1"}, 400, "offset must be an integer 0 or more"),
+        ("/clusters/0", {"limit": "0"}, 400, "limit must be an integer from 1 to 100"),
+        ("/duplicates", {"limit": "101"}, 400, "limit must be an integer from 1 to 100"),
+        ("/duplicates", {"offset": "1.5"}, 400, "offset must be an integer 0 or more"),
+    ],
+)
+def test_bad_view_requests_are_one_line(client, path, params, status, expected):
+    assert expected in one_line_error(client.get(path, params=params), status)
 
 
 # ---------------------------------------------------------------- the API page without network
@@ -378,6 +457,9 @@ def test_auth_token_on_every_route_but_health_and_the_page(service):
     guarded = [
         ("GET", "/info", {}),
         ("GET", "/map", {}),
+        ("GET", "/clusters", {}),
+        ("GET", "/clusters/0", {}),
+        ("GET", "/duplicates", {}),
         ("GET", "/items/0", {}),
         ("GET", "/items/0/neighbours", {}),
         ("POST", "/search", {"json": {"id": 0, "k": 2}}),

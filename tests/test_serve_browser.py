@@ -304,3 +304,118 @@ def test_the_api_page_has_an_authorize_button_with_a_token(browser, page_service
         assert browser.find_elements(By.CSS_SELECTOR, ".btn.authorize")
         browser.find_element(By.CSS_SELECTOR, ".btn.authorize").click()
         wait_for(browser, lambda d: d.find_elements(By.CSS_SELECTOR, ".auth-container input"), "the token field")
+
+
+#: where the views' screenshots are kept (serve_clusters.png, serve_duplicates.png, serve_map.png): test artefacts
+ARTEFACTS_ENV = "SIMLEARN_TEST_ARTEFACTS"
+
+
+def artefacts_dir() -> Path:
+    folder = Path(os.environ.get(ARTEFACTS_ENV) or Path(__file__).parent / "artefacts")
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def organised_service(trained_run, tmp_path_factory) -> tuple[SearchService, list[int]]:
+    """``simlearn-serve gallery=FOLDER organise.k=5``: 5 digits of each class as PNG files, one of them a second
+    time under another name (a planted near-duplicate: cos 1); the ids of the planted pair."""
+    root = tmp_path_factory.mktemp("serve_views")
+    written = write_digit_gallery(root / "gallery", per_class=5)
+    source = written[12]  # a 2
+    shutil.copyfile(source, source.with_name(f"copy-of-{source.name}"))
+    cfg = serve_config(trained_run / "checkpoints" / "last.ckpt", root / "gallery", root / "cache", "organise.k=5")
+    service = open_service(cfg)
+    names = [service.gallery.name(i) for i in range(service.size)]
+    planted = sorted(i for i, name in enumerate(names) if Path(name).name in (source.name, f"copy-of-{source.name}"))
+    assert len(planted) == 2
+    return service, planted
+
+
+def _images_loaded(driver, selector: str) -> bool:
+    return driver.execute_script(
+        "const imgs = [...document.querySelectorAll(arguments[0])];"
+        "return imgs.length > 0 && imgs.every(img => img.complete && img.naturalWidth > 0)",
+        selector,
+    )
+
+
+def _ids(driver, selector: str) -> list[int]:
+    return driver.execute_script(
+        "return Array.from(document.querySelectorAll(arguments[0]), card => Number(card.dataset.id))", selector
+    )
+
+
+@pytest.mark.slow
+def test_the_clusters_and_duplicates_views_and_the_map_by_cluster(browser, organised_service):
+    """Click a cluster: its items, nearest the centre first, with their images; click Duplicates: the planted pair
+    as a group, its first item marked to keep; the map coloured by cluster. The screenshots are kept as test
+    artefacts (serve_clusters.png, serve_duplicates.png, serve_map.png in $SIMLEARN_TEST_ARTEFACTS)."""
+    from selenium.webdriver.common.by import By
+
+    service, planted = organised_service
+    artefacts = artefacts_dir()
+    with live_server(create_app(service)) as url:
+        api = httpx.Client(base_url=url, timeout=60)
+        browser.get(url + "/")
+        wait_for(browser, lambda d: d.find_element(By.ID, "map-note").text, "the map", timeout=60)
+        assert browser.find_element(By.ID, "map-note").text.startswith(f"t-SNE of {service.size} items")
+
+        # Clusters: the list, then a click on one of them shows its items, as GET /clusters/{c} orders them
+        browser.find_element(By.ID, "tab-clusters").click()
+        wait_for(browser, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#cluster-list .cluster")) == 5, "5 clusters")
+        summary = api.get("/clusters").json()
+        entries = browser.find_elements(By.CSS_SELECTOR, "#cluster-list .cluster")
+        assert [int(e.get_attribute("data-cluster")) for e in entries] == [
+            row["cluster"] for row in summary["clusters"]
+        ]
+        assert f"{summary['clusters'][1]['size']} items" in entries[1].text
+        wait_for(browser, lambda d: _images_loaded(d, "#cluster-list img"), "the clusters' thumbnails")
+        entries[1].click()
+        c = summary["clusters"][1]["cluster"]
+        expected = [r["id"] for r in api.get(f"/clusters/{c}").json()["items"]]
+        wait_for(browser, lambda d: _ids(d, "#cluster-items .card") == expected, f"the items of cluster {c}")
+        wait_for(browser, lambda d: _images_loaded(d, "#cluster-items img"), "the cluster's images")
+        assert browser.find_element(By.ID, "cluster-title").text.startswith(f"Cluster {c}: {len(expected)} items")
+        browser.save_screenshot(str(artefacts / "serve_clusters.png"))
+
+        # Duplicates: the planted pair is a group, its first item kept
+        browser.find_element(By.ID, "tab-duplicates").click()
+        wait_for(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "#duplicate-groups .group"), "the groups")
+        groups = api.get("/duplicates").json()["groups"]
+        rows = browser.find_elements(By.CSS_SELECTOR, "#duplicate-groups .group")
+        assert len(rows) == len(groups)
+        shown = [[int(c.get_attribute("data-id")) for c in r.find_elements(By.CSS_SELECTOR, ".card")] for r in rows]
+        assert shown == [[item["id"] for item in g["items"]] for g in groups] and planted in shown
+        row = rows[shown.index(planted)]
+        kept = [("keep" in c.get_attribute("class")) for c in row.find_elements(By.CSS_SELECTOR, ".card")]
+        assert kept == [True, False] and "keep" in row.find_elements(By.CSS_SELECTOR, ".card")[0].text
+        wait_for(browser, lambda d: _images_loaded(d, "#duplicate-groups img"), "the groups' images")
+        assert "cos 1.0000" in row.text
+        browser.save_screenshot(str(artefacts / "serve_duplicates.png"))
+
+        # a click on a group's item searches from it (back to the search view)
+        row.find_elements(By.CSS_SELECTOR, ".card")[1].click()
+        wait_for(browser, lambda d: query_id(d) == str(planted[1]), "the copy as the query")
+        assert browser.find_element(By.ID, "view-search").is_displayed()
+
+        # the map coloured by cluster: a point drawn in its cluster's colour, the legend naming the clusters
+        browser.find_element(By.CSS_SELECTOR, 'input[name="colour"][value="cluster"]').click()
+        wait_for(browser, lambda d: "cluster 0" in d.find_element(By.ID, "map-legend").text, "the clusters' legend")
+        target = _isolated_item(browser)
+        colours = browser.execute_script(
+            "const m = window.simlearn.state.map, p = window.simlearn.pointPosition(arguments[0]);"
+            "const i = m.row.get(arguments[0]);"
+            "const px = document.getElementById('map').getContext('2d')"
+            "  .getImageData(Math.round(p.x), Math.round(p.y), 1, 1).data;"
+            "return [Array.from(px.slice(0, 3)), m.clusters[i]];",
+            target,
+        )
+        palette = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd"]
+        assert colours[0] == [int(palette[colours[1]][k : k + 2], 16) for k in (1, 3, 5)]
+        assert colours[1] == service.organised().clusters.cluster[target]
+        browser.save_screenshot(str(artefacts / "serve_map.png"))
+        errors = [
+            e for e in browser.get_log("browser") if e["level"] == "SEVERE" and "Failed to load" not in e["message"]
+        ]
+        assert errors == []

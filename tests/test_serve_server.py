@@ -54,8 +54,15 @@ def test_binding_beyond_this_machine_needs_a_token(trained_run, gallery_dir, tmp
     ckpt = trained_run / "checkpoints" / "last.ckpt"
     with pytest.raises(UserError, match="auth_token"):
         serve(serve_config(ckpt, gallery_dir, tmp_path / "cache", "host=0.0.0.0"))
-    for override in ("k=0", "max_k=-1", "max_upload_mb=0", "map_max_points=2.5"):
-        with pytest.raises(UserError, match="must be a positive"):
+    for override, expected in (
+        ("k=0", "must be a positive"),
+        ("max_k=-1", "must be a positive"),
+        ("max_upload_mb=0", "must be a positive"),
+        ("map.max_points=2.5", "must be a whole number"),
+        ("map.projection=umap", "not one of tsne, pca"),
+        ("organise.threshold=1.5", "not a cosine"),
+    ):
+        with pytest.raises(UserError, match=expected):
             serve(serve_config(ckpt, gallery_dir, tmp_path / "cache", override, f"port={free_port()}"))
     assert not (tmp_path / "cache").exists()
     # a port in use is one line, at once

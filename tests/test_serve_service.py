@@ -1,5 +1,5 @@
-"""The search service (simlearn/serve/service.py): opening it (bad splits and models), its map, a LanceDB gallery,
-post-processing."""
+"""The search service (simlearn/serve/service.py): opening it (bad splits and models), a LanceDB gallery,
+post-processing. (Its map and catalogue views without a model: tests/test_serve_views.py.)"""
 
 from __future__ import annotations
 
@@ -8,25 +8,11 @@ import pytest
 from fastapi.testclient import TestClient
 
 from simlearn.errors import UserError
-from simlearn.retrieval import Gallery
 from simlearn.serve import create_app, open_service
-from simlearn.serve.service import gallery_map
 
 from .serving import (
     serve_config,
 )
-
-
-def test_map_of_2d_embeddings_is_as_is_and_large_galleries_are_sampled(tmp_path):
-    rng = np.random.default_rng(0)
-    e = rng.normal(size=(50, 2)).astype(np.float32)
-    gallery = Gallery(e, [str(i % 3) for i in range(50)], None, tmp_path, None)
-    answer = gallery_map(gallery, max_points=20)
-    assert answer["projection"].startswith("as is") and answer["explained_variance_ratio"] is None
-    assert answer["shown"] == 20 and answer["total"] == 50 and len(set(answer["ids"])) == 20
-    np.testing.assert_allclose(answer["x"], e[answer["ids"], 0], atol=1e-6)
-    np.testing.assert_allclose(answer["y"], e[answer["ids"], 1], atol=1e-6)
-    assert gallery_map(gallery, max_points=20)["ids"] == answer["ids"]  # the same sample on every start
 
 
 def test_bad_splits_and_models_are_refused_in_one_line(trained_run, tmp_path):

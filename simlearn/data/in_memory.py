@@ -65,6 +65,12 @@ class TensorImageDataset(SplitDataset):
     def __getitem__(self, position: int) -> dict[str, torch.Tensor]:
         return {k: v[0] for k, v in self.__getitems__([position]).items()}
 
+    def pixels(self, index: Sequence[int]) -> torch.Tensor:
+        """The stored images of the item numbers ``index`` (a batch's ``index`` values) as people see them: (N, H,
+        W, C) uint8, without augmentation or normalisation (what a contact sheet or a served thumbnail shows)."""
+        images = self.images[torch.as_tensor(index, dtype=torch.long)].float().cpu() / self.scale
+        return (images * 255).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1)
+
     def to(self, device: torch.device | str) -> TensorImageDataset:
         """The same items with every tensor on ``device`` (tensors already there are shared, not copied)."""
         moved = copy.copy(self)

@@ -11,9 +11,9 @@ from omegaconf import DictConfig
 from rich.console import Console
 
 from simlearn.errors import UserError
-from simlearn.export.formats import FORMATS, TOLERANCE, check_export, export_encoder
+from simlearn.export.formats import FORMATS, TOLERANCE, check_codes, check_export, export_encoder
 from simlearn.inference import load_model
-from simlearn.retrieval.codes import encoder_code_bits
+from simlearn.retrieval.codes import encoder_code_bits, pack_codes
 
 __all__ = ["export", "export_folder"]
 
@@ -35,8 +35,9 @@ def export(cfg: DictConfig) -> Path:
     sidecar = out.with_name(out.name + ".json")
     output = {"name": "embedding", "shape": ["batch", model.embedding_dim], "normalized": bits is None}
     described: dict = {"code_bits": bits}
-    if bits is not None and fmt == "onnx":  # the graph's second output (simlearn.export.formats.CodeOutputs)
-        described["codes"] = {"name": "codes", "shape": ["batch", bits // 8], "dtype": "uint8", "packing": "packbits"}
+    if bits is not None:  # ONNX: the graph's second output (CodeOutputs); TorchScript: a method (CodeMethod)
+        where = {"name": "codes"} if fmt == "onnx" else {"method": "codes"}
+        described["codes"] = {**where, "shape": ["batch", bits // 8], "dtype": "uint8", "packing": "packbits"}
     sidecar.write_text(
         json.dumps(
             {
@@ -64,7 +65,24 @@ def export(cfg: DictConfig) -> Path:
             )
         else:
             console.print(f"check: embeddings of a batch of 3 match PyTorch's (max |Δ| = {difference:.1e})")
+        if bits is not None:
+            _check_exported_codes(out, fmt, model.encoder, torch.randn(8, *shape, generator=generator), console)
     return out
+
+
+def _check_exported_codes(
+    out: Path, fmt: str, encoder: torch.nn.Module, images: torch.Tensor, console: Console
+) -> None:
+    """The exported codes of a batch against pack_codes of PyTorch's embeddings (:func:`check_codes`)."""
+    wrong = check_codes(out, fmt, encoder, images)
+    if wrong is None:
+        return
+    if wrong:
+        raise UserError(
+            f"the exported model's codes differ from pack_codes of PyTorch's embeddings for {wrong} of {len(images)} "
+            f"images; the export is not faithful, please report it with the checkpoint's head config."
+        )
+    console.print(f"check: the codes of a batch of {len(images)} equal pack_codes of PyTorch's embeddings")
 
 
 def export_folder(cfg: DictConfig) -> Path:
@@ -97,6 +115,14 @@ def export_folder(cfg: DictConfig) -> Path:
                 f"not faithful, please report it with the checkpoint's backbone config."
             )
         console.print(f"check: simlearn.load({str(folder)!r}) embeds like the checkpoint (max |Δ| = {difference:.1e})")
+        if encoder_code_bits(model.encoder) is not None:  # the codes, too: a sign flip near 0 hides in |Δ|
+            same = pack_codes(load_model(folder).embed_tensor(images)) == pack_codes(model.embed_tensor(images))
+            if not same.all():
+                raise UserError(
+                    "the model folder's codes differ from the checkpoint's; the export is not faithful, please "
+                    "report it with the checkpoint's head config."
+                )
+            console.print("check: its codes equal the checkpoint's")
     if repo_id:
         url = push_to_hub(folder, str(repo_id), bool(cfg.get("hub_private", True)))
         console.print(f"pushed to {url}", highlight=False)

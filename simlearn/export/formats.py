@@ -9,6 +9,9 @@ A hashing model (``head=hash``) exported to ONNX has a second output ``codes`` (
 binary codes, bit j = embedding j > 0, most significant bit first, byte for byte what
 :func:`simlearn.retrieval.codes.pack_codes` gives (:class:`CodeOutputs` packs them inside the graph), so a runtime
 without simlearn gets the codes its Hamming search needs; its ``embedding`` is the tanh relaxation (not unit-length).
+Exported to TorchScript it keeps one output (``module(image)`` is the embedding, as a float model's) and has a second
+exported method, ``module.codes(image)``: the same packed codes (:class:`CodeMethod`). The command checks the codes
+of either against ``pack_codes`` of PyTorch's embeddings (:func:`check_codes`).
 """
 
 from __future__ import annotations
@@ -23,18 +26,21 @@ import torch
 from torch import nn
 
 from simlearn.errors import UserError
-from simlearn.retrieval.codes import encoder_code_bits
+from simlearn.retrieval.codes import encoder_code_bits, pack_codes
 
 log = logging.getLogger(__name__)
 
 __all__ = [
     "FORMATS",
     "TOLERANCE",
+    "CodeMethod",
     "CodeOutputs",
+    "check_codes",
     "check_export",
     "export_encoder",
     "export_onnx",
     "export_torchscript",
+    "exported_codes",
     "run_exported",
 ]
 
@@ -55,10 +61,26 @@ class CodeOutputs(nn.Module):
         self.bits = bits
         self.register_buffer("weights", 2 ** torch.arange(7, -1, -1, dtype=torch.int32), persistent=False)
 
+    def pack(self, embedding: torch.Tensor) -> torch.Tensor:
+        """The packed codes (N, bits / 8) uint8 of embeddings (N, bits)."""
+        bits = (embedding > 0).to(torch.int32).reshape(embedding.shape[0], self.bits // 8, 8)
+        return (bits * self.weights).sum(dim=-1).to(torch.uint8)
+
+    def codes(self, images: torch.Tensor) -> torch.Tensor:
+        """The packed codes of a preprocessed image batch."""
+        return self.pack(self.encoder(images))
+
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         embedding = self.encoder(images)
-        bits = (embedding > 0).to(torch.int32).reshape(embedding.shape[0], self.bits // 8, 8)
-        return embedding, (bits * self.weights).sum(dim=-1).to(torch.uint8)
+        return embedding, self.pack(embedding)
+
+
+class CodeMethod(CodeOutputs):
+    """A hashing encoder for TorchScript: ``forward`` is the embedding alone (one output, as for a float model, so
+    any caller of ``module(image)`` is unchanged) and ``codes(image)`` a second traced method, the packed codes."""
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        return self.encoder(images)
 
 
 def _export_extra() -> str:
@@ -97,10 +119,16 @@ def export_onnx(encoder: nn.Module, example: torch.Tensor, path: Path, opset: in
 
 
 def export_torchscript(encoder: nn.Module, example: torch.Tensor, path: Path) -> Path:
-    """TorchScript by tracing (the encoder has no data-dependent control flow, so any batch size works)."""
+    """TorchScript by tracing (the encoder has no data-dependent control flow, so any batch size works); a hashing
+    encoder's module also has the traced method ``codes(image)`` (:class:`CodeMethod`)."""
+    bits = encoder_code_bits(encoder)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", (DeprecationWarning, FutureWarning))  # torch.jit is deprecated upstream
-        traced = torch.jit.trace(encoder, example, check_trace=False)
+        if bits is None:
+            traced = torch.jit.trace(encoder, example, check_trace=False)
+        else:
+            methods = {"forward": (example,), "codes": (example,)}
+            traced = torch.jit.trace_module(CodeMethod(encoder, bits), methods, check_trace=False)
         traced.save(str(path))
     return path
 
@@ -129,6 +157,38 @@ def run_exported(path: Path, fmt: str, images: torch.Tensor) -> np.ndarray | Non
         return None
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     return session.run(["embedding"], {"image": images.numpy()})[0]
+
+
+def exported_codes(path: Path, fmt: str, images: torch.Tensor) -> np.ndarray | None:
+    """The packed codes of ``images`` by an exported hashing model: TorchScript's ``codes`` method, the ONNX graph's
+    ``codes`` output (None when onnxruntime is not installed)."""
+    if fmt == "torchscript":
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", (DeprecationWarning, FutureWarning))
+            model = torch.jit.load(str(path), map_location="cpu")
+        with torch.no_grad():
+            return model.codes(images).numpy()
+    try:
+        import onnxruntime
+    except ImportError:
+        return None
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return session.run(["codes"], {"image": images.numpy()})[0]
+
+
+def check_codes(path: Path, fmt: str, encoder: nn.Module, images: torch.Tensor) -> int | None:
+    """How many of ``images``' exported codes differ from ``pack_codes`` of PyTorch's embeddings, counting only bits
+    whose embedding value is farther than :data:`TOLERANCE` from 0 (nearer, the two runtimes' rounding may take
+    either side); None when the export cannot be run here."""
+    codes = exported_codes(path, fmt, images)
+    if codes is None:
+        return None
+    with torch.no_grad():
+        expected = encoder.eval().cpu()(images).numpy()
+    if codes.dtype != np.uint8 or codes.shape != (len(images), expected.shape[1] // 8):
+        raise UserError(f"the exported model's codes are {codes.dtype} {codes.shape}, expected uint8 packed codes.")
+    differ = np.unpackbits(codes, axis=1) != np.unpackbits(pack_codes(expected), axis=1)
+    return int((differ & (np.abs(expected) > TOLERANCE)).any(axis=1).sum())
 
 
 def check_export(path: Path, fmt: str, encoder: nn.Module, images: torch.Tensor) -> float | None:

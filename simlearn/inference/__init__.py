@@ -5,6 +5,6 @@ folder (:mod:`simlearn.inference.model_folder`), embedding a dataset's splits in
 ``simlearn-embed``) and searching a gallery with query images (:mod:`simlearn.inference.search`, ``simlearn-search``).
 Finding neighbours itself is :mod:`simlearn.retrieval`'s job; exporting to other formats is :mod:`simlearn.export`'s."""
 
-from simlearn.inference.model import EmbeddedFiles, InferenceModel, embed, load_model, pick_device
+from simlearn.inference.model import EmbeddedFiles, InferenceModel, embed, load_model, pick_device, weights_digest
 
-__all__ = ["EmbeddedFiles", "InferenceModel", "embed", "load_model", "pick_device"]
+__all__ = ["EmbeddedFiles", "InferenceModel", "embed", "load_model", "pick_device", "weights_digest"]

@@ -6,7 +6,8 @@ also go into a LanceDB table (an embedded vector database, :mod:`simlearn.retrie
 database are galleries for ``simlearn-search`` and ``simlearn-serve``; the npz files plain arrays for anything else
 (``numpy.load``). A hashing head's model (``head=hash``) also writes its packed binary codes: ``codes`` in the npz
 (uint8, bits / 8 bytes per item, :func:`simlearn.retrieval.codes.pack_codes`), a fixed-size binary column ``code`` in
-the parquet file; the LanceDB table would hold its floats only, so ``db=`` is refused for such a model.
+the parquet file and a ``code`` column of LanceDB's binary vector type (``fixed_size_list<uint8>``, searched by
+Hamming distance) in the LanceDB table, whose ``db_index`` then indexes the codes (IVF_FLAT or IVF_HNSW_FLAT).
 """
 
 from __future__ import annotations
@@ -95,9 +96,13 @@ def split_arrays(
     return arrays
 
 
-def write_npz(path: Path, arrays: dict[str, np.ndarray], ckpt_path: str) -> Path:
+def write_npz(path: Path, arrays: dict[str, np.ndarray], ckpt_path: str, model_digest: str | None = None) -> Path:
+    """One split's arrays as ``path``, with the checkpoint they came from (``ckpt_path``) and, when given, the
+    model's digest (``model_digest``: :attr:`~simlearn.inference.InferenceModel.digest`, what a gallery is checked
+    against)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    np.savez(path, **arrays, ckpt_path=np.array(str(Path(ckpt_path).resolve())))
+    digest = {"model_digest": np.array(model_digest)} if model_digest else {}
+    np.savez(path, **arrays, ckpt_path=np.array(str(Path(ckpt_path).resolve())), **digest)
     return path
 
 
@@ -109,10 +114,13 @@ def parquet_available() -> bool:
     return True
 
 
-def write_parquet(path: Path, per_split: dict[str, dict[str, np.ndarray]], ckpt_path: str) -> Path:
+def write_parquet(
+    path: Path, per_split: dict[str, dict[str, np.ndarray]], ckpt_path: str, model_digest: str | None = None
+) -> Path:
     """One row per item of every split: ``split``, ``index``, ``path`` (file data), ``label``, ``class_name``, the
     label fields, ``embedding`` (a fixed-size list of float32) and, for a hashing head, ``code`` (its packed code: a
-    fixed-size binary of bits / 8 bytes)."""
+    fixed-size binary of bits / 8 bytes). The schema metadata holds ``simlearn.ckpt_path`` and
+    ``simlearn.model_digest``."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -140,6 +148,8 @@ def write_parquet(path: Path, per_split: dict[str, dict[str, np.ndarray]], ckpt_
         tables.append(pa.table(columns))
     table = pa.concat_tables(tables, promote_options="default")
     metadata = {b"simlearn.ckpt_path": str(Path(ckpt_path).resolve()).encode()}
+    if model_digest:
+        metadata[b"simlearn.model_digest"] = model_digest.encode()
     table = table.replace_schema_metadata({**(table.schema.metadata or {}), **metadata})
     path.parent.mkdir(parents=True, exist_ok=True)
     pq.write_table(table, path)
@@ -176,33 +186,35 @@ def embed_dataset(cfg: DictConfig) -> dict[str, Path]:
     device = pick_device(cfg.get("device"))
     datamodule, model = rebuild(cfg)
     bits = encoder_code_bits(model.encoder)
-    if bits is not None and cfg.get("db"):
-        raise UserError(
-            f"db={cfg.db!r}: ckpt_path={cfg.ckpt_path} is a hashing model ({bits}-bit codes) and a LanceDB table "
-            "holds float vectors only here; leave out db= and search the npz files, which hold the codes."
-        )
+    if bits is not None and cfg.get("db") and db_index is not None:  # a hashing model's index is on its codes
+        vectordb.check_index_type(db_index, codes=True)
     model.to(device)
     results = embed_splits(model.encoder, datamodule, splits, model.device, cfg.get("batch_size"))
     out_dir = Path(cfg.get("out_dir") or cfg.paths.output_dir)
     per_split = {split: split_arrays(result, datamodule, split, bits is not None) for split, result in results.items()}
     # the file the weights came from (a model folder's model.safetensors), as simlearn-search's model.path names it
-    ckpt_path = model.path
-    paths = {split: write_npz(out_dir / f"{split}.npz", arrays, ckpt_path) for split, arrays in per_split.items()}
+    ckpt_path, digest = model.path, model.digest
+    paths = {split: write_npz(out_dir / f"{split}.npz", a, ckpt_path, digest) for split, a in per_split.items()}
     if parquet is True or (parquet == "auto" and parquet_available()):
-        paths["parquet"] = write_parquet(out_dir / "embeddings.parquet", per_split, ckpt_path)
+        paths["parquet"] = write_parquet(out_dir / "embeddings.parquet", per_split, ckpt_path, digest)
     elif parquet == "auto":
         log.info("pyarrow is not installed: no embeddings.parquet (pip install 'simlearn[parquet]')")
     db_note = ""
     if cfg.get("db"):
         table_name = str(cfg.get("db_table") or vectordb.TABLE)
         table = vectordb.write_embeddings(
-            Path(str(cfg.db)).expanduser(), per_split, ckpt_path, table_name, bool(cfg.get("db_overwrite"))
+            Path(str(cfg.db)).expanduser(),
+            per_split,
+            ckpt_path,
+            table_name,
+            bool(cfg.get("db_overwrite")),
+            model_digest=digest,
         )
         paths["db"] = Path(str(cfg.db)).expanduser()
-        db_note = f"LanceDB table {table_name!r}"
+        db_note = f"LanceDB table {table_name!r}" + (", codes in column 'code'" if bits is not None else "")
         if db_index is not None:
             built = vectordb.create_index(
-                table, str(db_index), cfg.get("db_index_partitions"), cfg.get("db_index_sub_vectors")
+                table, str(db_index), cfg.get("db_index_partitions"), cfg.get("db_index_sub_vectors"), bits is not None
             )
             db_note += f", {built} index"
     table = Table(title=f"simlearn-embed · {cfg.ckpt_path}", title_justify="left")

@@ -10,6 +10,8 @@ float32 rows.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
@@ -29,7 +31,7 @@ from simlearn.errors import UserError
 from simlearn.models.module import EmbeddingSet
 from simlearn.retrieval.vectors import unit_rows
 
-__all__ = ["EmbeddedFiles", "InferenceModel", "embed", "load_model", "pick_device"]
+__all__ = ["EmbeddedFiles", "InferenceModel", "embed", "load_model", "pick_device", "weights_digest"]
 
 #: rows whose norms are within this of 1 are returned as they are (a normalising head's output, up to rounding)
 UNIT_TOLERANCE = 1e-6
@@ -51,7 +53,8 @@ class InferenceModel:
     ``source`` is what it was loaded from (a checkpoint file, or a model folder: ``kind``), ``path`` the file its
     weights came from (the checkpoint, or the folder's ``model.safetensors``: galleries embedded with it record it
     and their caches are keyed by its size and time), ``config`` the config it was built from (a checkpoint's
-    ``simlearn_config``; a folder's ``config.json`` with its ``preprocessing``).
+    ``simlearn_config``; a folder's ``config.json`` with its ``preprocessing``). ``digest`` names the model itself,
+    whatever file it was read from (:meth:`digest`).
     """
 
     def __init__(
@@ -74,6 +77,7 @@ class InferenceModel:
         self.path = Path(path)
         #: image file → model input, as training's evaluation transform makes it
         self.loader = ImageLoader(self.preprocessing)
+        self._digest: str | None = None
 
     def to(self, device: str | torch.device) -> InferenceModel:
         """This model, its encoder moved to ``device`` (where it embeds from now on)."""
@@ -84,6 +88,17 @@ class InferenceModel:
     @property
     def embedding_dim(self) -> int:
         return int(self.encoder.embedding_dim)
+
+    @property
+    def digest(self) -> str:
+        """The model's identity: the sha256 (hex) of the encoder's weights and buffers (name, dtype, shape and bytes,
+        by name) and of the preprocessing, computed on first use and kept. A copied or renamed checkpoint has the same
+        digest; another model of the same dimension (other weights), or the same weights with other preprocessing,
+        has another: galleries record it (``model_digest``) so that a gallery of another model is told apart from
+        one of this model read under another path."""
+        if self._digest is None:
+            self._digest = weights_digest(self.encoder, self.preprocessing)
+        return self._digest
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
@@ -207,6 +222,19 @@ class InferenceModel:
             parts.append(self.embed_tensor(torch.stack(batch)))
         embeddings = np.concatenate(parts) if parts else np.zeros((0, self.embedding_dim), dtype=np.float32)
         return EmbeddedFiles(paths=kept, embeddings=embeddings, failed=failed)
+
+
+def weights_digest(encoder: nn.Module, preprocessing: Mapping[str, Any]) -> str:
+    """The sha256 (hex) of ``encoder``'s state dict (every tensor's name, dtype, shape and bytes, in name order: the
+    same weights give the same digest on any device, whatever order the module registered them in) and of
+    ``preprocessing`` (as sorted JSON). About 1 s per GB of weights."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(encoder.state_dict().items()):
+        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+        # as bytes, whatever the dtype (numpy has no bfloat16); reshape(-1): a 0-d buffer has no bytes view of its own
+        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    digest.update(json.dumps(dict(preprocessing), sort_keys=True, default=str).encode())
+    return digest.hexdigest()
 
 
 def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> InferenceModel:

@@ -59,6 +59,10 @@ class IdentityHead(nn.Module):
         return F.normalize(features.flatten(1), dim=1)
 
 
+#: head.relaxation values of a hashing head
+RELAXATIONS = ("tanh", "ste")
+
+
 class HashHead(nn.Module):
     """A hashing head: a linear (or 2-layer MLP) projection to ``bits`` values squashed by tanh, the continuous
     relaxation of a binary code that the losses train; the code is its sign pattern (bit j = value j > 0, exactly
@@ -66,7 +70,15 @@ class HashHead(nn.Module):
 
     ``quantization`` weights the term that pulls the relaxation to ±1, ``mean((|u| - 1)^2)`` (as in CSQ, Yuan et al.
     CVPR 2020, and DPSH-style methods), added to whatever loss trains the model (:meth:`quantization_loss`); 0: off.
-    ``out_dim`` only states the size for configs that read ``${head.out_dim}``: it must equal ``bits``."""
+    ``out_dim`` only states the size for configs that read ``${head.out_dim}``: it must equal ``bits``.
+
+    ``relaxation``: ``tanh`` (the default) trains on ``u = tanh(z)``; ``ste`` trains on the code itself, the sign of
+    ``u`` (+1 where u > 0, else -1, as :func:`~simlearn.retrieval.codes.pack_codes` reads it) with the
+    straight-through estimator: the forward pass is exactly ±1, the backward pass tanh's gradient (Bengio et al. 2013;
+    GreedyHash, Su et al. NeurIPS 2018, trains codes this way). Out of training (evaluation, ``simlearn-embed``, the
+    exports) both give ``u``: the same signs, hence the same codes, and a float relaxation left to re-rank with. Under
+    ``ste`` the quantization term is 0 (the outputs are ±1 already), and a loss that clamps its input short of ±1
+    (``loss=csq``'s probabilities) gets no gradient from it: use ``ste`` with losses on similarities."""
 
     def __init__(
         self,
@@ -75,6 +87,7 @@ class HashHead(nn.Module):
         hidden_dim: int | None = None,
         quantization: float = 0.1,
         out_dim: int | None = None,
+        relaxation: str = "tanh",
     ) -> None:
         super().__init__()
         from simlearn.retrieval.codes import check_bits  # the one rule for bit counts; a leaf module
@@ -84,14 +97,25 @@ class HashHead(nn.Module):
             raise UserError(f"head=hash produces head.bits={bits} values, but head.out_dim={out_dim}; leave it null.")
         if isinstance(quantization, bool) or not isinstance(quantization, int | float) or quantization < 0:
             raise UserError(f"head.quantization must be a number ≥ 0 (0: off), got {quantization!r}; e.g. 0.1.")
+        if relaxation not in RELAXATIONS:
+            raise UserError(
+                f"head.relaxation={relaxation!r} is not a relaxation of the code; valid: {list(RELAXATIONS)} (tanh: "
+                f"train on tanh values; ste: on the ±1 signs with a straight-through gradient)."
+            )
         self.relaxation = ProjectionHead(in_features, bits, hidden_dim, normalize=False)
         self.out_dim = bits
         #: marks an encoder whose embeddings are codes: evaluation ranks by Hamming distance, outputs hold codes
         self.code_bits = bits
         self.quantization = float(quantization)
+        #: ``tanh`` or ``ste`` (class doc); not ``self.relaxation``, the projection, whose name the checkpoints keep
+        self.relaxation_type = relaxation
 
     def forward(self, features: Tensor) -> Tensor:
-        return torch.tanh(self.relaxation(features))
+        u = torch.tanh(self.relaxation(features))
+        if self.relaxation_type == "ste" and self.training:
+            # straight through: the value of the sign, the gradient of u
+            return u + (torch.where(u > 0, 1.0, -1.0).to(u.dtype) - u).detach()
+        return u
 
     def quantization_loss(self, embeddings: Tensor) -> Tensor:
         """The weighted quantization term of a batch of relaxed codes: ``quantization * mean((|u| - 1)^2)``."""

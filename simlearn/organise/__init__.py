@@ -6,7 +6,7 @@ one exact search, :func:`simlearn.retrieval.exact.top_k`, which works in chunks 
 
 from simlearn.organise.clusters import Clusters, cluster_embeddings
 from simlearn.organise.duplicates import DuplicateGroups, find_duplicates
-from simlearn.organise.leaks import Leak, Leaks, leaks
+from simlearn.organise.leaks import Leak, Leaks, leaks, write_leaks
 from simlearn.organise.outliers import Uniqueness, uniqueness
 
 __all__ = [
@@ -19,4 +19,5 @@ __all__ = [
     "find_duplicates",
     "leaks",
     "uniqueness",
+    "write_leaks",
 ]

@@ -12,7 +12,7 @@ from __future__ import annotations
 import csv
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,19 +21,32 @@ import numpy as np
 from omegaconf import DictConfig
 from rich.console import Console
 
+from simlearn.data.base import SplitDataset
 from simlearn.data.images import is_image_name, thumbnail
+from simlearn.data.in_memory import TensorImageDataset
 from simlearn.errors import UserError
 from simlearn.inference import load_model, pick_device
 from simlearn.organise.clusters import METHODS, NOISE, Clusters, cluster_embeddings, unit_embeddings
 from simlearn.organise.duplicates import DuplicateGroups, check_threshold, find_duplicates
-from simlearn.organise.leaks import Leaks, leaks
+from simlearn.organise.leaks import Leaks, leaks, write_leaks
 from simlearn.organise.outliers import Uniqueness, uniqueness
 from simlearn.reports.plots import GridTile, save_retrieval_grid
 from simlearn.retrieval.gallery import Gallery, load_gallery
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Organised", "check_options", "data_gallery", "organise", "organise_gallery", "write_leaks", "write_outputs"]
+__all__ = [
+    "DataGallery",
+    "DatasetImages",
+    "Organised",
+    "check_options",
+    "data_gallery",
+    "embed_data_gallery",
+    "organise",
+    "organise_gallery",
+    "write_leaks",
+    "write_outputs",
+]
 
 
 @dataclass
@@ -46,6 +59,8 @@ class Organised:
     uniqueness: Uniqueness
     #: the held-out items with a near-copy in the training split (a gallery made of a dataset's splits only)
     leaks: Leaks | None = None
+    #: item → its pixels for the contact sheets, where the items have no image files (a dataset held in memory)
+    images: Callable[[int], np.ndarray | None] | None = None
 
 
 def check_options(cfg: DictConfig) -> None:
@@ -108,31 +123,63 @@ def organise(cfg: DictConfig) -> dict[str, Any]:
     """The whole command: check, load the model and the gallery, organise, write the files; return the summary."""
     check_options(cfg)
     device = pick_device(cfg.get("device"))
-    splits = None
+    data = None
     if cfg.get("gallery") is None:
-        gallery, splits, model = data_gallery(cfg, device)
+        data, model = data_gallery(cfg, device)
+        gallery = data.gallery
     else:
         model = load_model(cfg.ckpt_path, device)
-        gallery = load_gallery(cfg.gallery, model, cfg)
+        # clusters and duplicate groups of two models' embeddings mean nothing: another model's gallery is refused
+        gallery = load_gallery(cfg.gallery, model, cfg, refuse_other_model=True)
     found = organise_gallery(gallery, cfg)
-    if splits is not None:
-        paths = [_path(gallery, i) for i in range(len(gallery.embeddings))]
-        found.leaks = leaks(gallery.embeddings, paths, splits, found.duplicates.threshold)
+    if data is not None:
+        found.leaks = data.leaks(found.duplicates.threshold)
+        found.images = data.images
     channels = int(model.preprocessing.get("channels", 3))
     summary = write_outputs(found, Path(cfg.paths.output_dir), cfg, channels)
     _print(summary)
     return summary
 
 
-def data_gallery(cfg: DictConfig, device: Any) -> tuple[Gallery, list[str], Any]:
-    """Every split of the checkpoint's data (or ``cfg.data``'s) embedded as simlearn-embed embeds it, as one gallery:
-    the gallery, each item's split and the inference model."""
-    from simlearn.inference.embedding_files import embed_splits, rebuild, split_arrays
+class DatasetImages:
+    """The pixels of a data gallery's items, by gallery row, for the contact sheets: an in-memory dataset's stored
+    images (:meth:`~simlearn.data.in_memory.TensorImageDataset.pixels`, as people see them); None for items of other
+    data (files: their paths are their images)."""
 
-    datamodule, model = rebuild(cfg)
-    model.to(device)
-    results = embed_splits(model.encoder, datamodule, None, model.device, cfg.get("batch_size"))
-    embeddings, labels, paths, ids, splits = [], [], [], [], []
+    def __init__(self, datasets: Mapping[str, SplitDataset], splits: Sequence[str], index: Sequence[int]) -> None:
+        self.datasets, self.splits, self.index = datasets, list(splits), [int(i) for i in index]
+
+    def __call__(self, row: int) -> np.ndarray | None:
+        dataset = self.datasets.get(self.splits[row])
+        if not isinstance(dataset, TensorImageDataset):
+            return None
+        pixels = dataset.pixels([self.index[row]])[0].numpy()
+        return pixels[..., 0] if pixels.shape[-1] == 1 else pixels[..., :3]
+
+
+@dataclass
+class DataGallery:
+    """Every split of a dataset embedded as one gallery: the gallery, each item's split and the items' pixels."""
+
+    gallery: Gallery
+    splits: list[str]
+    images: DatasetImages
+
+    def leaks(self, threshold: float) -> Leaks:
+        """The held-out items with a near-copy (cos ≥ ``threshold``) in the training split
+        (:func:`simlearn.organise.leaks.leaks`), named by their files (or ``<split>[<index>]``)."""
+        paths = [_path(self.gallery, i) for i in range(len(self.gallery.embeddings))]
+        return leaks(self.gallery.embeddings, paths, self.splits, threshold)
+
+
+def embed_data_gallery(encoder: Any, datamodule: Any, device: Any, batch_size: int | None = None) -> DataGallery:
+    """Every split of a set-up data module with items, embedded by ``encoder`` as simlearn-embed embeds them
+    (evaluation transforms, also for train), as one gallery: what ``simlearn-organise`` without ``gallery=`` and the
+    leak check of training (``reports.leaks``) work on."""
+    from simlearn.inference.embedding_files import embed_splits, split_arrays
+
+    results = embed_splits(encoder, datamodule, None, device, batch_size)
+    embeddings, labels, paths, ids, splits, index = [], [], [], [], [], []
     for split, result in results.items():
         arrays = split_arrays(result, datamodule, split)
         names = arrays["class_names"]
@@ -140,17 +187,29 @@ def data_gallery(cfg: DictConfig, device: Any) -> tuple[Gallery, list[str], Any]
         if "labels" in arrays:
             labels += [str(names[int(v)]) if 0 <= int(v) < len(names) else str(v) for v in arrays["labels"]]
         ids += [f"{split}[{int(i)}]" for i in arrays["index"]]
+        index += [int(i) for i in arrays["index"]]
         paths += [str(p) for p in arrays["paths"]] if "paths" in arrays else []
         splits += [split] * len(arrays["embeddings"])
+    dim = int(encoder.embedding_dim)
     gallery = Gallery(
-        embeddings=np.concatenate(embeddings) if embeddings else np.zeros((0, model.embedding_dim), np.float32),
+        embeddings=np.concatenate(embeddings) if embeddings else np.zeros((0, dim), np.float32),
         labels=labels if len(labels) == len(ids) else None,
         paths=paths if len(paths) == len(ids) else None,
         source=Path(f"data {datamodule.name}"),
         index_path=None,
         ids=ids,
     )
-    return gallery, splits, model
+    return DataGallery(gallery, splits, DatasetImages(datamodule.datasets, splits, index))
+
+
+def data_gallery(cfg: DictConfig, device: Any) -> tuple[DataGallery, Any]:
+    """Every split of the checkpoint's data (or ``cfg.data``'s) embedded as simlearn-embed embeds it, as one gallery
+    (:func:`embed_data_gallery`), and the inference model."""
+    from simlearn.inference.embedding_files import rebuild
+
+    datamodule, model = rebuild(cfg)
+    model.to(device)
+    return embed_data_gallery(model.encoder, datamodule, model.device, cfg.get("batch_size")), model
 
 
 # -- files -----------------------------------------------------------------------------------------------------------
@@ -250,16 +309,6 @@ def write_outputs(found: Organised, out: Path, cfg: DictConfig, channels: int = 
     return summary
 
 
-def write_leaks(found: Leaks, path: Path) -> Path:
-    """leaks.csv: one row per held-out item with a near-copy in the training split, with both files."""
-    rows = [[k.split, k.item, k.path, k.train_item, k.train_path, f"{k.cosine:.6f}"] for k in found.leaks]
-    if found.leaks:
-        counts = ", ".join(f"{count} of {found.checked[split]} {split}" for split, count in found.counts.items())
-        log.warning("leaks: %s items have a near-duplicate (cos >= %s) in the training split: %s", counts,
-                    found.threshold, path)  # fmt: skip
-    return _write_csv(path, ["split", "item", "path", "train_item", "train_path", "cosine"], rows)
-
-
 def _cell(value: float) -> str:
     return "" if np.isnan(value) else f"{value:.6f}"
 
@@ -269,9 +318,13 @@ def _label_counts(counts: dict[str, int] | None) -> str:
 
 
 # -- contact sheets ----------------------------------------------------------------------------------------------------
-def _tile(gallery: Gallery, i: int, caption: str, channels: int, hit: bool | None = None) -> GridTile:
+def _tile(found: Organised, i: int, caption: str, channels: int, hit: bool | None = None) -> GridTile:
+    gallery = found.gallery
     path = gallery.paths[i] if gallery.paths is not None else None
-    image = thumbnail(path, channels) if path and is_image_name(Path(path)) else None
+    if path and is_image_name(Path(path)):
+        image = thumbnail(path, channels)
+    else:  # no file: the item's pixels where the gallery came from data in memory
+        image = found.images(i) if found.images is not None else None
     return GridTile(image, caption, hit)
 
 
@@ -284,8 +337,8 @@ def _rows(tiles: list[GridTile], columns: int) -> list[list[GridTile]]:
     return [tiles[start : start + columns] for start in range(0, len(tiles), columns)]
 
 
-def _caption_tile(gallery: Gallery, i: int, head: str, value: str, channels: int, hit: bool | None = None) -> GridTile:
-    return _tile(gallery, i, f"{head}{_short(gallery, i)}\n{value}", channels, hit)
+def _caption_tile(found: Organised, i: int, head: str, value: str, channels: int, hit: bool | None = None) -> GridTile:
+    return _tile(found, i, f"{head}{_short(found.gallery, i)}\n{value}", channels, hit)
 
 
 def write_sheets(found: Organised, folder: Path, cfg: DictConfig, channels: int = 3) -> dict[str, str]:
@@ -304,8 +357,8 @@ def write_sheets(found: Organised, folder: Path, cfg: DictConfig, channels: int 
         shown = set(near)
         far = [i for i in order[::-1][: farthest_rows * columns].tolist() if i not in shown][::-1]
         cos = clusters.cosine
-        rows = _rows([_caption_tile(gallery, i, "", f"cos {cos[i]:.3f}", channels) for i in near], columns)
-        rows += _rows([_caption_tile(gallery, i, "far: ", f"cos {cos[i]:.3f}", channels, False) for i in far], columns)
+        rows = _rows([_caption_tile(found, i, "", f"cos {cos[i]:.3f}", channels) for i in near], columns)
+        rows += _rows([_caption_tile(found, i, "far: ", f"cos {cos[i]:.3f}", channels, False) for i in far], columns)
         title = f"cluster {c}: {len(members)} items, the nearest its centre" + (", then the farthest" if far else "")
         written[f"sheet_cluster_{c}"] = str(save_retrieval_grid(folder / f"cluster_{c}.png", rows, title=title))
     groups = duplicates.groups[: int(cfg.get("sheet_groups") or 0)]
@@ -313,9 +366,9 @@ def write_sheets(found: Organised, folder: Path, cfg: DictConfig, channels: int 
         rows = []
         for g, items in enumerate(groups):
             first = int(items[0])
-            row = [_caption_tile(gallery, first, f"group {g} keep\n", "", channels, True)]
+            row = [_caption_tile(found, first, f"group {g} keep\n", "", channels, True)]
             for i in items[1:columns].tolist():
-                row.append(_caption_tile(gallery, i, "", f"cos {_cosine(x[i], x[first]):.4f}", channels, False))
+                row.append(_caption_tile(found, i, "", f"cos {_cosine(x[i], x[first]):.4f}", channels, False))
             rows.append(row)
         # short: a sheet of pairs is two tiles wide, and the grid does not widen for its title
         title = f"{len(groups)} of {len(duplicates.groups)} groups · cos ≥ {duplicates.threshold}"
@@ -323,7 +376,7 @@ def write_sheets(found: Organised, folder: Path, cfg: DictConfig, channels: int 
     top = unusual.order[: int(cfg.get("sheet_outliers") or 0)].tolist()
     if top:
         tiles = [
-            _caption_tile(gallery, i, f"#{r} ", f"uniq {unusual.score[i]:.3f}", channels) for r, i in enumerate(top, 1)
+            _caption_tile(found, i, f"#{r} ", f"uniq {unusual.score[i]:.3f}", channels) for r, i in enumerate(top, 1)
         ]
         title = f"the {len(top)} most unusual items (uniqueness: 1 - mean cos to the {unusual.k} nearest)"
         sheet = save_retrieval_grid(folder / "outliers.png", _rows(tiles, columns), title=title)

@@ -41,11 +41,11 @@ class DuplicateGroups:
         return group
 
 
-def check_threshold(threshold: float) -> float:
-    """``threshold`` as a float in [-1, 1], else one line."""
+def check_threshold(threshold: float, key: str = "threshold") -> float:
+    """``threshold`` as a float in [-1, 1], else one line naming it as ``key``."""
     if isinstance(threshold, bool) or not isinstance(threshold, int | float) or not -1.0 <= float(threshold) <= 1.0:
         raise UserError(
-            f"threshold={threshold!r} is not a cosine: give a number from -1 to 1 (e.g. threshold=0.98; higher finds "
+            f"{key}={threshold!r} is not a cosine: give a number from -1 to 1 (e.g. {key}=0.98; higher finds "
             f"fewer, closer copies)."
         )
     return float(threshold)

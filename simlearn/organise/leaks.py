@@ -4,8 +4,11 @@ from the one exact search (:func:`simlearn.retrieval.exact.top_k`, in chunks: me
 
 from __future__ import annotations
 
+import csv
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
@@ -14,7 +17,9 @@ from simlearn.organise.clusters import unit_embeddings
 from simlearn.organise.duplicates import check_threshold
 from simlearn.retrieval.exact import top_k
 
-__all__ = ["Leak", "Leaks", "leaks"]
+log = logging.getLogger(__name__)
+
+__all__ = ["Leak", "Leaks", "leaks", "write_leaks"]
 
 
 @dataclass(frozen=True)
@@ -77,3 +82,18 @@ def leaks(
             item, train_item = int(rows[h]), int(train[columns[h]])
             found.append(Leak(split, item, str(paths[item]), train_item, str(paths[train_item]), float(cosines[h])))
     return Leaks(leaks=found, checked=checked, threshold=threshold, counts=counts)
+
+
+def write_leaks(found: Leaks, path: Path) -> Path:
+    """leaks.csv: one row per held-out item with a near-copy in the training split, with both files; when there
+    are any, one warning with the counts per split."""
+    if found.leaks:
+        counts = ", ".join(f"{count} of {found.checked[split]} {split}" for split, count in found.counts.items())
+        log.warning("leaks: %s items have a near-duplicate (cos >= %s) in the training split: %s", counts,
+                    found.threshold, path)  # fmt: skip
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="") as file:
+        writer = csv.writer(file)
+        writer.writerow(["split", "item", "path", "train_item", "train_path", "cosine"])
+        writer.writerows([k.split, k.item, k.path, k.train_item, k.train_path, f"{k.cosine:.6f}"] for k in found.leaks)
+    return path

@@ -5,7 +5,6 @@ and logs them, with the class similarity heatmap, to wandb when a ``WandbLogger`
 from __future__ import annotations
 
 import logging
-import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -22,6 +21,7 @@ from simlearn.data.base import EmbeddingDataModule, SplitDataset
 from simlearn.data.images import thumbnail
 from simlearn.errors import UserError
 from simlearn.evaluation.evaluators import RetrievalEvaluator
+from simlearn.organise.projection import TSNE_MIN_ITEMS, sample_rows, tsne_points
 from simlearn.reports.similarity import class_similarity
 from simlearn.retrieval.exact import top_k
 from simlearn.retrieval.vectors import angle_deg, unit_rows
@@ -174,23 +174,16 @@ def save_embedding_scatter(
     (``"2d"`` or ``"tsne"``)."""
     embeddings = unit_rows(embeddings)
     labels = np.asarray(labels)
-    if len(embeddings) > max_points:
-        keep = np.sort(np.random.default_rng(seed).choice(len(embeddings), size=max_points, replace=False))
-        embeddings, labels = embeddings[keep], labels[keep]
+    keep = sample_rows(len(embeddings), max_points, seed)
+    embeddings, labels = embeddings[keep], labels[keep]
     if embeddings.shape[1] == 2:
         points, method = embeddings, "2d"
-    elif len(embeddings) < 5:
-        raise UserError(f"the embedding scatter needs at least 5 items for t-SNE, got {len(embeddings)}.")
+    elif len(embeddings) < TSNE_MIN_ITEMS:
+        raise UserError(
+            f"the embedding scatter needs at least {TSNE_MIN_ITEMS} items for t-SNE, got {len(embeddings)}."
+        )
     else:
-        from sklearn.manifold import TSNE
-        from threadpoolctl import threadpool_limits
-
-        perplexity = float(min(30.0, (len(embeddings) - 1) / 3))
-        tsne = TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed, max_iter=500)
-        # t-SNE's OpenMP and BLAS threads spin against each other on a busy CPU (measured 20× slower with 2 threads
-        # than with 1 on a loaded 2-core machine): use at most half the cores
-        with threadpool_limits(limits=max(1, min(4, (os.cpu_count() or 2) // 2))):
-            points, method = tsne.fit_transform(embeddings), "tsne"
+        points, method = tsne_points(embeddings, seed=seed), "tsne"
     fig = Figure(figsize=(6.5, 6.0), layout="constrained")
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()

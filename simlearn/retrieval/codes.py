@@ -20,7 +20,10 @@ on data full of ties), about 10x faster than numpy (``scripts/bench_codes.py``, 
 numpy's popcount in chunks of queries, memory bounded by ``chunk x gallery`` small ints, the tie rule built into its
 sort key. Float re-ranking
 (:meth:`CodeIndex.reranking`): the ``depth`` best items by Hamming distance are the candidates that the exact float
-search re-scores with the float embeddings and orders by its own rule.
+search re-scores with the float embeddings and orders by its own rule. An exhaustive index's choice among items tied
+at the k-th distance is its own (faiss's, LanceDB's): :meth:`CodeIndex.hamming` asks it for more until that block of
+ties is whole and then applies the tie rule, so that every exhaustive search, re-ranking candidates included, gives
+simlearn's exact top k. A LanceDB table's code column is one more such index (:mod:`simlearn.retrieval.vectordb`).
 """
 
 from __future__ import annotations
@@ -287,9 +290,11 @@ class CodeIndex:
     with the score ``1 - 2 h / bits`` (the sign vectors' exact cosine).
 
     ``factory``: ``"exact"`` (:func:`hamming_top_k`), ``"Flat"`` (faiss ``IndexBinaryFlat``, exhaustive) or
-    ``"HNSW32"`` (faiss ``IndexBinaryHNSW``, approximate). ``depth``: float re-ranking: each search returns the
-    ``depth`` best items (at least k) as candidates, which the exact search re-scores with the float embeddings
-    (then ``exact`` is False: the result is exact over those candidates only)."""
+    ``"HNSW32"`` (faiss ``IndexBinaryHNSW``, approximate); ``index``: any object with faiss's binary ``search(codes,
+    k) -> (distances, rows)`` (a LanceDB table's codes: :class:`simlearn.retrieval.vectordb.LanceCodes`),
+    ``approximate`` when it may miss nearer items, ``method`` how it searches, for people. ``depth``: float
+    re-ranking: each search returns the ``depth`` best items (at least k) as candidates, which the exact search
+    re-scores with the float embeddings (then ``exact`` is False: the result is exact over those candidates only)."""
 
     codes: np.ndarray
     factory: str = "exact"
@@ -297,6 +302,8 @@ class CodeIndex:
     index: Any = None
     library: str = "binary codes"
     score_slack: float = 0.0
+    approximate: bool = False
+    method: str = ""
 
     @property
     def bits(self) -> int:
@@ -312,7 +319,7 @@ class CodeIndex:
 
     @property
     def exact(self) -> bool:
-        return self.depth is None and self.factory != "HNSW32"
+        return self.depth is None and not self.approximate
 
     def reranking(self, depth: int) -> CodeIndex:
         """This index searched for ``depth`` candidates per query, to be re-ranked by the float embeddings."""
@@ -327,8 +334,11 @@ class CodeIndex:
         if self.index is None:
             found = hamming_top_k(query_codes, self.codes, k)
             return found.distances, found.indices
-        distances, rows = self.index.search(np.ascontiguousarray(query_codes), k)
-        return distances, rows.astype(np.int64, copy=False)
+        query_codes = np.ascontiguousarray(query_codes)
+        if self.approximate:
+            distances, rows = self.index.search(query_codes, k)
+            return _tie_order(np.asarray(distances), np.asarray(rows, dtype=np.int64), k, self.size)
+        return _whole_ties(self.index.search, query_codes, k, self.size)
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         count = max(k, self.depth or 0)
@@ -338,12 +348,43 @@ class CodeIndex:
         return scores, rows
 
     def describe(self) -> str:
-        how = {"exact": "simlearn's exact Hamming search", "Flat": "faiss IndexBinaryFlat (exhaustive)"}.get(
-            self.factory, f"faiss IndexBinary{self.factory} (APPROXIMATE)"
-        )
+        how = self.method or {
+            "exact": "simlearn's exact Hamming search",
+            "Flat": "faiss IndexBinaryFlat (exhaustive)",
+        }.get(self.factory, f"faiss IndexBinary{self.factory} (APPROXIMATE)")
         if self.depth is not None:
             return f"{self.bits}-bit codes by {how}: the {self.depth} nearest re-ranked by the float embeddings"
         return f"{self.bits}-bit codes by Hamming distance, {how}; ties to the lower gallery index"
+
+
+def _tie_order(distances: np.ndarray, rows: np.ndarray, k: int, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """The first k of each query's found items by the tie rule, (distance, row); rows -1 (not found) last."""
+    missing = rows < 0
+    key = np.where(missing, np.iinfo(np.int64).max, distances.astype(np.int64) * size + np.maximum(rows, 0))
+    order = np.argsort(key, axis=1, kind="stable")[:, :k]
+    return np.take_along_axis(distances, order, axis=1).astype(np.int32), np.take_along_axis(rows, order, axis=1)
+
+
+def _whole_ties(search: Any, query_codes: np.ndarray, k: int, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """The tie rule's top k through an exhaustive ``search(codes, count)`` that returns the count nearest in an order
+    of its own among equal distances: a query's items tied at its k-th distance may be cut anywhere, so each query is
+    asked again with twice the count until its count-th distance is farther than its k-th (the block of ties is
+    whole) or every item is returned; then (distance, row) picks."""
+    out_d = np.empty((len(query_codes), k), dtype=np.int32)
+    out_r = np.empty((len(query_codes), k), dtype=np.int64)
+    # k alone is never known whole (its k-th distance is its last): start with twice k
+    pending, count = np.arange(len(query_codes)), min(2 * k, size)
+    while len(pending):
+        distances, rows = search(query_codes[pending], count)
+        distances, rows = np.asarray(distances), np.asarray(rows, dtype=np.int64)
+        whole = np.ones(len(pending), dtype=bool)
+        if count < size:
+            last = np.where(rows[:, count - 1] < 0, np.iinfo(np.int64).max, distances[:, count - 1])
+            whole = last > distances[:, k - 1]
+        done = pending[whole]
+        out_d[done], out_r[done] = _tie_order(distances[whole], rows[whole], k, size)
+        pending, count = pending[~whole], min(2 * count, size)
+    return out_d, out_r
 
 
 def check_code_search(factory: Any, rerank: Any) -> tuple[str, int | None]:
@@ -369,4 +410,4 @@ def code_index(codes: Any, factory: str = "exact") -> CodeIndex:
         return CodeIndex(codes, factory, index=faiss_binary_flat(codes), library="faiss binary")
     index = import_faiss().IndexBinaryHNSW(codes.shape[1] * 8, 32)
     index.add(codes)
-    return CodeIndex(codes, factory, index=index, library="faiss binary")
+    return CodeIndex(codes, factory, index=index, library="faiss binary", approximate=factory == "HNSW32")

@@ -9,7 +9,9 @@ the npz of ``simlearn-embed``, or packed from a folder's embeddings) beside the 
 Hamming distance through a :class:`~simlearn.retrieval.codes.CodeIndex` (:func:`search_index`): the exact search of
 the ±1 sign vectors, which ranks as the Hamming search does (ties to the lower gallery index), each result's cosine
 that of the signs, ``1 - 2 h / bits``; with ``rerank=N`` the N Hamming-nearest are re-ranked by the float
-embeddings. A code gallery with a float model, or a float gallery with a hashing model, is refused in one line."""
+embeddings. A LanceDB table of codes is searched by LanceDB's Hamming search (``db_search``: a full scan, exact, or
+its hamming index; ``memory``: by ``code_index`` as an npz). A code gallery with a float model, or a float gallery
+with a hashing model, is refused in one line."""
 
 from __future__ import annotations
 
@@ -45,6 +47,7 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "Gallery",
+    "check_gallery_model",
     "diverged_hint",
     "first_rows",
     "gallery_from_arrays",
@@ -122,17 +125,21 @@ class Gallery:
 
 
 # -- reading a gallery -------------------------------------------------------------------------------------------
-def load_gallery(spec: str | Path, model: InferenceModel, cfg: DictConfig) -> Gallery:
+def load_gallery(
+    spec: str | Path, model: InferenceModel, cfg: DictConfig, *, refuse_other_model: bool = False
+) -> Gallery:
     """The gallery named by ``spec``: an npz written by simlearn-embed, a LanceDB database (or table) it wrote
     (``cfg.db_table``, ``cfg.db_search``, ``cfg.db_nprobes``, ``cfg.db_refine_factor``: :func:`gallery_from_database`),
-    or a folder of images (embedded now, or read from the cache when its files and the checkpoint are unchanged)."""
+    or a folder of images (embedded now, or read from the cache when its files and the checkpoint are unchanged).
+    An npz or table embedded by another model is warned about, or refused with ``refuse_other_model``
+    (:func:`check_gallery_model`)."""
     path = Path(str(spec)).expanduser()
     if vectordb.is_database(path):
-        return gallery_from_database(path, model, cfg)
+        return gallery_from_database(path, model, cfg, refuse_other_model=refuse_other_model)
     if path.is_dir():
         return gallery_from_folder(path, model, cfg)
     if path.is_file() and path.suffix.lower() == ".npz":
-        return gallery_from_npz(path, model)
+        return gallery_from_npz(path, model, refuse_other_model=refuse_other_model)
     if path.is_file():
         raise UserError(
             f"gallery={str(spec)!r} is a file but not an .npz; give a folder of images or an npz written by "
@@ -162,24 +169,32 @@ def non_finite_rows(embeddings: np.ndarray, block: int = 65536) -> np.ndarray:
     return np.concatenate(bad) if bad else np.zeros(0, dtype=np.int64)
 
 
-def gallery_from_npz(path: Path, model: InferenceModel) -> Gallery:
+def gallery_from_npz(path: Path, model: InferenceModel, *, refuse_other_model: bool = False) -> Gallery:
     """The gallery of an npz written by simlearn-embed (:func:`gallery_from_arrays` of its arrays)."""
     try:
         arrays = np.load(path, allow_pickle=False)
         loaded = {name: arrays[name] for name in arrays.files}
     except Exception as error:  # zipfile / pickle / value errors of a broken file
         raise UserError(f"gallery={str(path)!r} is not a readable npz file ({error}).") from error
-    return gallery_from_arrays(loaded, path, model, index_path=path.with_suffix(".faiss"))
+    return gallery_from_arrays(
+        loaded, path, model, index_path=path.with_suffix(".faiss"), refuse_other_model=refuse_other_model
+    )
 
 
 def gallery_from_arrays(
-    arrays: Mapping[str, np.ndarray], source: Path, model: InferenceModel, index_path: Path | None = None
+    arrays: Mapping[str, np.ndarray],
+    source: Path,
+    model: InferenceModel,
+    index_path: Path | None = None,
+    *,
+    refuse_other_model: bool = False,
 ) -> Gallery:
     """The gallery of the arrays of an npz of simlearn-embed (:func:`simlearn.inference.embedding_files.split_arrays`:
     ``embeddings``,
     ``labels`` with ``class_names``, ``paths``, ``index`` and ``split``, the label fields), without a file: refused
     with one message naming ``source`` when they do not fit together (another model's dimension, per-item arrays of
-    other lengths, non-finite rows). ``index_path``: where a faiss index of them may be kept."""
+    other lengths, non-finite rows; with ``refuse_other_model``, another model's ``model_digest``: else warned
+    about, :func:`check_gallery_model`). ``index_path``: where a faiss index of them may be kept."""
     path = source
     files = set(arrays)
     embeddings = arrays["embeddings"] if "embeddings" in files else None
@@ -227,9 +242,13 @@ def gallery_from_arrays(
             f"gallery={str(path)!r}: {len(bad)} of its {len(embeddings)} embedding rows are not finite (NaN or inf), "
             f"rows {first_rows(bad)}; they have no similarity to rank. {fix}"
         )
-    source_ckpt = str(arrays["ckpt_path"]) if "ckpt_path" in files else None
-    if source_ckpt and Path(source_ckpt) != model.path.resolve():
-        log.warning("the gallery %s was embedded with %s, not with %s", path, source_ckpt, model.path)
+    check_gallery_model(
+        f"gallery={str(path)!r}",
+        str(arrays["model_digest"]) if "model_digest" in files else None,
+        str(arrays["ckpt_path"]) if "ckpt_path" in files else None,
+        model,
+        refuse=refuse_other_model,
+    )
     labels = None
     if "labels" in per_item:
         labels = _label_names(per_item["labels"], arrays["class_names"].tolist() if "class_names" in files else [])
@@ -286,13 +305,16 @@ def _checked_codes(codes: np.ndarray | None, rows: int, where: str, model: Infer
     return np.ascontiguousarray(codes)
 
 
-def gallery_from_database(path: Path, model: InferenceModel, cfg: DictConfig) -> Gallery:
+def gallery_from_database(
+    path: Path, model: InferenceModel, cfg: DictConfig, *, refuse_other_model: bool = False
+) -> Gallery:
     """The gallery of a LanceDB table written by ``simlearn-embed db=PATH`` (``path``: the database folder, its table
     ``cfg.db_table`` or its only one, or a ``<table>.lance`` folder), searched through LanceDB as ``cfg.db_search``
     says (:func:`simlearn.retrieval.vectordb.candidates`: ``auto``, ``exact``, ``index`` or ``memory``)."""
     contents = vectordb.read_table(path, cfg.get("db_table"))
     where = f"gallery={str(path)!r} (LanceDB table {contents.name!r})"
-    _checked_codes(None, len(contents.embeddings), where, model)  # a table holds float vectors only
+    # a code table (column ``code``) with a float model, or a float table with a hashing one: one line
+    codes = _checked_codes(contents.codes, len(contents.embeddings), where, model)
     remake = f"write it anew with simlearn-embed ckpt_path={model.path} db=PATH"
     embeddings = contents.embeddings
     if embeddings.shape[1] != model.embedding_dim:
@@ -307,8 +329,7 @@ def gallery_from_database(path: Path, model: InferenceModel, cfg: DictConfig) ->
             f"{where}: {len(bad)} of its {len(embeddings)} vectors are not finite (NaN or inf), rows "
             f"{first_rows(bad)}; {remake}."
         )
-    if contents.ckpt_path and Path(contents.ckpt_path) != model.path.resolve():
-        log.warning("the gallery %s was embedded with %s, not with %s", path, contents.ckpt_path, model.path)
+    check_gallery_model(where, contents.model_digest, contents.ckpt_path, model, refuse=refuse_other_model)
     refine = cfg.get("db_refine_factor", 4)
     source = vectordb.candidates(
         contents, str(cfg.get("db_search") or "auto"), int(cfg.get("db_nprobes") or 20), refine
@@ -322,7 +343,36 @@ def gallery_from_database(path: Path, model: InferenceModel, cfg: DictConfig) ->
         ids=contents.ids,
         fields=contents.fields,
         candidates=source,
+        codes=codes,
     )
+
+
+def check_gallery_model(
+    where: str, digest: str | None, ckpt_path: str | None, model: InferenceModel, *, refuse: bool = False
+) -> None:
+    """Whether the gallery ``where`` names was embedded by ``model``. With the ``digest`` it records (simlearn-embed
+    writes the model's :attr:`~simlearn.inference.InferenceModel.digest`), another model's embeddings are refused in
+    one line with ``refuse`` (``simlearn-organise``: its clusters and duplicates would mix two models' spaces), else
+    warned about (a search still runs); the same model under another path (a copied checkpoint) passes. Without a
+    digest (files written before it was recorded) only the path can tell: another ``ckpt_path`` is warned about."""
+    if digest:
+        if digest == model.digest:
+            return
+        ours = model.digest
+        if refuse:
+            raise UserError(
+                f"{where} was embedded by another model (digest {digest[:12]}… vs {ours[:12]}… of "
+                f"ckpt_path={model.path}): re-embed it with simlearn-embed ckpt_path={model.path} or organise with "
+                f"the model that made it{f' ({ckpt_path})' if ckpt_path else ''}."
+            )
+        log.warning(
+            "%s was embedded by another model (digest %s… vs %s… of %s): its similarities to this model's embeddings "
+            "mean little; re-embed it with simlearn-embed ckpt_path=%s",
+            where, digest[:12], ours[:12], model.path, model.path,
+        )  # fmt: skip
+        return
+    if ckpt_path and Path(ckpt_path) != model.path.resolve():
+        log.warning("%s was embedded with %s, not with %s (it records no model digest)", where, ckpt_path, model.path)
 
 
 def _label_names(labels: np.ndarray, names: list[str]) -> list[str] | None:
@@ -626,12 +676,20 @@ def search_index(
 ) -> CandidateSource | None:
     """What a gallery is searched through, for every search path (``simlearn-search``, the service): a code
     gallery's :func:`~simlearn.retrieval.codes.code_index` (``code_search``: ``exact``, ``Flat`` or ``HNSW32``;
-    ``rerank``: that many Hamming candidates re-ranked by the float embeddings), else its own candidate source (a
+    a LanceDB code gallery's own LanceDB Hamming search instead, where ``code_search`` other than ``exact`` is one
+    line; ``rerank``: that many Hamming candidates re-ranked by the float embeddings), else its own candidate source (a
     LanceDB table, ``gallery.candidates``), else from ``faiss_threshold`` items on a faiss inner-product index saved
     next to its embeddings (:func:`gallery_index`; exact for ``factory="Flat"``), else nothing (None: the exact
     in-memory search). ``rerank`` with a gallery of float embeddings is one line."""
     if gallery.codes is not None:
-        codes = code_index(gallery.codes, str(code_search or "exact"))
+        codes = gallery.candidates if isinstance(gallery.candidates, CodeIndex) else None
+        if codes is not None and str(code_search or "exact") != "exact":
+            raise UserError(
+                f"code_index={code_search!r} searches codes in memory, but this LanceDB gallery's codes are searched "
+                f"through LanceDB (db_search=auto|exact|index); set db_search=memory to use code_index="
+                f"{code_search}, or leave out code_index=."
+            )
+        codes = codes or code_index(gallery.codes, str(code_search or "exact"))
         return codes if rerank is None else codes.reranking(rerank)
     if rerank is not None:
         raise UserError(

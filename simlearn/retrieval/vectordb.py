@@ -14,6 +14,14 @@ items the index did not visit can be missing.
 Why LanceDB: it runs in the process (no server to start, nothing to configure), stores the table as columnar Arrow
 (Lance) files with any metadata columns next to the vectors (filters, paths, labels, label fields in one place), has
 real ANN indexes (IVF-PQ, IVF-HNSW) built and persisted inside the table, and reads zero-copy into numpy/pyarrow.
+
+**Codes.** A hashing model's table (``head=hash``) also holds ``code``: its packed binary code, LanceDB's binary
+vector type (``fixed_size_list<uint8>[bits / 8]``), searched by LanceDB with ``distance_type("hamming")``
+(:class:`LanceCodes`, a code gallery's binary index for :class:`~simlearn.retrieval.codes.CodeIndex`): by brute force
+(exact: the tie rule restored by :meth:`~simlearn.retrieval.codes.CodeIndex.hamming`, LanceDB's order among equal
+distances being its own), or through an IVF_FLAT or IVF_HNSW_FLAT index with the hamming metric, the only index types
+that LanceDB 0.40 builds on uint8 vectors (:data:`CODE_INDEX_TYPES`; approximate). ``vector`` keeps the float
+relaxation (unit length: the same signs), which ``rerank=N`` re-scores.
 """
 
 from __future__ import annotations
@@ -24,13 +32,16 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from simlearn.errors import UserError
 from simlearn.fields import NOT_LABEL_FIELDS
 from simlearn.retrieval.vectors import row_norms, unit_rows
+
+if TYPE_CHECKING:
+    from simlearn.retrieval.codes import CodeIndex
 
 # LanceDB's Rust core logs normal events (e.g. "No existing dataset … will be created") as WARN lines on stderr;
 # read when lancedb is first imported, so set before that (a user's own LANCEDB_LOG wins)
@@ -39,11 +50,15 @@ os.environ.setdefault("LANCEDB_LOG", "error")
 log = logging.getLogger(__name__)
 
 __all__ = [
+    "CODE_INDEX_TYPES",
     "INDEX_TYPES",
+    "LanceCodes",
     "TABLE",
     "LanceCandidates",
     "TableContents",
     "candidates",
+    "check_index_type",
+    "code_candidates",
     "create_index",
     "is_database",
     "open_table",
@@ -54,7 +69,7 @@ __all__ = [
 #: the table simlearn-embed writes unless told otherwise
 TABLE = "embeddings"
 #: columns of every table simlearn writes; label fields whose names clash get a ``field_`` prefix
-RESERVED = ("id", "split", "index", "label", "class_name", "path", "vector")
+RESERVED = ("id", "split", "index", "label", "class_name", "path", "vector", "code")
 #: schema metadata keys (bytes, as Arrow stores them)
 _META = "simlearn"
 #: LanceDB's vector index types (its ``index_type`` names) → its index config classes
@@ -66,6 +81,9 @@ INDEX_TYPES = {
     "IVF_HNSW_PQ": "IvfHnswPq",
     "IVF_HNSW_FLAT": "IvfHnswFlat",
 }
+#: the index types LanceDB (0.40) builds on a uint8 ``code`` column with the hamming metric: PQ, SQ and RQ refuse
+#: uint8 vectors
+CODE_INDEX_TYPES = ("IVF_FLAT", "IVF_HNSW_FLAT")
 #: LanceDB's "dot" distance is 1 - x·y rounded to float32 (|1 - x·y| <= 2 + tiny, so at most 2**-23 off); the score
 #: 1 - distance is then computed in float64, exactly. 2**-22 covers that rounding with room to spare.
 _SCORE_SLACK = 2.0**-22
@@ -174,12 +192,14 @@ def write_embeddings(
     ckpt_path: str | Path | None = None,
     table: str = TABLE,
     overwrite: bool = False,
+    model_digest: str | None = None,
 ) -> Any:
     """Write the arrays of every split (as :func:`simlearn.inference.embedding_files.split_arrays` makes them) into
     the LanceDB
     table ``table`` of the database folder ``db_path`` (created when missing), one row per item, ``id`` 0 … N-1 in the
     order of the splits; returns the table. A table of that name already there is replaced only with ``overwrite``;
-    otherwise that is a :class:`UserError`, and nothing is written."""
+    otherwise that is a :class:`UserError`, and nothing is written. ``model_digest`` (the model's
+    :attr:`~simlearn.inference.InferenceModel.digest`) goes into the table's metadata with ``ckpt_path``."""
     import pyarrow as pa
 
     lancedb = _lancedb()
@@ -197,6 +217,9 @@ def write_embeddings(
     fields = [name for name in first if name not in NOT_LABEL_FIELDS]
     columns = _field_columns(fields)
     dims = {split: arrays["embeddings"].shape[1] for split, arrays in per_split.items()}
+    coded = {split: "codes" in arrays for split, arrays in per_split.items()}
+    if len(set(coded.values())) > 1:
+        raise UserError(f"some splits hold binary codes and some do not ({coded}); embed them with one checkpoint.")
     if len(set(dims.values())) > 1:
         raise UserError(f"the splits have embeddings of different sizes {dims}; embed them with one checkpoint.")
     tables, start = [], 0
@@ -219,15 +242,20 @@ def write_embeddings(
         for name in fields:
             data[columns[name]] = _column(np.asarray(arrays[name]))
         data["vector"] = _vectors(arrays["embeddings"])
+        if "codes" in arrays:  # LanceDB's binary vector type: searched with distance_type("hamming")
+            packed = np.ascontiguousarray(arrays["codes"], dtype=np.uint8)
+            data["code"] = pa.FixedSizeListArray.from_arrays(pa.array(packed.reshape(-1)), packed.shape[1])
         tables.append(pa.table(data))
     combined = pa.concat_tables(tables, promote_options="default")
     metadata = {
         "version": "1",
         "ckpt_path": str(Path(ckpt_path).resolve()) if ckpt_path else "",
+        "model_digest": model_digest or "",
         "embedding_dim": str(next(iter(dims.values()))),
         "class_names": json.dumps(class_names),
         "label_field": str(first["label_field"]) if "label_field" in first else "",
         "fields": json.dumps(columns),
+        "code_bits": str(first["codes"].shape[1] * 8) if "codes" in first else "",
     }
     combined = combined.replace_schema_metadata({f"{_META}.{k}".encode(): v.encode() for k, v in metadata.items()})
     try:
@@ -245,25 +273,29 @@ def write_embeddings(
 
 
 def create_index(
-    table: Any, index_type: str = "IVF_PQ", num_partitions: int | None = None, num_sub_vectors: int | None = None
+    table: Any,
+    index_type: str = "IVF_PQ",
+    num_partitions: int | None = None,
+    num_sub_vectors: int | None = None,
+    codes: bool = False,
 ) -> str:
     """Build an approximate vector index on ``table``'s vectors for the dot product (cosine: they have unit length),
-    persisted in the table; returns what was built. ``None``: LanceDB's defaults (about sqrt(rows) partitions,
-    dim/8 or dim/16 PQ sub-vectors)."""
+    or with ``codes`` on its ``code`` column for the Hamming distance (:data:`CODE_INDEX_TYPES` only), persisted in
+    the table; returns what was built. ``None``: LanceDB's defaults (about sqrt(rows) partitions, dim/8 or dim/16 PQ
+    sub-vectors)."""
     from lancedb import index as lance_index
 
     kind = str(index_type).upper()
-    if kind not in INDEX_TYPES:
-        raise UserError(f"db_index={index_type!r} is not a LanceDB vector index; valid: {sorted(INDEX_TYPES)} or null.")
+    check_index_type(kind, codes)
     config_class = getattr(lance_index, INDEX_TYPES[kind])
-    kwargs: dict[str, Any] = {"distance_type": "dot"}
+    kwargs: dict[str, Any] = {"distance_type": "hamming" if codes else "dot"}
     if num_partitions is not None:
         kwargs["num_partitions"] = int(num_partitions)
     if num_sub_vectors is not None and "PQ" in kind:
         kwargs["num_sub_vectors"] = int(num_sub_vectors)
     rows = table.count_rows()
     try:
-        table.create_index("vector", config=config_class(**kwargs), replace=True)
+        table.create_index("code" if codes else "vector", config=config_class(**kwargs), replace=True)
     except Exception as error:  # lance's k-means refuses too few rows per partition, a dim PQ cannot split, …
         raise UserError(
             f"LanceDB could not build a {kind} index on {rows} rows ({error}); an approximate index needs many more "
@@ -271,7 +303,21 @@ def create_index(
             f"(exact search by full scan)."
         ) from error
     details = ", ".join(f"{k}={v}" for k, v in kwargs.items() if k != "distance_type")
-    return f"{kind}" + (f" ({details})" if details else "")
+    return f"{kind}" + (" hamming" if codes else "") + (f" ({details})" if details else "")
+
+
+def check_index_type(index_type: Any, codes: bool = False) -> None:
+    """``db_index=`` checked (before anything is embedded): a LanceDB vector index type, and for a hashing
+    model's codes one that LanceDB builds on uint8 vectors (:data:`CODE_INDEX_TYPES`); else one line."""
+    kind = str(index_type).upper()
+    if kind not in INDEX_TYPES:
+        raise UserError(f"db_index={index_type!r} is not a LanceDB vector index; valid: {sorted(INDEX_TYPES)} or null.")
+    if codes and kind not in CODE_INDEX_TYPES:
+        raise UserError(
+            f"db_index={index_type!r}: a hashing model's codes are indexed for the Hamming distance, which LanceDB "
+            f"builds as {list(CODE_INDEX_TYPES)} only (its PQ and SQ refuse uint8 vectors); use one of them, or "
+            f"db_index=null (exact search by full scan)."
+        )
 
 
 # ---------------------------------------------------------------- reading
@@ -297,6 +343,12 @@ class TableContents:
     database: Path
     name: str
     indexed: list[str] = field(default_factory=list)
+    #: a hashing model's packed codes (N, bits / 8) uint8 (column ``code``), None in a table of floats only
+    codes: np.ndarray | None = None
+    #: the vector indexes on the ``code`` column (hamming), as their type names
+    indexed_codes: list[str] = field(default_factory=list)
+    #: the digest of the model that wrote it (:attr:`~simlearn.inference.InferenceModel.digest`); None: older tables
+    model_digest: str | None = None
 
     @property
     def ids(self) -> list[str]:
@@ -361,6 +413,15 @@ def read_table(spec: str | Path, table: str | None = None) -> TableContents:
         if column in data.column_names:
             fields[field_name] = _to_numpy(data.column(column))
     has = set(data.column_names)
+    codes = None
+    if "code" in has:
+        code_type = data.schema.field("code").type
+        if not pa.types.is_fixed_size_list(code_type) or not pa.types.is_uint8(code_type.value_type):
+            raise UserError(
+                f"{where} has a 'code' column of {code_type}, not the packed codes simlearn-embed writes "
+                f"(fixed_size_list<uint8>); {_HINT}."
+            )
+        codes = np.ascontiguousarray(_to_numpy(data.column("code")), dtype=np.uint8)
     return TableContents(
         embeddings=embeddings,
         splits=[str(s) for s in data.column("split").to_pylist()],
@@ -376,6 +437,9 @@ def read_table(spec: str | Path, table: str | None = None) -> TableContents:
         database=database,
         name=name,
         indexed=_vector_indexes(handle),
+        codes=codes,
+        indexed_codes=_vector_indexes(handle, "code") if codes is not None else [],
+        model_digest=metadata.get("simlearn.model_digest") or None,
     )
 
 
@@ -390,10 +454,10 @@ def _to_numpy(column: Any) -> np.ndarray:
     return column.to_numpy(zero_copy_only=False)
 
 
-def _vector_indexes(handle: Any) -> list[str]:
-    """The vector indexes on the ``vector`` column, as their type names (e.g. ``IvfPq``)."""
+def _vector_indexes(handle: Any, column: str = "vector") -> list[str]:
+    """The vector indexes on ``column``, as their type names (e.g. ``IvfPq``)."""
     try:
-        return [str(i.index_type) for i in handle.list_indices() if list(i.columns) == ["vector"]]
+        return [str(i.index_type) for i in handle.list_indices() if list(i.columns) == [column]]
     except Exception:  # an index listing that fails only means: search by full scan
         return []
 
@@ -446,25 +510,52 @@ class LanceCandidates:
             builder = builder.nprobes(int(self.nprobes))
             if self.refine_factor:
                 builder = builder.refine_factor(int(self.refine_factor))
-        result = builder.select(["id", "_distance"]).to_arrow()
-        scores = np.full((len(queries), k), -np.inf)
-        rows = np.full((len(queries), k), -1, dtype=np.int64)
-        if result.num_rows:
-            query = (
-                result.column("query_index").to_numpy()
-                if "query_index" in result.column_names
-                else np.zeros(result.num_rows, dtype=np.int64)
-            )
-            distance = result.column("_distance").to_numpy().astype(np.float64)
-            ids = result.column("id").to_numpy().astype(np.int64)
-            order = np.lexsort((ids, distance, query))  # by query, then best first
-            query, distance, ids = query[order], distance[order], ids[order]
-            starts = np.searchsorted(query, query, side="left")
-            place = np.arange(len(query)) - starts
-            keep = place < k
-            scores[query[keep], place[keep]] = 1.0 - distance[keep]
-            rows[query[keep], place[keep]] = ids[keep]
-        return scores, rows
+        distances, rows = _per_query(builder.select(["id", "_distance"]).to_arrow(), len(queries), k)
+        return 1.0 - distances, rows  # -inf where LanceDB returned fewer (distance inf)
+
+
+def _per_query(result: Any, num_queries: int, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """A LanceDB answer to a batch of queries (rows of ``query_index``, ``id``, ``_distance``) as ``(distances,
+    rows)`` (num_queries, k), nearest first (equal distances by id): float64, inf where it returned fewer than k, and
+    int64 ids, -1 there."""
+    distances = np.full((num_queries, k), np.inf)
+    rows = np.full((num_queries, k), -1, dtype=np.int64)
+    if result.num_rows:
+        query = (
+            result.column("query_index").to_numpy()
+            if "query_index" in result.column_names
+            else np.zeros(result.num_rows, dtype=np.int64)
+        )
+        distance = result.column("_distance").to_numpy().astype(np.float64)
+        ids = result.column("id").to_numpy().astype(np.int64)
+        order = np.lexsort((ids, distance, query))  # by query, then best first
+        query, distance, ids = query[order], distance[order], ids[order]
+        starts = np.searchsorted(query, query, side="left")
+        place = np.arange(len(query)) - starts
+        keep = place < k
+        distances[query[keep], place[keep]] = distance[keep]
+        rows[query[keep], place[keep]] = ids[keep]
+    return distances, rows
+
+
+class LanceCodes:
+    """A table's ``code`` column searched by LanceDB with the Hamming distance, as a binary index with faiss's
+    ``search(codes, k) -> (distances, rows)`` for :class:`~simlearn.retrieval.codes.CodeIndex`: a full scan (``exact``;
+    LanceDB's order among equal distances is its own, which the code index replaces by the tie rule) or the table's
+    hamming index on ``code`` (IVF_FLAT / IVF_HNSW_FLAT, ``nprobes`` partitions searched; approximate)."""
+
+    def __init__(self, table: Any, bits: int, exact: bool, nprobes: int = 20) -> None:
+        self.table, self.bits, self.exact, self.nprobes = table, int(bits), bool(exact), int(nprobes)
+
+    def search(self, query_codes: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """``(distances, rows)`` (len(query_codes), k): int64 Hamming distances and ids, nearest first; rows -1 (and
+        distance bits + 1) where LanceDB returned fewer than k."""
+        query_codes = np.ascontiguousarray(query_codes, dtype=np.uint8)
+        builder = self.table.search(list(query_codes), vector_column_name="code").distance_type("hamming")
+        builder = builder.limit(int(k))
+        builder = builder.bypass_vector_index() if self.exact else builder.nprobes(self.nprobes)
+        distances, rows = _per_query(builder.select(["id", "_distance"]).to_arrow(), len(query_codes), k)
+        return np.where(rows < 0, self.bits + 1, distances).astype(np.int64), rows
 
 
 #: db_search= values
@@ -473,15 +564,18 @@ SEARCH_MODES = ("auto", "exact", "index", "memory")
 
 def candidates(
     contents: TableContents, mode: str = "auto", nprobes: int = 20, refine_factor: int | None = 4
-) -> LanceCandidates | None:
+) -> LanceCandidates | CodeIndex | None:
     """How to search a table read by :func:`read_table`: a candidate source over LanceDB (``exact``: a full
     scan, exactly simlearn's exact search; ``index``: its vector index, approximate; ``auto``: the index when the
     table has one, else the full scan), or None for ``memory`` (simlearn's own exact search of the embeddings, no
-    LanceDB query at all)."""
+    LanceDB query at all). A table of codes: the same over its ``code`` column by Hamming distance
+    (:func:`code_candidates`)."""
     if mode not in SEARCH_MODES:
         raise UserError(f"db_search={mode!r} is not a search mode; valid: {list(SEARCH_MODES)}.")
     if mode == "memory":
         return None
+    if contents.codes is not None:
+        return code_candidates(contents, mode, nprobes)
     if mode == "index" and not contents.indexed:
         raise UserError(
             f"db_search=index but the LanceDB table {contents.name!r} has no vector index; build one with "
@@ -502,4 +596,37 @@ def candidates(
         index_name="+".join(contents.indexed) if approximate else "",
         nprobes=nprobes,
         refine_factor=refine_factor,
+    )
+
+
+def code_candidates(contents: TableContents, mode: str = "auto", nprobes: int = 20) -> CodeIndex:
+    """A code table searched by LanceDB (:class:`LanceCodes`) as a :class:`~simlearn.retrieval.codes.CodeIndex`:
+    ``exact`` a full scan (simlearn's exact Hamming ranking, ties to the lower row), ``index`` its hamming index on
+    ``code`` (approximate), ``auto`` the index when there is one; ``rerank=N`` (``CodeIndex.reranking``) re-scores
+    the N nearest with the float ``vector`` column, in memory."""
+    from simlearn.retrieval.codes import CodeIndex  # codes imports torch; this module is read without it
+
+    if contents.codes is None:
+        raise UserError(f"the LanceDB table {contents.name!r} holds no 'code' column; {_HINT} with a head=hash model.")
+    if mode == "index" and not contents.indexed_codes:
+        raise UserError(
+            f"db_search=index but the LanceDB table {contents.name!r} has no index on its codes; build one with "
+            f"simlearn-embed … db_index=IVF_FLAT (or IVF_HNSW_FLAT), or search it exactly with db_search=exact."
+        )
+    approximate = mode == "index" or (mode == "auto" and bool(contents.indexed_codes))
+    where = f"table {contents.name!r} of {contents.database}"
+    method = (
+        f"LanceDB's {'+'.join(contents.indexed_codes)} hamming index ({where}, nprobes={nprobes}; APPROXIMATE: "
+        f"nearer items it did not visit can be missing; db_search=exact is exact)"
+        if approximate
+        else f"LanceDB's Hamming full scan ({where})"
+    )
+    bits = contents.codes.shape[1] * 8
+    return CodeIndex(
+        contents.codes,
+        "lancedb",
+        index=LanceCodes(contents.table, bits, exact=not approximate, nprobes=nprobes),
+        library="LanceDB",
+        approximate=approximate,
+        method=method,
     )

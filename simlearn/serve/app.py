@@ -1,7 +1,8 @@
 """The HTTP API and the web page of ``simlearn-serve`` (FastAPI), around one :class:`SearchService`.
 
 Routes: ``POST /search`` (an uploaded image, or a gallery item id), ``GET /items/{id}`` (the item's image),
-``GET /items/{id}/neighbours``, ``GET /map``, ``GET /info``, ``GET /health``, the page at ``/`` (its files under
+``GET /items/{id}/neighbours``, ``GET /map``, the catalogue views ``GET /clusters``, ``GET /clusters/{c}`` and
+``GET /duplicates`` (:mod:`simlearn.serve.views`), ``GET /info``, ``GET /health``, the page at ``/`` (its files under
 ``/static``) and the OpenAPI docs at ``/docs`` (Swagger UI, its files served by this process: no CDN). Every
 refusal is a 4xx whose JSON body is ``{"detail": "<one line>"}``.
 
@@ -263,9 +264,21 @@ def create_app(service: SearchService, auth_token: str | None = None) -> FastAPI
     def item_neighbours(item_id: str, k: str | None = None) -> dict[str, Any]:
         return service.neighbours(item_id, k)
 
-    @app.get("/map", summary="2-D coordinates of the gallery's embeddings, with labels")
+    @app.get("/map", summary="2-D coordinates of the gallery's embeddings (t-SNE or PCA), with labels and clusters")
     def gallery_map() -> dict[str, Any]:
         return service.map()
+
+    @app.get("/clusters", summary="The gallery's clusters: size, mean cosine, labels inside, NMI/AMI when labelled")
+    def clusters() -> dict[str, Any]:
+        return service.clusters()
+
+    @app.get("/clusters/{cluster}", summary="The items of a cluster, nearest its centre first (paged)")
+    def cluster_items(cluster: str, offset: str | None = None, limit: str | None = None) -> dict[str, Any]:
+        return service.cluster(cluster, offset, limit)
+
+    @app.get("/duplicates", summary="The near-duplicate groups, largest first, the item to keep first (paged)")
+    def duplicates(offset: str | None = None, limit: str | None = None) -> dict[str, Any]:
+        return service.duplicates(offset, limit)
 
     return app
 

@@ -28,6 +28,8 @@ from PIL import Image
 from simlearn.data.images import DECODE_ERRORS, is_image_name
 from simlearn.errors import UserError
 from simlearn.inference import InferenceModel, load_model, pick_device
+from simlearn.organise.clusters import NOISE
+from simlearn.organise.command import Organised
 from simlearn.retrieval.candidates import CandidateSource
 from simlearn.retrieval.codes import check_code_search
 from simlearn.retrieval.gallery import (
@@ -42,6 +44,7 @@ from simlearn.retrieval.inputs import prepare_gallery
 from simlearn.retrieval.postprocess import PostProcessor, postprocessors
 from simlearn.retrieval.result import result_row
 from simlearn.serve.split_gallery import ItemImages, gallery_split, split_gallery
+from simlearn.serve.views import GalleryViews, MapOptions, organise_options
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +59,8 @@ __all__ = [
     "open_service",
 ]
 
+#: the items of each cluster shown in GET /clusters (nearest its centre first), as thumbnails on the page
+PREVIEW = 6
 #: The image formats an upload may have: decoded by Pillow itself (never by an outside program, as EPS would be).
 UPLOAD_FORMATS = ("PNG", "JPEG", "BMP", "GIF", "WEBP", "TIFF")
 
@@ -108,7 +113,8 @@ def _shown(value: Any, limit: int) -> str:
 
 @dataclass(frozen=True)
 class ServiceLimits:
-    """What a client may ask for: the default and largest ``k``, the largest upload, the points of the map."""
+    """What a client may ask for: the default and largest ``k`` (also the largest page of a cluster's items or of
+    duplicate groups), the largest upload."""
 
     k: int = 10
     max_k: int = 100
@@ -116,7 +122,6 @@ class ServiceLimits:
     #: a small file can hold a huge image (a blank PNG of 20000 × 20000 pixels has a few hundred KB): decoding
     #: one would take gigabytes, so images are refused by their size in pixels before they are decoded
     max_image_megapixels: float = 50.0
-    map_max_points: int = 20000
     #: uploads decoded at the same time: decoding holds the whole image in memory (a 50-megapixel RGB image is
     #: 200 MB in Pillow, 4 bytes a pixel), so this bounds the memory that uploads can take
     max_decodes: int = 2
@@ -144,6 +149,7 @@ class SearchService:
         images: ItemImages | None = None,
         source: str | None = None,
         postprocess: Sequence[PostProcessor] = (),
+        views: GalleryViews | None = None,
     ) -> None:
         self.model = model
         #: post-processing steps re-ranking every search (simlearn.retrieval.postprocess): exact, in memory
@@ -173,8 +179,8 @@ class SearchService:
         self._decodes = threading.BoundedSemaphore(self.limits.max_decodes)
         self._admission = threading.Lock()
         self._admitted = 0
-        self._map_lock = threading.Lock()
-        self._map: dict[str, Any] | None = None
+        #: the catalogue views (clusters, duplicate groups, the map), each computed on its first request
+        self.views = views or GalleryViews(gallery)
         self.method = (
             postprocessed_method(self.postprocess)
             if self.postprocess
@@ -394,52 +400,145 @@ class SearchService:
             raise NotFound(f"the image of item {i} ({self.gallery.name(i)}) is no longer there.")
         return path
 
-    # -- the map -----------------------------------------------------------------------------------------------------
+    # -- the catalogue views -----------------------------------------------------------------------------------------
+    def organised(self) -> Organised:
+        """The gallery's organisation (computed on the first call, :class:`GalleryViews`); a gallery it cannot be
+        computed for (e.g. a single item) is one line, HTTP 400."""
+        try:
+            return self.views.organised()
+        except UserError as error:
+            raise BadRequest(f"the gallery cannot be organised: {error}") from error
+
     def map(self) -> dict[str, Any]:
-        """2-D coordinates of the gallery's embeddings (as they are when 2-D, else their first two principal
-        components), computed once; at most ``map_max_points`` items (a fixed random sample of larger galleries)."""
-        with self._map_lock:
-            if self._map is None:
-                self._map = gallery_map(self.gallery, self.limits.map_max_points)
-            return self._map
+        """2-D coordinates of the gallery's embeddings (as they are when 2-D, else t-SNE or PCA: ``map.projection``),
+        computed once, of at most ``map.max_points`` items (a seeded sample of larger galleries), each with its
+        cluster (``clusters``: the cluster ids of the points, -1: noise; null when the gallery cannot be
+        organised)."""
+        answer = dict(self.views.map())
+        try:
+            cluster = self.organised().clusters.cluster
+        except BadRequest:
+            answer["clusters"], answer["cluster_count"] = None, 0
+        else:
+            answer["clusters"] = cluster[answer["ids"]].tolist()
+            answer["cluster_count"] = int(cluster.max()) + 1 if len(cluster) else 0
+        return answer
+
+    def check_page(self, offset: Any, limit: Any) -> tuple[int, int]:
+        """``offset`` (≥ 0, default 0) and ``limit`` (1 … max_k, default max_k) of a paged view, or
+        :class:`BadRequest`."""
+        largest = self.limits.max_k
+        values = []
+        for name, value, least, most, default in (
+            ("offset", offset, 0, None, 0),
+            ("limit", limit, 1, largest, largest),
+        ):
+            if value is None or (isinstance(value, str) and not value.strip()):
+                values.append(default)
+                continue
+            text = str(value).strip() if isinstance(value, int | str) and not isinstance(value, bool) else ""
+            if not re.fullmatch(r"-?[0-9]{1,18}", text) or int(text) < least or (most and int(text) > most):
+                valid = f"from {least} to {most}" if most else f"{least} or more"
+                raise BadRequest(f"{name} must be an integer {valid} (max_k={largest}), got {_shown(value, 20)}.")
+            values.append(int(text))
+        return values[0], values[1]
+
+    def _labels_inside(self) -> list[str] | None:
+        labels = self.gallery.labels
+        return None if labels is None else [label if label is not None else "(no label)" for label in labels]
+
+    def clusters(self) -> dict[str, Any]:
+        """``GET /clusters``: how the gallery was clustered and each cluster, largest first: its size, mean cosine to
+        its centre, the labels inside (a labelled gallery) and a few of its items nearest the centre."""
+        found = self.organised()
+        clusters = found.clusters
+        rows = clusters.summary(self._labels_inside())
+        for row in rows:
+            members = self._members(int(row["cluster"]))
+            row["mean_cosine"] = round(float(row["mean_cosine"]), 6)
+            row["preview"] = [
+                {"id": int(i), "image": f"/items/{int(i)}" if self.has_images else None} for i in members[:PREVIEW]
+            ]
+        return {
+            "method": clusters.method,
+            "k": len(clusters.centres),
+            "items": self.size,
+            "noise": int((clusters.cluster == NOISE).sum()),
+            **{name: round(value, 6) for name, value in clusters.metrics.items()},
+            "options": {key: value for key, value in self.views.options.items() if value is not None},
+            "clusters": rows,
+        }
+
+    def _members(self, c: int) -> np.ndarray:
+        clusters = self.organised().clusters
+        members = np.flatnonzero(clusters.cluster == c)
+        return members[np.lexsort((members, -clusters.cosine[members]))]  # nearest the centre first
+
+    def cluster(self, value: Any, offset: Any = None, limit: Any = None) -> dict[str, Any]:
+        """``GET /clusters/{c}``: the items of cluster ``c``, nearest its centre first (each a search result, its
+        ``cosine`` to the centre), paged by ``offset`` and ``limit``."""
+        start, count = self.check_page(offset, limit)
+        clusters = self.organised().clusters
+        k = len(clusters.centres)
+        text = str(value).strip() if isinstance(value, int | str) and not isinstance(value, bool) else ""
+        if not re.fullmatch(r"[0-9]{1,18}", text) or int(text) >= k:
+            raise NotFound(
+                f"no cluster {_shown(value, 20)}: clusters are the integers 0 to {k - 1} (GET /clusters lists them)."
+            )
+        c = int(text)
+        members = self._members(c)
+        shown = members[start : start + count].tolist()
+        return {
+            "cluster": c,
+            "size": len(members),
+            "mean_cosine": round(float(clusters.cosine[members].mean()), 6),
+            "offset": start,
+            "limit": count,
+            "cosine": "to the cluster's centre",
+            "items": [
+                self.result(rank, int(i), float(clusters.cosine[i]), None)
+                for rank, i in enumerate(shown, start=start + 1)
+            ],
+        }
+
+    def duplicates(self, offset: Any = None, limit: Any = None) -> dict[str, Any]:
+        """``GET /duplicates``: the near-duplicate groups, largest first, paged by ``offset`` and ``limit``; each
+        group's items (at most max_k shown), the first the one to keep, each with its cosine to that first item."""
+        start, count = self.check_page(offset, limit)
+        duplicates = self.organised().duplicates
+        x = self.gallery.embeddings
+        groups = []
+        for g, items in enumerate(duplicates.groups[start : start + count], start=start):
+            first = int(items[0])
+            kept = x[first].astype(np.float64) / max(float(np.linalg.norm(x[first])), 1e-12)
+            shown = [int(i) for i in items[: self.limits.max_k]]
+            vectors = x[shown].astype(np.float64)
+            cosines = vectors @ kept / np.maximum(np.linalg.norm(vectors, axis=1), 1e-12)
+            rows = [
+                {**self.result(rank, i, float(cos), None), "keep": rank == 1}
+                for rank, (i, cos) in enumerate(zip(shown, cosines.tolist(), strict=True), start=1)
+            ]
+            groups.append({"group": g, "size": len(items), "items": rows})
+        in_groups = int(sum(len(items) for items in duplicates.groups))
+        return {
+            "threshold": duplicates.threshold,
+            "method": duplicates.method,
+            "exact": duplicates.exact,
+            "pairs": len(duplicates.pairs),
+            "groups_total": len(duplicates.groups),
+            "items_in_groups": in_groups,
+            "to_remove": in_groups - len(duplicates.groups),
+            "offset": start,
+            "limit": count,
+            "cosine": "to the group's first item, the one to keep",
+            "groups": groups,
+        }
 
 
 def _bomb_pixels(error: BaseException) -> int | None:
     """The pixel count in Pillow's DecompressionBombError ("Image size (400000000 pixels) exceeds limit …")."""
     found = re.search(r"\((\d+) pixels\)", str(error))
     return int(found.group(1)) if found else None
-
-
-def gallery_map(gallery: Gallery, max_points: int) -> dict[str, Any]:
-    """The map of :meth:`SearchService.map`: ``x``, ``y``, ``ids`` and ``labels`` (an index into ``classes``, -1:
-    none) of the items shown, and how they were projected."""
-    embeddings = gallery.embeddings
-    n, dim = embeddings.shape
-    rows = np.arange(n)
-    if n > max_points:  # a fixed sample: the same map on every start
-        rows = np.sort(np.random.default_rng(0).choice(n, size=max_points, replace=False))
-    if dim <= 2:
-        xy = np.zeros((len(rows), 2))
-        xy[:, :dim] = embeddings[rows]
-        projection, explained = "as is (the embeddings are 2-D)", None
-    else:
-        mean, components, explained = _principal_axes(embeddings, 2)
-        xy = (embeddings[rows].astype(np.float64) - mean) @ components
-        projection = "PCA (the first two principal components of the embeddings)"
-    classes = sorted(gallery.classes)
-    code = {name: c for c, name in enumerate(classes)}
-    labels = [code.get(gallery.labels[i], -1) for i in rows.tolist()] if gallery.labels is not None else None
-    return {
-        "projection": projection,
-        "explained_variance_ratio": explained,
-        "total": n,
-        "shown": len(rows),
-        "ids": rows.tolist(),
-        "x": np.round(xy[:, 0], 6).tolist(),
-        "y": np.round(xy[:, 1], 6).tolist(),
-        "labels": labels,
-        "classes": classes,
-    }
 
 
 def _json_value(value: Any) -> Any:
@@ -450,28 +549,6 @@ def _json_value(value: Any) -> Any:
     if isinstance(value, float) and not np.isfinite(value):
         return None
     return value
-
-
-def _principal_axes(x: np.ndarray, count: int, block: int = 65536) -> tuple[np.ndarray, np.ndarray, list[float]]:
-    """Mean, the first ``count`` principal axes (d, count) and their shares of the variance, from the d × d
-    covariance accumulated in float64 over blocks of rows (no copy of a large gallery)."""
-    n, dim = x.shape
-    mean = np.zeros(dim)
-    for start in range(0, n, block):
-        mean += x[start : start + block].astype(np.float64).sum(axis=0)
-    mean /= n
-    cov = np.zeros((dim, dim))
-    for start in range(0, n, block):
-        centred = x[start : start + block].astype(np.float64) - mean
-        cov += centred.T @ centred
-    values, vectors = np.linalg.eigh(cov / max(1, n - 1))
-    order = np.argsort(values)[::-1][:count]
-    axes = vectors[:, order]
-    # a fixed sign per axis (its largest entry positive), so the map does not flip between runs
-    axes *= np.where(axes[np.abs(axes).argmax(axis=0), np.arange(count)] < 0, -1.0, 1.0)
-    total = float(values.clip(min=0).sum())
-    shares = [round(float(values[i]) / total, 4) if total > 0 else 0.0 for i in order]
-    return mean, axes, shares
 
 
 def checkpoint_path(ckpt_path: Any, run_dir: Any) -> Path:
@@ -527,6 +604,8 @@ def open_service(cfg: DictConfig) -> SearchService:
     steps = postprocessors(
         cfg.get("postprocess"), key="postprocess"
     )  # a wrong step name, too, before anything is loaded
+    organise = organise_options(cfg.get("organise"))  # and the options of the catalogue views
+    map_options = MapOptions.from_config(cfg.get("map"))
     code_search, rerank = check_code_search(cfg.get("code_index"), cfg.get("rerank"))
     split = gallery_split(cfg.get("gallery"))
     ckpt = checkpoint_path(cfg.get("ckpt_path"), cfg.get("run_dir"))
@@ -551,7 +630,11 @@ def open_service(cfg: DictConfig) -> SearchService:
             "distance; leave out postprocess= (rerank=N re-ranks the Hamming candidates by the floats)."
         )
     index = search_index(gallery, cfg.get("faiss_threshold"), cfg.get("faiss_index") or "Flat", code_search, rerank)
-    return SearchService(model, gallery, limits, index, images, source, postprocess=steps)
+    # the views' files go beside the gallery's own cache (where its faiss index goes), with cache=true
+    cached = gallery.index_path if cfg.get("cache", True) else None
+    views = GalleryViews(gallery, organise, map_options, cache=cached)
+    views.check_size()
+    return SearchService(model, gallery, limits, index, images, source, postprocess=steps, views=views)
 
 
 def _positive(cfg: DictConfig, name: str, default: float) -> Any:

@@ -20,6 +20,12 @@ const state = {
   results: [],
   shownK: null,     // the k of the results on the page (the box returns to it after a refused k)
   images: new Map(), // item id -> blob: URL
+  view: "search",   // the left panel: search, clusters or duplicates
+  colour: "class",  // the map's colours: by class or by cluster
+  highlight: [],    // items ringed on the map besides the results (the cluster or group shown)
+  clusterItems: [], // the items of the cluster chosen in the Clusters view
+  clusters: null,   // the /clusters answer, once asked for
+  duplicates: null, // the /duplicates answer, once asked for
 };
 
 const $ = (id) => document.getElementById(id);
@@ -57,7 +63,7 @@ function fitName(element, text) {
 }
 
 function fitNames() {
-  for (const name of document.querySelectorAll("#results .card .name")) fitName(name, name.title);
+  for (const name of document.querySelectorAll(".card .name")) fitName(name, name.title);
 }
 
 class ApiError extends Error {}
@@ -161,6 +167,7 @@ async function run(query, remember = true) {
     return;
   }
   const answer = await response.json();
+  showView("search");
   if (remember && state.query) state.history.push(state.query);
   $("back").disabled = state.history.length === 0;
   state.query = query;
@@ -215,35 +222,175 @@ function fieldsText(fields) {
     .join(" · ");
 }
 
+// one card per item, as a search result shows it: its image, a first line, its name and a score line; a click
+// searches from it
+function itemCard(item, first, score) {
+  const card = document.createElement("button");
+  card.type = "button";
+  card.className = "card";
+  card.dataset.id = String(item.id);
+  card.title = `search from item ${item.id}` + (item.fields ? ` (${fieldsText(item.fields)})` : "");
+  const rank = document.createElement("span");
+  rank.className = "rank";
+  rank.textContent = first;
+  const name = document.createElement("span");
+  name.className = "name";
+  name.title = item.name;
+  const line = document.createElement("span");
+  line.className = "score";
+  line.textContent = score;
+  card.append(imageElement(item.id, `item ${item.id}`), rank, name, line);
+  card.addEventListener("click", () => searchItem(item.id));
+  return card;
+}
+
+function classSuffix(item) {
+  return item.class_name !== null && item.class_name !== undefined ? ` · ${item.class_name}` : "";
+}
+
 function showResults(answer) {
   const grid = $("results");
   grid.replaceChildren();
   let framed = false;
   for (const item of answer.results) {
-    const card = document.createElement("button");
-    card.type = "button";
-    card.className = "card";
-    card.dataset.id = String(item.id);
-    card.title = `search from item ${item.id}` + (item.fields ? ` (${fieldsText(item.fields)})` : "");
+    const card = itemCard(item, `#${item.rank}${classSuffix(item)}`,
+      `cos ${item.cosine.toFixed(3)} · ${item.angle_deg.toFixed(1)}°`);
     if (item.same_class === true) card.classList.add("same");
     if (item.same_class === false) card.classList.add("other");
     framed = framed || item.same_class !== null;
-    const rank = document.createElement("span");
-    rank.className = "rank";
-    rank.textContent = `#${item.rank}` + (item.class_name !== null ? ` · ${item.class_name}` : "");
-    const name = document.createElement("span");
-    name.className = "name";
-    name.title = item.name;
-    const score = document.createElement("span");
-    score.className = "score";
-    score.textContent = `cos ${item.cosine.toFixed(3)} · ${item.angle_deg.toFixed(1)}°`;
-    card.append(imageElement(item.id, `item ${item.id}`), rank, name, score);
-    card.addEventListener("click", () => searchItem(item.id));
     grid.append(card);
+    const name = card.querySelector(".name");
     fitName(name, item.name); // once in the page: its width is known
   }
   $("frame-legend").hidden = !framed;
   $("results-title").textContent = `Top ${answer.results.length} (cosine similarity · angle)`;
+}
+
+// ---------------------------------------------------------------- the views: clusters, duplicates
+
+function showView(name) {
+  state.view = name;
+  for (const view of ["search", "clusters", "duplicates"]) {
+    $(`view-${view}`).hidden = view !== name;
+    $(`tab-${view}`).setAttribute("aria-selected", String(view === name));
+  }
+  if (name === "clusters" && !state.clusters) loadClusters();
+  if (name === "duplicates" && !state.duplicates) loadDuplicates();
+  // the map rings what the view shows: the results (search), the chosen cluster's items, nothing yet (duplicates)
+  state.highlight = name === "clusters" ? state.clusterItems : [];
+  drawMap();
+}
+
+function labelsText(labels) {
+  return Object.entries(labels || {}).slice(0, 4).map(([name, count]) => `${name}: ${count}`).join(", ");
+}
+
+async function loadClusters() {
+  $("clusters-note").textContent = "organising the gallery (once)…";
+  let answer;
+  try {
+    answer = await (await api("/clusters")).json();
+  } catch (error) {
+    $("clusters-note").textContent = "";
+    setStatus(`the clusters could not be loaded: ${error.message}`, true);
+    return;
+  }
+  state.clusters = answer;
+  const scores = ["nmi", "ami"].filter((name) => name in answer)
+    .map((name) => `${name.toUpperCase()} ${answer[name].toFixed(3)}`).join(", ");
+  const noise = answer.method === "hdbscan" ? `, ${answer.noise} items in no cluster (noise)` : "";
+  $("clusters-note").textContent = `${answer.k} clusters of ${answer.items} items (${answer.method}${noise}` +
+    `${scores ? `; against the labels: ${scores}` : ""}). Click a cluster to see its items, nearest its centre first.`;
+  const list = $("cluster-list");
+  list.replaceChildren();
+  for (const row of answer.clusters) {
+    const entry = document.createElement("button");
+    entry.type = "button";
+    entry.className = "cluster";
+    entry.dataset.cluster = String(row.cluster);
+    entry.style.setProperty("--dot", classColour(row.cluster));
+    const head = document.createElement("span");
+    head.className = "head";
+    head.textContent = `cluster ${row.cluster} · ${row.size} items · cos ${row.mean_cosine.toFixed(3)}`;
+    const labels = document.createElement("span");
+    labels.className = "labels";
+    labels.textContent = labelsText(row.labels);
+    const thumbs = document.createElement("span");
+    thumbs.className = "thumbs";
+    for (const item of row.preview) thumbs.append(imageElement(item.id, `item ${item.id}`));
+    entry.append(head, labels, thumbs);
+    entry.addEventListener("click", () => showCluster(row.cluster));
+    list.append(entry);
+  }
+  drawMap();
+}
+
+async function showCluster(c) {
+  let answer;
+  try {
+    answer = await (await api(`/clusters/${c}?limit=${state.info.max_k}`)).json();
+  } catch (error) {
+    setStatus(error.message, true);
+    return;
+  }
+  for (const entry of document.querySelectorAll("#cluster-list .cluster")) {
+    entry.classList.toggle("chosen", entry.dataset.cluster === String(c));
+  }
+  const title = $("cluster-title");
+  title.hidden = false;
+  const more = answer.size > answer.items.length ? `, the ${answer.items.length} nearest its centre` : "";
+  title.textContent = `Cluster ${c}: ${answer.size} items${more} (cosine to the centre)`;
+  const grid = $("cluster-items");
+  grid.replaceChildren();
+  for (const item of answer.items) {
+    const card = itemCard(item, `#${item.rank}${classSuffix(item)}`, `cos ${item.cosine.toFixed(3)} to the centre`);
+    grid.append(card);
+    fitName(card.querySelector(".name"), item.name);
+  }
+  state.clusterItems = answer.items.map((item) => item.id);
+  state.highlight = state.clusterItems;
+  drawMap();
+  setStatus(`cluster ${c}: ${answer.size} items`);
+}
+
+async function loadDuplicates() {
+  $("duplicates-note").textContent = "looking for near-duplicates (once)…";
+  let answer;
+  try {
+    answer = await (await api(`/duplicates?limit=${state.info.max_k}`)).json();
+  } catch (error) {
+    $("duplicates-note").textContent = "";
+    setStatus(`the duplicates could not be loaded: ${error.message}`, true);
+    return;
+  }
+  state.duplicates = answer;
+  const shown = answer.groups.length < answer.groups_total ? ` (the ${answer.groups.length} largest shown)` : "";
+  $("duplicates-note").textContent = answer.groups_total === 0
+    ? `No near-duplicates: no two items at cosine ≥ ${answer.threshold} (${answer.method}).`
+    : `${answer.groups_total} group${answer.groups_total === 1 ? "" : "s"} of near-duplicates${shown}: ${answer.items_in_groups} items at cosine ≥ ` +
+      `${answer.threshold}, ${answer.to_remove} to remove if each group keeps its first item (${answer.method}).`;
+  const rows = $("duplicate-groups");
+  rows.replaceChildren();
+  for (const group of answer.groups) {
+    const row = document.createElement("div");
+    row.className = "group";
+    row.dataset.group = String(group.group);
+    const head = document.createElement("span");
+    head.className = "head";
+    head.textContent = `group ${group.group} · ${group.size} items`;
+    const cards = document.createElement("div");
+    cards.className = "cards";
+    for (const item of group.items) {
+      const first = item.keep ? `keep${classSuffix(item)}` : `copy${classSuffix(item)}`;
+      const card = itemCard(item, first, item.keep ? "the one to keep" : `cos ${item.cosine.toFixed(4)}`);
+      if (item.keep) card.classList.add("keep");
+      cards.append(card);
+      fitName(card.querySelector(".name"), item.name);
+    }
+    row.append(head, cards);
+    row.addEventListener("mouseenter", () => { state.highlight = group.items.map((item) => item.id); drawMap(); });
+    rows.append(row);
+  }
 }
 
 // ---------------------------------------------------------------- the map
@@ -285,8 +432,9 @@ function drawMap() {
   ctx.setTransform(ratio, 0, 0, ratio, 0, 0);
   ctx.clearRect(0, 0, m.size, m.size);
   const radius = m.ids.length > 5000 ? 1.5 : 3;
+  const byCluster = state.colour === "cluster" && m.clusters;
   for (let i = 0; i < m.ids.length; i++) {
-    ctx.fillStyle = classColour(m.labels ? m.labels[i] : -1);
+    ctx.fillStyle = classColour(byCluster ? m.clusters[i] : m.labels ? m.labels[i] : -1);
     ctx.beginPath();
     ctx.arc(m.px[i], m.py[i], radius, 0, 2 * Math.PI);
     ctx.fill();
@@ -300,8 +448,11 @@ function drawMap() {
     ctx.arc(m.px[i], m.py[i], r, 0, 2 * Math.PI);
     ctx.stroke();
   };
-  for (const item of state.results) ring(item.id, "#000", radius + 3, 1.5);
-  if (state.query && state.query.kind === "item") ring(state.query.id, "#000", radius + 6, 3);
+  if (state.view === "search") {
+    for (const item of state.results) ring(item.id, "#000", radius + 3, 1.5);
+    if (state.query && state.query.kind === "item") ring(state.query.id, "#000", radius + 6, 3);
+  }
+  for (const id of state.highlight) ring(id, "#000", radius + 3, 1.5);
 }
 
 function nearestPoint(x, y, within = 10) {
@@ -319,21 +470,32 @@ function canvasPoint(event) {
   return [event.clientX - rect.left, event.clientY - rect.top];
 }
 
+function count(n) {
+  return Number(n).toLocaleString("en-US");
+}
+
 function showMapInfo() {
   const m = state.map;
-  const note = m.shown < m.total ? ` ${m.shown} of ${m.total} items shown (a fixed sample).` : "";
+  const [method, ...rest] = m.projection.split(" (");
+  const why = rest.join(" (").replace(/\)$/, ""); // "t-SNE (what it keeps)" -> "what it keeps"
+  const what = m.shown < m.total
+    ? `${method} of ${count(m.shown)} of ${count(m.total)} items (a fixed sample)`
+    : `${method} of ${count(m.total)} items`;
   const variance = m.explained_variance_ratio
-    ? ` (${(100 * (m.explained_variance_ratio[0] + m.explained_variance_ratio[1])).toFixed(0)}% of the variance)`
+    ? `, ${(100 * (m.explained_variance_ratio[0] + m.explained_variance_ratio[1])).toFixed(0)}% of the variance`
     : "";
-  $("map-note").textContent = `${m.projection}${variance}.${note} Click a point to see its neighbours.`;
+  $("map-note").textContent = `${what}${variance}${why ? `: ${why}` : ""}. Click a point to see its neighbours.`;
+  const byCluster = state.colour === "cluster" && m.clusters;
   const legend = $("map-legend");
   legend.replaceChildren();
-  m.classes.forEach((name, code) => {
+  const names = byCluster ? Array.from({ length: m.cluster_count }, (_, c) => `cluster ${c}`) : m.classes;
+  names.slice(0, 40).forEach((name, code) => {
     const entry = document.createElement("span");
     entry.textContent = name;
     entry.style.setProperty("--dot", classColour(code));
     legend.append(entry);
   });
+  document.querySelector('input[name="colour"][value="cluster"]').disabled = !m.clusters;
 }
 
 // ---------------------------------------------------------------- start
@@ -403,6 +565,15 @@ function setUp() {
     if (previous) run(previous, false);
     $("back").disabled = state.history.length === 0;
   });
+  for (const tab of document.querySelectorAll(".views [role=tab]")) {
+    tab.addEventListener("click", () => showView(tab.dataset.view));
+  }
+  for (const radio of document.querySelectorAll('input[name="colour"]')) {
+    radio.addEventListener("change", () => {
+      state.colour = radio.value;
+      if (state.map) { showMapInfo(); drawMap(); }
+    });
+  }
   const canvas = $("map");
   canvas.addEventListener("click", (event) => {
     if (!state.map) return;
@@ -413,7 +584,8 @@ function setUp() {
     if (!state.map) return;
     const i = nearestPoint(...canvasPoint(event));
     const m = state.map;
-    canvas.title = i < 0 ? "" : `item ${m.ids[i]}` + (m.labels && m.labels[i] >= 0 ? ` · ${m.classes[m.labels[i]]}` : "");
+    canvas.title = i < 0 ? "" : `item ${m.ids[i]}` + (m.labels && m.labels[i] >= 0 ? ` · ${m.classes[m.labels[i]]}` : "") +
+      (m.clusters ? ` · cluster ${m.clusters[i]}` : "");
   });
   window.addEventListener("resize", () => {
     fitNames();
