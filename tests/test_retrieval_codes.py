@@ -50,19 +50,38 @@ def test_packing_is_the_sign_pattern_in_whole_bytes():
         pack_codes(np.ones((2, 12)))
 
 
-@pytest.mark.parametrize("bytes_", [1, 3, 8, 9])
+@pytest.mark.parametrize("backend", ["faiss", "numpy"])
+@pytest.mark.parametrize("bytes_", [1, 3, 8, 9])  # faiss: counting k-selection up to 64 bits, its heap at 72
 @pytest.mark.parametrize("exclude_self", [False, True])
-def test_hamming_top_k_equals_a_brute_force_with_the_tie_rule(bytes_, exclude_self):
+def test_hamming_top_k_equals_a_brute_force_with_the_tie_rule(bytes_, exclude_self, backend):
     g = tied_codes(300, bytes_, seed=bytes_)
     q = g if exclude_self else tied_codes(40, bytes_, seed=bytes_ + 7)
     want_d, want_i = brute_hamming(q, g, 25, exclude_self)
     for chunk in (None, 7):
-        got = hamming_top_k(q, None if exclude_self else g, 25, exclude_self=exclude_self, chunk_size=chunk)
+        got = hamming_top_k(
+            q, None if exclude_self else g, 25, exclude_self=exclude_self, chunk_size=chunk, backend=backend
+        )
         np.testing.assert_array_equal(got.indices, want_i)
         np.testing.assert_array_equal(got.distances, want_d)
     np.testing.assert_array_equal(
         np.take_along_axis(hamming_distances(q, g), want_i, axis=1), want_d
     )  # the full matrix agrees
+
+
+@pytest.mark.parametrize("bits", [16, 64, 128])
+def test_faiss_and_numpy_hamming_searches_return_the_same_ranking(bits):
+    """The default search (faiss when installed) returns numpy's exact ranking, indices included, on random codes
+    (ties at every distance), deep k and leave-one-out; every query's own item left out even where its duplicates
+    with lower indices fill its k + 1 nearest."""
+    rng = np.random.default_rng(bits)
+    g = rng.integers(0, 256, (6000, bits // 8), dtype=np.uint8)
+    g[3000:3100] = g[0]  # 101 equal codes: item 0's and theirs k + 1 nearest are all at distance 0
+    for k, exclude_self in ((10, False), (700, False), (50, True)):
+        q = g if exclude_self else g[::37]
+        want = hamming_top_k(q, None if exclude_self else g, k, exclude_self=exclude_self, backend="numpy")
+        got = hamming_top_k(q, None if exclude_self else g, k, exclude_self=exclude_self)
+        np.testing.assert_array_equal(got.indices, want.indices)
+        np.testing.assert_array_equal(got.distances, want.distances)
 
 
 @pytest.mark.parametrize("factory", ["exact", "Flat"])
@@ -155,3 +174,5 @@ def test_bad_codes_and_bit_counts_are_one_clear_line():
         hamming_top_k(np.zeros((3, 2), np.uint8), np.zeros((3, 4), np.uint8), 1)
     with pytest.raises(UserError, match="not a code search"):
         code_index(np.zeros((3, 2), np.uint8), "IVF")
+    with pytest.raises(UserError, match=r"backend must be one of \['auto', 'faiss', 'numpy'\]"):
+        hamming_top_k(np.zeros((3, 2), np.uint8), None, 1, backend="torch")

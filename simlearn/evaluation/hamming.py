@@ -37,7 +37,8 @@ _HISTOGRAM_ENTRIES = 2**22
 def hamming_ranker(chunk_size: int | None = None) -> Ranker:
     """A :data:`~simlearn.evaluation.retrieval.Ranker` that ranks the metrics' queries and gallery (the ±1 sign
     vectors of codes, :func:`~simlearn.retrieval.codes.unpack_signs`) by Hamming distance with the tie rule:
-    simlearn's own chunked popcount search (:func:`~simlearn.retrieval.codes.hamming_chunks`)."""
+    simlearn's own chunked exact search (:func:`~simlearn.retrieval.codes.hamming_chunks`: faiss when installed,
+    else numpy's popcount)."""
 
     def rank(data: QueryGallery, needed: torch.Tensor) -> Iterator[NeighbourChunk]:
         queries = pack_codes(data.queries)

@@ -11,9 +11,14 @@ exact float search (:mod:`simlearn.retrieval.exact`). It is the float rule itsel
 of the signs and the Hamming search give the same ranking, and a code gallery goes through the same
 ``search_gallery`` / ``top_k`` path with a :class:`CodeIndex` as its candidate source.
 
-Two searches ship: :func:`hamming_top_k`, simlearn's own (numpy popcount in chunks of queries, memory bounded by
-``chunk x gallery`` small ints, the tie rule built into its sort key), and faiss's binary indexes through
-:class:`CodeIndex` (``IndexBinaryFlat``: exhaustive; ``IndexBinaryHNSW``: approximate). Float re-ranking
+Two searches ship: :func:`hamming_top_k`, simlearn's own exact one, and faiss's binary indexes through
+:class:`CodeIndex` (``IndexBinaryFlat``: exhaustive; ``IndexBinaryHNSW``: approximate). :func:`hamming_top_k` runs
+on faiss's ``IndexBinaryFlat`` when faiss is installed (``backend="auto"``): its counting k-selection
+(``use_heap=False``, codes of up to :data:`FAISS_COUNT_MAX_BITS` bits) and its heap (longer codes) both keep, per
+distance, the items met first in gallery order, so they return the tie rule's ranking (tested against a brute force
+on data full of ties), about 10x faster than numpy (``scripts/bench_codes.py``, README); else (``backend="numpy"``)
+numpy's popcount in chunks of queries, memory bounded by ``chunk x gallery`` small ints, the tie rule built into its
+sort key. Float re-ranking
 (:meth:`CodeIndex.reranking`): the ``depth`` best items by Hamming distance are the candidates that the exact float
 search re-scores with the float embeddings and orders by its own rule. An exhaustive index's choice among items tied
 at the k-th distance is its own (faiss's, LanceDB's): :meth:`CodeIndex.hamming` asks it for more until that block of
@@ -32,10 +37,12 @@ import numpy as np
 import torch
 
 from simlearn.errors import UserError
-from simlearn.retrieval.faiss_lib import import_faiss
+from simlearn.retrieval.faiss_lib import faiss_installed, import_faiss
 
 __all__ = [
     "CODE_FACTORIES",
+    "FAISS_COUNT_MAX_BITS",
+    "HAMMING_BACKENDS",
     "CodeIndex",
     "HammingNeighbours",
     "check_bits",
@@ -43,6 +50,7 @@ __all__ = [
     "code_index",
     "distance_chunks",
     "encoder_code_bits",
+    "faiss_binary_flat",
     "hamming_chunks",
     "hamming_distances",
     "hamming_top_k",
@@ -52,6 +60,15 @@ __all__ = [
 
 #: distance entries (query x gallery) per chunk of simlearn's Hamming search: about 200 MB of int64 sort keys
 _CHUNK_ENTRIES = 2**24
+#: faiss's counting k-selection holds (bits + 1) x k int64 ids per query: queries per faiss call so that they fill
+#: at most this many (128 MB)
+_COUNT_ENTRIES = 2**24
+#: the longest codes searched by faiss's counting k-selection (``use_heap=False``); longer ones by its heap. Measured
+#: on the 2-core machine (README, bench_codes): counting 1.2-7x faster than the heap at 16 and 64 bits (k = 10 to
+#: 1000), the heap 1.3x faster at 128 bits, k = 10
+FAISS_COUNT_MAX_BITS = 64
+#: the exact Hamming search's backends: faiss when installed (auto), faiss, numpy
+HAMMING_BACKENDS = ("auto", "faiss", "numpy")
 #: the searches a :class:`CodeIndex` can run: simlearn's own exact one, faiss's exhaustive and HNSW binary indexes
 CODE_FACTORIES = ("exact", "Flat", "HNSW32")
 
@@ -129,6 +146,16 @@ def _distances(query_words: np.ndarray, gallery_columns: np.ndarray) -> np.ndarr
     return out
 
 
+def _check_pair(q: np.ndarray, g: np.ndarray, exclude_self: bool) -> None:
+    if q.shape[1] != g.shape[1]:
+        raise UserError(
+            f"query codes have {q.shape[1] * 8} bits but gallery codes {g.shape[1] * 8}; "
+            "search codes of one model, of one bit count."
+        )
+    if exclude_self and len(q) != len(g):
+        raise UserError("exclude_self=True searches the codes against themselves: pass the same array twice.")
+
+
 class HammingNeighbours(NamedTuple):
     """Each query's k nearest gallery items by Hamming distance, ties to the lower gallery index:
     ``distances`` (num_queries, k) int32 and ``indices`` (num_queries, k) int64."""
@@ -146,13 +173,7 @@ def distance_chunks(
     any code."""
     q = _check_codes(query_codes, "query codes")
     g = q if gallery_codes is None else _check_codes(gallery_codes, "gallery codes")
-    if q.shape[1] != g.shape[1]:
-        raise UserError(
-            f"query codes have {q.shape[1] * 8} bits but gallery codes {g.shape[1] * 8}; "
-            "search codes of one model, of one bit count."
-        )
-    if exclude_self and len(q) != len(g):
-        raise UserError("exclude_self=True searches the codes against themselves: pass the same array twice.")
+    _check_pair(q, g, exclude_self)
     query_words, gallery_columns = _words(q), _words(g).T.copy()
     chunk = chunk_size or max(1, _CHUNK_ENTRIES // len(g))
     for start in range(0, len(q), chunk):
@@ -164,16 +185,71 @@ def distance_chunks(
         yield start, stop, dist
 
 
+def faiss_binary_flat(codes: np.ndarray) -> Any:
+    """A faiss ``IndexBinaryFlat`` of packed codes (uint8, (n, bits / 8)) that selects the k nearest by counting
+    (``use_heap=False``) for codes of up to :data:`FAISS_COUNT_MAX_BITS` bits, else by its heap: both exact, ties to
+    the lower gallery index (module doc)."""
+    faiss = import_faiss()
+    index = faiss.IndexBinaryFlat(codes.shape[1] * 8)
+    index.use_heap = codes.shape[1] * 8 > FAISS_COUNT_MAX_BITS
+    index.add(codes)
+    return index
+
+
+def _hamming_backend(backend: Any) -> str:
+    if backend not in HAMMING_BACKENDS:
+        raise UserError(f"the Hamming search backend must be one of {list(HAMMING_BACKENDS)}, got {backend!r}.")
+    if backend == "faiss":
+        import_faiss()
+    if backend == "auto":
+        return "faiss" if faiss_installed() else "numpy"
+    return str(backend)
+
+
+def _faiss_chunks(
+    q: np.ndarray, g: np.ndarray, k: int, exclude_self: bool, chunk_size: int | None
+) -> Iterator[tuple[int, int, np.ndarray, np.ndarray]]:
+    """:func:`hamming_chunks` by faiss (:func:`faiss_binary_flat`). ``exclude_self``: each query's k + 1 nearest
+    without its own item (if its own item is not among them, its k nearest are the first k)."""
+    index = faiss_binary_flat(g)
+    width = k + int(exclude_self)
+    chunk = chunk_size or max(1, _COUNT_ENTRIES // ((g.shape[1] * 8 + 1) * width))
+    for start in range(0, len(q), chunk):
+        stop = min(start + chunk, len(q))
+        distances, indices = index.search(q[start:stop], width)
+        if exclude_self:
+            keep = indices != np.arange(start, stop)[:, None]
+            keep[keep.all(axis=1), -1] = False  # own item not found: drop the last instead
+            distances = distances[keep].reshape(stop - start, k)
+            indices = indices[keep].reshape(stop - start, k)
+        yield start, stop, distances.astype(np.int32, copy=False), indices.astype(np.int64, copy=False)
+
+
 def hamming_chunks(
-    query_codes: Any, gallery_codes: Any | None, k: int, *, exclude_self: bool = False, chunk_size: int | None = None
+    query_codes: Any,
+    gallery_codes: Any | None,
+    k: int,
+    *,
+    exclude_self: bool = False,
+    chunk_size: int | None = None,
+    backend: str = "auto",
 ) -> Iterator[tuple[int, int, np.ndarray, np.ndarray]]:
     """Yield ``(start, stop, distances, indices)`` for chunks of queries: their k nearest gallery items by Hamming
-    distance under the tie rule (module doc), int32 and int64 (stop - start, k). Memory: ``chunk_size x gallery``
-    int64 distances and sort keys (:func:`distance_chunks`). ``exclude_self``: item i is never query i's neighbour;
+    distance under the tie rule (module doc), int32 and int64 (stop - start, k). ``backend``: ``"auto"`` (faiss
+    when installed), ``"faiss"`` (``IndexBinaryFlat``: :func:`faiss_binary_flat`; ``chunk_size`` queries per call,
+    by default as many as fit 128 MB of its counters) or ``"numpy"`` (popcount; memory ``chunk_size x gallery``
+    int64 distances and sort keys: :func:`distance_chunks`). ``exclude_self``: item i is never query i's neighbour;
     k is capped at the candidates per query."""
+    backend = _hamming_backend(backend)
     n = len(query_codes) if gallery_codes is None else len(gallery_codes)
     k = min(int(k), n - int(exclude_self))
     if k < 1:
+        return
+    if backend == "faiss":
+        q = _check_codes(query_codes, "query codes")
+        g = q if gallery_codes is None else _check_codes(gallery_codes, "gallery codes")
+        _check_pair(q, g, exclude_self)
+        yield from _faiss_chunks(q, g, k, exclude_self, chunk_size)
         return
     columns = torch.arange(n, dtype=torch.int64)
     for start, stop, dist in distance_chunks(query_codes, gallery_codes, exclude_self, chunk_size):
@@ -184,13 +260,23 @@ def hamming_chunks(
 
 
 def hamming_top_k(
-    query_codes: Any, gallery_codes: Any | None, k: int, *, exclude_self: bool = False, chunk_size: int | None = None
+    query_codes: Any,
+    gallery_codes: Any | None,
+    k: int,
+    *,
+    exclude_self: bool = False,
+    chunk_size: int | None = None,
+    backend: str = "auto",
 ) -> HammingNeighbours:
     """Each query's k nearest gallery codes by Hamming distance, ties to the lower gallery index (simlearn's own
-    exact search, in chunks: :func:`hamming_chunks`). ``gallery_codes=None`` with ``exclude_self``: leave-one-out."""
+    exact search, in chunks, by faiss when installed: :func:`hamming_chunks`). ``gallery_codes=None`` with
+    ``exclude_self``: leave-one-out."""
     if isinstance(k, bool) or not isinstance(k, int | np.integer) or k < 1:
         raise UserError(f"k must be an integer ≥ 1, got {k!r}.")
-    parts = list(hamming_chunks(query_codes, gallery_codes, k, exclude_self=exclude_self, chunk_size=chunk_size))
+    found = hamming_chunks(
+        query_codes, gallery_codes, k, exclude_self=exclude_self, chunk_size=chunk_size, backend=backend
+    )
+    parts = list(found)
     if not parts:
         return HammingNeighbours(np.zeros((len(query_codes), 0), np.int32), np.zeros((len(query_codes), 0), np.int64))
     return HammingNeighbours(np.concatenate([p[2] for p in parts]), np.concatenate([p[3] for p in parts]))
@@ -320,8 +406,8 @@ def code_index(codes: Any, factory: str = "exact") -> CodeIndex:
         raise UserError(f"code_index={factory!r} is not a code search; valid: {list(CODE_FACTORIES)}.")
     if factory == "exact":
         return CodeIndex(codes, factory)
-    faiss = import_faiss()
-    bits = codes.shape[1] * 8
-    index = faiss.IndexBinaryFlat(bits) if factory == "Flat" else faiss.IndexBinaryHNSW(bits, 32)
+    if factory == "Flat":
+        return CodeIndex(codes, factory, index=faiss_binary_flat(codes), library="faiss binary")
+    index = import_faiss().IndexBinaryHNSW(codes.shape[1] * 8, 32)
     index.add(codes)
     return CodeIndex(codes, factory, index=index, library="faiss binary", approximate=factory == "HNSW32")
