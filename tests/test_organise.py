@@ -214,3 +214,15 @@ def test_the_command_searches_once_for_duplicates_and_uniqueness_and_gets_what_e
     assert [g.tolist() for g in found.duplicates.groups] == [g.tolist() for g in alone.groups]
     scores = uniqueness(x, k=uniqueness_k)
     assert np.array_equal(found.uniqueness.score, scores.score) and np.array_equal(found.uniqueness.order, scores.order)
+
+
+def test_faiss_params_set_the_index_search_depth_and_a_wrong_one_is_one_line():
+    import faiss
+
+    x, _ = _clustered(n=300, d=8)
+    index = neighbour_index(x, exact_limit=100, index_factory="HNSW32", params="efSearch=77")
+    assert faiss.downcast_index(index.index).hnsw.efSearch == 77
+    assert faiss.downcast_index(neighbour_index(x, 100, "HNSW32").index).hnsw.efSearch != 77
+    with pytest.raises(UserError, match=r"faiss_params='nprobe=4' does not fit the faiss HNSW32 index") as error:
+        neighbour_index(x, exact_limit=100, index_factory="HNSW32", params="nprobe=4")
+    assert "\n" not in str(error.value)
