@@ -63,7 +63,7 @@ class InferenceModel:
         preprocessing: Mapping[str, Any],
         config: DictConfig,
         source: str | os.PathLike,
-        kind: Literal["checkpoint", "folder"],
+        kind: Literal["checkpoint", "folder", "pixels"],
         path: str | os.PathLike,
         device: str | torch.device = "cpu",
     ) -> None:
