@@ -54,7 +54,8 @@ class InferenceModel:
     weights came from (the checkpoint, or the folder's ``model.safetensors``: galleries embedded with it record it
     and their caches are keyed by its size and time), ``config`` the config it was built from (a checkpoint's
     ``simlearn_config``; a folder's ``config.json`` with its ``preprocessing``). ``digest`` names the model itself,
-    whatever file it was read from (:meth:`digest`).
+    whatever file it was read from (:meth:`digest`). ``kind`` ``pixels`` is the raw-pixel embedding of
+    :mod:`simlearn.inference.pixels` (no weights; ``path`` is the module that defines it).
     """
 
     def __init__(

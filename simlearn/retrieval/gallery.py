@@ -311,6 +311,8 @@ def gallery_from_database(
     says (:func:`simlearn.retrieval.vectordb.candidates`: ``auto``, ``exact``, ``index`` or ``memory``)."""
     contents = vectordb.read_table(path, cfg.get("db_table"))
     where = f"gallery={str(path)!r} (LanceDB table {contents.name!r})"
+    if refuse_other_model and contents.model_digest:  # a recorded digest names the other model, whatever its dimension
+        check_gallery_model(where, contents.model_digest, contents.ckpt_path, model, refuse=True)
     # a code table (column ``code``) with a float model, or a float table with a hashing one: one line
     codes = _checked_codes(contents.codes, len(contents.embeddings), where, model)
     remake = f"write it anew with simlearn-embed ckpt_path={model.path} db=PATH"
