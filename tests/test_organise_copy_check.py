@@ -212,6 +212,8 @@ def test_bench_counts_the_planted_pairs_as_its_docstring_says(bench):
     group, kind = catalogue["group"], catalogue["kind"]
     per_source = len(bench.KINDS) + 1
     assert len(group) == 3 * per_source + 5 and (group == -1).sum() == 5
+    # --check-only draws the same sources without planting the catalogue
+    assert np.array_equal(bench.source_indices(12, 3, 5, seed=0)[0], catalogue["test_index"])
     assert [int((kind[group == s] >= 0).sum()) for s in range(3)] == [len(bench.KINDS)] * 3
     exact = catalogue["images"][kind == bench.KINDS.index("exact")]
     assert np.array_equal(exact, catalogue["images"][catalogue["source_item"]])
