@@ -59,6 +59,26 @@ def read_csv(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(file))
 
 
+def planted_scores(out: Path, planted: list[set[str]]) -> tuple[float, float, dict[str, set[str]]]:
+    """Precision and recall of the planted pairs among the pairs of the groups in ``out/duplicates.csv``, and the
+    groups; one item kept per group."""
+    found_groups: dict[str, set[str]] = {}
+    keep: dict[str, str] = {}
+    for row in read_csv(out / "duplicates.csv"):
+        found_groups.setdefault(row["group"], set()).add(row["path"])
+        if row["keep"] == "True":
+            keep[row["group"]] = row["path"]
+    assert set(keep) == set(found_groups)  # one item kept per group
+    found_pairs = {frozenset(p) for g in found_groups.values() for p in combinations(sorted(g), 2)}
+    planted_pairs = {frozenset(g) for g in planted}
+    recall = len(found_pairs & planted_pairs) / len(planted_pairs)
+    precision = len(found_pairs & planted_pairs) / max(1, len(found_pairs))
+    print(
+        f"planted pairs {len(planted_pairs)}, found {len(found_pairs)}: precision {precision:.3f} recall {recall:.3f}"
+    )
+    return precision, recall, found_groups
+
+
 def test_organise_finds_the_planted_copies_and_writes_every_file(trained_run, catalogue, tmp_path, capfd):
     folder, planted = catalogue
     ckpt = trained_run / "checkpoints" / "last.ckpt"
@@ -79,22 +99,8 @@ def test_organise_finds_the_planted_copies_and_writes_every_file(trained_run, ca
     assert sum(sizes) == items and sizes == sorted(sizes, reverse=True)
 
     # the planted pairs against the pairs of the groups found
-    found_groups: dict[str, set[str]] = {}
-    keep: dict[str, str] = {}
-    for row in read_csv(out / "duplicates.csv"):
-        found_groups.setdefault(row["group"], set()).add(row["path"])
-        if row["keep"] == "True":
-            keep[row["group"]] = row["path"]
-    assert set(keep) == set(found_groups)  # one item kept per group
-    found_pairs = {frozenset(p) for g in found_groups.values() for p in combinations(sorted(g), 2)}
-    planted_pairs = {frozenset(g) for g in planted}
-    recall = len(found_pairs & planted_pairs) / len(planted_pairs)
-    precision = len(found_pairs & planted_pairs) / max(1, len(found_pairs))
-    print(
-        f"planted pairs {len(planted_pairs)}, found {len(found_pairs)}: precision {precision:.3f} recall {recall:.3f}"
-    )
-    assert recall == 1.0
-    assert precision == 1.0, sorted(map(sorted, found_pairs - planted_pairs))[:5]
+    precision, recall, found_groups = planted_scores(out, planted)
+    assert recall == 1.0 and precision == 1.0, found_groups
 
     outliers = read_csv(out / "outliers.csv")
     scores = [float(row["uniqueness"]) for row in outliers]
@@ -200,6 +206,65 @@ def test_a_threshold_outside_minus_one_to_one_ends_the_real_process_in_one_line(
     assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
 
 
+# -- the pixel embedder: no model -----------------------------------------------------------------------------------
+def organise_pixels(capfd, out: Path, *overrides: str):
+    return run_main(
+        "simlearn.cli.organise",
+        "embedder=pixels",
+        f"hydra.run.dir={out}",
+        f"cache_dir={out.parent / 'cache'}",
+        "device=cpu",
+        *overrides,
+        capfd=capfd,
+    )
+
+
+def test_the_pixels_find_the_planted_copies_without_a_model(catalogue, tmp_path, capfd):
+    folder, planted = catalogue
+    out = tmp_path / "run"
+    result = organise_pixels(capfd, out, f"gallery={folder}", "k=10", "sheet_clusters=2")
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads((out / "organise.json").read_text())
+    items = 120 + len(planted)
+    assert summary["items"] == items and 0 < summary["clusters"]["nmi"] <= 1
+    precision, recall, groups = planted_scores(out, planted)
+    assert recall == 1.0 and precision == 1.0, groups
+    # the copy check samples every item (200 > 132): the items whose nearest other item is at cos ≥ 0.999 are exactly
+    # the 24 of the planted pairs (genuine copies, no different digits), and 18 % > 5 % warns that the gallery is
+    # mostly copies or the model merges images, in the one warning line
+    check = summary["copy_check"]
+    assert check["checked"] == items and check["neighbours_above_threshold"] == pytest.approx(2 * len(planted) / items)
+    assert check["warns"] and "either the gallery is mostly copies or the model merges" in check["warning"]
+    logged = [line for line in (result.stdout + result.stderr).splitlines() if "copy check:" in line]
+    assert len(logged) == 1 and check["warning"] in logged[0]
+    assert {"cluster_0.png", "duplicates.png", "outliers.png"} <= {p.name for p in (out / "sheets").glob("*.png")}
+
+
+@pytest.mark.parametrize(
+    ("overrides", "fragments"),
+    [
+        (["data=digits"], ["embedder=pixels embeds image files: give gallery=FOLDER", "ckpt_path="]),
+        (["gallery=GALLERY", "ckpt_path=x.ckpt"], ["uses no model, but ckpt_path=x.ckpt", "drop ckpt_path="]),
+        (["gallery=GALLERY", "pixels.size=0"], ["pixels.size=0 must be a whole number", "pixels.size=32"]),
+        (["gallery=GALLERY", "pixels.channels=2"], ["pixels.channels=2 must be 1 (grey) or 3 (RGB)"]),
+        (["gallery=GALLERY", "embedder=clip"], ["embedder='clip' is not one of model, pixels"]),
+    ],
+)
+def test_bad_pixel_input_is_one_line(catalogue, tmp_path, capfd, overrides, fragments):
+    folder, _ = catalogue
+    given = [o.replace("GALLERY", str(folder)) for o in overrides]
+    result = organise_pixels(capfd, tmp_path / "run", *given)
+    assert_clean_failure(result, *fragments)
+    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert not (tmp_path / "run" / "clusters.csv").exists()
+
+
+def test_no_ckpt_path_without_pixels_is_one_line(catalogue, tmp_path, capfd):
+    result = run_main("simlearn.cli.organise", f"gallery={catalogue[0]}", f"hydra.run.dir={tmp_path}", capfd=capfd)
+    assert_clean_failure(result, "missing ckpt_path=", "embedder=pixels")
+    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
 # -- the model a gallery was embedded by ---------------------------------------------------------------------------
 def other_checkpoint(ckpt: Path, out: Path) -> Path:
     """The checkpoint with one encoder weight changed: another model of the same dimension."""
@@ -279,6 +344,16 @@ def test_an_old_gallery_without_a_digest_is_only_warned_about_by_path(npz_galler
     assert len(warnings) == 1 and "old.npz' was embedded with" in warnings[0], warnings
     assert str(npz_galleries["ckpt"]) in warnings[0] and "records no model digest" in warnings[0]
     assert (tmp_path / "run" / "clusters.csv").is_file()
+
+
+def test_a_gallery_of_a_model_given_with_pixels_is_refused_by_its_digest_in_one_line(npz_galleries, tmp_path, capfd):
+    result = organise_pixels(capfd, tmp_path / "run", f"gallery={npz_galleries['digest']}")
+    digest = str(np.load(npz_galleries["digest"])["model_digest"])
+    assert_clean_failure(
+        result, "digest.npz", f"was embedded by another model (digest {digest[:12]}…", "of embedder=pixels"
+    )
+    assert "embedder=pixels gallery=FOLDER" in result.stderr and str(npz_galleries["ckpt"]) in result.stderr
+    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
 
 
 def test_search_warns_by_digest(npz_galleries, caplog):

@@ -43,6 +43,16 @@ class Collapsed(nn.Module):
         return nn.functional.one_hot(bins, 4).float() + 0.01
 
 
+class Offset(nn.Module):
+    """The pixels far from the origin, as the untrained network's embeddings are: every image's nearest other item
+    is at cosine ≥ 0.999, yet each near-copy still beats its source's nearest other item (the order is kept)."""
+
+    embedding_dim = 65
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([x.flatten(1), torch.full((len(x), 1), 100.0)], dim=1)
+
+
 def fake_model(encoder: nn.Module) -> InferenceModel:
     preprocessing = {"image_size": 8, "channels": 1, "mean": [0.0], "std": [1.0]}
     return InferenceModel(encoder, preprocessing, OmegaConf.create({}), "fake.ckpt", "checkpoint", "fake.ckpt")
@@ -84,6 +94,42 @@ def test_a_pixel_embedder_separates_copies_and_does_not_warn(digit_files):
     assert strict.keep_threshold < 0.99999 and "cannot separate" not in line
 
 
+def test_a_model_that_merges_different_images_warns_in_one_line(digit_files):
+    """The untrained-like case: copies separated from the nearest other item, but (nearly) every sampled item has a
+    different image at cos ≥ the threshold: the merge rule alone warns, and says a gallery of copies does that too."""
+    model = fake_model(Offset())
+    result = check_copies(model, gallery_of(model, digit_files), 0.999, sample=40)
+    assert result.separates and result.below_threshold == 0  # the first rule alone would stay quiet
+    assert result.neighbours_above_threshold > 0.9 and result.merges and result.warns
+    line = result.warning()
+    assert f"{result.neighbours_above_threshold:.0%} of 40 sampled gallery images" in line and "\n" not in line
+    assert "either the gallery is mostly copies or the model merges different images" in line
+    assert "cannot separate" not in line and "lower the threshold" not in line
+    assert result.summary()["neighbours_above_threshold"] == result.neighbours_above_threshold
+    # a share is warned about only above merge_share
+    quiet = check_copies(model, gallery_of(model, digit_files), 0.999, sample=40, merge_share=1.0)
+    assert not quiet.merges and not quiet.warns and quiet.warning() is None
+
+
+def test_both_rules_give_one_line(digit_files):
+    model = fake_model(Collapsed())
+    result = check_copies(model, gallery_of(model, digit_files), 0.999, sample=40)
+    assert result.merges and not result.separates
+    line = result.warning()
+    assert "\n" not in line and line.count("copy check:") == 1
+    assert "merges different images" in line and "cannot separate copies from classmates" in line
+
+
+def test_the_pixel_embedder_does_not_merge_different_images(digit_files):
+    """simlearn's pixel embedder on digits without copies: no two different digits at cos ≥ 0.999."""
+    from simlearn.inference.pixels import pixel_model
+
+    model = pixel_model(size=8, channels=1)
+    result = check_copies(model, gallery_of(model, digit_files), 0.999, sample=40)
+    assert result.checked == 40 and result.neighbours_above_threshold == 0 and not result.merges
+    assert result.not_above_neighbour == 0 and "merges" not in (result.warning() or "")
+
+
 def test_copy_scores_rule():
     """A copy fails when below the threshold or not above its source's nearest other item; an exact copy of the
     source in the gallery counts as that nearest item."""
@@ -91,11 +137,17 @@ def test_copy_scores_rule():
     gallery[3] = gallery[0]  # item 3 is an exact copy of item 0
     sources = gallery[[0, 1, 2]]
     copies = sources + np.float32(0.01) * np.roll(np.eye(4, dtype=np.float32), 1, axis=1)[[0, 1, 2]]
-    result = copy_scores(copies, sources, gallery, np.array([0, 1, 2]), threshold=0.9, warn_share=0.5)
+    # merge_share=0.5: the first rule alone (the merge rule is below)
+    result = copy_scores(copies, sources, gallery, np.array([0, 1, 2]), 0.9, warn_share=0.5, merge_share=0.5)
     assert result.checked == 3 and result.below_threshold == 0
     assert result.not_above_neighbour == pytest.approx(1 / 3)  # item 0: its exact copy scores 1 > the copy's 0.99995
     assert result.failed == pytest.approx(1 / 3) and not result.warns
     assert copy_scores(copies, sources, gallery, np.array([0, 1, 2]), 0.9999999, warn_share=0.5).warns
+    # the merge rule: item 0's nearest other item (its exact copy) is at cos 1 ≥ 0.9; items 1 and 2 have none
+    assert result.neighbours_above_threshold == pytest.approx(1 / 3) and not result.merges  # 1/3 ≤ 0.5
+    merged = copy_scores(copies, sources, gallery, np.array([0, 1, 2]), 0.9, warn_share=0.5)  # MERGE_SHARE
+    assert merged.merges and merged.warns and "mostly copies" in merged.warning()
+    assert not copy_scores(copies[1:], sources[1:], gallery, np.array([1, 2]), 0.9, warn_share=0.5).merges
 
 
 def test_a_gallery_without_image_files_is_skipped_and_says_so(caplog):
@@ -127,7 +179,11 @@ def test_the_command_writes_the_check_into_organise_json_and_warns_once(trained_
 
 @pytest.mark.parametrize(
     ("override", "fragment"),
-    [("copy_check_sample=0", "copy_check_sample=0 must be a whole number"), ("copy_check=maybe", "true or false")],
+    [
+        ("copy_check_sample=0", "copy_check_sample=0 must be a whole number"),
+        ("copy_check=maybe", "true or false"),
+        ("copy_check_merge_share=1.5", "copy_check_merge_share=1.5 must be a share from 0 to below 1"),
+    ],
 )
 def test_bad_check_options_are_one_line(trained_run, tmp_path, capfd, override, fragment):
     args = [
@@ -156,6 +212,8 @@ def test_bench_counts_the_planted_pairs_as_its_docstring_says(bench):
     group, kind = catalogue["group"], catalogue["kind"]
     per_source = len(bench.KINDS) + 1
     assert len(group) == 3 * per_source + 5 and (group == -1).sum() == 5
+    # --check-only draws the same sources without planting the catalogue
+    assert np.array_equal(bench.source_indices(12, 3, 5, seed=0)[0], catalogue["test_index"])
     assert [int((kind[group == s] >= 0).sum()) for s in range(3)] == [len(bench.KINDS)] * 3
     exact = catalogue["images"][kind == bench.KINDS.index("exact")]
     assert np.array_equal(exact, catalogue["images"][catalogue["source_item"]])

@@ -54,7 +54,8 @@ class InferenceModel:
     weights came from (the checkpoint, or the folder's ``model.safetensors``: galleries embedded with it record it
     and their caches are keyed by its size and time), ``config`` the config it was built from (a checkpoint's
     ``simlearn_config``; a folder's ``config.json`` with its ``preprocessing``). ``digest`` names the model itself,
-    whatever file it was read from (:meth:`digest`).
+    whatever file it was read from (:meth:`digest`). ``kind`` ``pixels`` is the raw-pixel embedding of
+    :mod:`simlearn.inference.pixels` (no weights; ``path`` is the module that defines it).
     """
 
     def __init__(
@@ -63,7 +64,7 @@ class InferenceModel:
         preprocessing: Mapping[str, Any],
         config: DictConfig,
         source: str | os.PathLike,
-        kind: Literal["checkpoint", "folder"],
+        kind: Literal["checkpoint", "folder", "pixels"],
         path: str | os.PathLike,
         device: str | torch.device = "cpu",
     ) -> None:

@@ -3,6 +3,8 @@
 The gallery is read as ``simlearn-search`` reads it (:func:`simlearn.retrieval.load_gallery`: an image folder, an
 npz of simlearn-embed, a LanceDB table), or, without one, is every split of the checkpoint's data (or of ``data=``)
 embedded as ``simlearn-embed`` embeds them; then the leak check runs too (:func:`simlearn.organise.leaks.leaks`).
+The model is the checkpoint's (``ckpt_path=``), or with ``embedder=pixels`` the raw pixels
+(:func:`simlearn.inference.pixels.pixel_model`), which embed image files only: a folder gallery.
 The work is :mod:`simlearn.organise`'s (no N × N matrix); this module only checks the input, writes the tables,
 the summary and the contact sheets (through the one grid of :func:`simlearn.reports.plots.save_retrieval_grid`).
 """
@@ -25,7 +27,8 @@ from simlearn.data.base import SplitDataset
 from simlearn.data.images import is_image_name, thumbnail
 from simlearn.data.in_memory import TensorImageDataset
 from simlearn.errors import UserError
-from simlearn.inference import load_model, pick_device
+from simlearn.inference import InferenceModel, load_model, pick_device
+from simlearn.inference.pixels import PIXELS_CHANNELS, PIXELS_SIZE, check_pixel_options, pixel_model
 from simlearn.organise.clusters import METHODS, NOISE, Clusters, cluster_embeddings, unit_embeddings
 from simlearn.organise.copy_check import CopyCheck, check_copy_options, gallery_copy_check
 from simlearn.organise.duplicates import (
@@ -47,9 +50,12 @@ __all__ = [
     "DataGallery",
     "DatasetImages",
     "Organised",
+    "EMBEDDERS",
+    "check_embedder",
     "check_options",
     "data_gallery",
     "embed_data_gallery",
+    "embedder_model",
     "organise",
     "organise_gallery",
     "write_leaks",
@@ -93,6 +99,49 @@ def check_options(cfg: DictConfig) -> None:
     if isinstance(uk, bool) or not isinstance(uk, int) or uk < 1:
         raise UserError(f"uniqueness_k={uk!r} must be a whole number ≥ 1 (the neighbours each item is compared with).")
     check_copy_options(cfg)
+
+
+#: what ``embedder=`` takes: the model of ``ckpt_path=``, or the raw pixels (no model, nothing to train)
+EMBEDDERS = ("model", "pixels")
+
+
+def check_embedder(cfg: DictConfig) -> None:
+    """``embedder=model`` needs ``ckpt_path=``; ``embedder=pixels`` takes none, checks ``pixels.size`` and
+    ``pixels.channels``, and needs ``gallery=`` (pixels have no dataset to rebuild: ``data=`` is refused)."""
+    embedder = cfg.get("embedder", "model")
+    if embedder not in EMBEDDERS:
+        raise UserError(
+            f"embedder={embedder!r} is not one of {', '.join(EMBEDDERS)}; e.g. embedder=model ckpt_path=…/last.ckpt, "
+            f"or embedder=pixels (the raw pixels, no model)."
+        )
+    if embedder == "model":
+        if cfg.get("ckpt_path") is None:
+            raise UserError(
+                "missing ckpt_path=: give the model (a checkpoint or a model folder), e.g. ckpt_path=…/last.ckpt, or "
+                "embedder=pixels to compare the images' raw pixels."
+            )
+        return
+    if cfg.get("ckpt_path") is not None:
+        raise UserError(
+            f"embedder=pixels compares raw pixels and uses no model, but ckpt_path={cfg.ckpt_path} was given too: "
+            f"drop ckpt_path=, or drop embedder=pixels to use the model."
+        )
+    if cfg.get("gallery") is None:
+        raise UserError(
+            "embedder=pixels embeds image files: give gallery=FOLDER (a folder of images); a dataset's splits "
+            "(data=, and the leak check) need a model: ckpt_path=…"
+        )
+    pixels = cfg.get("pixels") or {}
+    check_pixel_options(pixels.get("size", PIXELS_SIZE), pixels.get("channels", PIXELS_CHANNELS))
+
+
+def embedder_model(cfg: DictConfig, device: Any) -> InferenceModel:
+    """The model a gallery is embedded (and the copy check run) with: the pixels with ``embedder=pixels``, else the
+    checkpoint's or model folder's of ``ckpt_path``."""
+    if cfg.get("embedder", "model") == "pixels":
+        pixels = cfg.get("pixels") or {}
+        return pixel_model(pixels.get("size", PIXELS_SIZE), pixels.get("channels", PIXELS_CHANNELS), device)
+    return load_model(cfg.ckpt_path, device)
 
 
 def _labels(gallery: Gallery) -> list[str] | None:
@@ -139,13 +188,14 @@ def organise_gallery(gallery: Gallery, cfg: DictConfig) -> Organised:
 def organise(cfg: DictConfig) -> dict[str, Any]:
     """The whole command: check, load the model and the gallery, organise, write the files; return the summary."""
     check_options(cfg)
+    check_embedder(cfg)  # the command's own (serve's organise options have the service's model)
     device = pick_device(cfg.get("device"))
     data = None
     if cfg.get("gallery") is None:
         data, model = data_gallery(cfg, device)
         gallery = data.gallery
     else:
-        model = load_model(cfg.ckpt_path, device)
+        model = embedder_model(cfg, device)
         # clusters and duplicate groups of two models' embeddings mean nothing: another model's gallery is refused
         gallery = load_gallery(cfg.gallery, model, cfg, refuse_other_model=True)
     found = organise_gallery(gallery, cfg)

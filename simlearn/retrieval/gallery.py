@@ -209,6 +209,10 @@ def gallery_from_arrays(
         raise UserError(f"gallery={str(path)!r} holds 'embeddings' of dtype {embeddings.dtype}, not numbers; {remake}.")
     if len(embeddings) == 0:
         raise UserError(f"gallery={str(path)!r} holds no embeddings (0 rows); {remake}, or embed a non-empty split.")
+    digest = str(arrays["model_digest"]) if "model_digest" in files else None
+    recorded = str(arrays["ckpt_path"]) if "ckpt_path" in files else None
+    if refuse_other_model and digest:  # a recorded digest names the other model, whatever its dimension
+        check_gallery_model(f"gallery={str(path)!r}", digest, recorded, model, refuse=True)
     # first: a gallery of the other kind (codes or floats) is named as such, whatever its dimension
     codes = _checked_codes(arrays.get("codes"), len(embeddings), f"gallery={str(path)!r}", model)
     if embeddings.shape[1] != model.embedding_dim:
@@ -242,13 +246,7 @@ def gallery_from_arrays(
             f"gallery={str(path)!r}: {len(bad)} of its {len(embeddings)} embedding rows are not finite (NaN or inf), "
             f"rows {first_rows(bad)}; they have no similarity to rank. {fix}"
         )
-    check_gallery_model(
-        f"gallery={str(path)!r}",
-        str(arrays["model_digest"]) if "model_digest" in files else None,
-        str(arrays["ckpt_path"]) if "ckpt_path" in files else None,
-        model,
-        refuse=refuse_other_model,
-    )
+    check_gallery_model(f"gallery={str(path)!r}", digest, recorded, model, refuse=refuse_other_model)
     labels = None
     if "labels" in per_item:
         labels = _label_names(per_item["labels"], arrays["class_names"].tolist() if "class_names" in files else [])
@@ -313,6 +311,8 @@ def gallery_from_database(
     says (:func:`simlearn.retrieval.vectordb.candidates`: ``auto``, ``exact``, ``index`` or ``memory``)."""
     contents = vectordb.read_table(path, cfg.get("db_table"))
     where = f"gallery={str(path)!r} (LanceDB table {contents.name!r})"
+    if refuse_other_model and contents.model_digest:  # a recorded digest names the other model, whatever its dimension
+        check_gallery_model(where, contents.model_digest, contents.ckpt_path, model, refuse=True)
     # a code table (column ``code``) with a float model, or a float table with a hashing one: one line
     codes = _checked_codes(contents.codes, len(contents.embeddings), where, model)
     remake = f"write it anew with simlearn-embed ckpt_path={model.path} db=PATH"
@@ -360,10 +360,17 @@ def check_gallery_model(
             return
         ours = model.digest
         if refuse:
+            made_by = f" ({ckpt_path})" if ckpt_path else ""
+            if model.kind == "pixels":  # no file of pixel embeddings exists: the images themselves are the fix
+                raise UserError(
+                    f"{where} was embedded by another model (digest {digest[:12]}… vs {ours[:12]}… of "
+                    f"embedder=pixels): organise the image files themselves with embedder=pixels gallery=FOLDER, or "
+                    f"this gallery with the model that made it (embedder=model ckpt_path=…{made_by})."
+                )
             raise UserError(
                 f"{where} was embedded by another model (digest {digest[:12]}… vs {ours[:12]}… of "
                 f"ckpt_path={model.path}): re-embed it with simlearn-embed ckpt_path={model.path} or organise with "
-                f"the model that made it{f' ({ckpt_path})' if ckpt_path else ''}."
+                f"the model that made it{made_by}."
             )
         log.warning(
             "%s was embedded by another model (digest %s… vs %s… of %s): its similarities to this model's embeddings "
