@@ -1,9 +1,11 @@
 """Shared by the serve tests (tests/test_serve_*.py, tests/test_retrieval_gallery.py): digit galleries as PNG
-files, simlearn-serve's config, a live uvicorn server, a float64 brute force, HTTP helpers."""
+files (and as image_csv data with a planted leak, for the organise and leak-check tests), simlearn-serve's config,
+a live uvicorn server, a float64 brute force, HTTP helpers."""
 
 from __future__ import annotations
 
 import contextlib
+import csv
 import io
 import socket
 import threading
@@ -39,6 +41,24 @@ def write_digit_gallery(folder: Path, per_class: int = PER_CLASS, offset: int = 
             Image.fromarray((digits.images[row] * 255 / 16).round().astype(np.uint8)).save(path)
             written.append(path)
     return written
+
+
+def planted_image_csv(root: Path, per_class: int, splits: dict[int, str], brightness: float) -> tuple[Path, Path, Path]:
+    """image_csv data of digit PNGs (each digit's i-th file in ``splits[i]``, the others in train) and a test file
+    that is a ``brightness`` times brighter copy of the first training file, under another name
+    (``uploads/IMG_0001.png``): the CSV, the training file, the copy."""
+    files = write_digit_gallery(root, per_class=per_class)
+    rows = [(f.relative_to(root), f.parent.name, splits.get(i % per_class, "train")) for i, f in enumerate(files)]
+    source = next(path for path, _, split in rows if split == "train")
+    pixels = np.asarray(Image.open(root / source), dtype=np.float64)
+    copy = Path("uploads") / "IMG_0001.png"
+    (root / copy).parent.mkdir()
+    Image.fromarray(np.clip(pixels * brightness, 0, 255).round().astype(np.uint8)).save(root / copy)
+    rows.append((copy, source.parent.name, "test"))
+    table = root / "images.csv"
+    with table.open("w", newline="") as file:
+        csv.writer(file).writerows([("path", "label", "split"), *rows])
+    return table, root / source, root / copy
 
 
 def serve_config(ckpt: Path | None, gallery: Path | str | None, cache_dir: Path, *overrides: str):

@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from .helpers import run_cli, run_main
-from .serving import write_digit_gallery
+from .serving import planted_image_csv, write_digit_gallery
 from .test_errors import assert_clean_failure
 
 #: planted copies: the source image's name -> its copies' names (exact copies and 4 % brighter copies)
@@ -151,25 +151,14 @@ def test_an_empty_gallery_is_one_line(trained_run, tmp_path, capfd):
 def test_leaks_between_splits_of_an_image_csv_name_both_files(trained_run, tmp_path, capfd):
     """data=image_csv whose test split holds a near-copy (4 % brighter, under another name) of a training file."""
     root = tmp_path / "photos"
-    files = write_digit_gallery(root, per_class=6)
     # of each digit's 6 files: the first in test, the second in val, the others in train
-    rows = [
-        (f.relative_to(root), f.parent.name, {0: "test", 1: "val"}.get(i % 6, "train")) for i, f in enumerate(files)
-    ]
-    source = next(path for path, _, split in rows if split == "train")
-    pixels = np.asarray(Image.open(root / source), dtype=np.float64)
-    copy = Path("uploads") / "IMG_0001.png"
-    (root / copy).parent.mkdir()
-    Image.fromarray(np.clip(pixels * 1.04, 0, 255).round().astype(np.uint8)).save(root / copy)
-    rows.append((copy, source.parent.name, "test"))
-    with (root / "images.csv").open("w", newline="") as file:
-        csv.writer(file).writerows([("path", "label", "split"), *rows])
+    table, source, copy = planted_image_csv(root, 6, {0: "test", 1: "val"}, 1.04)
     out = tmp_path / "run"
     result = run_main(
         "simlearn.cli.organise",
         f"ckpt_path={trained_run / 'checkpoints' / 'last.ckpt'}",
         "data=image_csv",
-        f"data.csv={root / 'images.csv'}",
+        f"data.csv={table}",
         "data.channels=1",
         "data.num_workers=0",
         f"hydra.run.dir={out}",
@@ -183,11 +172,11 @@ def test_leaks_between_splits_of_an_image_csv_name_both_files(trained_run, tmp_p
     assert [(Path(r["path"]).name, Path(r["train_path"]).name, r["split"]) for r in found] == [
         ("IMG_0001.png", source.name, "test")
     ]
-    assert Path(found[0]["train_path"]) == (root / source)
+    assert Path(found[0]["train_path"]) == source
     summary = json.loads((out / "organise.json").read_text())
     assert summary["leaks"]["counts"] == {"val": 0, "test": 1}
     assert summary["leaks"]["checked"] == {"val": 10, "test": 11}
-    assert summary["items"] == len(rows) and "leaks from train: 1 of" in result.stdout
+    assert summary["items"] == 61 and "leaks from train: 1 of" in result.stdout  # 10 digits × 6 files + the copy
 
 
 def test_a_gallery_and_data_together_is_one_line(trained_run, catalogue, tmp_path, capfd):

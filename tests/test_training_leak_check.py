@@ -7,12 +7,10 @@ import csv
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
-from PIL import Image
 
 from .helpers import run_main
-from .serving import write_digit_gallery
+from .serving import planted_image_csv
 from .test_errors import assert_clean_failure
 
 
@@ -23,21 +21,7 @@ def test_off_by_default_no_leaks_file(trained_run):
 def planted_csv(root: Path) -> tuple[Path, Path, Path]:
     """image_csv data of digit PNGs (of each digit's 8 files: 2 in test, 2 in val, the others in train) and a test
     file that is a 2 % brighter copy of a training file: the CSV, the training file, the copy."""
-    files = write_digit_gallery(root, per_class=8)
-    rows = [
-        (f.relative_to(root), f.parent.name, {0: "test", 1: "test", 2: "val", 3: "val"}.get(i % 8, "train"))
-        for i, f in enumerate(files)
-    ]
-    source = next(path for path, _, split in rows if split == "train")
-    pixels = np.asarray(Image.open(root / source), dtype=np.float64)
-    copy = Path("uploads") / "IMG_0001.png"
-    (root / copy).parent.mkdir()
-    Image.fromarray(np.clip(pixels * 1.02, 0, 255).round().astype(np.uint8)).save(root / copy)
-    rows.append((copy, source.parent.name, "test"))
-    table = root / "images.csv"
-    with table.open("w", newline="") as file:
-        csv.writer(file).writerows([("path", "label", "split"), *rows])
-    return table, root / source, root / copy
+    return planted_image_csv(root, 8, {0: "test", 1: "test", 2: "val", 3: "val"}, 1.02)
 
 
 def train(capfd, table: Path, out: Path, *overrides: str):
