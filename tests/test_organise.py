@@ -226,3 +226,56 @@ def test_faiss_params_set_the_index_search_depth_and_a_wrong_one_is_one_line():
     with pytest.raises(UserError, match=r"faiss_params='nprobe=4' does not fit the faiss HNSW32 index") as error:
         neighbour_index(x, exact_limit=100, index_factory="HNSW32", params="nprobe=4")
     assert "\n" not in str(error.value)
+
+
+def test_k_from_a_range_is_the_k_of_the_highest_silhouette_and_says_so():
+    from sklearn.metrics import silhouette_score
+
+    from simlearn.organise.clusters import choose_k
+
+    x, labels = _clustered(n=240, d=16, classes=5, seed=3)
+    found = choose_k(x, range(2, 9), labels=labels)
+    scores = {int(k): v for k, v in found.selection["silhouette"].items()}
+    assert sorted(scores) == list(range(2, 9)) and "silhouette" in found.selection["criterion"]
+    assert len(found.centres) == max(scores, key=lambda k: (scores[k], -k)) == 5  # the five classes
+    # each score is scikit-learn's silhouette of that k's clustering (all 240 items: below the sample size)
+    again = cluster_embeddings(x, k=3)
+    assert scores[3] == pytest.approx(silhouette_score(_unit(x), again.cluster, metric="cosine"), abs=1e-6)
+    assert found.metrics["ami"] > 0.95
+
+
+@pytest.mark.parametrize(
+    "spec, match",
+    [
+        ([1, 5], "2 <= low <= high"),
+        ([6, 3], "2 <= low <= high"),
+        ([2, 6, 0], "2 <= low <= high"),
+        ([2.5, 6], "2 <= low <= high"),
+        ("abc", "give a whole number of clusters"),
+        (0, "at least 1"),
+        ([2, 40], "the gallery has 30"),
+    ],
+)
+def test_a_bad_k_or_k_range_is_one_line(spec, match):
+    from simlearn.organise.clusters import k_candidates
+
+    with pytest.raises(UserError, match=match) as error:
+        k_candidates(spec, 30)
+    assert "\n" not in str(error.value)
+
+
+def test_the_command_takes_a_k_range_from_the_command_line_and_writes_its_choice(tmp_path):
+    from omegaconf import OmegaConf
+
+    from simlearn.organise.clusters import k_candidates
+    from simlearn.organise.command import check_options, organise_gallery, write_outputs
+    from simlearn.retrieval.gallery import Gallery
+
+    x, labels = _clustered(n=120, d=8, classes=3, seed=1)
+    cfg = OmegaConf.merge(OmegaConf.create({"k": 10, "threshold": 0.999}), OmegaConf.from_dotlist(["k=[2,6,2]"]))
+    check_options(cfg)
+    assert k_candidates(list(cfg.k)) == [2, 4, 6]
+    found = organise_gallery(Gallery(x, [str(v) for v in labels], None, "clustered", None), cfg)
+    summary = write_outputs(found, tmp_path, OmegaConf.merge(cfg, {"sheets": False}))
+    assert sorted(summary["clusters"]["k_choice"]["silhouette"]) == ["2", "4", "6"]
+    assert summary["clusters"]["k"] in (2, 4, 6)

@@ -1,6 +1,7 @@
-"""Clusters of a collection: spherical k-means through faiss on the unit embeddings (``k`` given), or a density
-clustering that needs no k and leaves noise unassigned (scikit-learn's HDBSCAN, cluster ``-1``); with each item's
-cosine to its cluster's centre, and NMI/AMI against labels when the items have them."""
+"""Clusters of a collection: spherical k-means through faiss on the unit embeddings (``k`` given, or chosen from a
+range by the highest mean silhouette: :func:`choose_k`), or a density clustering that needs no k and leaves noise
+unassigned (scikit-learn's HDBSCAN, cluster ``-1``); with each item's cosine to its cluster's centre, and NMI/AMI
+against labels when the items have them."""
 
 from __future__ import annotations
 
@@ -15,7 +16,16 @@ from simlearn.evaluation.clustering import KMEANS_ITERATIONS, KMEANS_SEED
 from simlearn.retrieval.faiss_lib import faiss_installed, import_faiss
 from simlearn.retrieval.vectors import unit_rows
 
-__all__ = ["HDBSCAN_LIMIT", "NOISE", "Clusters", "cluster_embeddings", "unit_embeddings"]
+__all__ = [
+    "HDBSCAN_LIMIT",
+    "NOISE",
+    "SILHOUETTE_SAMPLE",
+    "Clusters",
+    "choose_k",
+    "cluster_embeddings",
+    "k_candidates",
+    "unit_embeddings",
+]
 
 #: the cluster of an item the density clustering leaves unassigned
 NOISE = -1
@@ -24,6 +34,8 @@ METHODS = ("kmeans", "hdbscan")
 #: 5 s at 5,000 items, 19 s at 10,000, 156 s at 20,000 (d = 128, 1,000 clusters; 2-core machine shared with other
 #: jobs, README "Organising a catalogue"), so 50,000 would take most of an hour; k-means takes 1M items in minutes
 HDBSCAN_LIMIT = 20_000
+#: the most items a candidate k's silhouette is computed on (a seeded sample; its cost is the square of the sample)
+SILHOUETTE_SAMPLE = 5000
 #: rows per block of the centres' and cosines' computation (64k x 128 float64: 64 MB)
 _BLOCK_ROWS = 65_536
 
@@ -39,6 +51,8 @@ class Clusters:
     centres: np.ndarray
     method: str
     metrics: dict[str, float] = field(default_factory=dict)
+    #: how k was chosen from a range (:func:`choose_k`): the criterion and each candidate's score; empty for a k given
+    selection: dict[str, object] = field(default_factory=dict)
 
     def summary(self, labels: Sequence[str | None] | None = None) -> list[dict[str, object]]:
         """One row per cluster, largest first: ``cluster``, ``size``, ``mean_cosine`` to the centre and, with
@@ -148,3 +162,72 @@ def cluster_embeddings(
             "ami": float(adjusted_mutual_info_score(truth, cluster)),
         }
     return Clusters(cluster=cluster, cosine=cosine, centres=centres, method=method, metrics=metrics)
+
+
+def k_candidates(spec: object, n: int | None = None) -> list[int]:
+    """The k a ``k=`` option asks for: an integer (that k), or a range ``[low, high]`` (every k from low to high) or
+    ``[low, high, step]``; a range needs 2 ≤ low ≤ high (the silhouette needs two clusters) and, with ``n`` items,
+    high < n (and one item more than clusters). Anything else is one line."""
+    if isinstance(spec, int | np.integer) and not isinstance(spec, bool):
+        if spec < 1:
+            raise UserError(f"k={spec!r}: k-means needs a whole number of clusters, at least 1; e.g. k=10.")
+        return [int(spec)]
+    values = list(spec) if isinstance(spec, Sequence) and not isinstance(spec, str) else None
+    if (
+        values is None
+        or len(values) not in (2, 3)
+        or any(isinstance(v, bool) or not isinstance(v, int | np.integer) for v in values)
+        or not 2 <= values[0] <= values[1]
+        or (len(values) == 3 and values[2] < 1)
+    ):
+        raise UserError(
+            f"k={spec!r}: give a whole number of clusters (k=10) or a range to choose from by the silhouette, "
+            f"k=[low,high] or k=[low,high,step] with 2 <= low <= high (e.g. k=[5,30,5])."
+        )
+    low, high = int(values[0]), int(values[1])
+    if n is not None and high >= n:
+        raise UserError(
+            f"k={spec!r}: a range up to {high} clusters needs more than {high} items, the gallery has {n}; give a "
+            f"range with high below {n}."
+        )
+    return list(range(low, high + 1, int(values[2]) if len(values) == 3 else 1))
+
+
+def choose_k(
+    embeddings: np.ndarray,
+    candidates: Sequence[int],
+    labels: Sequence[object] | None = None,
+    restarts: int = 5,
+    sample: int = SILHOUETTE_SAMPLE,
+) -> Clusters:
+    """Spherical k-means for each k of ``candidates`` (each ≥ 2), and the clustering whose mean silhouette (cosine
+    distance, scikit-learn's ``silhouette_score`` on a seeded sample of at most ``sample`` items) is the highest,
+    ties to the smaller k; its ``selection`` holds the criterion and every candidate's score. The silhouette weighs
+    how much nearer each item is to its own cluster than to the next one: it peaks where the clusters are both tight
+    and apart, and needs no labels."""
+    from sklearn.metrics import silhouette_score
+
+    x = unit_embeddings(embeddings)
+    n = len(x)
+    size = min(n, int(sample))
+    scores: dict[int, float] = {}
+    best: Clusters | None = None
+    best_score = -np.inf
+    for k in candidates:
+        clusters = cluster_embeddings(x, k=int(k), labels=labels, restarts=restarts)
+        if len(np.unique(clusters.cluster)) < 2:  # k-means left one cluster: the silhouette is undefined
+            score = -1.0
+        else:
+            score = float(
+                silhouette_score(x, clusters.cluster, metric="cosine", sample_size=size, random_state=KMEANS_SEED)
+            )
+        scores[int(k)] = score
+        if best is None or score > best_score:  # strictly: a tie keeps the smaller k
+            best, best_score = clusters, score
+    if best is None:
+        raise UserError("k=[…]: the range holds no k; give k=[low,high] with low <= high.")
+    best.selection = {
+        "criterion": f"the highest mean silhouette (cosine) on {size} of {n} items",
+        "silhouette": {str(k): round(v, 6) for k, v in scores.items()},
+    }
+    return best

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from omegaconf import DictConfig
+from omegaconf import DictConfig, ListConfig, OmegaConf
 from rich.console import Console
 
 from simlearn.data.base import SplitDataset
@@ -29,7 +29,15 @@ from simlearn.data.in_memory import TensorImageDataset
 from simlearn.errors import UserError
 from simlearn.inference import InferenceModel, load_model, pick_device
 from simlearn.inference.pixels import PIXELS_CHANNELS, PIXELS_SIZE, check_pixel_options, pixel_model
-from simlearn.organise.clusters import METHODS, NOISE, Clusters, cluster_embeddings, unit_embeddings
+from simlearn.organise.clusters import (
+    METHODS,
+    NOISE,
+    Clusters,
+    choose_k,
+    cluster_embeddings,
+    k_candidates,
+    unit_embeddings,
+)
 from simlearn.organise.copy_check import CopyCheck, check_copy_options, gallery_copy_check
 from simlearn.organise.duplicates import (
     EXACT_LIMIT,
@@ -86,9 +94,8 @@ def check_options(cfg: DictConfig) -> None:
         raise UserError(
             f"method={method!r} is not one of {', '.join(METHODS)}; e.g. method=kmeans k=10 or method=hdbscan."
         )
-    k = cfg.get("k")
-    if method == "kmeans" and (isinstance(k, bool) or not isinstance(k, int) or k < 1):
-        raise UserError(f"k={k!r}: k-means needs a whole number of clusters, at least 1; e.g. k=10.")
+    if method == "kmeans":
+        k_candidates(_plain(cfg.get("k")))
     check_threshold(cfg.get("threshold", 0.999))
     if cfg.get("gallery") is not None and cfg.get("data"):
         raise UserError(
@@ -144,6 +151,11 @@ def embedder_model(cfg: DictConfig, device: Any) -> InferenceModel:
     return load_model(cfg.ckpt_path, device)
 
 
+def _plain(value: Any) -> Any:
+    """A config value as plain Python (a ``k=[5,30]`` list from the command line is a ListConfig)."""
+    return OmegaConf.to_container(value) if isinstance(value, ListConfig) else value
+
+
 def _labels(gallery: Gallery) -> list[str] | None:
     """The gallery's labels when every item has one (NMI/AMI need them all), else None."""
     if gallery.labels is None or any(label is None for label in gallery.labels):
@@ -157,17 +169,21 @@ def organise_gallery(gallery: Gallery, cfg: DictConfig) -> Organised:
     if n == 0:
         raise UserError(f"gallery={str(gallery.source)!r} has no items; give a gallery with at least 2 items.")
     method = str(cfg.get("method", "kmeans"))
-    k = cfg.get("k")
-    if method == "kmeans" and int(k) > n:
+    k = _plain(cfg.get("k"))
+    restarts = int(cfg.get("kmeans_restarts", 5))
+    if method == "kmeans" and isinstance(k, int) and k > n:
         raise UserError(f"k={k} clusters is more than the {n} items of the gallery; give k from 1 to {n}.")
-    clusters = cluster_embeddings(
-        gallery.embeddings,
-        k=int(k) if method == "kmeans" else None,
-        method=method,
-        min_cluster_size=int(cfg.get("min_cluster_size", 5)),
-        labels=_labels(gallery),
-        restarts=int(cfg.get("kmeans_restarts", 5)),
-    )
+    if method == "kmeans" and not isinstance(k, int):  # a range: the k of the highest silhouette
+        clusters = choose_k(gallery.embeddings, k_candidates(k, n), _labels(gallery), restarts)
+    else:
+        clusters = cluster_embeddings(
+            gallery.embeddings,
+            k=k if method == "kmeans" else None,
+            method=method,
+            min_cluster_size=int(cfg.get("min_cluster_size", 5)),
+            labels=_labels(gallery),
+            restarts=restarts,
+        )
     x = unit_embeddings(gallery.embeddings)
     threshold = check_threshold(cfg.get("threshold", 0.999))
     uniqueness_k = check_uniqueness_k(cfg.get("uniqueness_k", 5), n)
@@ -346,6 +362,7 @@ def write_outputs(found: Organised, out: Path, cfg: DictConfig, channels: int = 
             "noise": int((clusters.cluster == NOISE).sum()),
             "largest": cluster_rows[:10],
             **clusters.metrics,
+            **({"k_choice": clusters.selection} if clusters.selection else {}),
         },
         "duplicates": {
             "threshold": duplicates.threshold,
@@ -458,6 +475,8 @@ def _print(summary: dict[str, Any]) -> None:
     clusters, duplicates = summary["clusters"], summary["duplicates"]
     scores = "".join(f", {name.upper()} {clusters[name]:.3f}" for name in ("nmi", "ami") if name in clusters)
     noise = f", {clusters['noise']} noise" if clusters["method"] == "hdbscan" else ""
+    if "k_choice" in clusters:
+        noise += f", k of the highest silhouette in {len(clusters['k_choice']['silhouette'])} tried"
     leak_counts = summary.get("leaks", {}).get("counts", {})
     Console().print(
         f"{summary['items']} items of {summary['gallery']}: {clusters['k']} clusters ({clusters['method']}{noise}"

@@ -23,7 +23,7 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 from simlearn.errors import UserError
-from simlearn.organise.clusters import Clusters
+from simlearn.organise.clusters import Clusters, k_candidates
 from simlearn.organise.command import Organised, check_options, organise_gallery
 from simlearn.organise.duplicates import DuplicateGroups
 from simlearn.organise.outliers import Uniqueness
@@ -94,7 +94,8 @@ class MapOptions:
 def organise_options(cfg: Mapping[str, Any] | None) -> dict[str, Any]:
     """The ``organise:`` block of the serve config as simlearn-organise's options, checked as that command checks
     them (one line each; ``k: null`` is checked once the gallery's size is known)."""
-    given = dict(cfg or {})
+    # plain values (a k=[5,30] range is a ListConfig): they key the cache file
+    given = OmegaConf.to_container(cfg) if isinstance(cfg, DictConfig) else dict(cfg or {})
     unknown = sorted(set(given) - set(ORGANISE_KEYS))
     if unknown:
         raise UserError(f"organise.{unknown[0]} is not an organise option; the options are {', '.join(ORGANISE_KEYS)}.")
@@ -142,8 +143,14 @@ class GalleryViews:
         """A ``k`` given in the config larger than the gallery, refused at the start (one line) rather than on the
         first request of a view."""
         k, n = self.options.get("k"), len(self.gallery.embeddings)
-        if self.options.get("method", "kmeans") == "kmeans" and k is not None and int(k) > n:
+        if self.options.get("method", "kmeans") != "kmeans" or k is None:
+            return
+        if isinstance(k, int) and k > n:
             raise UserError(f"organise.k={k} clusters is more than the {n} items of the gallery; give k from 1 to {n}.")
+        try:
+            k_candidates(k, n)  # a range: its high end below the items
+        except UserError as error:
+            raise UserError(f"organise: {error}") from error
 
     def _cache_file(self, what: str) -> Path | None:
         if self.cache is None:
