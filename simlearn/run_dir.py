@@ -29,7 +29,22 @@ log = logging.getLogger(__name__)
 
 LOCK_NAME = ".simlearn.lock"
 #: Files a finished (or started) run leaves in its dir; a new run must never write over them.
-RESULT_FILES = ("config.yaml", "metrics.json", "embeddings.npz", "similarity.json", "search.json")
+RESULT_FILES = (
+    "config.yaml",
+    "metrics.json",
+    "embeddings.npz",
+    "similarity.json",
+    "search.json",
+    # simlearn-organise's
+    "organise.json",
+    "clusters.csv",
+    "clusters_summary.csv",
+    "duplicates.csv",
+    "outliers.csv",
+    "leaks.csv",
+)
+#: Folders of results: any file in them is a result (training's checkpoints, organise's contact sheets).
+RESULT_FOLDERS = {"checkpoints": "*.ckpt", "sheets": "*.png"}
 
 
 def process_rank() -> int:
@@ -48,9 +63,10 @@ def process_rank() -> int:
 def existing_results(output_dir: Path) -> list[str]:
     """The results of a run already in ``output_dir`` (relative names), empty for a fresh dir."""
     found = [name for name in RESULT_FILES if (output_dir / name).is_file()]
-    checkpoints = output_dir / "checkpoints"
-    if checkpoints.is_dir():
-        found += sorted(f"checkpoints/{p.name}" for p in checkpoints.glob("*.ckpt"))
+    for name, pattern in RESULT_FOLDERS.items():
+        folder = output_dir / name
+        if folder.is_dir():
+            found += sorted(f"{name}/{p.name}" for p in folder.glob(pattern))
     return found
 
 
@@ -63,8 +79,8 @@ def check_writable(folder: Path, what: str) -> None:
             pass
     except OSError as error:
         raise UserError(
-            f"{what} {str(folder)!r} is not writable ({error.strerror or error}); simlearn writes its checkpoints and "
-            f"results there. Make it writable, or choose another hydra.run.dir=DIR."
+            f"{what} {str(folder)!r} is not writable ({error.strerror or error}); simlearn writes its results there "
+            f"(and a training run its checkpoints). Make it writable, or choose another hydra.run.dir=DIR."
         ) from error
 
 
@@ -165,7 +181,7 @@ def claim_run_dir(
             found = existing_results(output_dir)
             if found:
                 raise UserError(
-                    f"the run dir {str(output_dir)!r} already holds the results of another run ({', '.join(found)}); "
+                    f"the run dir {str(output_dir)!r} already holds the results of another run ({_listed(found)}); "
                     f"simlearn never writes over them. {hint or 'Choose another hydra.run.dir=DIR.'}"
                 )
         lock_file.seek(0)
@@ -183,6 +199,12 @@ def claim_run_dir(
             if _is_file_at(lock_file, lock_path):
                 lock_path.unlink()
         lock_file.close()  # releases the lock
+
+
+def _listed(names: list[str], shown: int = 6) -> str:
+    """The first ``shown`` names and how many more: one line even for a dir of many contact sheets."""
+    more = f" and {len(names) - shown} more" if len(names) > shown else ""
+    return ", ".join(names[:shown]) + more
 
 
 def _is_file_at(handle: IO[str], path: Path) -> bool:

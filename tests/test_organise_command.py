@@ -425,3 +425,85 @@ def test_simlearn_embed_records_the_digest_in_every_file_and_a_table_of_another_
     with pytest.raises(UserError, match=r"LanceDB table 'embeddings'\) was embedded by another model \(digest "):
         load_gallery(db, load_model(npz_galleries["other"]), search_cfg, refuse_other_model=True)
     assert load_gallery(db, load_model(npz_galleries["copied"]), search_cfg, refuse_other_model=True).ids
+
+
+# -- what a hostile user tries -------------------------------------------------------------------------------------
+def test_a_second_run_into_the_same_dir_is_refused_and_changes_nothing(catalogue, tmp_path, capfd):
+    folder, _ = catalogue
+    out = tmp_path / "run"
+    first = organise_pixels(capfd, out, f"gallery={folder}", "k=3", "sheet_clusters=12", "copy_check=false")
+    assert first.returncode == 0, first.stderr[-3000:]
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file() and p.suffix != ".log"}
+    again = organise_pixels(capfd, out, f"gallery={folder}", "k=5")
+    assert_clean_failure(again, "already holds the results of another run", "organise.json", "more)")
+    assert again.returncode == 2 and len(again.stderr.strip().splitlines()) == 1, again.stderr
+    assert {p: p.read_bytes() for p in before} == before  # nothing written over
+    assert json.loads((out / "organise.json").read_text())["clusters"]["k"] == 3
+
+
+@pytest.mark.parametrize(
+    ("overrides", "fragments"),
+    [
+        (["kmeans_restarts=0"], ["kmeans_restarts=0 must be a whole number ≥ 1", "k-means starts"]),
+        (["uniqueness_k=two"], ["uniqueness_k='two' must be a whole number ≥ 1"]),
+        (["method=hdbscan", "min_cluster_size=1"], ["min_cluster_size=1 must be 2 or more for method=hdbscan"]),
+        (["method=hdbscan", "min_cluster_size=500"], ["min_cluster_size=500 is more than the 132 items", "2 to 132"]),
+        (["sheet_columns=0"], ["sheet_columns=0 must be a whole number ≥ 1"]),
+        (["sheet_outliers=-1"], ["sheet_outliers=-1 must be a whole number ≥ 0"]),
+        (["batch_size=0"], ["batch_size=0 must be a whole number ≥ 1"]),
+        (["sheets=maybe"], ["sheets='maybe' must be true or false"]),
+        (["copy_check=1"], ["copy_check=1 must be true or false"]),
+        (["pixels.size=4000"], ["pixels.size=4000 must be a whole number from 1 to 256"]),
+    ],
+)
+def test_bad_options_are_one_line_and_write_nothing(catalogue, tmp_path, capfd, overrides, fragments):
+    result = organise_pixels(capfd, tmp_path / "run", f"gallery={catalogue[0]}", "sheets=false", *overrides)
+    assert_clean_failure(result, *fragments)
+    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert not list((tmp_path / "run").glob("*.csv"))
+
+
+def test_pixels_too_large_for_the_memory_are_refused_before_embedding(catalogue, tmp_path, capfd, monkeypatch):
+    from simlearn.inference.pixels import pixel_gallery_bytes
+
+    # 132 images at 64 x 64 x 3, twice, and a batch of 256 need about 24 MiB; say that 4 MiB are free
+    monkeypatch.setattr("simlearn.organise.command.available_memory", lambda: 4 * 2**20)
+    assert pixel_gallery_bytes(132, 64, 3, 256) > 4 * 2**20
+    result = organise_pixels(capfd, tmp_path / "run", f"gallery={catalogue[0]}", "pixels.size=64")
+    assert_clean_failure(
+        result, "pixels.size=64 makes 12,288 values per image", "the 132 images", "about 24.4 MiB", "4.0 MiB are free"
+    )
+    assert "(about 25 fits)" in result.stderr
+    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert not (tmp_path / "cache").exists()  # nothing embedded
+
+
+def test_the_pixels_refuse_a_stored_gallery_without_their_digest_in_one_line(npz_galleries, tmp_path, capfd):
+    result = organise_pixels(capfd, tmp_path / "run", f"gallery={npz_galleries['old']}")
+    assert_clean_failure(result, "old.npz", "holds embeddings of a model, not of the pixels", "gallery=FOLDER")
+    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+def test_an_unwritable_sheets_folder_is_one_line_before_any_work(catalogue, tmp_path, capfd):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "sheets").write_text("not a folder")  # as root, a file in the way is what stops writing
+    result = organise_pixels(capfd, out, f"gallery={catalogue[0]}")
+    assert_clean_failure(result, "the contact sheets' folder", "is not writable", "hydra.run.dir=DIR")
+    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert not (out / "clusters.csv").exists() and (out / "sheets").read_text() == "not a folder"
+
+
+def test_unreadable_files_are_counted_and_warned_about_on_every_run(catalogue, tmp_path, capfd):
+    import shutil
+
+    folder = tmp_path / "gallery"
+    shutil.copytree(catalogue[0], folder)
+    (folder / "0" / "broken.png").write_bytes(b"not a png")
+    for run in ("first", "second"):  # the second reuses the cached embeddings
+        result = organise_pixels(capfd, tmp_path / run, f"gallery={folder}", "sheets=false", "copy_check=false")
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert json.loads((tmp_path / run / "organise.json").read_text())["skipped"] == 1
+        log = (tmp_path / run / "organise.log").read_text()
+        assert "skipped" in log and "unreadable" in log, log[-2000:]
+    assert "reused from" in (tmp_path / "second" / "organise.log").read_text()

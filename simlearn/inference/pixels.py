@@ -50,12 +50,25 @@ class PixelEncoder(nn.Module):
         return (flat.double() / norms).float()
 
 
+#: the largest ``pixels.size``: 256 x 256 x 3 is 196,608 float32 values (768 KiB) an image, a copy detector needs
+#: far fewer (32 by default) and a larger side only makes every image's embedding (and the gallery) bigger
+PIXELS_MAX_SIZE = 256
+
+
+def pixel_gallery_bytes(items: int, size: int, channels: int, batch_size: int) -> int:
+    """About the memory the pixel embeddings of ``items`` images take while organised: the float32 embeddings and
+    their unit-length copy, plus a batch of decoded images."""
+    per_image = size * size * channels * 4
+    return 2 * items * per_image + batch_size * per_image
+
+
 def check_pixel_options(size: object, channels: object) -> tuple[int, int]:
     """``pixels.size`` (a whole number ≥ 1) and ``pixels.channels`` (1 or 3), or one :class:`UserError` line."""
-    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+    if isinstance(size, bool) or not isinstance(size, int) or not 1 <= size <= PIXELS_MAX_SIZE:
         raise UserError(
-            f"pixels.size={size!r} must be a whole number ≥ 1 (the side the images are resized to before their "
-            f"pixels are compared); e.g. pixels.size={PIXELS_SIZE}."
+            f"pixels.size={size!r} must be a whole number from 1 to {PIXELS_MAX_SIZE} (the side the images are "
+            f"resized to before their pixels are compared; {PIXELS_MAX_SIZE} is already "
+            f"{PIXELS_MAX_SIZE**2 * 3:,} values an image); e.g. pixels.size={PIXELS_SIZE}."
         )
     if channels not in (1, 3) or isinstance(channels, bool):
         raise UserError(f"pixels.channels={channels!r} must be 1 (grey) or 3 (RGB); e.g. pixels.channels=3.")

@@ -14,6 +14,7 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,11 +25,17 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from rich.console import Console
 
 from simlearn.data.base import SplitDataset
-from simlearn.data.images import is_image_name, thumbnail
+from simlearn.data.images import find_images, is_image_name, thumbnail
 from simlearn.data.in_memory import TensorImageDataset
 from simlearn.errors import UserError
 from simlearn.inference import InferenceModel, load_model, pick_device
-from simlearn.inference.pixels import PIXELS_CHANNELS, PIXELS_SIZE, check_pixel_options, pixel_model
+from simlearn.inference.pixels import (
+    PIXELS_CHANNELS,
+    PIXELS_SIZE,
+    check_pixel_options,
+    pixel_gallery_bytes,
+    pixel_model,
+)
 from simlearn.organise.clusters import (
     METHODS,
     NOISE,
@@ -51,6 +58,7 @@ from simlearn.organise.leaks import Leaks, leaks, write_leaks
 from simlearn.organise.outliers import Uniqueness, UniquenessScores, check_uniqueness_k
 from simlearn.reports.plots import GridTile, save_retrieval_grid
 from simlearn.retrieval.gallery import Gallery, load_gallery
+from simlearn.run_dir import check_writable
 
 log = logging.getLogger(__name__)
 
@@ -102,10 +110,42 @@ def check_options(cfg: DictConfig) -> None:
             "give gallery= (a folder, npz or LanceDB of items to organise) or data= (a dataset whose splits are "
             "organised and checked for leaks), not both."
         )
-    uk = cfg.get("uniqueness_k", 5)
-    if isinstance(uk, bool) or not isinstance(uk, int) or uk < 1:
-        raise UserError(f"uniqueness_k={uk!r} must be a whole number ≥ 1 (the neighbours each item is compared with).")
+    for name, low, why in WHOLE_OPTIONS:
+        if name in cfg:  # an option left out takes its default (a config made in code may leave some out)
+            check_whole(name, cfg.get(name), low, why)
+    if method == "hdbscan" and cfg.get("min_cluster_size", 5) < 2:
+        raise UserError(
+            f"min_cluster_size={cfg.min_cluster_size!r} must be 2 or more for method=hdbscan (a cluster of one item "
+            f"is not a cluster); e.g. min_cluster_size=5."
+        )
+    for name in ("sheets", "cache", "copy_check"):
+        value = cfg.get(name, True)
+        if not isinstance(value, bool) and not (name == "sheets" and value is None):
+            raise UserError(f"{name}={value!r} must be true or false; e.g. {name}=false.")
     check_copy_options(cfg)
+
+
+#: the whole-number options: name, the least valid value, what the number is
+WHOLE_OPTIONS = (
+    ("uniqueness_k", 1, "the neighbours each item is compared with"),
+    ("kmeans_restarts", 1, "the seeded k-means starts, the tightest kept"),
+    ("min_cluster_size", 1, "the fewest items of an HDBSCAN cluster"),
+    ("sheet_clusters", 0, "the largest clusters that get a contact sheet; 0: none"),
+    ("sheet_columns", 1, "items per contact-sheet row"),
+    ("sheet_nearest_rows", 0, "rows of each cluster's items nearest its centre"),
+    ("sheet_farthest_rows", 0, "rows of each cluster's farthest items"),
+    ("sheet_groups", 0, "duplicate groups on their sheet; 0: none"),
+    ("sheet_outliers", 0, "outliers on their sheet; 0: none"),
+    ("batch_size", 1, "images embedded at once"),
+)
+
+
+def check_whole(name: str, value: Any, low: int, why: str) -> None:
+    """``value`` is a whole number ≥ ``low``, or one UserError line naming ``name``."""
+    if value is None and (low == 0 or name == "batch_size"):
+        return  # null: none (the sheets) or the default (the batch)
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise UserError(f"{name}={value!r} must be a whole number ≥ {low} ({why}); e.g. {name}={max(low, 5)}.")
 
 
 #: what ``embedder=`` takes: the model of ``ckpt_path=``, or the raw pixels (no model, nothing to train)
@@ -139,7 +179,31 @@ def check_embedder(cfg: DictConfig) -> None:
             "(data=, and the leak check) need a model: ckpt_path=…"
         )
     pixels = cfg.get("pixels") or {}
-    check_pixel_options(pixels.get("size", PIXELS_SIZE), pixels.get("channels", PIXELS_CHANNELS))
+    size, channels = check_pixel_options(pixels.get("size", PIXELS_SIZE), pixels.get("channels", PIXELS_CHANNELS))
+    folder = Path(str(cfg.gallery))
+    if folder.is_dir():  # before embedding: too large a side for the gallery ends in the OOM killer, with no word
+        items = len(find_images(folder))
+        need, have = pixel_gallery_bytes(items, size, channels, int(cfg.get("batch_size") or 256)), available_memory()
+        if have is not None and need > have:
+            fits = max(1, int(size * (have / need) ** 0.5))
+            raise UserError(
+                f"pixels.size={size} makes {size * size * channels:,} values per image: the {items:,} images of "
+                f"gallery={str(folder)!r} would need about {_size(need)}, and {_size(have)} are free; give a "
+                f"smaller pixels.size (about {fits} fits) or fewer images."
+            )
+
+
+def _size(n: int) -> str:
+    """Bytes as a person reads them: GiB from one GiB on, MiB below."""
+    return f"{n / 2**30:.1f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"
+
+
+def available_memory() -> int | None:
+    """The memory free for this process now (Linux: available pages), None where the system does not say."""
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
 
 
 def embedder_model(cfg: DictConfig, device: Any) -> InferenceModel:
@@ -173,6 +237,11 @@ def organise_gallery(gallery: Gallery, cfg: DictConfig) -> Organised:
     restarts = int(cfg.get("kmeans_restarts", 5))
     if method == "kmeans" and isinstance(k, int) and k > n:
         raise UserError(f"k={k} clusters is more than the {n} items of the gallery; give k from 1 to {n}.")
+    if method == "hdbscan" and int(cfg.get("min_cluster_size", 5)) > n:
+        raise UserError(
+            f"min_cluster_size={cfg.get('min_cluster_size')} is more than the {n} items of the gallery: every item "
+            f"would be noise; give min_cluster_size from 2 to {n}."
+        )
     if method == "kmeans" and not isinstance(k, int):  # a range: the k of the highest silhouette
         clusters = choose_k(gallery.embeddings, k_candidates(k, n), _labels(gallery), restarts)
     else:
@@ -205,6 +274,9 @@ def organise(cfg: DictConfig) -> dict[str, Any]:
     """The whole command: check, load the model and the gallery, organise, write the files; return the summary."""
     check_options(cfg)
     check_embedder(cfg)  # the command's own (serve's organise options have the service's model)
+    out = Path(cfg.paths.output_dir)
+    if cfg.get("sheets", True) and (out / "sheets").exists():  # the run dir itself was checked when it was claimed
+        check_writable(out / "sheets", "the contact sheets' folder")
     device = pick_device(cfg.get("device"))
     data = None
     if cfg.get("gallery") is None:
@@ -220,7 +292,13 @@ def organise(cfg: DictConfig) -> dict[str, Any]:
         found.leaks = data.leaks(found.duplicates.threshold)
         found.images = data.images
     channels = int(model.preprocessing.get("channels", 3))
-    summary = write_outputs(found, Path(cfg.paths.output_dir), cfg, channels)
+    try:
+        summary = write_outputs(found, out, cfg, channels)
+    except OSError as error:  # a full disk, a folder made read-only meanwhile: one line, not a traceback
+        raise UserError(
+            f"could not write the results into {str(out)!r}: {error.strerror or error} ({error.filename}); free or "
+            f"unlock it, or choose another hydra.run.dir=DIR."
+        ) from error
     _print(summary)
     return summary
 
@@ -356,6 +434,8 @@ def write_outputs(found: Organised, out: Path, cfg: DictConfig, channels: int = 
     summary: dict[str, Any] = {
         "gallery": str(gallery.source),
         "items": n,
+        # unreadable image files of a folder gallery, left out (the warning names a few when they are embedded)
+        "skipped": int(gallery.skipped),
         "clusters": {
             "method": clusters.method,
             "k": len(clusters.centres),

@@ -213,6 +213,7 @@ def gallery_from_arrays(
     recorded = str(arrays["ckpt_path"]) if "ckpt_path" in files else None
     if refuse_other_model and digest:  # a recorded digest names the other model, whatever its dimension
         check_gallery_model(f"gallery={str(path)!r}", digest, recorded, model, refuse=True)
+    check_pixel_gallery(f"gallery={str(path)!r}", digest, model)
     # first: a gallery of the other kind (codes or floats) is named as such, whatever its dimension
     codes = _checked_codes(arrays.get("codes"), len(embeddings), f"gallery={str(path)!r}", model)
     if embeddings.shape[1] != model.embedding_dim:
@@ -313,6 +314,7 @@ def gallery_from_database(
     where = f"gallery={str(path)!r} (LanceDB table {contents.name!r})"
     if refuse_other_model and contents.model_digest:  # a recorded digest names the other model, whatever its dimension
         check_gallery_model(where, contents.model_digest, contents.ckpt_path, model, refuse=True)
+    check_pixel_gallery(where, contents.model_digest, model)
     # a code table (column ``code``) with a float model, or a float table with a hashing one: one line
     codes = _checked_codes(contents.codes, len(contents.embeddings), where, model)
     remake = f"write it anew with simlearn-embed ckpt_path={model.path} db=PATH"
@@ -345,6 +347,18 @@ def gallery_from_database(
         candidates=source,
         codes=codes,
     )
+
+
+def check_pixel_gallery(where: str, digest: str | None, model: InferenceModel) -> None:
+    """The pixel embedder (:mod:`simlearn.inference.pixels`) takes image files only: no simlearn-embed file holds
+    its embeddings, so a stored gallery without its digest is refused in one line that names the images as the fix
+    (not a checkpoint to re-embed with, which the pixels have not)."""
+    if model.kind == "pixels" and digest != model.digest:
+        raise UserError(
+            f"{where} holds embeddings of a model, not of the pixels (embedder=pixels embeds image files): organise "
+            f"the image files themselves with embedder=pixels gallery=FOLDER, or this gallery with the model that "
+            f"made it (embedder=model ckpt_path=…)."
+        )
 
 
 def check_gallery_model(
@@ -415,6 +429,14 @@ def gallery_from_folder(folder: Path, model: InferenceModel, cfg: DictConfig) ->
         if cached is not None:
             paths, embeddings, skipped = cached
             log.info("gallery embeddings reused from %s", cache_file)
+            if skipped:  # said on every run, not only the one that embedded them
+                log.warning(
+                    "gallery: skipped %d unreadable image file(s) of %s (found when it was embedded; %s holds the "
+                    "others' embeddings)",
+                    skipped,
+                    folder,
+                    cache_file,
+                )
             return _folder_gallery(folder, paths, embeddings, skipped, cache_file, model)
     embedded = _embed_gallery_files(files, model, int(cfg.get("batch_size") or 256), cache_file, model_key, stats)
     if embedded.failed:
