@@ -353,7 +353,7 @@ def check_pixel_gallery(where: str, digest: str | None, model: InferenceModel) -
     """The pixel embedder (:mod:`simlearn.inference.pixels`) takes image files only: no simlearn-embed file holds
     its embeddings, so a stored gallery without its digest is refused in one line that names the images as the fix
     (not a checkpoint to re-embed with, which the pixels have not)."""
-    if model.kind == "pixels" and digest != model.digest:
+    if getattr(model, "kind", None) == "pixels" and digest != model.digest:
         raise UserError(
             f"{where} holds embeddings of a model, not of the pixels (embedder=pixels embeds image files): organise "
             f"the image files themselves with embedder=pixels gallery=FOLDER, or this gallery with the model that "
