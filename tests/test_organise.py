@@ -228,6 +228,46 @@ def test_faiss_params_set_the_index_search_depth_and_a_wrong_one_is_one_line():
     assert "\n" not in str(error.value)
 
 
+def test_the_default_faiss_params_fit_any_index_and_an_untrainable_index_is_one_line():
+    import faiss
+    from omegaconf import OmegaConf
+
+    from simlearn.organise.command import organise_gallery
+    from simlearn.retrieval.gallery import Gallery
+
+    x, labels = _clustered(n=300, d=8)
+    # null (the config's default): efSearch=64 for HNSW, faiss's own defaults for an IVF index (no efSearch to set)
+    assert faiss.downcast_index(neighbour_index(x, 100, "HNSW32").index).hnsw.efSearch == 64
+    ivf = neighbour_index(x, 100, "IVF4,Flat")
+    assert ivf is not None and faiss.extract_index_ivf(ivf.index).nprobe == 1
+    cfg = OmegaConf.create({"k": 3, "threshold": 0.99, "exact_limit": 0, "faiss_index": "IVF4,Flat"})
+    found = organise_gallery(Gallery(x, [str(v) for v in labels], None, "ivf", None), cfg)
+    assert found.duplicates.method.startswith("faiss IVF4,Flat index")
+    given = neighbour_index(x, 100, "IVF4,Flat", {"nprobe": 3})  # a mapping, as {nprobe:3} on the command line
+    assert faiss.extract_index_ivf(given.index).nprobe == 3
+    for factory, n, fragment in (("IVF1024,Flat", 300, "clusters (1024)"), ("PQ4", 200, "clusters (256)")):
+        with pytest.raises(UserError, match=f"faiss_index='{factory}' cannot be trained on these {n} items") as error:
+            neighbour_index(x[:n], 100, factory)
+        message = str(error.value)
+        assert fragment in message and "HNSW32" in message and "\n" not in message
+        assert "Clustering.cpp" not in message and "failed:" not in message  # faiss's C++ location left out
+
+
+def test_items_whose_every_searched_neighbour_is_a_pair_are_counted_and_warned_about(caplog):
+    x, _ = _clustered(n=100, d=8)
+    x[10:15] = x[3]  # six copies of one item: each has five others at cos 1
+    with caplog.at_level("WARNING", logger="simlearn.organise.duplicates"):
+        short = find_duplicates(x, threshold=0.999, max_neighbours=3)
+    assert short.full_lists == 6 and len(short.groups) == 1 and len(short.groups[0]) == 6  # grouped transitively
+    assert len(short.pairs) < 15  # but not all 15 pairs of the six were found
+    assert "6 item(s) have all 3 searched neighbours at cos >= 0.999" in caplog.text
+    assert "give a larger max_neighbours=" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="simlearn.organise.duplicates"):
+        whole = find_duplicates(x, threshold=0.999, max_neighbours=8)
+    assert whole.full_lists == 0 and len(whole.pairs) == 15 and not caplog.text
+
+
 def test_k_from_a_range_is_the_k_of_the_highest_silhouette_and_says_so():
     from sklearn.metrics import silhouette_score
 

@@ -452,6 +452,8 @@ def write_outputs(found: Organised, out: Path, cfg: DictConfig, channels: int = 
             "groups": len(duplicates.groups),
             "items_in_groups": in_groups,
             "to_remove": in_groups - len(duplicates.groups),
+            # items whose max_neighbours list was all pairs: some of their pairs may be missing (a warning said so)
+            "full_lists": duplicates.full_lists,
         },
         "outliers": {
             "uniqueness_k": unusual.k,

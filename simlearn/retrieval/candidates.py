@@ -19,7 +19,7 @@ import torch
 
 from simlearn.errors import UserError
 from simlearn.retrieval.cache import atomic_write
-from simlearn.retrieval.faiss_lib import import_faiss
+from simlearn.retrieval.faiss_lib import faiss_reason, import_faiss
 from simlearn.retrieval.inputs import UNIT_TOLERANCE, as_tensor
 from simlearn.retrieval.vectors import unit_rows
 
@@ -123,10 +123,18 @@ def gallery_index(embeddings: Any, path: str | Path | None = None, factory: str 
         index = faiss.index_factory(unit.shape[1], factory, faiss.METRIC_INNER_PRODUCT)
     except RuntimeError as error:
         raise UserError(
-            f"faiss_index={factory!r} is not a faiss index_factory string ({error}); e.g. Flat (exact) or HNSW32."
-        ) from error
+            f"faiss_index={factory!r} is not a faiss index_factory string ({faiss_reason(error)}); e.g. Flat (exact) "
+            f"or HNSW32."
+        ) from None
     if not index.is_trained:
-        index.train(unit)
+        try:  # IVF and PQ learn from the items: too few of them for their centroids is faiss's RuntimeError
+            index.train(unit)
+        except RuntimeError as error:
+            raise UserError(
+                f"faiss_index={factory!r} cannot be trained on these {len(unit):,} items ({faiss_reason(error)}); "
+                f"give an index with fewer centroids (faiss wants about 39 items per IVF list and 256 per PQ code "
+                f"book), or one that needs no training: HNSW32 (approximate) or Flat (exact)."
+            ) from None
     index.add(unit)
     if path is None:
         return FaissIndex(index, factory, "built in memory")

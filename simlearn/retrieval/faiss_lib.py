@@ -6,13 +6,14 @@ from __future__ import annotations
 import functools
 import importlib.util
 import logging
+import re
 from typing import Any
 
 from simlearn.errors import UserError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["faiss_installed", "import_faiss"]
+__all__ = ["faiss_installed", "faiss_reason", "import_faiss"]
 
 
 @functools.cache
@@ -43,3 +44,13 @@ def import_faiss() -> Any:
             "`pip install faiss-cpu` (or `pip install simlearn[faiss]`), or use backend='torch' or 'auto'."
         ) from error
     return faiss
+
+
+def faiss_reason(error: BaseException, limit: int = 200) -> str:
+    """What a faiss ``RuntimeError`` says, without its C++ location: ``Error in void faiss::Clustering::train_encoded(
+    …) at /project/faiss/Clustering.cpp:66: Error: 'nx >= k' failed: Number of training points (160) should be at
+    least as large as number of clusters (1024)`` becomes the last sentence, short enough for one line."""
+    text = " ".join(str(error).split()) or type(error).__name__
+    text = re.sub(r"^Error in .*? at \S+:\d+: ", "", text)  # where in faiss's C++
+    text = re.sub(r"^Error: '.*?' failed: ", "", text)  # the assertion's code
+    return text if len(text) <= limit else text[: limit - 1] + "…"

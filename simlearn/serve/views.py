@@ -50,6 +50,7 @@ ORGANISE_KEYS = (
     "max_neighbours",
     "exact_limit",
     "faiss_index",
+    "faiss_params",
     "uniqueness_k",
 )
 
