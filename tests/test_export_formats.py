@@ -36,3 +36,23 @@ def test_export_onnx_and_torchscript_give_the_same_embeddings(checkpoint_folders
         np.testing.assert_allclose(embeddings, expected[: len(batch)], atol=1e-5)
     sidecar = json.loads(onnx_path.with_name(onnx_path.name + ".json").read_text())
     assert sidecar["preprocessing"] == loaded.preprocessing and sidecar["output"]["shape"] == ["batch", 64]
+
+
+def test_an_export_already_there_is_not_written_over_without_overwrite(checkpoint_folders, tmp_path):
+    from simlearn.errors import UserError
+
+    given = [f"ckpt_path={checkpoint_folders['ckpt']}", "format=torchscript", f"out={tmp_path / 'encoder.pt'}"]
+    first = export(compose_config(given, "export", tmp_path))
+    before = first.read_bytes()
+    with pytest.raises(UserError, match=r"encoder.pt' .*already exist\(s\).*overwrite=true") as error:
+        export(compose_config(given, "export", tmp_path))
+    assert "\n" not in str(error.value) and "encoder.pt.json" in str(error.value)
+    assert first.read_bytes() == before  # untouched
+    assert export(compose_config([*given, "overwrite=true"], "export", tmp_path)) == first  # replaced on request
+    # only the sidecar left over (a file removed by hand): refused too, it would be replaced
+    first.unlink()
+    with pytest.raises(UserError, match=r"encoder.pt.json' already exist"):
+        export(compose_config(given, "export", tmp_path))
+    (tmp_path / "folder").mkdir()
+    with pytest.raises(UserError, match=r"is a folder; give the file to write"):
+        export(compose_config([*given[:2], f"out={tmp_path / 'folder'}"], "export", tmp_path))

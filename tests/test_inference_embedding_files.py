@@ -4,6 +4,7 @@ embeddings as the run's, image files of another dataset with their paths."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from simlearn.config import compose_config
 from simlearn.inference.embedding_files import embed_dataset
@@ -35,6 +36,23 @@ def test_embed_writes_every_split_to_npz_and_parquet(checkpoint_folders, tmp_pat
     assert {"split", "index", "label", "class_name", "digit", "embedding"} <= set(table.column_names)
     in_test = np.array(table.column("split").to_pylist()) == "test"
     np.testing.assert_allclose(np.array(table.column("embedding").to_pylist())[in_test], test["embeddings"])
+
+
+def test_data_of_other_channels_than_the_model_reads_is_one_line_before_embedding(checkpoint_folders, tmp_path):
+    from simlearn.errors import UserError
+
+    overrides = [
+        f"ckpt_path={checkpoint_folders['ckpt']}",
+        "data=image_folder",
+        f"data.root={checkpoint_folders['gallery']}",
+        "data.channels=3",  # the digits model reads grey images
+        "data.image_size=8",
+        "data.num_workers=0",
+        "parquet=false",
+    ]
+    with pytest.raises(UserError, match=r"data.channels=3 but the model of ckpt_path=.* reads grey \(1 channel\)"):
+        embed_dataset(compose_config(overrides, config_name="embed", output_dir=tmp_path))
+    assert not list(tmp_path.glob("*.npz"))
 
 
 def test_embed_image_files_of_another_dataset_keeps_their_paths(checkpoint_folders, tmp_path):

@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 __all__ = [
     "RestoredRun",
     "checkpoint_config",
+    "check_channels",
     "checkpoint_model",
     "load_checkpoint",
     "preprocessing_of",
@@ -110,6 +111,7 @@ def restore(cfg: DictConfig, with_loss: bool = True) -> RestoredRun:
     checkpoint = load_checkpoint(cfg.ckpt_path)
     run_cfg = checkpoint_config(checkpoint, cfg)
     check_config(run_cfg)
+    check_channels(run_cfg.get("data"), run_cfg.get("preprocessing"), cfg.ckpt_path)
     for key, off in FETCH_KEYS.items():  # the checkpoint's weights replace them: never fetch
         if key in run_cfg.backbone:
             run_cfg.backbone[key] = off
@@ -124,6 +126,21 @@ def restore(cfg: DictConfig, with_loss: bool = True) -> RestoredRun:
     restored.model = build_model(run_cfg, datamodule, check_training=False)
     restored.model.load_state_dict(checkpoint["state_dict"])
     return restored
+
+
+def check_channels(data: Any, preprocessing: Any, ckpt_path: Any) -> None:
+    """The data's images have the channels the model reads (its stored preprocessing), else one :class:`UserError`
+    line naming ``data.channels``, before anything is built (the first batch would end in conv2d's RuntimeError)."""
+    given = data.get("channels") if OmegaConf.is_dict(data) or isinstance(data, dict) else None
+    expected = (preprocessing or {}).get("channels")
+    if given is None or expected is None or int(given) == int(expected):
+        return
+    kind = {1: "grey (1 channel)", 3: "RGB (3 channels)"}
+    raise UserError(
+        f"data.channels={given} but the model of ckpt_path={str(ckpt_path)!r} reads "
+        f"{kind.get(int(expected), f'{expected}-channel')} images; give data.channels={expected} (image files are "
+        f"converted as they are read), or data and a model of the same kind."
+    )
 
 
 def restore_folder(cfg: DictConfig, with_loss: bool = False) -> RestoredRun:
@@ -150,6 +167,7 @@ def restore_folder(cfg: DictConfig, with_loss: bool = False) -> RestoredRun:
     fill_preprocessing(cfg, model.preprocessing)  # data keys left null: as the model expects its images
     run_cfg = OmegaConf.merge(model.config, {"data": resolved(cfg, "data")})
     check_config(run_cfg)
+    check_channels(run_cfg.get("data"), model.preprocessing, cfg.ckpt_path)
     if cfg.get("seed") is not None:
         pl.seed_everything(cfg.seed, workers=True)
     datamodule = build_datamodule(run_cfg.data)

@@ -26,9 +26,10 @@ def export(cfg: DictConfig) -> Path:
         raise UserError(f"format={fmt!r} is not an export format; valid: {sorted(FORMATS)}.")
     if fmt == "hf":
         return export_folder(cfg)
+    out = Path(cfg.get("out") or Path(cfg.paths.output_dir) / FORMATS[fmt]).expanduser()
+    check_out_file(out, bool(cfg.get("overwrite")))  # before the checkpoint is read: nothing done, nothing lost
     model = load_model(cfg.ckpt_path)
     shape = model.input_shape
-    out = Path(cfg.get("out") or Path(cfg.paths.output_dir) / FORMATS[fmt])
     generator = torch.Generator().manual_seed(0)
     export_encoder(model.encoder, torch.randn(2, *shape, generator=generator), out, fmt, cfg.get("opset"))
     bits = encoder_code_bits(model.encoder)
@@ -68,6 +69,19 @@ def export(cfg: DictConfig) -> Path:
         if bits is not None:
             _check_exported_codes(out, fmt, model.encoder, torch.randn(8, *shape, generator=generator), console)
     return out
+
+
+def check_out_file(out: Path, overwrite: bool = False) -> None:
+    """``out`` (the exported file) and its ``.json`` sidecar: a folder in the way, or a file already there without
+    ``overwrite``, is one :class:`UserError` line, before any work (an export would replace the file silently)."""
+    if out.is_dir():
+        raise UserError(f"out={str(out)!r} is a folder; give the file to write, e.g. out={str(out / out.name)}.onnx.")
+    held = [str(p) for p in (out, out.with_name(out.name + ".json")) if p.exists()]
+    if held and not overwrite:
+        raise UserError(
+            f"out={str(out)!r}: {' and '.join(repr(p) for p in held)} already exist(s); simlearn-export does not write "
+            f"over an export. Give another out=PATH, or replace them with overwrite=true."
+        )
 
 
 def _check_exported_codes(

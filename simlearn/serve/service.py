@@ -438,8 +438,8 @@ class SearchService:
                 continue
             text = str(value).strip() if isinstance(value, int | str) and not isinstance(value, bool) else ""
             if not re.fullmatch(r"-?[0-9]{1,18}", text) or int(text) < least or (most and int(text) > most):
-                valid = f"from {least} to {most}" if most else f"{least} or more"
-                raise BadRequest(f"{name} must be an integer {valid} (max_k={largest}), got {_shown(value, 20)}.")
+                valid = f"from {least} to {most} (max_k={largest})" if most else f"{least} or more"
+                raise BadRequest(f"{name} must be an integer {valid}, got {_shown(value, 20)}.")
             values.append(int(text))
         return values[0], values[1]
 
