@@ -103,3 +103,27 @@ def test_a_misspelt_option_of_a_sweep_is_one_line(tmp_path, capfd):
     assert_clean_failure(result, "error: loss=triplet,tripplet: 'tripplet' is not an option", "loss=triplet")
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert not list(tmp_path.iterdir()), "no job may start"
+
+
+@pytest.mark.parametrize(
+    ("override", "fragments"),
+    [
+        (
+            "faiss_params=efSearch=128",
+            ["'faiss_params=efSearch=128' is not an override Hydra can read", "\"faiss_params='efSearch=128'\""],
+        ),
+        (
+            "faiss_index=IVF4,Flat",
+            ["has a bare comma, which Hydra reads as a sweep", "\"faiss_index='IVF4,Flat'\"", "add -m"],
+        ),
+    ],
+)
+def test_an_override_hydra_cannot_read_is_one_line_with_the_quoted_form(tmp_path, capfd, override, fragments):
+    result = run_main("simlearn.cli.organise", override, "embedder=pixels", f"hydra.run.dir={tmp_path}", capfd=capfd)
+    assert_clean_failure(result, *fragments)
+    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    # the quoted form it names is read as the one value
+    from simlearn.cli.common import override_syntax_message
+
+    quoted = fragments[1].strip('"')
+    assert override_syntax_message([quoted]) is None

@@ -454,6 +454,9 @@ def test_a_second_run_into_the_same_dir_is_refused_and_changes_nothing(catalogue
         (["sheets=maybe"], ["sheets='maybe' must be true or false"]),
         (["copy_check=1"], ["copy_check=1 must be true or false"]),
         (["pixels.size=4000"], ["pixels.size=4000 must be a whole number from 1 to 256"]),
+        (["max_neighbours=0"], ["max_neighbours=0 must be a whole number ≥ 1"]),
+        (["exact_limit=-1"], ["exact_limit=-1 must be a whole number ≥ 0"]),
+        (["faiss_params=5"], ["faiss_params=5 is not faiss search parameters", "faiss_params={efSearch:128}"]),
     ],
 )
 def test_bad_options_are_one_line_and_write_nothing(catalogue, tmp_path, capfd, overrides, fragments):

@@ -239,6 +239,35 @@ def _shown(run: Sequence[str], originals: Sequence[str]) -> list[str]:
     return [by_key.get(_override_key(o), o) for o in run]
 
 
+def override_syntax_message(overrides: Sequence[str], multirun: bool = False) -> str | None:
+    """One line for an override Hydra's grammar cannot read (``faiss_params=efSearch=128``: a second ``=``) or, outside
+    a sweep, a value with a bare comma (``faiss_index=IVF4,Flat``, which Hydra reads as a sweep): what was wrong and
+    the quoted form that gives the value as written. Hydra's own message is several lines and a link."""
+    parser = OverridesParser.create()
+    for text in overrides:
+        key, _, value = text.partition("=")
+        quoted = f"\"{key}='{value}'\""  # the shell keeps what is inside the double quotes, Hydra the single
+        try:
+            (parsed,) = parser.parse_overrides([text])
+        except Exception as error:  # Hydra's OverrideParseException: the grammar's reason, then a link
+            reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            return (
+                f"{text!r} is not an override Hydra can read ({reason}); a value holding '=', ',', spaces or "
+                f"brackets is quoted: {quoted}."
+            )
+        if (
+            not multirun
+            and parsed.is_sweep_override()
+            and "," in value
+            and not value.lstrip().startswith(("choice(", "range(", "interval(", "glob("))
+        ):
+            return (
+                f"{text!r} has a bare comma, which Hydra reads as a sweep: quote it to give it as one value, "
+                f"{quoted}; as a list, {key}=[{value}]; to sweep over its values, add -m."
+            )
+    return None
+
+
 def check_overrides(config_name: str, argv: Sequence[str]) -> None:
     """Compose the config as Hydra will, before Hydra does, to turn an unknown key or a config group option that does
     not exist into one clear line (exit 2); in a sweep (``-m``) every value of every swept override.
@@ -250,6 +279,10 @@ def check_overrides(config_name: str, argv: Sequence[str]) -> None:
         return
     overrides = [arg for arg in argv if "=" in arg and not arg.lstrip("+~").startswith("hydra.")]
     multirun = any(arg in ("-m", "--multirun") for arg in argv)
+    message = override_syntax_message(overrides, multirun)
+    if message is not None:
+        print_error(message)
+        sys.exit(2)
     try:
         runs = sweep_runs(overrides) if multirun else [overrides]
     except Exception:  # not valid override syntax: Hydra says why

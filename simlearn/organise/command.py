@@ -50,6 +50,7 @@ from simlearn.organise.duplicates import (
     EXACT_LIMIT,
     DuplicateGroups,
     PairCollector,
+    check_search_options,
     check_threshold,
     neighbour_index,
     self_neighbours,
@@ -105,6 +106,7 @@ def check_options(cfg: DictConfig) -> None:
     if method == "kmeans":
         k_candidates(_plain(cfg.get("k")))
     check_threshold(cfg.get("threshold", 0.999))
+    check_search_options(cfg)  # max_neighbours, exact_limit, faiss_index, faiss_params
     if cfg.get("gallery") is not None and cfg.get("data"):
         raise UserError(
             "give gallery= (a folder, npz or LanceDB of items to organise) or data= (a dataset whose splits are "
