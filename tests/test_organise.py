@@ -253,19 +253,24 @@ def test_the_default_faiss_params_fit_any_index_and_an_untrainable_index_is_one_
         assert "Clustering.cpp" not in message and "failed:" not in message  # faiss's C++ location left out
 
 
-def test_items_whose_every_searched_neighbour_is_a_pair_are_counted_and_warned_about(caplog):
-    x, _ = _clustered(n=100, d=8)
-    x[10:15] = x[3]  # six copies of one item: each has five others at cos 1
-    with caplog.at_level("WARNING", logger="simlearn.organise.duplicates"):
-        short = find_duplicates(x, threshold=0.999, max_neighbours=3)
-    assert short.full_lists == 6 and len(short.groups) == 1 and len(short.groups[0]) == 6  # grouped transitively
-    assert len(short.pairs) < 15  # but not all 15 pairs of the six were found
-    assert "6 item(s) have all 3 searched neighbours at cos >= 0.999" in caplog.text
-    assert "give a larger max_neighbours=" in caplog.text
-    caplog.clear()
-    with caplog.at_level("WARNING", logger="simlearn.organise.duplicates"):
-        whole = find_duplicates(x, threshold=0.999, max_neighbours=8)
-    assert whole.full_lists == 0 and len(whole.pairs) == 15 and not caplog.text
+def test_every_pair_is_found_when_groups_exceed_max_neighbours():
+    """A group larger than max_neighbours: its items' lists come back all pairs and are searched again deeper, so the
+    exact search finds every pair at cos ≥ threshold (against a brute-force float64 count), the ANN one too here."""
+    rng = np.random.default_rng(5)
+    x, _ = _clustered(n=400, d=8)
+    for source, size in ((3, 40), (50, 9), (90, 3)):  # groups of 41, 10 and 4 near-copies
+        rows = slice(100 + source, 100 + source + size)
+        x[rows] = x[source] + 1e-4 * rng.normal(size=(size, x.shape[1]))
+    unit = x.astype(np.float64) / np.linalg.norm(x.astype(np.float64), axis=1, keepdims=True)
+    cos = unit @ unit.T
+    truth = {(int(i), int(j)) for i, j in zip(*np.nonzero(np.triu(cos >= 0.999, 1)), strict=True)}
+    assert len(truth) >= 41 * 40 // 2 + 45 + 6  # the planted pairs at least
+    for max_neighbours in (1, 3, 32):
+        found = find_duplicates(x, threshold=0.999, max_neighbours=max_neighbours, chunk_size=64)
+        assert {tuple(p) for p in found.pairs.tolist()} == truth, max_neighbours
+        assert found.deepened >= (44 if max_neighbours < 4 else 41)  # the group members whose lists were all pairs
+    through_index = find_duplicates(x, threshold=0.999, max_neighbours=3, exact_limit=100)
+    assert not through_index.exact and {tuple(p) for p in through_index.pairs.tolist()} == truth
 
 
 def test_k_from_a_range_is_the_k_of_the_highest_silhouette_and_says_so():

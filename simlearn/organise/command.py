@@ -268,6 +268,7 @@ def organise_gallery(gallery: Gallery, cfg: DictConfig) -> Organised:
     for start, sims, cols in self_neighbours(x, max(duplicate_k, uniqueness_k), index):
         pairs.add(start, sims, cols)
         scores.add(start, sims, cols)
+    pairs.complete(x, index)  # the items whose list was all pairs, searched deeper: every pair ≥ threshold
     duplicates, unusual = pairs.groups(index), scores.result(index)
     return Organised(gallery=gallery, clusters=clusters, duplicates=duplicates, uniqueness=unusual)
 
@@ -454,8 +455,8 @@ def write_outputs(found: Organised, out: Path, cfg: DictConfig, channels: int = 
             "groups": len(duplicates.groups),
             "items_in_groups": in_groups,
             "to_remove": in_groups - len(duplicates.groups),
-            # items whose max_neighbours list was all pairs: some of their pairs may be missing (a warning said so)
-            "full_lists": duplicates.full_lists,
+            # items whose max_neighbours nearest others were all pairs, searched again deeper for the rest
+            "deepened": duplicates.deepened,
         },
         "outliers": {
             "uniqueness_k": unusual.k,

@@ -12,7 +12,6 @@ s and 262 s at 1M, finding 96.9 % and 94.3 % of the pairs (README "Organising a 
 
 from __future__ import annotations
 
-import logging
 import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -42,8 +41,6 @@ __all__ = [
     "self_neighbours",
 ]
 
-log = logging.getLogger(__name__)
-
 #: up to this many items the pairs are searched exactly, beyond it through a faiss index (module doc: the figures)
 EXACT_LIMIT = 200_000
 
@@ -53,8 +50,8 @@ class DuplicateGroups:
     """``pairs`` (P, 2) item pairs ``i < j`` with cosine ``pair_cosines`` ≥ ``threshold``; ``groups``: each group's
     items (two or more), largest group first, each group's items in order of the item number (its first item is the
     one to keep); ``method``: how the pairs were searched; ``exact``: whether that search was exhaustive;
-    ``full_lists``: the items whose every searched neighbour (``max_neighbours``) was at cosine ≥ ``threshold``, so
-    that pairs beyond their list may be missing (their groups are whole when the copies' own lists reach the rest)."""
+    ``deepened``: the items whose ``max_neighbours`` nearest others were all pairs, searched again deeper so that
+    none of their pairs is left out (:meth:`PairCollector.complete`)."""
 
     pairs: np.ndarray
     pair_cosines: np.ndarray
@@ -62,7 +59,7 @@ class DuplicateGroups:
     threshold: float
     method: str
     exact: bool
-    full_lists: int = 0
+    deepened: int = 0
 
     def group_of(self, n: int) -> np.ndarray:
         """The group number of each of the ``n`` items (-1: in no group)."""
@@ -196,6 +193,7 @@ def find_duplicates(
     if k >= 1:
         for start, sims, cols in self_neighbours(x, k, index, chunk_size):
             pairs.add(start, sims, cols)
+        pairs.complete(x, index, chunk_size)
     return pairs.groups(index)
 
 
@@ -209,7 +207,8 @@ class PairCollector:
         self._a: list[np.ndarray] = []
         self._b: list[np.ndarray] = []
         self._cos: list[np.ndarray] = []
-        self.full_lists = 0
+        self._full: list[np.ndarray] = []  # items whose list was all pairs: searched again deeper (complete)
+        self.deepened = 0
 
     def add(self, start: int, sims: np.ndarray, cols: np.ndarray) -> None:
         """One chunk: the neighbours ``cols`` (rows, ≥ k; -1: none) and cosines ``sims`` of items ``start:``."""
@@ -217,11 +216,37 @@ class PairCollector:
         # only the pairs above the threshold are kept from each chunk: memory grows with the pairs, not N × k
         keep = (sims >= self.threshold) & (cols >= 0)
         if 1 <= self.k < self.n - 1:  # a list of every other item misses nothing; a shorter one that is all pairs may
-            self.full_lists += int(keep[:, -1].sum())
-        rows = start + np.nonzero(keep)[0]
-        self._a.append(np.minimum(rows, cols[keep]))
-        self._b.append(np.maximum(rows, cols[keep]))
-        self._cos.append(sims[keep])
+            self._full.append(start + np.flatnonzero(keep[:, -1]))
+        self._keep(start + np.nonzero(keep)[0], cols[keep], sims[keep])
+
+    def _keep(self, rows: np.ndarray, cols: np.ndarray, cosines: np.ndarray) -> None:
+        self._a.append(np.minimum(rows, cols))
+        self._b.append(np.maximum(rows, cols))
+        self._cos.append(cosines)
+
+    def complete(self, x: np.ndarray, index: FaissIndex | None = None, chunk_size: int | None = None) -> None:
+        """Search the items whose every listed neighbour was a pair again, with twice as many neighbours each time
+        (at most all the others), until each list ends below the threshold: so the exact search finds every pair at
+        cos ≥ ``threshold`` whatever ``max_neighbours`` (a group larger than it included). Only those items are
+        searched, in chunks (:func:`~simlearn.retrieval.exact.neighbour_chunks`): memory grows with the pairs. Through
+        an approximate ``index`` the deeper lists are its own (filled exhaustively where it lists fewer), so a pair
+        it misses stays missed, as in its first search."""
+        full = np.unique(np.concatenate(self._full)) if self._full else np.zeros(0, dtype=np.int64)
+        self._full, self.deepened = [], len(full)
+        k = self.k
+        while len(full) and k < self.n - 1:
+            k = min(2 * k, self.n - 1)
+            data = search_data(x[full], x)  # the item itself is among its gallery's candidates: one more, then dropped
+            needed = torch.full((len(full),), min(k + 1, self.n))
+            still: list[np.ndarray] = []
+            for chunk in neighbour_chunks(data, needed, chunk_size=chunk_size, similarities=True, index=index):
+                rows = full[chunk.start : chunk.stop]
+                sims, cols = chunk.similarities.cpu().numpy(), chunk.indices.cpu().numpy()
+                valid = (cols >= 0) & (cols != rows[:, None])
+                keep = (sims >= self.threshold) & valid
+                self._keep(rows[np.nonzero(keep)[0]], cols[keep], sims[keep])
+                still.append(rows[keep.sum(axis=1) >= k])  # full again: every one of its k other neighbours a pair
+            full = np.concatenate(still) if still else full[:0]
 
     def groups(self, index: FaissIndex | None = None) -> DuplicateGroups:
         """The pairs (one row each) and their groups; ``index``: the faiss index searched (None: exact)."""
@@ -248,12 +273,4 @@ class PairCollector:
             groups = np.split(members, starts[1:])
             groups.sort(key=lambda items: (-len(items), int(items[0])))
         exact = index is None or bool(index.exact)
-        if self.full_lists:
-            log.warning(
-                "duplicates: %d item(s) have all %d searched neighbours at cos >= %s: pairs beyond them may be "
-                "missing from duplicates.csv; give a larger max_neighbours= (or a higher threshold=) to find them all",
-                self.full_lists,
-                self.k,
-                self.threshold,
-            )
-        return DuplicateGroups(pairs, cosines, groups, self.threshold, method, exact, self.full_lists)
+        return DuplicateGroups(pairs, cosines, groups, self.threshold, method, exact, self.deepened)
