@@ -111,3 +111,10 @@ def test_bits_that_are_not_a_multiple_of_8_are_one_line(tmp_path, capfd):
         "error: head.bits must be a positive multiple of 8 (codes are packed in whole bytes), got 12; "
         "e.g. 16, 32, 64 or 128."
     ]
+
+
+def test_a_bit_count_of_another_type_is_one_line_whose_example_is_valid(tmp_path, capfd):
+    result = run_main("simlearn.cli.train", "head=hash", "head.bits=x", f"hydra.run.dir={tmp_path}", capfd=capfd)
+    assert result.returncode == 2
+    assert result.stderr.strip() == "error: head.bits must be an integer, got 'x' (str); e.g. head.bits=64."
+    HashHead(8, 64)  # the example it gives is a valid bit count

@@ -506,7 +506,8 @@ def test_unreadable_files_are_counted_and_warned_about_on_every_run(catalogue, t
     for run in ("first", "second"):  # the second reuses the cached embeddings
         result = organise_pixels(capfd, tmp_path / run, f"gallery={folder}", "sheets=false", "copy_check=false")
         assert result.returncode == 0, result.stderr[-3000:]
-        assert json.loads((tmp_path / run / "organise.json").read_text())["skipped"] == 1
+        summary = json.loads((tmp_path / run / "organise.json").read_text())
+        assert summary["skipped"] == 1 and summary["skipped_files"] == [str(folder / "0" / "broken.png")]
         log = (tmp_path / run / "organise.log").read_text()
-        assert "skipped" in log and "unreadable" in log, log[-2000:]
+        assert "skipped 1 unreadable image file(s)" in log and "broken.png" in log, log[-2000:]
     assert "reused from" in (tmp_path / "second" / "organise.log").read_text()

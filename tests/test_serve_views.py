@@ -163,3 +163,27 @@ def test_k_larger_than_the_gallery_is_refused_at_the_start(tmp_path):
     views = GalleryViews(clustered_gallery(tmp_path, n=8), {"k": 9})
     with pytest.raises(UserError, match="organise.k=9 clusters is more than the 8 items"):
         views.check_size()
+
+
+def test_the_service_searches_duplicates_as_the_command_does_beyond_exact_limit(tmp_path):
+    """The serve config's organise block has the command's search options and defaults (faiss_params null: efSearch
+    64 for HNSW), so beyond exact_limit the page's groups are the command's."""
+    from simlearn.config import config_dir
+    from simlearn.organise.duplicates import search_parameters
+
+    served = OmegaConf.load(config_dir() / "serve.yaml").organise
+    command = OmegaConf.load(config_dir() / "organise.yaml")
+    for key in ("threshold", "max_neighbours", "exact_limit", "faiss_index", "faiss_params", "uniqueness_k"):
+        assert served[key] == command[key], key
+    assert search_parameters(served.faiss_params, served.faiss_index) == "efSearch=64"
+    gallery = clustered_gallery(tmp_path, n=300)
+    options = {**OmegaConf.to_container(served), "k": 4, "exact_limit": 10}
+    found = GalleryViews(gallery, options).organised()
+    reference = organise_gallery(gallery, OmegaConf.merge(command, {"k": 4, "exact_limit": 10}))
+    assert (
+        found.duplicates.method
+        == reference.duplicates.method
+        == ("faiss HNSW32 index (approximate), candidates re-scored")
+    )
+    np.testing.assert_array_equal(found.duplicates.pairs, reference.duplicates.pairs)
+    assert [299, 3] not in found.duplicates.pairs.tolist() and [3, 299] in found.duplicates.pairs.tolist()

@@ -83,7 +83,7 @@ class HashHead(nn.Module):
     def __init__(
         self,
         in_features: int,
-        bits: int,
+        bits: int = 64,  # as configs/head/hash.yaml; also the example a config mistake's message shows
         hidden_dim: int | None = None,
         quantization: float = 0.1,
         out_dim: int | None = None,

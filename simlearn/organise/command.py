@@ -127,6 +127,9 @@ def check_options(cfg: DictConfig) -> None:
     check_copy_options(cfg)
 
 
+#: the unreadable files organise.json names (the first, sorted; ``skipped`` counts them all)
+SKIPPED_LISTED = 100
+
 #: the whole-number options: name, the least valid value, what the number is
 WHOLE_OPTIONS = (
     ("uniqueness_k", 1, "the neighbours each item is compared with"),
@@ -439,6 +442,7 @@ def write_outputs(found: Organised, out: Path, cfg: DictConfig, channels: int = 
         "items": n,
         # unreadable image files of a folder gallery, left out (the warning names a few when they are embedded)
         "skipped": int(gallery.skipped),
+        "skipped_files": list(gallery.skipped_files[:SKIPPED_LISTED]),
         "clusters": {
             "method": clusters.method,
             "k": len(clusters.centres),

@@ -77,6 +77,8 @@ class Gallery:
     #: where the faiss index of these embeddings is kept (None: nowhere, it is built in memory when needed)
     index_path: Path | None
     skipped: int = 0
+    #: the unreadable image files of a folder gallery, left out (``skipped`` of them)
+    skipped_files: list[str] = field(default_factory=list)
     root: Path | None = None
     #: how to name items without files (e.g. ``test[17]``: split and dataset index of an npz from simlearn-embed)
     ids: list[str] | None = None
@@ -429,15 +431,17 @@ def gallery_from_folder(folder: Path, model: InferenceModel, cfg: DictConfig) ->
         if cached is not None:
             paths, embeddings, skipped = cached
             log.info("gallery embeddings reused from %s", cache_file)
+            gallery = _folder_gallery(folder, paths, embeddings, skipped, cache_file, model, files)
             if skipped:  # said on every run, not only the one that embedded them
                 log.warning(
-                    "gallery: skipped %d unreadable image file(s) of %s (found when it was embedded; %s holds the "
-                    "others' embeddings)",
+                    "gallery: skipped %d unreadable image file(s) of %s, e.g. %s (found when it was embedded; %s "
+                    "holds the others' embeddings)",
                     skipped,
                     folder,
+                    "; ".join(gallery.skipped_files[:3]),
                     cache_file,
                 )
-            return _folder_gallery(folder, paths, embeddings, skipped, cache_file, model)
+            return gallery
     embedded = _embed_gallery_files(files, model, int(cfg.get("batch_size") or 256), cache_file, model_key, stats)
     if embedded.failed:
         examples = "; ".join(f"{p} ({why})" for p, why in embedded.failed[:3])
@@ -448,7 +452,7 @@ def gallery_from_folder(folder: Path, model: InferenceModel, cfg: DictConfig) ->
     if cache_file is not None:
         _write_cache(cache_file, cache_key, paths, embedded.embeddings, len(embedded.failed))
         shutil.rmtree(_parts_dir(cache_file), ignore_errors=True)  # the whole cache replaces its parts
-    return _folder_gallery(folder, paths, embedded.embeddings, len(embedded.failed), cache_file, model)
+    return _folder_gallery(folder, paths, embedded.embeddings, len(embedded.failed), cache_file, model, files)
 
 
 #: A folder gallery is embedded in parts of this many files; with a cache, each part is saved as soon as it is done,
@@ -562,6 +566,7 @@ def _folder_gallery(
     skipped: int,
     cache_file: Path | None,
     model: InferenceModel,
+    files: Sequence[Path] = (),
 ) -> Gallery:
     bad = non_finite_rows(embeddings)
     if len(bad):
@@ -578,6 +583,8 @@ def _folder_gallery(
         source=folder,
         index_path=cache_file.with_suffix(".faiss") if cache_file is not None else None,
         skipped=skipped,
+        # the folder's image files that have no embedding: the unreadable ones (also when read from the cache)
+        skipped_files=sorted(set(map(str, files)) - set(paths)) if skipped else [],
         root=folder,
         # embedded by this model just now (or cached under its fingerprint): a hashing model's codes are its signs
         codes=pack_codes(embeddings) if encoder_code_bits(model.encoder) is not None else None,
