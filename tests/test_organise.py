@@ -271,6 +271,26 @@ def test_every_pair_is_found_when_groups_exceed_max_neighbours():
         assert found.deepened >= (44 if max_neighbours < 4 else 41)  # the group members whose lists were all pairs
     through_index = find_duplicates(x, threshold=0.999, max_neighbours=3, exact_limit=100)
     assert not through_index.exact and {tuple(p) for p in through_index.pairs.tolist()} == truth
+    assert found.capped == 0
+
+
+def test_a_group_larger_than_the_deepening_limit_lists_each_items_nearest_pairs_and_stays_whole(monkeypatch, caplog):
+    """Past DEEPEN_LIMIT near-copies (a catalogue full of one blank image) an item keeps that many pairs, not all:
+    memory N x DEEPEN_LIMIT pairs, not N² / 2; the group is whole all the same, and a warning says so."""
+    import simlearn.organise.duplicates as duplicates
+
+    monkeypatch.setattr(duplicates, "DEEPEN_LIMIT", 8)
+    rng = np.random.default_rng(6)
+    x, _ = _clustered(n=200, d=8)
+    x[100:140] = x[3] + 1e-4 * rng.normal(size=(40, x.shape[1]))  # a group of 41
+    with caplog.at_level("WARNING", logger="simlearn.organise.duplicates"):
+        found = find_duplicates(x, threshold=0.999, max_neighbours=2)
+    group = sorted([3, *range(100, 140)])
+    assert [g.tolist() for g in found.groups] == [group]
+    assert found.capped == 41 and found.deepened == 41
+    per_item = np.bincount(found.pairs.ravel(), minlength=200)[group]
+    assert per_item.min() >= 8 and len(found.pairs) < 41 * 40 // 2  # each its 8 nearest at least, not all 820
+    assert "41 item(s) have more than 8 near-copies each" in caplog.text and "groups are whole" in caplog.text
 
 
 def test_k_from_a_range_is_the_k_of_the_highest_silhouette_and_says_so():

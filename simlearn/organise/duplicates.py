@@ -12,6 +12,7 @@ s and 262 s at 1M, finding 96.9 % and 94.3 % of the pairs (README "Organising a 
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -30,6 +31,7 @@ from simlearn.retrieval.faiss_lib import faiss_installed, faiss_reason, import_f
 from simlearn.retrieval.inputs import search_data
 
 __all__ = [
+    "DEEPEN_LIMIT",
     "EXACT_LIMIT",
     "HNSW_PARAMS",
     "DuplicateGroups",
@@ -41,6 +43,13 @@ __all__ = [
     "self_neighbours",
 ]
 
+log = logging.getLogger(__name__)
+
+#: the most neighbours an item is searched for when its max_neighbours nearest are all pairs: all pairs of items
+#: with up to this many near-copies are found; a larger group (blank placeholders) lists its items' nearest this
+#: many, and stays whole. Unbounded, half of 10,000 items being one blank image took 171 s and 5.6 GiB (12.5M pairs)
+DEEPEN_LIMIT = 256
+
 #: up to this many items the pairs are searched exactly, beyond it through a faiss index (module doc: the figures)
 EXACT_LIMIT = 200_000
 
@@ -51,7 +60,8 @@ class DuplicateGroups:
     items (two or more), largest group first, each group's items in order of the item number (its first item is the
     one to keep); ``method``: how the pairs were searched; ``exact``: whether that search was exhaustive;
     ``deepened``: the items whose ``max_neighbours`` nearest others were all pairs, searched again deeper so that
-    none of their pairs is left out (:meth:`PairCollector.complete`)."""
+    none of their pairs is left out (:meth:`PairCollector.complete`); ``capped``: those with more than
+    :data:`DEEPEN_LIMIT` near-copies, whose nearest ``DEEPEN_LIMIT`` pairs are listed (their groups are whole)."""
 
     pairs: np.ndarray
     pair_cosines: np.ndarray
@@ -60,6 +70,7 @@ class DuplicateGroups:
     method: str
     exact: bool
     deepened: int = 0
+    capped: int = 0
 
     def group_of(self, n: int) -> np.ndarray:
         """The group number of each of the ``n`` items (-1: in no group)."""
@@ -208,7 +219,7 @@ class PairCollector:
         self._b: list[np.ndarray] = []
         self._cos: list[np.ndarray] = []
         self._full: list[np.ndarray] = []  # items whose list was all pairs: searched again deeper (complete)
-        self.deepened = 0
+        self.deepened = self.capped = 0
 
     def add(self, start: int, sims: np.ndarray, cols: np.ndarray) -> None:
         """One chunk: the neighbours ``cols`` (rows, ≥ k; -1: none) and cosines ``sims`` of items ``start:``."""
@@ -226,16 +237,19 @@ class PairCollector:
 
     def complete(self, x: np.ndarray, index: FaissIndex | None = None, chunk_size: int | None = None) -> None:
         """Search the items whose every listed neighbour was a pair again, with twice as many neighbours each time
-        (at most all the others), until each list ends below the threshold: so the exact search finds every pair at
-        cos ≥ ``threshold`` whatever ``max_neighbours`` (a group larger than it included). Only those items are
-        searched, in chunks (:func:`~simlearn.retrieval.exact.neighbour_chunks`): memory grows with the pairs. Through
-        an approximate ``index`` the deeper lists are its own (filled exhaustively where it lists fewer), so a pair
-        it misses stays missed, as in its first search."""
+        (at most :data:`DEEPEN_LIMIT`, or all the others), until each list ends below the threshold: so the exact
+        search finds every pair at cos ≥ ``threshold`` whatever ``max_neighbours`` for any item with at most
+        ``DEEPEN_LIMIT`` near-copies. Only those items are searched, in chunks
+        (:func:`~simlearn.retrieval.exact.neighbour_chunks`). An item with more (one of a group of hundreds of
+        copies: blank placeholders) keeps its ``DEEPEN_LIMIT`` nearest pairs, counted in ``capped``: its group is
+        whole all the same (it joins through them), and memory stays at most N × ``DEEPEN_LIMIT`` pairs where all
+        of them would be N² / 2. Through an approximate ``index`` the deeper lists are its own (filled exhaustively
+        where it lists fewer), so a pair it misses stays missed, as in its first search."""
         full = np.unique(np.concatenate(self._full)) if self._full else np.zeros(0, dtype=np.int64)
-        self._full, self.deepened = [], len(full)
-        k = self.k
-        while len(full) and k < self.n - 1:
-            k = min(2 * k, self.n - 1)
+        self._full, self.deepened, self.capped = [], len(full), 0
+        k, most = self.k, min(self.n - 1, max(DEEPEN_LIMIT, self.k))
+        while len(full) and k < most:
+            k = min(2 * k, most)
             data = search_data(x[full], x)  # the item itself is among its gallery's candidates: one more, then dropped
             needed = torch.full((len(full),), min(k + 1, self.n))
             still: list[np.ndarray] = []
@@ -247,6 +261,7 @@ class PairCollector:
                 self._keep(rows[np.nonzero(keep)[0]], cols[keep], sims[keep])
                 still.append(rows[keep.sum(axis=1) >= k])  # full again: every one of its k other neighbours a pair
             full = np.concatenate(still) if still else full[:0]
+        self.capped = len(full) if k < self.n - 1 else 0
 
     def groups(self, index: FaissIndex | None = None) -> DuplicateGroups:
         """The pairs (one row each) and their groups; ``index``: the faiss index searched (None: exact)."""
@@ -273,4 +288,13 @@ class PairCollector:
             groups = np.split(members, starts[1:])
             groups.sort(key=lambda items: (-len(items), int(items[0])))
         exact = index is None or bool(index.exact)
-        return DuplicateGroups(pairs, cosines, groups, self.threshold, method, exact, self.deepened)
+        if self.capped:
+            log.warning(
+                "duplicates: %d item(s) have more than %d near-copies each (cos >= %s; a large group of copies, e.g. "
+                "blank or placeholder images): their %d nearest pairs are listed, not all; their groups are whole",
+                self.capped,
+                DEEPEN_LIMIT,
+                self.threshold,
+                DEEPEN_LIMIT,
+            )
+        return DuplicateGroups(pairs, cosines, groups, self.threshold, method, exact, self.deepened, self.capped)
