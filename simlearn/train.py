@@ -184,7 +184,10 @@ def train_run(cfg: DictConfig, overrides: Sequence[str] | None = None) -> Run:
         output_dir,
         "train",
         allow_results=continues_this_dir or restart,
-        hint="To continue its training, add ckpt_path=last; otherwise choose another hydra.run.dir=DIR.",
+        # the resume hint only where there is a training to continue (not in another command's dir, e.g. organise's)
+        hint="To continue its training, add ckpt_path=last; otherwise choose another hydra.run.dir=DIR."
+        if (output_dir / "checkpoints" / "last.ckpt").is_file()
+        else None,
     ):
         check_config(cfg)
         launcher = spawn_launcher(cfg)

@@ -324,3 +324,14 @@ def test_a_run_dir_that_cannot_be_created_is_one_line(tmp_path):
     assert_clean_failure(result, "cannot be created", "hydra.run.dir=")
     assert result.returncode == 2
     assert blocker.read_text() == "not a folder"
+
+
+def test_training_into_another_commands_dir_is_refused_without_the_resume_hint(tmp_path, capfd):
+    run = tmp_path / "organised"
+    run.mkdir()
+    (run / "organise.json").write_text("{}")
+    (run / "clusters.csv").write_text("item\n")
+    result = run_main("simlearn.cli.train", f"hydra.run.dir={run}", "logger=none", capfd=capfd)
+    assert_clean_failure(result, "already holds the results of another run", "organise.json, clusters.csv")
+    assert "ckpt_path=last" not in result.stderr and "Choose another hydra.run.dir=DIR" in result.stderr
+    assert sorted(p.name for p in run.iterdir() if not p.name.startswith(".")) == ["clusters.csv", "organise.json"]
