@@ -54,5 +54,5 @@ def test_an_export_already_there_is_not_written_over_without_overwrite(checkpoin
     with pytest.raises(UserError, match=r"encoder.pt.json' already exist"):
         export(compose_config(given, "export", tmp_path))
     (tmp_path / "folder").mkdir()
-    with pytest.raises(UserError, match=r"is a folder; give the file to write"):
+    with pytest.raises(UserError, match=r"is a folder; give the file to write, e.g. out=.*folder/encoder.pt\."):
         export(compose_config([*given[:2], f"out={tmp_path / 'folder'}"], "export", tmp_path))

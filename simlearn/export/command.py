@@ -27,7 +27,7 @@ def export(cfg: DictConfig) -> Path:
     if fmt == "hf":
         return export_folder(cfg)
     out = Path(cfg.get("out") or Path(cfg.paths.output_dir) / FORMATS[fmt]).expanduser()
-    check_out_file(out, bool(cfg.get("overwrite")))  # before the checkpoint is read: nothing done, nothing lost
+    check_out_file(out, bool(cfg.get("overwrite")), fmt)  # before the checkpoint is read: nothing done, nothing lost
     model = load_model(cfg.ckpt_path)
     shape = model.input_shape
     generator = torch.Generator().manual_seed(0)
@@ -71,11 +71,11 @@ def export(cfg: DictConfig) -> Path:
     return out
 
 
-def check_out_file(out: Path, overwrite: bool = False) -> None:
+def check_out_file(out: Path, overwrite: bool = False, fmt: str = "onnx") -> None:
     """``out`` (the exported file) and its ``.json`` sidecar: a folder in the way, or a file already there without
     ``overwrite``, is one :class:`UserError` line, before any work (an export would replace the file silently)."""
     if out.is_dir():
-        raise UserError(f"out={str(out)!r} is a folder; give the file to write, e.g. out={str(out / out.name)}.onnx.")
+        raise UserError(f"out={str(out)!r} is a folder; give the file to write, e.g. out={out / FORMATS[fmt]}.")
     held = [str(p) for p in (out, out.with_name(out.name + ".json")) if p.exists()]
     if held and not overwrite:
         raise UserError(
