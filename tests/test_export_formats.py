@@ -53,6 +53,9 @@ def test_an_export_already_there_is_not_written_over_without_overwrite(checkpoin
     first.unlink()
     with pytest.raises(UserError, match=r"encoder.pt.json' already exist"):
         export(compose_config(given, "export", tmp_path))
+    (tmp_path / "a_file").write_text("in the way")
+    with pytest.raises(UserError, match=r"enc.pt': its folder cannot be made \(File exists"):
+        export(compose_config([*given[:2], f"out={tmp_path / 'a_file' / 'enc.pt'}"], "export", tmp_path))
     (tmp_path / "folder").mkdir()
     with pytest.raises(UserError, match=r"is a folder; give the file to write, e.g. out=.*folder/encoder.pt\."):
         export(compose_config([*given[:2], f"out={tmp_path / 'folder'}"], "export", tmp_path))

@@ -82,6 +82,13 @@ def check_out_file(out: Path, overwrite: bool = False, fmt: str = "onnx") -> Non
             f"out={str(out)!r}: {' and '.join(repr(p) for p in held)} already exist(s); simlearn-export does not write "
             f"over an export. Give another out=PATH, or replace them with overwrite=true."
         )
+    try:  # its folder: made now, so that a file in the way or a read-only place is one line before any work
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise UserError(
+            f"out={str(out)!r}: its folder cannot be made ({error.strerror or error}: {error.filename}); give a path "
+            f"in a folder you can write to."
+        ) from None
 
 
 def _check_exported_codes(
