@@ -511,3 +511,16 @@ def test_unreadable_files_are_counted_and_warned_about_on_every_run(catalogue, t
         log = (tmp_path / run / "organise.log").read_text()
         assert "skipped 1 unreadable image file(s)" in log and "broken.png" in log, log[-2000:]
     assert "reused from" in (tmp_path / "second" / "organise.log").read_text()
+
+
+def test_a_gallery_spelled_another_way_reuses_nothing_it_cannot_and_runs(catalogue, tmp_path, capfd, monkeypatch):
+    """The cache holds the files' paths as spelled: gallery=REL and gallery=/ABS of one folder each get their own."""
+    import shutil
+
+    shutil.copytree(catalogue[0], tmp_path / "gallery")
+    monkeypatch.chdir(tmp_path)
+    for run, spelled in (("rel", "gallery"), ("abs", str(tmp_path / "gallery")), ("rel2", "gallery")):
+        result = organise_pixels(capfd, tmp_path / run, f"gallery={spelled}", "sheets=false", "copy_check=false")
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert json.loads((tmp_path / run / "organise.json").read_text())["items"] == 132
+    assert "reused from" in (tmp_path / "rel2" / "organise.log").read_text()

@@ -421,7 +421,9 @@ def gallery_from_folder(folder: Path, model: InferenceModel, cfg: DictConfig) ->
     stats: list[tuple[str, int, int]] = []
     model_key: tuple[Any, ...] = ()
     if cfg.get("cache", True) and cfg.get("cache_dir"):
-        key = fingerprint(folder.resolve(), model.path.resolve())[:16]
+        # the folder as spelled too: the cache holds its files' paths as they were spelled (gallery=photos and
+        # gallery=/abs/photos would read back paths that are not under each other's folder)
+        key = fingerprint(folder.resolve(), str(folder), model.path.resolve())[:16]
         cache_file = Path(cfg.cache_dir) / f"gallery-{key}.npz"
         ckpt_stat = model.path.stat()
         stats = file_stats(files, folder)
