@@ -469,14 +469,18 @@ def test_bad_options_are_one_line_and_write_nothing(catalogue, tmp_path, capfd, 
 def test_pixels_too_large_for_the_memory_are_refused_before_embedding(catalogue, tmp_path, capfd, monkeypatch):
     from simlearn.inference.pixels import pixel_gallery_bytes
 
-    # 132 images at 64 x 64 x 3, twice, and a batch of 256 need about 24 MiB; say that 4 MiB are free
+    # 132 images at 64 x 64 x 3 (8 copies) and a batch of 256 (4) need about 98 MiB; say that 4 MiB are available
     monkeypatch.setattr("simlearn.organise.command.available_memory", lambda: 4 * 2**20)
     assert pixel_gallery_bytes(132, 64, 3, 256) > 4 * 2**20
     result = organise_pixels(capfd, tmp_path / "run", f"gallery={catalogue[0]}", "pixels.size=64")
     assert_clean_failure(
-        result, "pixels.size=64 makes 12,288 values per image", "the 132 images", "about 24.4 MiB", "4.0 MiB are free"
+        result,
+        "pixels.size=64 makes 12,288 values per image",
+        "the 132 images",
+        "about 97.5 MiB",
+        "4.0 MiB are available",
     )
-    assert "(about 25 fits)" in result.stderr
+    assert "(about 12 fits)" in result.stderr
     assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert not (tmp_path / "cache").exists()  # nothing embedded
 

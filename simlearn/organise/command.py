@@ -193,7 +193,7 @@ def check_embedder(cfg: DictConfig) -> None:
             fits = max(1, int(size * (have / need) ** 0.5))
             raise UserError(
                 f"pixels.size={size} makes {size * size * channels:,} values per image: the {items:,} images of "
-                f"gallery={str(folder)!r} would need about {_size(need)}, and {_size(have)} are free; give a "
+                f"gallery={str(folder)!r} would need about {_size(need)}, and {_size(have)} are available; give a "
                 f"smaller pixels.size (about {fits} fits) or fewer images."
             )
 
@@ -204,7 +204,15 @@ def _size(n: int) -> str:
 
 
 def available_memory() -> int | None:
-    """The memory free for this process now (Linux: available pages), None where the system does not say."""
+    """The memory this process can have now: Linux's MemAvailable (free pages plus the caches it can drop), else the
+    free pages, None where the system says neither."""
+    try:
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
     try:
         return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     except (ValueError, OSError, AttributeError):
