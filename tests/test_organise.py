@@ -291,6 +291,12 @@ def test_a_group_larger_than_the_deepening_limit_lists_each_items_nearest_pairs_
     per_item = np.bincount(found.pairs.ravel(), minlength=200)[group]
     assert per_item.min() >= 8 and len(found.pairs) < 41 * 40 // 2  # each its 8 nearest at least, not all 820
     assert "41 item(s) have more than 8 near-copies each" in caplog.text and "groups are whole" in caplog.text
+    caplog.clear()
+    x[108:140] = rng.normal(size=(32, x.shape[1]))  # the group is now 3 and 100..107: nine, each with exactly 8 copies
+    with caplog.at_level("WARNING", logger="simlearn.organise.duplicates"):
+        exact = find_duplicates(x, threshold=0.999, max_neighbours=2)
+    assert [g.tolist() for g in exact.groups] == [[3, *range(100, 108)]] and len(exact.pairs) == 36  # every pair
+    assert exact.capped == 0 and exact.deepened == 9 and "near-copies each" not in caplog.text
 
 
 def test_k_from_a_range_is_the_k_of_the_highest_silhouette_and_says_so():

@@ -469,7 +469,7 @@ def write_outputs(found: Organised, out: Path, cfg: DictConfig, channels: int = 
             "to_remove": in_groups - len(duplicates.groups),
             # items whose max_neighbours nearest others were all pairs, searched again deeper for the rest
             "deepened": duplicates.deepened,
-            # of those, the items with more than DEEPEN_LIMIT (256) near-copies: their nearest 256 pairs listed
+            # of those, the items with more than DEEPEN_LIMIT (256) near-copies: their nearest 257 pairs listed
             "capped": duplicates.capped,
         },
         "outliers": {

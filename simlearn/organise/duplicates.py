@@ -45,9 +45,9 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-#: the most neighbours an item is searched for when its max_neighbours nearest are all pairs: all pairs of items
-#: with up to this many near-copies are found; a larger group (blank placeholders) lists its items' nearest this
-#: many, and stays whole. Unbounded, half of 10,000 items being one blank image took 171 s and 5.6 GiB (12.5M pairs)
+#: the most near-copies of an item whose pairs are all found when its max_neighbours nearest are all pairs (one more
+#: search, for this many + 1 neighbours); a larger group (blank placeholders) lists its items' nearest this many + 1,
+#: and stays whole. Unbounded, half of 10,000 items being one blank image took 171 s and 5.6 GiB (12.5M pairs)
 DEEPEN_LIMIT = 256
 
 #: up to this many items the pairs are searched exactly, beyond it through a faiss index (module doc: the figures)
@@ -236,32 +236,31 @@ class PairCollector:
         self._cos.append(cosines)
 
     def complete(self, x: np.ndarray, index: FaissIndex | None = None, chunk_size: int | None = None) -> None:
-        """Search the items whose every listed neighbour was a pair again, with twice as many neighbours each time
-        (at most :data:`DEEPEN_LIMIT`, or all the others), until each list ends below the threshold: so the exact
-        search finds every pair at cos ≥ ``threshold`` whatever ``max_neighbours`` for any item with at most
-        ``DEEPEN_LIMIT`` near-copies. Only those items are searched, in chunks
-        (:func:`~simlearn.retrieval.exact.neighbour_chunks`). An item with more (one of a group of hundreds of
-        copies: blank placeholders) keeps its ``DEEPEN_LIMIT`` nearest pairs, counted in ``capped``: its group is
-        whole all the same (it joins through them), and memory stays at most N × ``DEEPEN_LIMIT`` pairs where all
-        of them would be N² / 2. Through an approximate ``index`` the deeper lists are its own (filled exhaustively
-        where it lists fewer), so a pair it misses stays missed, as in its first search."""
+        """Search the items whose every listed neighbour was a pair once more, for ``DEEPEN_LIMIT + 1`` neighbours
+        (or all the others): so the exact search finds every pair at cos ≥ ``threshold`` whatever
+        ``max_neighbours`` for any item with at most :data:`DEEPEN_LIMIT` near-copies. Only those items are
+        searched, in chunks (:func:`~simlearn.retrieval.exact.neighbour_chunks`); one pass, since the search's
+        time grows with the neighbours asked and a doubling series would ask for nearly twice as many. An item with
+        more (one of a group of hundreds of copies: blank placeholders) keeps its nearest ``DEEPEN_LIMIT + 1``
+        pairs, counted in ``capped``: its group is whole all the same (it joins through them), and memory stays at
+        most N × (``DEEPEN_LIMIT`` + 1) pairs where all of them would be N² / 2. Through an approximate ``index``
+        the deeper lists are its own (filled exhaustively where it lists fewer), so a pair it misses stays missed,
+        as in its first search."""
         full = np.unique(np.concatenate(self._full)) if self._full else np.zeros(0, dtype=np.int64)
         self._full, self.deepened, self.capped = [], len(full), 0
-        k, most = self.k, min(self.n - 1, max(DEEPEN_LIMIT, self.k))
-        while len(full) and k < most:
-            k = min(2 * k, most)
-            data = search_data(x[full], x)  # the item itself is among its gallery's candidates: one more, then dropped
-            needed = torch.full((len(full),), min(k + 1, self.n))
-            still: list[np.ndarray] = []
-            for chunk in neighbour_chunks(data, needed, chunk_size=chunk_size, similarities=True, index=index):
-                rows = full[chunk.start : chunk.stop]
-                sims, cols = chunk.similarities.cpu().numpy(), chunk.indices.cpu().numpy()
-                valid = (cols >= 0) & (cols != rows[:, None])
-                keep = (sims >= self.threshold) & valid
-                self._keep(rows[np.nonzero(keep)[0]], cols[keep], sims[keep])
-                still.append(rows[keep.sum(axis=1) >= k])  # full again: every one of its k other neighbours a pair
-            full = np.concatenate(still) if still else full[:0]
-        self.capped = len(full) if k < self.n - 1 else 0
+        k = min(self.n - 1, DEEPEN_LIMIT + 1)  # one more than the limit: an item with exactly that many is whole
+        if not len(full) or k <= self.k:
+            return
+        data = search_data(x[full], x)  # the item itself is among its gallery's candidates: one more, then dropped
+        needed = torch.full((len(full),), min(k + 1, self.n))
+        for chunk in neighbour_chunks(data, needed, chunk_size=chunk_size, similarities=True, index=index):
+            rows = full[chunk.start : chunk.stop]
+            sims, cols = chunk.similarities.cpu().numpy(), chunk.indices.cpu().numpy()
+            valid = (cols >= 0) & (cols != rows[:, None])
+            keep = (sims >= self.threshold) & valid
+            self._keep(rows[np.nonzero(keep)[0]], cols[keep], sims[keep])
+            if k < self.n - 1:  # still all pairs: more than DEEPEN_LIMIT near-copies
+                self.capped += int((keep.sum(axis=1) >= k).sum())
 
     def groups(self, index: FaissIndex | None = None) -> DuplicateGroups:
         """The pairs (one row each) and their groups; ``index``: the faiss index searched (None: exact)."""
@@ -295,6 +294,6 @@ class PairCollector:
                 self.capped,
                 DEEPEN_LIMIT,
                 self.threshold,
-                DEEPEN_LIMIT,
+                DEEPEN_LIMIT + 1,
             )
         return DuplicateGroups(pairs, cosines, groups, self.threshold, method, exact, self.deepened, self.capped)
