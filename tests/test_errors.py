@@ -1,5 +1,7 @@
 """Bad input from the command line: one clear message, a non-zero exit, no traceback, no checkpoint lost."""
 
+import shlex
+
 import pytest
 
 from .helpers import run_cli, run_main
@@ -116,6 +118,9 @@ def test_a_misspelt_option_of_a_sweep_is_one_line(tmp_path, capfd):
             "faiss_index=IVF4,Flat",
             ["has a bare comma, which Hydra reads as a sweep", "\"faiss_index='IVF4,Flat'\"", "add -m"],
         ),
+        # an apostrophe: Hydra's double-quoted string, quoted for the shell
+        ("gallery=/photos/o'neil", ["is not an override Hydra can read", "'gallery=\"/photos/o'\"'\"'neil\"'"]),
+        ("hydra.run.dir=/runs/a,b", ["has a bare comma", "\"hydra.run.dir='/runs/a,b'\""]),
     ],
 )
 def test_an_override_hydra_cannot_read_is_one_line_with_the_quoted_form(tmp_path, capfd, override, fragments):
@@ -125,5 +130,9 @@ def test_an_override_hydra_cannot_read_is_one_line_with_the_quoted_form(tmp_path
     # the quoted form it names is read as the one value
     from simlearn.cli.common import override_syntax_message
 
-    quoted = fragments[1].strip('"')
-    assert override_syntax_message([quoted]) is None
+    (argument,) = shlex.split(fragments[1])  # what the shell passes on for the form it names
+    assert override_syntax_message([argument]) is None
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    (parsed,) = OverridesParser.create().parse_overrides([argument])
+    assert parsed.value() == override.split("=", 1)[1]  # the value as written

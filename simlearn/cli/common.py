@@ -8,6 +8,7 @@ import functools
 import itertools
 import logging
 import os
+import shlex
 import sys
 import traceback
 from collections.abc import Callable, Iterator, Sequence
@@ -239,6 +240,16 @@ def _shown(run: Sequence[str], originals: Sequence[str]) -> list[str]:
     return [by_key.get(_override_key(o), o) for o in run]
 
 
+def quoted_override(key: str, value: str) -> str:
+    """``key=value`` as typed into a POSIX shell so that Hydra reads ``value`` as one string: ``"key='value'"`` (the
+    shell keeps what is inside the double quotes, Hydra the single), or where the value holds a ``'`` or a shell
+    character, Hydra's double-quoted string (``\\`` and ``"`` escaped) quoted for the shell (:func:`shlex.quote`)."""
+    if "'" not in value and not any(c in value for c in '"$`\\!'):
+        return f"\"{key}='{value}'\""
+    escaped = value.replace("\\", "\\\\").replace('"', '\\"')
+    return shlex.quote(f'{key}="{escaped}"')
+
+
 def override_syntax_message(overrides: Sequence[str], multirun: bool = False) -> str | None:
     """One line for an override Hydra's grammar cannot read (``faiss_params=efSearch=128``: a second ``=``) or, outside
     a sweep, a value with a bare comma (``faiss_index=IVF4,Flat``, which Hydra reads as a sweep): what was wrong and
@@ -246,7 +257,7 @@ def override_syntax_message(overrides: Sequence[str], multirun: bool = False) ->
     parser = OverridesParser.create()
     for text in overrides:
         key, _, value = text.partition("=")
-        quoted = f"\"{key}='{value}'\""  # the shell keeps what is inside the double quotes, Hydra the single
+        quoted = quoted_override(key, value)
         try:
             (parsed,) = parser.parse_overrides([text])
         except Exception as error:  # Hydra's OverrideParseException: the grammar's reason, then a link
@@ -279,7 +290,8 @@ def check_overrides(config_name: str, argv: Sequence[str]) -> None:
         return
     overrides = [arg for arg in argv if "=" in arg and not arg.lstrip("+~").startswith("hydra.")]
     multirun = any(arg in ("-m", "--multirun") for arg in argv)
-    message = override_syntax_message(overrides, multirun)
+    # hydra.* settings too (hydra.run.dir=a,b): Hydra's grammar is the same for them
+    message = override_syntax_message([arg for arg in argv if "=" in arg and not arg.startswith("-")], multirun)
     if message is not None:
         print_error(message)
         sys.exit(2)
