@@ -446,7 +446,10 @@ def test_a_second_run_into_the_same_dir_is_refused_and_changes_nothing(catalogue
     [
         (["kmeans_restarts=0"], ["kmeans_restarts=0 must be a whole number ≥ 1", "k-means starts"]),
         (["uniqueness_k=two"], ["uniqueness_k='two' must be a whole number ≥ 1"]),
-        (["method=hdbscan", "min_cluster_size=1"], ["min_cluster_size=1 must be 2 or more for method=hdbscan"]),
+        (
+            ["method=hdbscan", "min_cluster_size=1"],
+            ["min_cluster_size=1 must be a whole number ≥ 2", "one item is not a cluster"],
+        ),
         (["method=hdbscan", "min_cluster_size=500"], ["min_cluster_size=500 is more than the 132 items", "2 to 132"]),
         (["sheet_columns=0"], ["sheet_columns=0 must be a whole number ≥ 1"]),
         (["sheet_outliers=-1"], ["sheet_outliers=-1 must be a whole number ≥ 0"]),

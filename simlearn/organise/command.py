@@ -113,13 +113,10 @@ def check_options(cfg: DictConfig) -> None:
             "organised and checked for leaks), not both."
         )
     for name, low, why in WHOLE_OPTIONS:
+        if name == "min_cluster_size" and method == "hdbscan":  # a cluster of one item is not a cluster
+            low, why = 2, "the fewest items of an HDBSCAN cluster; one item is not a cluster"
         if name in cfg:  # an option left out takes its default (a config made in code may leave some out)
             check_whole(name, cfg.get(name), low, why)
-    if method == "hdbscan" and cfg.get("min_cluster_size", 5) < 2:
-        raise UserError(
-            f"min_cluster_size={cfg.min_cluster_size!r} must be 2 or more for method=hdbscan (a cluster of one item "
-            f"is not a cluster); e.g. min_cluster_size=5."
-        )
     for name in ("sheets", "cache", "copy_check"):
         value = cfg.get(name, True)
         if not isinstance(value, bool) and not (name == "sheets" and value is None):

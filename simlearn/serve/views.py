@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import threading
 import time
 from collections.abc import Mapping
@@ -105,8 +106,9 @@ def organise_options(cfg: Mapping[str, Any] | None) -> dict[str, Any]:
         checked["k"] = 1  # stands for min(DEFAULT_K, items), an integer whatever the gallery
     try:
         check_options(OmegaConf.create(checked))
-    except UserError as error:  # the command's line, with the key as the serve config spells it
-        raise UserError(f"organise: {error}") from error
+    except UserError as error:  # the command's line, with each key as the serve config spells it (organise.KEY)
+        keys = "|".join(sorted(ORGANISE_KEYS, key=len, reverse=True))
+        raise UserError(re.sub(rf"(?<![\w.])({keys})=", r"organise.\1=", str(error))) from error
     return given
 
 
