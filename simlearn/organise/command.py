@@ -112,11 +112,11 @@ def check_options(cfg: DictConfig) -> None:
             "give gallery= (a folder, npz or LanceDB of items to organise) or data= (a dataset whose splits are "
             "organised and checked for leaks), not both."
         )
-    for name, low, why in WHOLE_OPTIONS:
+    for name, low, why, nullable in WHOLE_OPTIONS:
         if name == "min_cluster_size" and method == "hdbscan":  # a cluster of one item is not a cluster
             low, why = 2, "the fewest items of an HDBSCAN cluster; one item is not a cluster"
         if name in cfg:  # an option left out takes its default (a config made in code may leave some out)
-            check_whole(name, cfg.get(name), low, why)
+            check_whole(name, cfg.get(name), low, why, nullable)
     for name in ("sheets", "cache", "copy_check"):
         value = cfg.get(name, True)
         if not isinstance(value, bool) and not (name == "sheets" and value is None):
@@ -127,25 +127,26 @@ def check_options(cfg: DictConfig) -> None:
 #: the unreadable files organise.json names (the first, sorted; ``skipped`` counts them all)
 SKIPPED_LISTED = 100
 
-#: the whole-number options: name, the least valid value, what the number is
+#: the whole-number options: name, the least valid value, what the number is, whether null is valid (none of the
+#: sheets; the default batch)
 WHOLE_OPTIONS = (
-    ("uniqueness_k", 1, "the neighbours each item is compared with"),
-    ("kmeans_restarts", 1, "the seeded k-means starts, the tightest kept"),
-    ("min_cluster_size", 1, "the fewest items of an HDBSCAN cluster"),
-    ("sheet_clusters", 0, "the largest clusters that get a contact sheet; 0: none"),
-    ("sheet_columns", 1, "items per contact-sheet row"),
-    ("sheet_nearest_rows", 0, "rows of each cluster's items nearest its centre"),
-    ("sheet_farthest_rows", 0, "rows of each cluster's farthest items"),
-    ("sheet_groups", 0, "duplicate groups on their sheet; 0: none"),
-    ("sheet_outliers", 0, "outliers on their sheet; 0: none"),
-    ("batch_size", 1, "images embedded at once"),
+    ("uniqueness_k", 1, "the neighbours each item is compared with", False),
+    ("kmeans_restarts", 1, "the seeded k-means starts, the tightest kept", False),
+    ("min_cluster_size", 1, "the fewest items of an HDBSCAN cluster", False),
+    ("sheet_clusters", 0, "the largest clusters that get a contact sheet; 0: none", True),
+    ("sheet_columns", 1, "items per contact-sheet row", False),
+    ("sheet_nearest_rows", 0, "rows of each cluster's items nearest its centre", True),
+    ("sheet_farthest_rows", 0, "rows of each cluster's farthest items", True),
+    ("sheet_groups", 0, "duplicate groups on their sheet; 0: none", True),
+    ("sheet_outliers", 0, "outliers on their sheet; 0: none", True),
+    ("batch_size", 1, "images embedded at once", True),
 )
 
 
-def check_whole(name: str, value: Any, low: int, why: str) -> None:
-    """``value`` is a whole number ≥ ``low``, or one UserError line naming ``name``."""
-    if value is None and (low == 0 or name == "batch_size"):
-        return  # null: none (the sheets) or the default (the batch)
+def check_whole(name: str, value: Any, low: int, why: str, nullable: bool = False) -> None:
+    """``value`` is a whole number ≥ ``low`` (or null where ``nullable``), or one UserError line naming ``name``."""
+    if value is None and nullable:
+        return
     if isinstance(value, bool) or not isinstance(value, int) or value < low:
         raise UserError(f"{name}={value!r} must be a whole number ≥ {low} ({why}); e.g. {name}={max(low, 5)}.")
 

@@ -96,26 +96,26 @@ def check_threshold(threshold: float, key: str = "threshold") -> float:
 HNSW_PARAMS = "efSearch=64"
 
 
-def check_search_options(cfg: Mapping[str, Any], prefix: str = "") -> None:
+def check_search_options(cfg: Mapping[str, Any]) -> None:
     """The duplicate search's options (``max_neighbours``, ``exact_limit``, ``faiss_index``, ``faiss_params``)
-    checked before anything loads: one line each, naming them as ``prefix`` + key (``organise.`` in the service)."""
+    checked before anything loads: one line each (the service names them organise.KEY in its own messages)."""
     for key, least in (("max_neighbours", 1), ("exact_limit", 0)):
         value = cfg.get(key, 32 if key == "max_neighbours" else EXACT_LIMIT)
         if isinstance(value, bool) or not isinstance(value, int) or value < least:
             raise UserError(
-                f"{prefix}{key}={value!r} must be a whole number ≥ {least}; e.g. {prefix}{key}="
+                f"{key}={value!r} must be a whole number ≥ {least}; e.g. {key}="
                 f"{32 if key == 'max_neighbours' else EXACT_LIMIT}."
             )
     factory = cfg.get("faiss_index", "HNSW32")
     if not isinstance(factory, str) or not factory.strip():
         raise UserError(
-            f"{prefix}faiss_index={factory!r} is not a faiss index_factory string; e.g. {prefix}faiss_index=HNSW32 "
-            f"(approximate) or {prefix}faiss_index=Flat (exact), \"{prefix}faiss_index='IVF64,Flat'\" with a comma."
+            f"faiss_index={factory!r} is not a faiss index_factory string; e.g. faiss_index=HNSW32 "
+            f"(approximate) or faiss_index=Flat (exact), \"faiss_index='IVF64,Flat'\" with a comma."
         )
-    search_parameters(cfg.get("faiss_params"), factory, prefix)
+    search_parameters(cfg.get("faiss_params"), factory)
 
 
-def search_parameters(params: Any, factory: str, prefix: str = "") -> str | None:
+def search_parameters(params: Any, factory: str) -> str | None:
     """``faiss_params`` as the string ``faiss.ParameterSpace`` reads (``"efSearch=128,nprobe=4"``): given as that
     string or as a mapping (``{efSearch: 128}`` on the command line); null: :data:`HNSW_PARAMS` for an HNSW
     ``factory``, faiss's defaults (None) for any other. Else one line."""
@@ -125,9 +125,9 @@ def search_parameters(params: Any, factory: str, prefix: str = "") -> str | None
         params = ",".join(f"{name}={value}" for name, value in params.items())
     if not isinstance(params, str) or not re.fullmatch(r"\s*\w+=[^,=\s]+(\s*,\s*\w+=[^,=\s]+)*\s*", params):
         raise UserError(
-            f"{prefix}faiss_params={params!r} is not faiss search parameters; give name=value pairs, e.g. "
-            f"{prefix}faiss_params={{efSearch:128}} or \"{prefix}faiss_params='efSearch=128,nprobe=4'\", or "
-            f"{prefix}faiss_params=null (efSearch=64 for HNSW, faiss's defaults otherwise)."
+            f"faiss_params={params!r} is not faiss search parameters; give name=value pairs, e.g. "
+            f"faiss_params={{efSearch:128}} or \"faiss_params='efSearch=128,nprobe=4'\", or "
+            f"faiss_params=null (efSearch=64 for HNSW, faiss's defaults otherwise)."
         )
     return params.replace(" ", "")
 
